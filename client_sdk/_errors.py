@@ -1,0 +1,42 @@
+"""Errors of the client SDK.
+
+    VatraClientError
+    ├── ReplicaError          the local replica is missing, unreadable or inconsistent
+    │   └── HouseholdNotFound this replica holds no such household
+    ├── ServerRejected        the server answered ``error`` (``code`` is a sync_server ErrorCode)
+    └── SyncFailed            the server could not be reached after every retry
+"""
+
+from __future__ import annotations
+
+
+class VatraClientError(Exception):
+    """Root of every error the SDK raises on purpose."""
+
+
+class ReplicaError(VatraClientError):
+    pass
+
+
+class HouseholdNotFound(ReplicaError, KeyError):
+    def __init__(self, household_id: str) -> None:
+        super().__init__(f"household {household_id} is not in this replica")
+        self.household_id = household_id
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class ServerRejected(VatraClientError):
+    def __init__(self, code: str, message: str, document_id: str | None = None) -> None:
+        super().__init__(f"server rejected ({code}): {message}")
+        self.code = code
+        self.message = message
+        self.document_id = document_id
+
+
+class SyncFailed(VatraClientError):
+    def __init__(self, attempts: int, last: BaseException | None) -> None:
+        super().__init__(f"sync failed after {attempts} attempt(s): {last!r}")
+        self.attempts = attempts
+        self.last = last

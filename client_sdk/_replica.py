@@ -1,0 +1,180 @@
+"""The device's local replica: its caseload of households, on disk.
+
+Layout of a replica directory::
+
+    replica.json              actor id, peer id, caseload with the server heads last seen
+    households/<id>.automerge one Automerge save() per household
+
+Every write goes to a temporary file, is fsync'ed, then renamed over the old
+one, so a crash leaves either the old or the new version, never half of one.
+Encryption of the replica at rest comes with device enrollment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from automerge.core import Document
+
+from conflict import Household, is_household_id
+
+from ._errors import HouseholdNotFound, ReplicaError
+
+
+class Replica:
+    def __init__(self, path: str | os.PathLike[str], *, actor_id: bytes | None = None) -> None:
+        self.path = Path(path)
+        (self.path / "households").mkdir(parents=True, exist_ok=True)
+        self._meta_path = self.path / "replica.json"
+        self._meta = self._read_meta(actor_id)
+        self._open: dict[str, Household] = {}
+
+    # -- identity ------------------------------------------------------------------------
+
+    @property
+    def actor_id(self) -> bytes:
+        return bytes.fromhex(self._meta["actor_id"])
+
+    @property
+    def peer_id(self) -> str:
+        return "device-" + self._meta["actor_id"][:16]
+
+    # -- caseload ------------------------------------------------------------------------
+
+    def household_ids(self) -> list[str]:
+        """Every household this replica holds or has asked for."""
+        return sorted(self._meta["caseload"])
+
+    def has_local_copy(self, household_id: str) -> bool:
+        return household_id in self._open or self._doc_path(household_id).exists()
+
+    def track(self, household_id: str) -> None:
+        """Add a household (created elsewhere) to the caseload; the next sync downloads it."""
+        if not is_household_id(household_id):
+            raise ReplicaError("not a household id")
+        self._meta["caseload"].setdefault(household_id, {"server_heads": []})
+        self._write_meta()
+
+    def create_household(self, **fields: Any) -> Household:
+        """Register a new household offline (see :meth:`conflict.Household.create`)."""
+        h = Household.create(actor_id=self.actor_id, **fields)
+        self._open[h.household_id] = h
+        self._meta["caseload"][h.household_id] = {"server_heads": []}
+        self.save(h.household_id)
+        return h
+
+    def household(self, household_id: str) -> Household:
+        """The household, loaded from disk on first use; edits go through its typed API."""
+        h = self._open.get(household_id)
+        if h is not None:
+            return h
+        path = self._doc_path(household_id)
+        if not path.exists():
+            raise HouseholdNotFound(household_id)
+        try:
+            doc = Document.load(path.read_bytes())
+        except Exception as exc:
+            raise ReplicaError(f"household {household_id}: local copy unreadable") from exc
+        doc.set_actor(self.actor_id)
+        h = self._open[household_id] = Household(doc, household_id)
+        return h
+
+    @contextlib.contextmanager
+    def edit(self, household_id: str) -> Iterator[Household]:
+        """``with replica.edit(hid) as h: h.add_member(...)`` — saved to disk on exit."""
+        h = self.household(household_id)
+        yield h
+        self.save(household_id)
+
+    def document(self, household_id: str) -> Document:
+        """The household's document, or an empty one if it was never downloaded."""
+        if self.has_local_copy(household_id):
+            return self.household(household_id).doc
+        doc = Document(actor_id=self.actor_id)
+        return doc
+
+    def adopt(self, household_id: str, doc: Document) -> None:
+        """Keep ``doc`` (downloaded by a sync) as this replica's copy of the household."""
+        doc.set_actor(self.actor_id)
+        self._open[household_id] = Household(doc, household_id)
+        self.save(household_id)
+
+    # -- persistence ---------------------------------------------------------------------
+
+    def save(self, household_id: str) -> None:
+        h = self._open.get(household_id)
+        if h is None:
+            return
+        _atomic_write(self._doc_path(household_id), h.doc.save())
+
+    def save_all(self) -> None:
+        for hid in list(self._open):
+            self.save(hid)
+
+    # -- what the server holds -----------------------------------------------------------
+
+    def server_heads(self, household_id: str) -> list[bytes]:
+        entry = self._meta["caseload"].get(household_id)
+        return [bytes.fromhex(h) for h in entry["server_heads"]] if entry else []
+
+    def set_server_heads(self, household_id: str, heads: list[bytes]) -> None:
+        entry = self._meta["caseload"].setdefault(household_id, {"server_heads": []})
+        entry["server_heads"] = sorted(h.hex() for h in heads)
+        self._write_meta()
+
+    def is_saved(self, household_id: str) -> bool:
+        """True when the server's last advertised heads include every local change."""
+        if not self.has_local_copy(household_id):
+            return True
+        return covers(self.household(household_id).doc, self.server_heads(household_id))
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _doc_path(self, household_id: str) -> Path:
+        if not is_household_id(household_id):
+            raise ReplicaError("not a household id")
+        return self.path / "households" / f"{household_id}.automerge"
+
+    def _read_meta(self, actor_id: bytes | None) -> dict[str, Any]:
+        if self._meta_path.exists():
+            try:
+                meta: dict[str, Any] = json.loads(self._meta_path.read_text())
+            except ValueError as exc:
+                raise ReplicaError("replica.json is unreadable") from exc
+            return meta
+        meta = {"version": 1, "actor_id": (actor_id or os.urandom(16)).hex(), "caseload": {}}
+        _atomic_write(self._meta_path, json.dumps(meta, indent=1).encode())
+        return meta
+
+    def _write_meta(self) -> None:
+        _atomic_write(self._meta_path, json.dumps(self._meta, indent=1).encode())
+
+
+def covers(doc: Document, server_heads: list[bytes]) -> bool:
+    """Does the history behind ``server_heads`` include every change of ``doc``?"""
+    local = doc.get_heads()
+    if not local:
+        return True
+    if not server_heads:
+        return False
+    if set(local) <= set(server_heads):
+        return True
+    try:
+        doc.fork_at(server_heads)  # raises if a server head is unknown here
+    except Exception:
+        return False
+    return not doc.get_changes(server_heads)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

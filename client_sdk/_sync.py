@@ -1,0 +1,204 @@
+"""Syncing a replica's whole caseload with the server in one session.
+
+One WebSocket, one ``join``/``peer`` handshake, then for every household a
+fresh Automerge ``SyncState`` and the usual exchange of sync messages until
+the server's advertised heads equal ours. Households we have never
+downloaded are asked for with ``request``.
+
+Connection failures are retried with exponential backoff and full jitter;
+an ``error`` from the server is not retried (it names a rule, and the same
+bytes would be refused again) but reported in the summary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+from automerge.core import Document, Message, SyncState
+
+from sync_server import wire
+from sync_server.errors import ProtocolError
+
+from ._errors import ServerRejected, SyncFailed
+from ._replica import Replica, covers
+from ._transport import ClientChannel
+
+log = logging.getLogger(__name__)
+
+RemoteChangeCallback = Callable[[str, int], None]   # (household_id, changes received)
+SavedCallback = Callable[[str, list[bytes]], None]  # (household_id, server heads)
+
+
+@dataclass
+class SyncSummary:
+    households_synced: int = 0
+    changes_sent: int = 0
+    changes_received: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    unavailable: list[str] = field(default_factory=list)
+    rejected: list[ServerRejected] = field(default_factory=list)
+    attempts: int = 1
+    seconds: float = 0.0
+
+
+@dataclass
+class _DocSync:
+    doc: Document
+    state: SyncState
+    hashes_before: set[bytes]
+    first_server_heads: list[bytes] | None = None
+    server_heads: list[bytes] = field(default_factory=list)
+    done: bool = False
+    was_saved: bool = False
+
+
+class SyncClient:
+    """Syncs one :class:`Replica` with one server.
+
+    ``on_remote_change(household_id, n)`` fires when n changes from others
+    arrived; ``on_saved(household_id, heads)`` when the server's heads first
+    include every local change of that household.
+    """
+
+    def __init__(self, replica: Replica, server_url: str, *,
+                 on_remote_change: RemoteChangeCallback | None = None,
+                 on_saved: SavedCallback | None = None,
+                 max_attempts: int = 5, backoff_base: float = 0.2, backoff_cap: float = 10.0,
+                 idle_timeout: float = 30.0, max_frame_bytes: int = 4 * 1024 * 1024) -> None:
+        self.replica = replica
+        self.server_url = server_url
+        self.on_remote_change = on_remote_change
+        self.on_saved = on_saved
+        self.max_attempts = max_attempts
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self.idle_timeout = idle_timeout
+        self.max_frame_bytes = max_frame_bytes
+
+    def backoff_delay(self, attempt: int) -> float:
+        """Seconds to wait before retry ``attempt`` (1-based): full jitter, capped."""
+        return random.uniform(0, min(self.backoff_cap, self.backoff_base * 2 ** (attempt - 1)))
+
+    async def sync(self, household_ids: list[str] | None = None) -> SyncSummary:
+        """Upload and download every household of the caseload (or those given)."""
+        last: BaseException | None = None
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                summary = await self._sync_once(household_ids)
+                summary.attempts = attempt
+                return summary
+            except (aiohttp.ClientError, OSError, TimeoutError, ConnectionError) as exc:
+                last = exc
+                log.info("sync attempt %d failed: %s", attempt, type(exc).__name__)
+                if attempt < self.max_attempts:
+                    await asyncio.sleep(self.backoff_delay(attempt))
+        raise SyncFailed(self.max_attempts, last)
+
+    async def _sync_once(self, household_ids: list[str] | None) -> SyncSummary:
+        started = time.perf_counter()
+        summary = SyncSummary()
+        ids = household_ids if household_ids is not None else self.replica.household_ids()
+        async with aiohttp.ClientSession() as session, session.ws_connect(
+                self.server_url, max_msg_size=self.max_frame_bytes + 64 * 1024,
+                heartbeat=30) as ws:
+            channel = ClientChannel(ws)
+            peer_id = self.replica.peer_id
+
+            async def send(message: wire.Message) -> None:
+                frame = wire.encode(message)
+                summary.bytes_sent += len(frame)
+                await channel.send(frame)
+
+            async def receive() -> wire.Message:
+                frame = await asyncio.wait_for(channel.receive(), self.idle_timeout)
+                if frame is None:
+                    raise ConnectionError("server closed the connection")
+                summary.bytes_received += len(frame)
+                return wire.decode(frame)
+
+            await send(wire.Join(peer_id, metadata={"isEphemeral": False}))
+            first = await receive()
+            if isinstance(first, wire.Error):
+                raise ServerRejected(first.code, first.message)
+            if not isinstance(first, wire.Peer):
+                raise ProtocolError(f"expected 'peer', got '{first.type}'")
+            server_id = first.sender_id
+
+            docs: dict[str, _DocSync] = {}
+            for hid in ids:
+                local = self.replica.has_local_copy(hid)
+                doc = self.replica.document(hid)
+                d = docs[hid] = _DocSync(doc, SyncState(),
+                                         {c.hash for c in doc.get_changes([])} if local else set())
+                m = doc.generate_sync_message(d.state)
+                assert m is not None  # a fresh SyncState always has something to say
+                kind = wire.Sync if local else wire.Request
+                await send(kind(peer_id, server_id, hid, m.encode()))
+
+            while not all(d.done for d in docs.values()):
+                msg = await receive()
+                if isinstance(msg, wire.Sync):
+                    d = docs.get(msg.document_id)
+                    if d is None:
+                        continue  # a household we did not ask for in this session
+                    await self._on_sync(msg, d, send, peer_id, server_id, summary)
+                elif isinstance(msg, wire.DocUnavailable):
+                    if msg.document_id in docs:
+                        docs[msg.document_id].done = True
+                        summary.unavailable.append(msg.document_id)
+                elif isinstance(msg, wire.Error):
+                    rejection = ServerRejected(msg.code, msg.message, msg.document_id)
+                    summary.rejected.append(rejection)
+                    if msg.document_id in docs:
+                        docs[msg.document_id].done = True
+                    else:
+                        raise rejection
+
+            for hid, d in docs.items():
+                if hid in summary.unavailable or not d.doc.get_heads():
+                    continue
+                summary.households_synced += 1
+                if not self.replica.has_local_copy(hid):
+                    self.replica.adopt(hid, d.doc)
+                self._count(d, summary)
+            self.replica.save_all()
+        summary.seconds = time.perf_counter() - started
+        return summary
+
+    async def _on_sync(self, msg: wire.Sync, d: _DocSync, send, peer_id: str, server_id: str,
+                       summary: SyncSummary) -> None:
+        hid = msg.document_id
+        before = d.doc.get_heads()
+        d.doc.receive_sync_message(d.state, Message.decode(msg.data))
+        d.server_heads = wire.sync_message_heads(msg.data)
+        if d.first_server_heads is None:
+            d.first_server_heads = d.server_heads
+        self.replica.set_server_heads(hid, d.server_heads)
+        after = d.doc.get_heads()
+        if after != before and self.on_remote_change is not None and self.replica.has_local_copy(hid):
+            self.on_remote_change(hid, len(d.doc.get_changes(before)))
+        reply = d.doc.generate_sync_message(d.state)
+        if reply is not None:
+            await send(wire.Sync(peer_id, server_id, hid, reply.encode()))
+        saved = covers(d.doc, d.server_heads)
+        if saved and not d.was_saved and d.hashes_before and self.on_saved is not None:
+            self.on_saved(hid, d.server_heads)
+        d.was_saved = saved
+        # Equal heads mean equal documents; any reply just sent is an acknowledgement.
+        d.done = sorted(after) == sorted(d.server_heads)
+
+    @staticmethod
+    def _count(d: _DocSync, summary: SyncSummary) -> None:
+        after = {c.hash for c in d.doc.get_changes([])}
+        server_before: set[bytes] = set()
+        if d.first_server_heads:
+            server_before = {c.hash for c in d.doc.fork_at(d.first_server_heads).get_changes([])}
+        summary.changes_sent += len(d.hashes_before - server_before)
+        summary.changes_received += len(after - d.hashes_before)

@@ -1,0 +1,419 @@
+"""The household document, schema version 1, as data.
+
+One household is one Automerge document. Its root map::
+
+    schema           Int      1                                   required
+    locality         Str      SIRUTA code, digits ("54975")       required
+    county           Str      county code, 1-2 uppercase ("CJ")   required
+    address          Str      non-empty                           required
+    gps              Map      (absent until a fix is captured)    optional
+        lat          F64      -90..90
+        lon          F64      -180..180
+        accuracy_m   F64      >= 0
+        captured_at  Str      instant
+    status           Str      registration | active | closed      required
+    team             Map      every role optional, a user id      required
+        social_worker, nurse, counsellor, case_responsible
+    members          Map      person_id -> member                 required
+        first_name        Str   non-empty
+        last_name         Str   non-empty
+        birth_date        Str   date
+        sex               Str   F | M | X
+        relation_to_head  Str   non-empty free text ("head", "child", ...)
+        presence          Str   present | absent | moved | deceased
+    assessments      Map      assessment_id -> assessment         required
+        started_at        Str   instant
+        completed_at      Str   instant                           optional
+        by                Str   user id
+        answers           Map   person_id (a member) ->
+                                Map indicator_code -> Str | Int | F64 | Boolean
+    service_plan     Map      service_id -> service               required
+        code              Str   service code
+        person_id         Str   entity id of a member
+        vulnerability     Str   vulnerability code
+        deadline          Str   date
+        status            Str   planned | in_progress | delivered | cancelled
+        delivered_at      Str   instant     optional; required when delivered
+        delivered_by      Str   user id     optional; required when delivered
+        note              Text
+    change_requests  Map      request_id -> request               required
+        kind              Str   add_member | remove_member | change_presence |
+                                change_team | close_household | reopen_household
+        payload           Map   code -> Str | Int | F64 | Boolean (kind-specific,
+                                checked by the permission policy, not here)
+        reason            Str
+        requested_by      Str   user id
+        requested_at      Str   instant
+        status            Str   pending | approved | rejected
+        decided_by        Str   user id     optional
+        decided_at        Str   instant     optional
+        decision_note     Str               optional
+    activity         List     append-only feed of maps            required
+        at Str instant, by Str user id, kind Str code, text Str
+    conflicts        Map      conflict_id -> conflict             required
+        path              List  of Str | Int segments
+        values            List  of Str | Int | F64 | Boolean | Null
+        detected_at       Str   instant
+        resolved_by       Str   user id     optional
+        resolution        Str               optional
+    notes            Text                                         required
+
+Conventions:
+
+* Keys of ``members``, ``assessments``, ``service_plan``, ``change_requests``
+  and ``conflicts`` are entity ids (see :mod:`conflict.ids`). The household id
+  is the document's sync id and is not stored in the document.
+* Ids and enumerations are plain ``Str`` scalars. Numbers are ``F64`` (``Int``
+  is accepted where a number is expected). Free text that several people may
+  edit concurrently (``notes``, a service's ``note``) is an Automerge ``Text``.
+* Dates are ``"YYYY-MM-DD"``; instants are ``"YYYY-MM-DDTHH:MM:SSZ"`` in UTC.
+* An optional field is either absent or holds a value of its type; ``Null``
+  is not used to mean "unset".
+* ``sex`` follows the Romanian civil registry (``F``, ``M``) plus ``X`` for
+  "not recorded / other", so a worker is never forced to guess.
+
+The layout is expressed below with five spec classes (:class:`Scalar`,
+:class:`Text`, :class:`Record`, :class:`MapOf`, :class:`ListOf`); the
+validator and the typed :class:`~conflict.household.Household` API both read
+it, so there is one source of truth for types, enumerations and formats.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import date, datetime
+
+from .ids import is_entity_id
+
+__all__ = [
+    "ACTIVITY_ENTRY",
+    "ASSESSMENT",
+    "CHANGE_REQUEST",
+    "CONFLICT",
+    "FORMATS",
+    "GPS",
+    "HOUSEHOLD",
+    "HOUSEHOLD_STATUSES",
+    "MEMBER",
+    "PRESENCES",
+    "REQUEST_KINDS",
+    "REQUEST_STATUSES",
+    "SCHEMA_VERSION",
+    "SERVICE",
+    "SERVICE_STATUSES",
+    "SEXES",
+    "TEAM",
+    "TEAM_ROLES",
+    "Kind",
+    "ListOf",
+    "MapOf",
+    "Record",
+    "Scalar",
+    "Spec",
+    "Text",
+    "check_python_value",
+    "check_scalar",
+    "child_spec",
+]
+
+SCHEMA_VERSION = 1
+
+HOUSEHOLD_STATUSES = ("registration", "active", "closed")
+PRESENCES = ("present", "absent", "moved", "deceased")
+SEXES = ("F", "M", "X")
+SERVICE_STATUSES = ("planned", "in_progress", "delivered", "cancelled")
+REQUEST_STATUSES = ("pending", "approved", "rejected")
+REQUEST_KINDS = (
+    "add_member",
+    "remove_member",
+    "change_presence",
+    "change_team",
+    "close_household",
+    "reopen_household",
+)
+TEAM_ROLES = ("social_worker", "nurse", "counsellor", "case_responsible")
+
+
+class Kind(enum.Enum):
+    """The scalar type a field holds (an Automerge ``ScalarType`` family)."""
+
+    STR = "str"
+    INT = "int"
+    NUMBER = "number"  # F64, or Int
+    BOOL = "bool"
+    SCALAR = "scalar"  # Str | Int | F64 | Boolean (indicator answers, payloads)
+    SCALAR_OR_NULL = "scalar_or_null"
+    SEGMENT = "segment"  # Str | Int (a path segment)
+
+
+# --- formats -------------------------------------------------------------
+
+_DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_INSTANT_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
+_SIRUTA_RE = re.compile(r"\d{1,6}")
+_COUNTY_RE = re.compile(r"[A-Z]{1,2}")
+_USER_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
+_CODE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+
+
+def _is_date(v: object) -> bool:
+    if not isinstance(v, str) or not _DATE_RE.fullmatch(v):
+        return False
+    try:
+        date.fromisoformat(v)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_instant(v: object) -> bool:
+    if not isinstance(v, str) or not _INSTANT_RE.fullmatch(v):
+        return False
+    try:
+        datetime.fromisoformat(v)
+    except ValueError:
+        return False
+    return True
+
+
+def _matches(pattern: re.Pattern[str]) -> Callable[[object], bool]:
+    return lambda v: isinstance(v, str) and pattern.fullmatch(v) is not None
+
+
+def _in_range(lo: float, hi: float) -> Callable[[object], bool]:
+    return lambda v: isinstance(v, int | float) and lo <= v <= hi
+
+
+FORMATS: Mapping[str, Callable[[object], bool]] = {
+    "nonempty": lambda v: isinstance(v, str) and v.strip() != "",
+    "date": _is_date,
+    "instant": _is_instant,
+    "siruta": _matches(_SIRUTA_RE),
+    "county": _matches(_COUNTY_RE),
+    "entity_id": is_entity_id,
+    "user_id": _matches(_USER_ID_RE),
+    "code": _matches(_CODE_RE),
+    "latitude": _in_range(-90.0, 90.0),
+    "longitude": _in_range(-180.0, 180.0),
+    "non_negative": _in_range(0.0, math.inf),
+    "schema_version": lambda v: v == SCHEMA_VERSION,
+}
+"""Named value formats: name -> predicate over the plain Python value."""
+
+
+# --- spec classes --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scalar:
+    """A scalar field. ``ref="members"``: the value must be a member id."""
+
+    kind: Kind
+    required: bool = True
+    enum: tuple[str, ...] | None = None
+    format: str | None = None
+    ref: str | None = None
+
+
+@dataclass(frozen=True)
+class Text:
+    """An Automerge Text object."""
+
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class Record:
+    """A map with a fixed set of fields; any other key is an unknown field."""
+
+    fields: Mapping[str, Spec]
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class MapOf:
+    """A map from free keys (checked by ``key_format``/``key_ref``) to ``values``."""
+
+    values: Spec
+    key_format: str | None = None
+    key_ref: str | None = None
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class ListOf:
+    """A list whose every item follows ``items``."""
+
+    items: Spec
+    required: bool = True
+
+
+Spec = Scalar | Text | Record | MapOf | ListOf
+
+
+def _s(fmt: str | None = None, *, required: bool = True, ref: str | None = None) -> Scalar:
+    return Scalar(Kind.STR, required=required, format=fmt, ref=ref)
+
+
+def _enum(values: tuple[str, ...]) -> Scalar:
+    return Scalar(Kind.STR, enum=values)
+
+
+# --- the layout ----------------------------------------------------------
+
+GPS = Record(
+    {
+        "lat": Scalar(Kind.NUMBER, format="latitude"),
+        "lon": Scalar(Kind.NUMBER, format="longitude"),
+        "accuracy_m": Scalar(Kind.NUMBER, format="non_negative"),
+        "captured_at": _s("instant"),
+    },
+    required=False,
+)
+
+TEAM = Record({role: _s("user_id", required=False) for role in TEAM_ROLES})
+
+MEMBER = Record(
+    {
+        "first_name": _s("nonempty"),
+        "last_name": _s("nonempty"),
+        "birth_date": _s("date"),
+        "sex": _enum(SEXES),
+        "relation_to_head": _s("nonempty"),
+        "presence": _enum(PRESENCES),
+    }
+)
+
+ASSESSMENT = Record(
+    {
+        "started_at": _s("instant"),
+        "completed_at": _s("instant", required=False),
+        "by": _s("user_id"),
+        "answers": MapOf(
+            MapOf(Scalar(Kind.SCALAR), key_format="code"),
+            key_format="entity_id",
+            key_ref="members",
+        ),
+    }
+)
+
+SERVICE = Record(
+    {
+        "code": _s("code"),
+        "person_id": _s("entity_id", ref="members"),
+        "vulnerability": _s("code"),
+        "deadline": _s("date"),
+        "status": _enum(SERVICE_STATUSES),
+        "delivered_at": _s("instant", required=False),
+        "delivered_by": _s("user_id", required=False),
+        "note": Text(),
+    }
+)
+
+CHANGE_REQUEST = Record(
+    {
+        "kind": _enum(REQUEST_KINDS),
+        "payload": MapOf(Scalar(Kind.SCALAR), key_format="code"),
+        "reason": _s(),
+        "requested_by": _s("user_id"),
+        "requested_at": _s("instant"),
+        "status": _enum(REQUEST_STATUSES),
+        "decided_by": _s("user_id", required=False),
+        "decided_at": _s("instant", required=False),
+        "decision_note": _s(required=False),
+    }
+)
+
+ACTIVITY_ENTRY = Record(
+    {
+        "at": _s("instant"),
+        "by": _s("user_id"),
+        "kind": _s("code"),
+        "text": _s(),
+    }
+)
+
+CONFLICT = Record(
+    {
+        "path": ListOf(Scalar(Kind.SEGMENT)),
+        "values": ListOf(Scalar(Kind.SCALAR_OR_NULL)),
+        "detected_at": _s("instant"),
+        "resolved_by": _s("user_id", required=False),
+        "resolution": _s(required=False),
+    }
+)
+
+HOUSEHOLD = Record(
+    {
+        "schema": Scalar(Kind.INT, format="schema_version"),
+        "locality": _s("siruta"),
+        "county": _s("county"),
+        "address": _s("nonempty"),
+        "gps": GPS,
+        "status": _enum(HOUSEHOLD_STATUSES),
+        "team": TEAM,
+        "members": MapOf(MEMBER, key_format="entity_id"),
+        "assessments": MapOf(ASSESSMENT, key_format="entity_id"),
+        "service_plan": MapOf(SERVICE, key_format="entity_id"),
+        "change_requests": MapOf(CHANGE_REQUEST, key_format="entity_id"),
+        "activity": ListOf(ACTIVITY_ENTRY),
+        "conflicts": MapOf(CONFLICT, key_format="entity_id"),
+        "notes": Text(),
+    }
+)
+"""The root of a household document."""
+
+
+# --- checks shared by the validator and the typed API ---------------------
+
+
+def check_scalar(spec: Scalar, value: object) -> str | None:
+    """Check a value already known to have the right type against ``spec``.
+
+    Returns the violated rule name (``"enum"``, ``"format"`` or
+    ``"schema-version"``) or ``None``. References are not checked here: they
+    need the document.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return "format"
+    if spec.enum is not None and value not in spec.enum:
+        return "enum"
+    if spec.format is not None and not FORMATS[spec.format](value):
+        return "schema-version" if spec.format == "schema_version" else "format"
+    return None
+
+
+def _python_type_ok(kind: Kind, value: object) -> bool:
+    if kind is Kind.SCALAR_OR_NULL and value is None:
+        return True
+    if isinstance(value, bool):
+        return kind in (Kind.BOOL, Kind.SCALAR, Kind.SCALAR_OR_NULL)
+    if isinstance(value, int):
+        return kind is not Kind.STR and kind is not Kind.BOOL
+    if isinstance(value, float):
+        return kind in (Kind.NUMBER, Kind.SCALAR, Kind.SCALAR_OR_NULL)
+    if isinstance(value, str):
+        return kind in (Kind.STR, Kind.SCALAR, Kind.SCALAR_OR_NULL, Kind.SEGMENT)
+    return False
+
+
+def check_python_value(spec: Scalar, value: object) -> str | None:
+    """Check a Python value about to be written; returns a rule name or ``None``."""
+    if not _python_type_ok(spec.kind, value):
+        return "type"
+    return check_scalar(spec, value)
+
+
+def child_spec(spec: Spec, segment: str | int) -> Spec | None:
+    """The spec of ``segment`` under ``spec``, or ``None`` if the schema has none."""
+    if isinstance(spec, Record):
+        return spec.fields.get(segment) if isinstance(segment, str) else None
+    if isinstance(spec, MapOf):
+        return spec.values if isinstance(segment, str) else None
+    if isinstance(spec, ListOf):
+        return spec.items if isinstance(segment, int) else None
+    return None

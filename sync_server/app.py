@@ -1,0 +1,205 @@
+"""The aiohttp application and :class:`VatraServer`, the long-lived service around it.
+
+Routes: ``GET /v1/sync`` (WebSocket, automerge-repo messages), ``GET /healthz``
+(process up), ``GET /readyz`` (database reachable).
+
+``VatraServer`` works as ``async with VatraServer(settings) as server`` or
+with ``await start()`` / ``await stop()``; ``server.started`` is set once it
+accepts connections and ``server.url`` says where.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import sqlalchemy as sa
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from . import wire
+from .channel import WebSocketChannel
+from .config import Settings
+from .connection import Connection, ConnectionState
+from .database import database_url, make_engine, migrate
+from .errors import ErrorCode, ProtocolError, StorageError, VatraError
+from .households import HouseholdRegistry
+from .pipeline import Synchronizer
+from .storage import PostgresStore
+
+log = logging.getLogger(__name__)
+
+SYNCHRONIZER = web.AppKey("synchronizer", Synchronizer)
+SETTINGS = web.AppKey("settings", Settings)
+ENGINE = web.AppKey("engine", AsyncEngine)
+CONNECTIONS = web.AppKey("connections", set)
+
+#: Message types a device may send once its connection is open.
+FROM_CLIENT_ALLOWED = (wire.Sync, wire.Request, wire.Ephemeral, wire.Error)
+
+
+async def sync_handler(request: web.Request) -> web.StreamResponse:
+    settings = request.app[SETTINGS]
+    synchronizer = request.app[SYNCHRONIZER]
+    ws = web.WebSocketResponse(max_msg_size=settings.max_frame_bytes + 64 * 1024,
+                               heartbeat=30)
+    await ws.prepare(request)
+    conn = Connection(WebSocketChannel(ws, settings.max_frame_bytes),
+                      server_peer_id=synchronizer.server_peer_id,
+                      outbox_frames=settings.outbox_frames)
+    conn.start()
+    request.app[CONNECTIONS].add(conn)
+    try:
+        await serve_connection(conn, synchronizer)
+    finally:
+        request.app[CONNECTIONS].discard(conn)
+        synchronizer.registry.unsubscribe(conn)
+    return ws
+
+
+async def serve_connection(conn: Connection, synchronizer: Synchronizer) -> None:
+    """Read frames until the peer leaves or breaks the protocol; errors close only this peer."""
+    try:
+        while conn.state is not ConnectionState.CLOSED:
+            frame = await conn.channel.receive()
+            if frame is None:
+                break
+            msg = wire.decode(frame)
+            if conn.state is ConnectionState.AWAITING_JOIN:
+                if not isinstance(msg, wire.Join):
+                    raise ProtocolError("the first message must be 'join'",
+                                        code=ErrorCode.HANDSHAKE_REQUIRED)
+                conn.opened(msg.sender_id)
+                conn.send(wire.Peer(synchronizer.server_peer_id, msg.sender_id,
+                                    metadata={"isEphemeral": False}))
+                continue
+            if not isinstance(msg, FROM_CLIENT_ALLOWED):
+                raise ProtocolError(f"'{msg.type}' is not a message a client may send",
+                                    code=ErrorCode.UNKNOWN_MESSAGE_TYPE)
+            if isinstance(msg, wire.Sync):  # Request is a Sync
+                try:
+                    await synchronizer.handle(conn, msg)
+                except StorageError as err:
+                    # The device did nothing wrong: tell it, keep the connection.
+                    conn.send_error(err)
+            elif isinstance(msg, wire.Error):
+                log.info("connection %s: peer reported error code=%s", conn.id, msg.code[:40])
+            # Ephemeral: accepted and not relayed (documented in docs/protocol.md).
+    except VatraError as err:
+        log.info("connection %s: closing, %s", conn.id, err.code)
+        conn.send_error(err)
+        await conn.close(str(err.code))
+        return
+    except asyncio.CancelledError:
+        conn.abort(ErrorCode.SERVER_SHUTTING_DOWN)
+        raise
+    await conn.close()
+
+
+async def healthz(_: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    try:
+        async with request.app[ENGINE].connect() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+    except Exception:
+        return web.json_response({"status": "database unavailable"}, status=503)
+    return web.json_response({"status": "ready"})
+
+
+def build_app(settings: Settings, engine: AsyncEngine) -> web.Application:
+    store = PostgresStore(engine)
+    registry = HouseholdRegistry(store, max_resident=settings.resident_households,
+                                 max_bytes=settings.resident_bytes)
+    app = web.Application(client_max_size=settings.max_frame_bytes)
+    app[SETTINGS] = settings
+    app[ENGINE] = engine
+    app[SYNCHRONIZER] = Synchronizer(registry, store, f"vatra-{uuid.uuid4().hex[:12]}")
+    app[CONNECTIONS] = set()
+    app.router.add_get("/v1/sync", sync_handler)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.on_shutdown.append(_close_connections)
+    return app
+
+
+async def _close_connections(app: web.Application) -> None:
+    for conn in list(app[CONNECTIONS]):
+        conn.send_error(VatraError("server is shutting down; reconnect later",
+                                   code=ErrorCode.SERVER_SHUTTING_DOWN))
+        await conn.close(str(ErrorCode.SERVER_SHUTTING_DOWN))
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket; with port 0 the OS picks a free one (tests, demo, bench)."""
+    info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(info[0], socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(info[4])
+    sock.listen(512)
+    sock.setblocking(False)
+    return sock
+
+
+class VatraServer:
+    """The sync server as a service: database (embedded or given), migrations, HTTP."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.started = asyncio.Event()
+        self.port: int | None = None
+        self.app: web.Application | None = None
+        self._stack = contextlib.AsyncExitStack()
+
+    @property
+    def url(self) -> str:
+        return f"ws://{self.settings.host}:{self.port}/v1/sync"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.settings.host}:{self.port}"
+
+    async def start(self) -> None:
+        try:
+            await self._stack.enter_async_context(self._run())
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        self.started.set()
+
+    async def stop(self) -> None:
+        await self._stack.aclose()
+        self.started.clear()
+
+    async def __aenter__(self) -> VatraServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.stop()
+
+    @contextlib.asynccontextmanager
+    async def _run(self) -> AsyncIterator[None]:
+        async with database_url(self.settings.database_url, self.settings.data_dir) as url:
+            engine = make_engine(url)
+            try:
+                await migrate(engine)
+                self.app = build_app(self.settings, engine)
+                runner = web.AppRunner(self.app, handle_signals=False)
+                await runner.setup()
+                try:
+                    sock = bind_socket(self.settings.host, self.settings.port)
+                    self.port = sock.getsockname()[1]
+                    await web.SockSite(runner, sock).start()
+                    yield
+                finally:
+                    await runner.cleanup()
+            finally:
+                await engine.dispose()

@@ -1,0 +1,101 @@
+"""The ``vatra`` command.
+
+    vatra serve     run the sync server (embedded PostgreSQL unless DATABASE_URL is set)
+    vatra migrate   apply database migrations and exit
+    vatra demo      three team members edit one household offline, then sync
+    vatra bench     throughput and latency of the sync pipeline (docs/performance.md)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from .config import Settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vatra", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the sync server")
+    serve.add_argument("--host", help="listen address (VATRA_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="listen port (VATRA_PORT, default 8765; 0 = any)")
+    serve.add_argument("--data-dir", type=Path, help="data directory (VATRA_DATA_DIR, ./var)")
+
+    migrate = sub.add_parser("migrate", help="apply database migrations")
+    migrate.add_argument("--data-dir", type=Path)
+
+    demo = sub.add_parser("demo", help="three tablets, one household, offline edits, one sync")
+    demo.add_argument("--data-dir", type=Path, help="default: a temporary directory")
+
+    bench = sub.add_parser("bench", help="measure the sync pipeline")
+    bench.add_argument("--tablets", type=int, default=20)
+    bench.add_argument("--households", type=int, default=5)
+    bench.add_argument("--edits", type=int, default=10)
+    bench.add_argument("--live-changes", type=int, default=300)
+    bench.add_argument("--data-dir", type=Path, help="default: a temporary directory")
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    for noisy in ("pgserver", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    settings = Settings.from_env()
+    if getattr(args, "data_dir", None) is not None:
+        settings = dataclasses.replace(settings, data_dir=args.data_dir)
+
+    if args.command == "serve":
+        if args.host is not None:
+            settings = dataclasses.replace(settings, host=args.host)
+        if args.port is not None:
+            settings = dataclasses.replace(settings, port=args.port)
+        return asyncio.run(_serve(settings))
+    if args.command == "migrate":
+        return asyncio.run(_migrate(settings))
+    if args.command == "demo":
+        from .demo import run_demo
+        return asyncio.run(run_demo(settings, args.data_dir))
+    if args.command == "bench":
+        from .bench import run_bench
+        return asyncio.run(run_bench(settings, args))
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+async def _serve(settings: Settings) -> int:
+    from .app import VatraServer
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with VatraServer(settings) as server:
+        where = "DATABASE_URL" if settings.database_url else \
+            f"embedded PostgreSQL in {(settings.data_dir / 'postgres').resolve()}"
+        print(f"Vatra sync server listening on {server.url} (database: {where})", flush=True)
+        await stop.wait()
+        print("Vatra sync server stopping", flush=True)
+    return 0
+
+
+async def _migrate(settings: Settings) -> int:
+    from .database import database_url, make_engine, migrate
+
+    async with database_url(settings.database_url, settings.data_dir) as url:
+        engine = make_engine(url)
+        try:
+            await migrate(engine)
+        finally:
+            await engine.dispose()
+    print("database schema is up to date", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

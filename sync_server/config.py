@@ -1,0 +1,56 @@
+"""Server settings, read once from the environment.
+
+| variable                   | default          | meaning                                              |
+|----------------------------|------------------|------------------------------------------------------|
+| DATABASE_URL               | (embedded)       | PostgreSQL URL; unset = embedded server in data dir  |
+| VATRA_DATA_DIR             | ./var            | embedded database and other local state              |
+| VATRA_HOST / VATRA_PORT    | 127.0.0.1 / 8765 | where /v1/sync listens (port 0 = any free port)      |
+| VATRA_MAX_FRAME_BYTES      | 4194304          | largest frame accepted; larger = error, closed       |
+| VATRA_OUTBOX_FRAMES        | 512              | frames queued per connection before it is dropped    |
+| VATRA_RESIDENT_HOUSEHOLDS  | 2000             | idle households kept in memory (count)               |
+| VATRA_RESIDENT_BYTES       | 268435456        | idle households kept in memory (stored bytes)        |
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database_url: str | None = None
+    data_dir: Path = field(default_factory=lambda: Path("var"))
+    host: str = "127.0.0.1"
+    port: int = 8765
+    max_frame_bytes: int = 4 * 1024 * 1024
+    outbox_frames: int = 512
+    resident_households: int = 2000
+    resident_bytes: int = 256 * 1024 * 1024
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        e = os.environ if env is None else env
+        base = cls()
+        return replace(
+            base,
+            database_url=e.get("DATABASE_URL") or None,
+            data_dir=Path(e.get("VATRA_DATA_DIR", str(base.data_dir))),
+            host=e.get("VATRA_HOST", base.host),
+            port=_int(e, "VATRA_PORT", base.port),
+            max_frame_bytes=_int(e, "VATRA_MAX_FRAME_BYTES", base.max_frame_bytes),
+            outbox_frames=_int(e, "VATRA_OUTBOX_FRAMES", base.outbox_frames),
+            resident_households=_int(e, "VATRA_RESIDENT_HOUSEHOLDS", base.resident_households),
+            resident_bytes=_int(e, "VATRA_RESIDENT_BYTES", base.resident_bytes),
+        )
+
+
+def _int(env: os._Environ[str] | dict[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"{name} must be an integer, got {raw!r}") from None

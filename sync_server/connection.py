@@ -1,0 +1,132 @@
+"""One connected peer: handshake state, per-household sync state, bounded outbox.
+
+A connection moves through explicit states; illegal transitions raise::
+
+    AWAITING_JOIN --join--> OPEN --close--> CLOSED
+           \\______________________________/^
+
+Outgoing frames go through a bounded outbox drained by one writer task.
+Policy when the outbox is full: the peer is too slow to follow the fan-out,
+so the connection is closed with ``outbox-overflow``. Nothing is lost: the
+server's state is durable and the device resumes with a fresh sync on
+reconnect, which sends exactly what it misses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+from itertools import count
+
+from automerge.core import SyncState
+
+from . import wire
+from .channel import FrameChannel
+from .errors import ErrorCode, VatraError
+
+log = logging.getLogger(__name__)
+_ids = count(1)
+
+
+class ConnectionState(enum.Enum):
+    AWAITING_JOIN = "awaiting-join"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class Connection:
+    def __init__(self, channel: FrameChannel, *, server_peer_id: str, outbox_frames: int) -> None:
+        self.id = next(_ids)
+        self.channel = channel
+        self.server_peer_id = server_peer_id
+        self.peer_id: str | None = None
+        self.state = ConnectionState.AWAITING_JOIN
+        self._sync_states: dict[str, SyncState] = {}
+        self._outbox: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=outbox_frames)
+        self._writer: asyncio.Task[None] | None = None
+        self._close_reason = ""
+        self.closed = asyncio.Event()
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.id} {self.state.value}>"
+
+    # -- state ---------------------------------------------------------------------------
+
+    def opened(self, peer_id: str) -> None:
+        if self.state is not ConnectionState.AWAITING_JOIN:
+            raise VatraError("join is only valid once, as the first message",
+                             code=ErrorCode.HANDSHAKE_REQUIRED)
+        self.peer_id = peer_id
+        self.state = ConnectionState.OPEN
+
+    def sync_state(self, document_id: str) -> SyncState:
+        state = self._sync_states.get(document_id)
+        if state is None:
+            state = self._sync_states[document_id] = SyncState()
+        return state
+
+    def reset_sync_state(self, document_id: str) -> None:
+        """Forget what this peer is believed to have, after a failed or rejected sync."""
+        self._sync_states[document_id] = SyncState()
+
+    @property
+    def documents(self) -> list[str]:
+        return list(self._sync_states)
+
+    # -- outbox --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._writer = asyncio.create_task(self._drain(), name=f"conn-{self.id}-writer")
+
+    def send(self, message: wire.Message) -> None:
+        """Queue ``message``; never blocks. A full outbox closes the connection."""
+        if self.state is ConnectionState.CLOSED:
+            return
+        try:
+            self._outbox.put_nowait(wire.encode(message))
+        except asyncio.QueueFull:
+            log.warning("connection %s: outbox full, closing", self.id)
+            self.abort(ErrorCode.OUTBOX_OVERFLOW)
+
+    def send_error(self, err: VatraError) -> None:
+        self.send(wire.Error(self.server_peer_id, err.message, str(err.code), err.document_id))
+
+    def abort(self, code: ErrorCode) -> None:
+        """Close without waiting for queued frames (used when the outbox itself is the problem)."""
+        self._close_reason = str(code)
+        self.state = ConnectionState.CLOSED
+        while not self._outbox.empty():
+            self._outbox.get_nowait()
+        self._outbox.put_nowait(None)
+
+    async def close(self, reason: str = "") -> None:
+        """Flush queued frames (at most 5 s), then close the channel."""
+        if self.state is not ConnectionState.CLOSED:
+            self._close_reason = reason
+            self.state = ConnectionState.CLOSED
+            try:
+                self._outbox.put_nowait(None)
+            except asyncio.QueueFull:
+                self.abort(ErrorCode.OUTBOX_OVERFLOW)
+        if self._writer is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._writer), timeout=5)
+            except TimeoutError:
+                self._writer.cancel()
+
+    async def _drain(self) -> None:
+        try:
+            while True:
+                frame = await self._outbox.get()
+                if frame is None:
+                    break
+                await self.channel.send(frame)
+        except (ConnectionError, RuntimeError) as exc:
+            log.info("connection %s: send failed (%s)", self.id, type(exc).__name__)
+        finally:
+            self.state = ConnectionState.CLOSED
+            with contextlib.suppress(Exception):
+                await self.channel.close(self._close_reason)
+            self.closed.set()

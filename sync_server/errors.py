@@ -1,0 +1,73 @@
+"""Errors Vatra reports, and how they cross the wire.
+
+Every error that reaches a device or an operator is a :class:`VatraError`
+carrying a stable :class:`ErrorCode`. The code names the rule that was broken;
+the message says what happened in words, and never contains household
+content (names, answers, addresses) so that errors can be logged.
+
+Tree::
+
+    VatraError
+    ├── ProtocolError      the peer broke the wire protocol (bad CBOR, unknown type, oversized frame)
+    ├── DocumentError      a sync for a household failed (unknown, malformed Automerge bytes, invalid)
+    └── StorageError       the database refused or failed a write
+
+``to_wire()`` returns the fields of the automerge-repo ``error`` message;
+internal details (stack traces, SQL) never leave the server.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    """Stable, documented error codes. Never renumber or rename: clients match on them."""
+
+    MALFORMED_MESSAGE = "malformed-message"
+    UNKNOWN_MESSAGE_TYPE = "unknown-message-type"
+    FRAME_TOO_LARGE = "frame-too-large"
+    HANDSHAKE_REQUIRED = "handshake-required"
+    INVALID_DOCUMENT_ID = "invalid-document-id"
+    MALFORMED_SYNC_DATA = "malformed-sync-data"
+    NOT_A_HOUSEHOLD = "not-a-household"
+    OUTBOX_OVERFLOW = "outbox-overflow"
+    STORAGE_FAILURE = "storage-failure"
+    SERVER_SHUTTING_DOWN = "server-shutting-down"
+
+
+class VatraError(Exception):
+    """Root of every error Vatra raises on purpose."""
+
+    code: ErrorCode = ErrorCode.MALFORMED_MESSAGE
+
+    def __init__(self, message: str, *, code: ErrorCode | None = None,
+                 document_id: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+        self.message = message
+        self.document_id = document_id
+
+    def to_wire(self) -> dict[str, str]:
+        """The public part of this error: code and message, nothing internal."""
+        wire = {"code": str(self.code), "message": self.message}
+        if self.document_id is not None:
+            wire["documentId"] = self.document_id
+        return wire
+
+
+class ProtocolError(VatraError):
+    """The peer sent something the protocol does not allow; the connection is closed."""
+
+
+class DocumentError(VatraError):
+    """A sync for one household could not be applied; nothing of it merged."""
+
+    code = ErrorCode.MALFORMED_SYNC_DATA
+
+
+class StorageError(VatraError):
+    """Persisting changes failed; nothing was advertised, the device will resend."""
+
+    code = ErrorCode.STORAGE_FAILURE

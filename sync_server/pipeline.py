@@ -1,0 +1,188 @@
+"""The merge pipeline for one incoming ``sync`` (or ``request``) message.
+
+For household h and connection c, under h's lock::
+
+    1. fork      f = h.doc.fork(); before = h.doc.get_heads()
+    2. apply     f.receive_sync_message(c's SyncState for h, message)
+    3. collect   new = f.get_changes(before)          (nothing new -> just answer c)
+    4. persist   one transaction, one multi-row INSERT, idempotent by change hash
+    5. swap      h.doc = f                             (only after the commit)
+    6. fan out   every subscribed connection, the sender included, gets
+                 h.doc.generate_sync_message(its SyncState)
+
+If 2 or 4 fails nothing is swapped in, c's SyncState for h is reset, and c
+gets an ``error`` naming the rule. Because messages are only generated from
+``h.doc``, and ``h.doc`` only ever holds committed changes, no peer is told of
+heads that a crash could lose.
+
+A ``sync`` for a household the server does not know is a creation: the
+changes are applied to an empty document, which must be a valid household
+(schema v1, checked by :func:`conflict.validate`) to be registered; its first
+changes and its registry row are committed in one transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from automerge._automerge import DocumentId
+from automerge.core import ROOT, Document, Message, ScalarType
+
+from conflict import validate
+
+from . import wire
+from .connection import Connection
+from .errors import DocumentError, ErrorCode, StorageError
+from .households import HouseholdActor, HouseholdRegistry
+from .storage import HouseholdRecord, HouseholdStore, StoredChange
+
+log = logging.getLogger(__name__)
+
+
+def check_document_id(document_id: str) -> None:
+    try:
+        DocumentId.from_string(document_id)
+    except Exception as exc:  # the binding raises a bare Exception
+        raise DocumentError("documentId is not an automerge-repo document id",
+                            code=ErrorCode.INVALID_DOCUMENT_ID) from exc
+
+
+def stored(changes: Sequence[Any]) -> list[StoredChange]:
+    return [StoredChange(c.hash, tuple(c.deps), c.actor_id, c.bytes) for c in changes]
+
+
+class Synchronizer:
+    """Runs the pipeline; owns nothing but references to the registry and the store."""
+
+    def __init__(self, registry: HouseholdRegistry, store: HouseholdStore,
+                 server_peer_id: str) -> None:
+        self.registry = registry
+        self.store = store
+        self.server_peer_id = server_peer_id
+        self.changes_persisted = 0
+        self.persist_seconds = 0.0
+
+    async def handle(self, conn: Connection, msg: wire.Sync) -> None:
+        """Apply one ``sync``/``request`` from ``conn``. Raises DocumentError/StorageError."""
+        check_document_id(msg.document_id)
+        actor = await self.registry.get(msg.document_id)
+        if actor is None:
+            if isinstance(msg, wire.Request):
+                conn.send(wire.DocUnavailable(self.server_peer_id, conn.peer_id or "",
+                                              msg.document_id))
+                return
+            await self._create(conn, msg)
+            return
+        actor.subscribers.add(conn)
+        await self._merge(actor, conn, msg)
+
+    async def _merge(self, actor: HouseholdActor, conn: Connection, msg: wire.Sync) -> None:
+        hid = actor.id
+        async with actor.lock:
+            fork = actor.doc.fork()
+            before = actor.doc.get_heads()
+            try:
+                fork.receive_sync_message(conn.sync_state(hid), Message.decode(msg.data))
+            except Exception as exc:  # malformed or truncated Automerge bytes
+                conn.reset_sync_state(hid)
+                raise DocumentError("sync data is not a valid Automerge sync message",
+                                    code=ErrorCode.MALFORMED_SYNC_DATA,
+                                    document_id=hid) from exc
+            new = fork.get_changes(before)
+            if not new:
+                self._answer(actor, [conn])
+                return
+            started = time.perf_counter()
+            try:
+                result = await self.store.append_changes(hid, stored(new))
+            except Exception as exc:
+                conn.reset_sync_state(hid)
+                log.exception("household %s: persisting %d changes failed", hid, len(new))
+                raise StorageError("the server could not store these changes; retry later",
+                                   document_id=hid) from exc
+            self.persist_seconds += time.perf_counter() - started
+            self.changes_persisted += result.inserted
+            actor.doc = fork  # swap: only committed changes ever become visible
+            actor.bytes_since_snapshot += result.inserted_bytes
+            actor.last_seq = max(actor.last_seq, result.last_seq)
+            self._answer(actor, list(actor.subscribers))
+            await self._maybe_snapshot(actor)
+
+    async def _create(self, conn: Connection, msg: wire.Sync) -> None:
+        hid = msg.document_id
+        doc = Document()
+        state = conn.sync_state(hid)
+        try:
+            doc.receive_sync_message(state, Message.decode(msg.data))
+        except Exception as exc:
+            conn.reset_sync_state(hid)
+            raise DocumentError("sync data is not a valid Automerge sync message",
+                                code=ErrorCode.MALFORMED_SYNC_DATA, document_id=hid) from exc
+        new = doc.get_changes([])
+        if not new:
+            # Handshake for a household the device has and the server does not (yet):
+            # answer from the empty document so the device sends its changes.
+            reply = doc.generate_sync_message(state)
+            if reply is not None:
+                conn.send(wire.Sync(self.server_peer_id, conn.peer_id or "", hid, reply.encode()))
+            return
+        violations = validate(doc)
+        if violations:
+            conn.reset_sync_state(hid)
+            rules = "; ".join(f"{'/'.join(map(str, v.path)) or '/'}: {v.rule}"
+                              for v in violations[:10])
+            raise DocumentError(f"unknown household, and its changes do not form a valid "
+                                f"household (schema v1): {rules}",
+                                code=ErrorCode.NOT_A_HOUSEHOLD, document_id=hid)
+        record = HouseholdRecord(hid, _scalar(doc, "locality", hid), _scalar(doc, "county", hid))
+        try:
+            result = await self.store.create_household(record, stored(new))
+        except Exception as exc:
+            conn.reset_sync_state(hid)
+            log.exception("household %s: creating failed", hid)
+            raise StorageError("the server could not store this household; retry later",
+                               document_id=hid) from exc
+        self.changes_persisted += result.inserted
+        actor = self.registry.admit_new(HouseholdActor(
+            record, doc, snapshot_bytes=0, bytes_since_snapshot=result.inserted_bytes,
+            last_seq=result.last_seq))
+        if actor.doc is not doc:
+            # Another connection created it concurrently; merge through the normal path.
+            conn.reset_sync_state(hid)
+            actor.subscribers.add(conn)
+            await self._merge(actor, conn, msg)
+            return
+        actor.subscribers.add(conn)
+        async with actor.lock:
+            self._answer(actor, list(actor.subscribers))
+
+    def _answer(self, actor: HouseholdActor, targets: Sequence[Connection]) -> None:
+        for target in targets:
+            m = actor.doc.generate_sync_message(target.sync_state(actor.id))
+            if m is not None:
+                target.send(wire.Sync(self.server_peer_id, target.peer_id or "", actor.id,
+                                      m.encode()))
+
+    async def _maybe_snapshot(self, actor: HouseholdActor) -> None:
+        """Compact when the changes since the last snapshot outweigh it."""
+        if actor.bytes_since_snapshot <= actor.snapshot_bytes:
+            return
+        body = actor.doc.save()
+        try:
+            await self.store.save_snapshot(actor.id, body, actor.doc.get_heads(), actor.last_seq)
+        except Exception:
+            log.exception("household %s: snapshot failed (the change log is intact)", actor.id)
+            return
+        actor.snapshot_bytes = len(body)
+        actor.bytes_since_snapshot = 0
+
+
+def _scalar(doc: Document, key: str, document_id: str) -> str:
+    got = doc.get(ROOT, key)
+    if got is None or not isinstance(got[0], tuple) or got[0][0] != ScalarType.Str:
+        raise DocumentError(f"household field {key!r} must be a string",
+                            code=ErrorCode.NOT_A_HOUSEHOLD, document_id=document_id)
+    return str(got[0][1])

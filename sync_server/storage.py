@@ -1,0 +1,223 @@
+"""Where households live: the store interface and its PostgreSQL implementation.
+
+The contract (``HouseholdStore``) is small on purpose, like automerge-repo's
+storage adapters, and ``tests/test_storage_contract.py`` runs one contract
+suite against every implementation.
+
+- ``changes`` is the append-only log: one row per Automerge change, keyed by
+  (household, change hash), so re-sending a change is a no-op. Rows are never
+  updated or deleted (a trigger refuses it): the log is the audit trail.
+- ``snapshots`` holds one compacted ``save()`` per household with the heads
+  and the log position (``covers_seq``) it covers. A cold load is the snapshot
+  plus the changes logged after it, in one ``Document.load``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+metadata = sa.MetaData()
+
+households = sa.Table(
+    "households", metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("locality", sa.Text, nullable=False),
+    sa.Column("county", sa.Text, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False,
+              server_default=sa.func.now()),
+)
+
+changes = sa.Table(
+    "changes", metadata,
+    sa.Column("household_id", sa.Text, sa.ForeignKey("households.id"), nullable=False),
+    sa.Column("hash", sa.LargeBinary, nullable=False),
+    sa.Column("seq", sa.BigInteger, sa.Identity(always=True), nullable=False),
+    sa.Column("deps", postgresql.ARRAY(sa.LargeBinary), nullable=False),
+    sa.Column("actor", sa.LargeBinary, nullable=False),
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False,
+              server_default=sa.func.now()),
+    sa.Column("body", sa.LargeBinary, nullable=False),
+    sa.PrimaryKeyConstraint("household_id", "hash"),
+    sa.Index("changes_household_seq", "household_id", "seq"),
+)
+
+snapshots = sa.Table(
+    "snapshots", metadata,
+    sa.Column("household_id", sa.Text, sa.ForeignKey("households.id"), primary_key=True),
+    sa.Column("heads", postgresql.ARRAY(sa.LargeBinary), nullable=False),
+    sa.Column("covers_seq", sa.BigInteger, nullable=False),
+    sa.Column("body", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False,
+              server_default=sa.func.now()),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class HouseholdRecord:
+    """A household in the registry (no content: that is in the change log)."""
+
+    id: str
+    locality: str
+    county: str
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredChange:
+    """One Automerge change as logged: its hash, dependencies, author actor and bytes."""
+
+    hash: bytes
+    deps: tuple[bytes, ...]
+    actor: bytes
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    inserted: int        # rows new to the log (0 when everything was a re-send)
+    inserted_bytes: int  # their body bytes
+    last_seq: int        # highest log position of this household after the append (0 if none)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedHousehold:
+    """What a cold load reads: the latest snapshot and the changes logged after it."""
+
+    record: HouseholdRecord
+    snapshot: bytes
+    snapshot_heads: tuple[bytes, ...]
+    later_changes: tuple[bytes, ...]
+    last_seq: int
+
+    @property
+    def bytes_since_snapshot(self) -> int:
+        return sum(len(c) for c in self.later_changes)
+
+    def document_bytes(self) -> bytes:
+        """Input for one ``Document.load``: snapshot chunk followed by change chunks."""
+        return self.snapshot + b"".join(self.later_changes)
+
+
+class HouseholdStore(Protocol):
+    """The storage contract the server relies on."""
+
+    async def create_household(self, record: HouseholdRecord,
+                               first_changes: Sequence[StoredChange]) -> AppendResult:
+        """Register ``record`` and log its first changes in one transaction.
+
+        Registering an id that exists already only appends the changes (idempotent)."""
+        ...
+
+    async def household(self, household_id: str) -> HouseholdRecord | None: ...
+
+    async def append_changes(self, household_id: str,
+                             new: Sequence[StoredChange]) -> AppendResult:
+        """Log ``new`` in one transaction; changes already logged are skipped."""
+        ...
+
+    async def load(self, household_id: str) -> LoadedHousehold | None: ...
+
+    async def save_snapshot(self, household_id: str, body: bytes,
+                            heads: Sequence[bytes], covers_seq: int) -> None:
+        """Replace the household's snapshot with ``body``, covering the log up to ``covers_seq``."""
+        ...
+
+    async def change_count(self, household_id: str) -> int: ...
+
+
+class PostgresStore:
+    """:class:`HouseholdStore` on PostgreSQL through SQLAlchemy Core and asyncpg."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def create_household(self, record: HouseholdRecord,
+                               first_changes: Sequence[StoredChange]) -> AppendResult:
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                postgresql.insert(households)
+                .values(id=record.id, locality=record.locality, county=record.county)
+                .on_conflict_do_nothing(index_elements=["id"]))
+            return await self._append(conn, record.id, first_changes)
+
+    async def household(self, household_id: str) -> HouseholdRecord | None:
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(
+                sa.select(households).where(households.c.id == household_id))).first()
+        if row is None:
+            return None
+        return HouseholdRecord(row.id, row.locality, row.county, row.created_at)
+
+    async def append_changes(self, household_id: str,
+                             new: Sequence[StoredChange]) -> AppendResult:
+        async with self._engine.begin() as conn:
+            return await self._append(conn, household_id, new)
+
+    async def _append(self, conn: sa.ext.asyncio.AsyncConnection, household_id: str,
+                      new: Sequence[StoredChange]) -> AppendResult:
+        inserted, inserted_bytes, last = 0, 0, 0
+        if new:
+            # One multi-row INSERT for the whole batch; duplicates (re-sends) are skipped.
+            stmt = (postgresql.insert(changes)
+                    .values([{"household_id": household_id, "hash": c.hash,
+                              "deps": list(c.deps), "actor": c.actor, "body": c.body}
+                             for c in new])
+                    .on_conflict_do_nothing(index_elements=["household_id", "hash"])
+                    .returning(changes.c.seq, sa.func.length(changes.c.body)))
+            rows = (await conn.execute(stmt)).all()
+            inserted = len(rows)
+            inserted_bytes = sum(r[1] for r in rows)
+            last = max((r[0] for r in rows), default=0)
+        if not inserted:
+            last = (await conn.execute(
+                sa.select(sa.func.coalesce(sa.func.max(changes.c.seq), 0))
+                .where(changes.c.household_id == household_id))).scalar_one()
+        return AppendResult(inserted, inserted_bytes, last)
+
+    async def load(self, household_id: str) -> LoadedHousehold | None:
+        async with self._engine.connect() as conn:
+            rec = (await conn.execute(
+                sa.select(households).where(households.c.id == household_id))).first()
+            if rec is None:
+                return None
+            snap = (await conn.execute(
+                sa.select(snapshots.c.body, snapshots.c.heads, snapshots.c.covers_seq)
+                .where(snapshots.c.household_id == household_id))).first()
+            covers = snap.covers_seq if snap is not None else 0
+            later = (await conn.execute(
+                sa.select(changes.c.body, changes.c.seq)
+                .where(changes.c.household_id == household_id, changes.c.seq > covers)
+                .order_by(changes.c.seq))).all()
+        return LoadedHousehold(
+            record=HouseholdRecord(rec.id, rec.locality, rec.county, rec.created_at),
+            snapshot=snap.body if snap is not None else b"",
+            snapshot_heads=tuple(snap.heads) if snap is not None else (),
+            later_changes=tuple(r.body for r in later),
+            last_seq=later[-1].seq if later else covers,
+        )
+
+    async def save_snapshot(self, household_id: str, body: bytes,
+                            heads: Sequence[bytes], covers_seq: int) -> None:
+        stmt = postgresql.insert(snapshots).values(
+            household_id=household_id, body=body, heads=list(heads), covers_seq=covers_seq)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["household_id"],
+            set_={"body": stmt.excluded.body, "heads": stmt.excluded.heads,
+                  "covers_seq": stmt.excluded.covers_seq, "created_at": sa.func.now()},
+            # Never move a snapshot backwards (two writers racing: the newer wins).
+            where=snapshots.c.covers_seq < stmt.excluded.covers_seq)
+        async with self._engine.begin() as conn:
+            await conn.execute(stmt)
+
+    async def change_count(self, household_id: str) -> int:
+        async with self._engine.connect() as conn:
+            return (await conn.execute(
+                sa.select(sa.func.count()).select_from(changes)
+                .where(changes.c.household_id == household_id))).scalar_one()

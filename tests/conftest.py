@@ -1,0 +1,108 @@
+"""Shared fixtures: one real PostgreSQL for the whole run, a fresh database per test.
+
+With ``DATABASE_URL`` set, tests use that server (it must allow CREATE DATABASE);
+otherwise an embedded PostgreSQL (pgserver) runs in a temporary directory for
+the session. A template database is migrated once; each test gets its own copy
+(``CREATE DATABASE … TEMPLATE``), so tests never see each other's rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from sync_server.database import embedded_postgres, make_engine, migrate
+from sync_server.storage import PostgresStore
+
+TEMPLATE = "vatra_test_template"
+
+
+def _with_database(url: str, name: str) -> str:
+    return make_url(url).set(database=name).render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A migrated template database on a real PostgreSQL server."""
+    explicit = os.environ.get("DATABASE_URL")
+    if explicit:
+        base = explicit
+        yield from _prepare_template(base)
+        return
+    data_dir = Path(tmp_path_factory.mktemp("pg"))
+    with embedded_postgres(data_dir) as base:
+        yield from _prepare_template(base)
+
+
+def _prepare_template(base: str) -> Iterator[str]:
+    async def prepare() -> None:
+        admin = make_engine(base)
+        async with admin.connect() as conn:
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {TEMPLATE}")
+            await conn.exec_driver_sql(f"CREATE DATABASE {TEMPLATE}")
+        await admin.dispose()
+        engine = make_engine(_with_database(base, TEMPLATE))
+        await migrate(engine)
+        await engine.dispose()
+
+    asyncio.run(prepare())
+    yield base
+
+
+@pytest.fixture
+async def database_url(postgres_url: str) -> AsyncIterator[str]:
+    """URL of a fresh, migrated database for this test only."""
+    name = "vatra_t_" + uuid.uuid4().hex[:12]
+    admin = make_engine(postgres_url)
+    async with admin.connect() as conn:
+        conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        await conn.exec_driver_sql(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
+    try:
+        yield _with_database(postgres_url, name)
+    finally:
+        async with admin.connect() as conn:
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await admin.dispose()
+
+
+@pytest.fixture
+async def engine(database_url: str):
+    eng = make_engine(database_url)
+    yield eng
+    await eng.dispose()
+
+
+@pytest.fixture
+def store(engine) -> PostgresStore:
+    return PostgresStore(engine)
+
+
+@pytest.fixture
+async def server(database_url: str, tmp_path: Path):
+    """A real Vatra server on a free port, on this test's database."""
+    from sync_server.app import VatraServer
+    from sync_server.config import Settings
+
+    settings = Settings(database_url=database_url, data_dir=tmp_path / "server", port=0,
+                        max_frame_bytes=256 * 1024)
+    async with VatraServer(settings) as srv:
+        yield srv
+
+
+@pytest.fixture
+def make_replica(tmp_path: Path):
+    """Factory for device replicas in this test's temporary directory."""
+    from client_sdk import Replica
+
+    def make(name: str) -> Replica:
+        return Replica(tmp_path / "devices" / name)
+
+    return make
