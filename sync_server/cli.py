@@ -41,9 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--edits", type=int, default=10)
     bench.add_argument("--live-changes", type=int, default=300)
     bench.add_argument("--data-dir", type=Path, help="default: a temporary directory")
+    bench.add_argument("--profile", type=Path, metavar="DIR",
+                       help="cProfile the timed phases; write DIR/<workload>.prof")
 
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    quiet = args.command in ("demo", "bench")  # their output is the report
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
     for noisy in ("pgserver", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     settings = Settings.from_env()

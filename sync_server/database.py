@@ -52,8 +52,9 @@ def async_url(url: str) -> str:
 
 
 def make_engine(url: str, *, pool_size: int = 5) -> AsyncEngine:
+    # hide_parameters: change bodies are household content; they never go into logs.
     return create_async_engine(async_url(url), pool_size=pool_size, max_overflow=5,
-                               pool_pre_ping=False)
+                               hide_parameters=True)
 
 
 @contextlib.asynccontextmanager

@@ -53,7 +53,9 @@ class Join:
 
 @dataclass(frozen=True, slots=True)
 class Peer:
-    """Server → client answer to ``join``: ``{"type": "peer", "senderId", "targetId", "selectedProtocolVersion"}``."""
+    """Server → client answer to ``join``.
+
+    ``{"type": "peer", "senderId", "targetId", "selectedProtocolVersion"}``"""
 
     type: ClassVar[str] = "peer"
     sender_id: str

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -28,16 +30,20 @@ def _with_database(url: str, name: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def postgres_url() -> Iterator[str]:
     """A migrated template database on a real PostgreSQL server."""
     explicit = os.environ.get("DATABASE_URL")
     if explicit:
         base = explicit
         yield from _prepare_template(base)
         return
-    data_dir = Path(tmp_path_factory.mktemp("pg"))
-    with embedded_postgres(data_dir) as base:
-        yield from _prepare_template(base)
+    # Not under pytest's basetemp: concurrent pytest runs prune each other's old basetemps.
+    data_dir = Path(tempfile.mkdtemp(prefix="vatra-test-pg-"))
+    try:
+        with embedded_postgres(data_dir) as base:
+            yield from _prepare_template(base)
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def _prepare_template(base: str) -> Iterator[str]:

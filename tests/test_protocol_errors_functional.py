@@ -1,0 +1,371 @@
+"""Bad input from one peer is answered and closes only that peer.
+
+Every case below connects a raw aiohttp WebSocket client to a real server,
+joins properly (except the case that is about joining), sends one bad thing
+and expects an ``error`` with the right :class:`ErrorCode` (or
+``doc-unavailable``) followed by a close of that connection alone. Meanwhile
+a well-behaved :class:`client_sdk.SyncClient` syncs before and after, and a
+bystander raw connection that is subscribed to the same household keeps
+receiving the fan-out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import aiohttp
+import cbor2
+import pytest
+from aiohttp import WSCloseCode, WSMsgType
+from automerge._automerge import DocumentId
+from automerge.core import ROOT, Document, Message, ObjType, ScalarType, SyncState
+
+from client_sdk import Replica, SyncClient
+from conflict import Household, new_household_id
+from sync_server import wire
+from sync_server.errors import ErrorCode
+
+pytestmark = pytest.mark.functional
+
+TIMEOUT = 10.0
+#: Household content used by the tests; none of it may ever appear in an error frame.
+CONTENT = ("Str. Lunga 3", "Ana", "Popescu", "Bd. Eroilor 12", "gate code 4711")
+
+
+# -- a raw peer ------------------------------------------------------------------------------
+
+
+@dataclass
+class RawPeer:
+    ws: aiohttp.ClientWebSocketResponse
+    peer_id: str
+    server_id: str = "unknown-server"
+    last_frame: bytes = b""
+
+    async def send(self, message: wire.Message) -> None:
+        await self.ws.send_bytes(wire.encode(message))
+
+    async def receive(self) -> wire.Message | None:
+        """The next message, or ``None`` once the server closed the connection."""
+        msg = await asyncio.wait_for(self.ws.receive(), TIMEOUT)
+        if msg.type is WSMsgType.BINARY:
+            self.last_frame = bytes(msg.data)
+            return wire.decode(self.last_frame)
+        assert msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED), msg
+        return None
+
+    async def join(self) -> None:
+        await self.send(wire.Join(self.peer_id))
+        peer = await self.receive()
+        assert isinstance(peer, wire.Peer)
+        assert peer.target_id == self.peer_id
+        self.server_id = peer.sender_id
+
+    async def push(self, doc: Document, hid: str,
+                   kind: type[wire.Sync] = wire.Sync) -> wire.Message | None:
+        """Run the sync protocol for ``doc`` until the server holds our heads.
+
+        Returns the last message received: a ``sync`` when it converged, else
+        the ``error``/``doc-unavailable`` (or ``None``) that stopped it."""
+        state = SyncState()
+        first = doc.generate_sync_message(state)
+        assert first is not None
+        await self.send(kind(self.peer_id, self.server_id, hid, first.encode()))
+        while True:
+            msg = await self.receive()
+            if not isinstance(msg, wire.Sync) or msg.document_id != hid:
+                return msg
+            doc.receive_sync_message(state, Message.decode(msg.data))
+            if sorted(wire.sync_message_heads(msg.data)) == sorted(doc.get_heads()):
+                return msg
+            reply = doc.generate_sync_message(state)
+            if reply is not None:
+                await self.send(wire.Sync(self.peer_id, self.server_id, hid, reply.encode()))
+
+    async def expect_closed(self) -> None:
+        """The server closes this connection (policy violation), sending nothing more."""
+        msg = await asyncio.wait_for(self.ws.receive(), TIMEOUT)
+        assert msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSED), msg
+        assert self.ws.close_code == WSCloseCode.POLICY_VIOLATION
+
+
+@contextlib.asynccontextmanager
+async def raw_peer(url: str, *, join: bool = True) -> AsyncIterator[RawPeer]:
+    async with aiohttp.ClientSession() as session, session.ws_connect(
+            url, max_msg_size=4 * 1024 * 1024) as ws:
+        peer = RawPeer(ws, "raw-" + uuid.uuid4().hex[:8])
+        if join:
+            await peer.join()
+        yield peer
+
+
+# -- documents -------------------------------------------------------------------------------
+
+
+def not_a_household() -> Document:
+    """A document a buggy client might produce: members keyed by name, address a number."""
+    doc = Document()
+    with doc.transaction() as tx:
+        tx.put(ROOT, "schema", ScalarType.Uint, 1)
+        tx.put(ROOT, "address", ScalarType.Int, 12)
+        tx.put(ROOT, "Bd. Eroilor 12", ScalarType.Str, "gate code 4711")
+        members = tx.put_object(ROOT, "members", ObjType.Map)
+        ana = tx.put_object(members, "Ana Popescu", ObjType.Map)
+        tx.put(ana, "first_name", ScalarType.Str, "Ana")
+        tx.put(ana, "last_name", ScalarType.Str, "Popescu")
+    return doc
+
+
+def changes_message(doc: Document) -> bytes:
+    """A real sync message that carries all of ``doc``'s changes (the second of a handshake)."""
+    ours, theirs = SyncState(), SyncState()
+    empty = Document()
+    first = doc.generate_sync_message(ours)
+    assert first is not None
+    empty.receive_sync_message(theirs, first)
+    answer = empty.generate_sync_message(theirs)
+    assert answer is not None
+    doc.receive_sync_message(ours, answer)
+    second = doc.generate_sync_message(ours)
+    assert second is not None
+    return second.encode()
+
+
+def uuid_spelling(hid: str) -> str:
+    raw = bytes(DocumentId.from_string(hid).to_bytes())
+    return str(uuid.UUID(bytes=raw))
+
+
+# -- the bad inputs --------------------------------------------------------------------------
+
+
+@dataclass
+class Ctx:
+    server_url: str
+    good_hid: str
+    good_doc: Document
+
+
+Send = Callable[[RawPeer, Ctx], Awaitable[None]]
+
+
+async def send_raw(peer: RawPeer, frame: bytes) -> None:
+    await peer.ws.send_bytes(frame)
+
+
+async def bad_truncated_cbor(peer: RawPeer, ctx: Ctx) -> None:
+    await send_raw(peer, wire.encode(wire.Sync(peer.peer_id, peer.server_id, ctx.good_hid,
+                                               b"\x42\x00"))[:-5])
+
+
+async def bad_not_cbor(peer: RawPeer, ctx: Ctx) -> None:
+    await send_raw(peer, b"\xff\xfe GET / HTTP/1.1\r\n")
+
+
+async def bad_cbor_not_a_map(peer: RawPeer, ctx: Ctx) -> None:
+    await send_raw(peer, cbor2.dumps(["sync", ctx.good_hid]))
+
+
+async def bad_field_types(peer: RawPeer, ctx: Ctx) -> None:
+    await send_raw(peer, cbor2.dumps({"type": "sync", "senderId": peer.peer_id,
+                                      "targetId": peer.server_id, "documentId": ctx.good_hid,
+                                      "data": "not bytes"}))
+
+
+async def bad_unknown_type(peer: RawPeer, ctx: Ctx) -> None:
+    await send_raw(peer, cbor2.dumps({"type": "gossip", "senderId": peer.peer_id,
+                                      "documentId": ctx.good_hid, "data": b"\x00"}))
+
+
+async def bad_server_only_type(peer: RawPeer, ctx: Ctx) -> None:
+    await peer.send(wire.Peer(peer.peer_id, peer.server_id))
+
+
+async def bad_document_id(peer: RawPeer, ctx: Ctx) -> None:
+    data = ctx.good_doc.generate_sync_message(SyncState()).encode()
+    await peer.send(wire.Sync(peer.peer_id, peer.server_id, "../households/1", data))
+
+
+async def bad_uuid_document_id(peer: RawPeer, ctx: Ctx) -> None:
+    """automerge-repo parses a UUID spelling too; Vatra spells a household id one way only."""
+    data = ctx.good_doc.generate_sync_message(SyncState()).encode()
+    await peer.send(wire.Sync(peer.peer_id, peer.server_id, uuid_spelling(ctx.good_hid), data))
+
+
+async def bad_truncated_sync_known(peer: RawPeer, ctx: Ctx) -> None:
+    data = changes_message(ctx.good_doc)
+    await peer.send(wire.Sync(peer.peer_id, peer.server_id, ctx.good_hid, data[:len(data) // 2]))
+
+
+async def bad_truncated_sync_unknown(peer: RawPeer, ctx: Ctx) -> None:
+    fresh = Household.create(locality="54975", county="CJ", address="Bd. Eroilor 12",
+                             created_by="sw-9")
+    data = changes_message(fresh.doc)
+    await peer.send(wire.Sync(peer.peer_id, peer.server_id, fresh.household_id, data[:-7]))
+
+
+async def bad_too_large(peer: RawPeer, ctx: Ctx) -> None:
+    data = b"\x42" + b"\x00" * (256 * 1024)
+    await peer.send(wire.Sync(peer.peer_id, peer.server_id, ctx.good_hid, data))
+
+
+async def bad_text_frame(peer: RawPeer, ctx: Ctx) -> None:
+    await peer.ws.send_str('{"type": "join", "senderId": "x"}')
+
+
+CLOSING_CASES: list[tuple[str, Send, ErrorCode]] = [
+    ("truncated-cbor", bad_truncated_cbor, ErrorCode.MALFORMED_MESSAGE),
+    ("not-cbor", bad_not_cbor, ErrorCode.MALFORMED_MESSAGE),
+    ("cbor-not-a-map", bad_cbor_not_a_map, ErrorCode.MALFORMED_MESSAGE),
+    ("field-types", bad_field_types, ErrorCode.MALFORMED_MESSAGE),
+    ("unknown-type", bad_unknown_type, ErrorCode.UNKNOWN_MESSAGE_TYPE),
+    ("server-only-type", bad_server_only_type, ErrorCode.UNKNOWN_MESSAGE_TYPE),
+    ("malformed-document-id", bad_document_id, ErrorCode.INVALID_DOCUMENT_ID),
+    ("uuid-document-id", bad_uuid_document_id, ErrorCode.INVALID_DOCUMENT_ID),
+    ("truncated-sync-known-household", bad_truncated_sync_known,
+     ErrorCode.MALFORMED_SYNC_DATA),
+    ("truncated-sync-unknown-household", bad_truncated_sync_unknown,
+     ErrorCode.MALFORMED_SYNC_DATA),
+    ("frame-too-large", bad_too_large, ErrorCode.FRAME_TOO_LARGE),
+    ("text-frame", bad_text_frame, ErrorCode.MALFORMED_MESSAGE),
+]
+
+
+# -- the well-behaved side -------------------------------------------------------------------
+
+
+@dataclass
+class Team:
+    """A good device with one household on the server, and a subscribed bystander."""
+
+    replica: Replica
+    hid: str
+    bystander: RawPeer
+    bystander_doc: Document
+    bystander_state: SyncState
+
+    async def device_edits_and_syncs(self, server_url: str, text: str) -> None:
+        with self.replica.edit(self.hid) as h:
+            h.append_activity("sw-1", "visit", text)
+        summary = await SyncClient(self.replica, server_url).sync()
+        assert summary.rejected == [] and summary.changes_sent == 1
+        assert self.replica.is_saved(self.hid)
+
+    async def bystander_catches_up(self) -> None:
+        """The bystander receives the fan-out until it holds the device's heads."""
+        want = sorted(self.replica.household(self.hid).doc.get_heads())
+        while sorted(self.bystander_doc.get_heads()) != want:
+            msg = await self.bystander.receive()
+            assert isinstance(msg, wire.Sync), msg
+            self.bystander_doc.receive_sync_message(self.bystander_state,
+                                                    Message.decode(msg.data))
+            reply = self.bystander_doc.generate_sync_message(self.bystander_state)
+            if reply is not None:
+                await self.bystander.send(wire.Sync(self.bystander.peer_id,
+                                                    self.bystander.server_id, self.hid,
+                                                    reply.encode()))
+
+
+@pytest.fixture
+async def team(server, make_replica) -> AsyncIterator[Team]:
+    device = make_replica("good")
+    h = device.create_household(locality="54975", county="CJ", address="Str. Lunga 3",
+                                created_by="sw-1")
+    with device.edit(h.household_id) as hh:
+        hh.add_member("Ana", "Popescu", "2015-04-01", "F", "child")
+    summary = await SyncClient(device, server.url).sync()
+    assert summary.changes_sent == 2 and device.is_saved(h.household_id)
+    async with raw_peer(server.url) as bystander:
+        doc, state = Document(), SyncState()
+        t = Team(device, h.household_id, bystander, doc, state)
+        await bystander.send(wire.Request(bystander.peer_id, bystander.server_id, t.hid,
+                                          doc.generate_sync_message(state).encode()))
+        await t.bystander_catches_up()
+        yield t
+
+
+def assert_no_content(peer: RawPeer, msg: wire.Message) -> None:
+    text = peer.last_frame.decode("utf-8", errors="replace")
+    assert isinstance(msg, wire.Error)
+    for secret in CONTENT:
+        assert secret not in msg.message
+        assert secret not in text
+
+
+# -- tests -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("send_bad", "code"), [c[1:] for c in CLOSING_CASES],
+                         ids=[c[0] for c in CLOSING_CASES])
+async def test_bad_input_is_answered_and_closes_only_that_connection(
+        server, team: Team, send_bad: Send, code: ErrorCode) -> None:
+    """One bad frame -> one ``error`` with the rule's code, then a policy-violation close of
+    that socket alone: the bystander stays subscribed and the good device keeps syncing."""
+    await team.device_edits_and_syncs(server.url, "before")
+    await team.bystander_catches_up()
+    async with raw_peer(server.url) as bad:
+        await send_bad(bad, Ctx(server.url, team.hid, team.replica.household(team.hid).doc))
+        msg = await bad.receive()
+        assert isinstance(msg, wire.Error), msg
+        assert msg.code == code
+        assert_no_content(bad, msg)
+        await bad.expect_closed()
+    await team.device_edits_and_syncs(server.url, "after")
+    await team.bystander_catches_up()
+
+
+async def test_message_before_join_is_refused(server, team: Team) -> None:
+    """A ``sync`` as the first message (no ``join``) gets ``handshake-required`` and a close."""
+    async with raw_peer(server.url, join=False) as bad:
+        data = team.replica.household(team.hid).doc.generate_sync_message(SyncState()).encode()
+        await bad.send(wire.Sync(bad.peer_id, "vatra", team.hid, data))
+        msg = await bad.receive()
+        assert isinstance(msg, wire.Error), msg
+        assert msg.code == ErrorCode.HANDSHAKE_REQUIRED
+        assert_no_content(bad, msg)
+        await bad.expect_closed()
+    await team.device_edits_and_syncs(server.url, "after")
+    await team.bystander_catches_up()
+
+
+async def test_unknown_household_that_is_not_a_household_is_refused(server, team: Team,
+                                                                    store) -> None:
+    """A ``sync`` creating an unknown document whose changes are no valid household gets
+    ``not-a-household`` for that document id, nothing is stored, and the error names
+    neither values nor content-bearing keys (here: members keyed by a person's name)."""
+    hid = new_household_id()
+    async with raw_peer(server.url) as bad:
+        msg = await bad.push(not_a_household(), hid)
+        assert isinstance(msg, wire.Error), msg
+        assert msg.code == ErrorCode.NOT_A_HOUSEHOLD
+        assert msg.document_id == hid
+        assert_no_content(bad, msg)
+        await bad.expect_closed()
+    assert await store.household(hid) is None
+    assert await store.change_count(hid) == 0
+    await team.device_edits_and_syncs(server.url, "after")
+    await team.bystander_catches_up()
+
+
+async def test_request_for_unknown_household_is_doc_unavailable_and_keeps_the_connection(
+        server, team: Team) -> None:
+    """``request`` for a well-formed id the server does not know -> ``doc-unavailable``; the
+    connection stays open and usable (the same socket then fetches a real household)."""
+    unknown = new_household_id()
+    async with raw_peer(server.url) as peer:
+        msg = await peer.push(Document(), unknown, kind=wire.Request)
+        assert isinstance(msg, wire.DocUnavailable), msg
+        assert msg.document_id == unknown
+        assert msg.target_id == peer.peer_id
+        doc = Document()
+        got = await peer.push(doc, team.hid, kind=wire.Request)
+        assert isinstance(got, wire.Sync)
+        assert sorted(doc.get_heads()) == sorted(team.replica.household(team.hid).doc.get_heads())
+        assert Household(doc, team.hid).to_dict() == team.replica.household(team.hid).to_dict()
+        await team.device_edits_and_syncs(server.url, "while open")
+        await team.bystander_catches_up()
+        assert not peer.ws.closed
