@@ -66,6 +66,7 @@ class Replica:
         self._open[h.household_id] = h
         self._meta["caseload"][h.household_id] = {"server_heads": []}
         self.save(h.household_id)
+        self._write_meta()
         return h
 
     def household(self, household_id: str) -> Household:

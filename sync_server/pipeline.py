@@ -31,7 +31,7 @@ from typing import Any
 from automerge._automerge import DocumentId
 from automerge.core import ROOT, Document, Message, ScalarType
 
-from conflict import validate
+from conflict import is_entity_id, schema, validate
 
 from . import wire
 from .connection import Connection
@@ -43,11 +43,16 @@ log = logging.getLogger(__name__)
 
 
 def check_document_id(document_id: str) -> None:
+    # Canonical bs58check only: the UUID spellings DocumentId also parses would make one
+    # document known under several ids (ids are compared as plain strings everywhere).
     try:
-        DocumentId.from_string(document_id)
+        canonical = DocumentId.from_string(document_id).to_string() == document_id
     except Exception as exc:  # the binding raises a bare Exception
         raise DocumentError("documentId is not an automerge-repo document id",
                             code=ErrorCode.INVALID_DOCUMENT_ID) from exc
+    if not canonical:
+        raise DocumentError("documentId must be a household id in canonical bs58check form",
+                            code=ErrorCode.INVALID_DOCUMENT_ID)
 
 
 def stored(changes: Sequence[Any]) -> list[StoredChange]:
@@ -132,8 +137,7 @@ class Synchronizer:
         violations = validate(doc)
         if violations:
             conn.reset_sync_state(hid)
-            rules = "; ".join(f"{'/'.join(map(str, v.path)) or '/'}: {v.rule}"
-                              for v in violations[:10])
+            rules = "; ".join(f"{_public_path(v.path)}: {v.rule}" for v in violations[:10])
             raise DocumentError(f"unknown household, and its changes do not form a valid "
                                 f"household (schema v1): {rules}",
                                 code=ErrorCode.NOT_A_HOUSEHOLD, document_id=hid)
@@ -178,6 +182,19 @@ class Synchronizer:
             return
         actor.snapshot_bytes = len(body)
         actor.bytes_since_snapshot = 0
+
+
+def _public_path(path: Sequence[str | int]) -> str:
+    """A violation's path for an error reply: schema field names, indexes and entity ids
+    stay; any other key (client-chosen, may be a name or an address) becomes ``*``."""
+    spec: schema.Spec | None = schema.HOUSEHOLD
+    parts = []
+    for seg in path:
+        known = (isinstance(seg, int) or is_entity_id(seg)
+                 or (isinstance(spec, schema.Record) and seg in spec.fields))
+        parts.append(str(seg) if known else "*")
+        spec = schema.child_spec(spec, seg) if spec is not None else None
+    return "/".join(parts) or "/"
 
 
 def _scalar(doc: Document, key: str, document_id: str) -> str:

@@ -1,0 +1,80 @@
+"""The client SDK's public surface and its offline behaviour (no server involved)."""
+
+from __future__ import annotations
+
+import pytest
+
+import client_sdk
+from client_sdk import HouseholdNotFound, Replica, ReplicaError, SyncClient
+from client_sdk._replica import covers
+
+
+def test_public_names_are_exactly_the_intended_ones() -> None:
+    assert sorted(client_sdk.__all__) == [
+        "HouseholdNotFound", "Replica", "ReplicaError", "RepoTransport", "ServerRejected",
+        "SyncClient", "SyncFailed", "SyncSummary", "VatraClientError"]
+    for name in client_sdk.__all__:
+        assert getattr(client_sdk, name).__module__.startswith("client_sdk.")
+
+
+def test_offline_edits_survive_reopening_the_replica(tmp_path) -> None:
+    r = Replica(tmp_path / "tablet")
+    hid = r.create_household(locality="54975", county="CJ", address="Str. Lunga 3",
+                             created_by="sw-1").household_id
+    with r.edit(hid) as h:
+        pid = h.add_member("Ana", "Pop", "2015-04-01", "F", "child")
+    reopened = Replica(tmp_path / "tablet")
+    assert reopened.actor_id == r.actor_id
+    assert reopened.household_ids() == [hid]
+    assert reopened.household(hid).members()[pid]["last_name"] == "Pop"
+    assert reopened.household(hid).doc.get_heads() == r.household(hid).doc.get_heads()
+    assert not reopened.is_saved(hid)  # never synced
+
+
+def test_unknown_and_malformed_household_ids(tmp_path) -> None:
+    r = Replica(tmp_path / "tablet")
+    with pytest.raises(HouseholdNotFound):
+        r.household("2fiH6LVoDnXEUsYNHowu3UTBwJqk")
+    with pytest.raises(ReplicaError):
+        r.track("../../etc/passwd")
+
+
+def test_a_corrupt_local_copy_is_a_clear_error(tmp_path) -> None:
+    r = Replica(tmp_path / "tablet")
+    hid = r.create_household(locality="54975", county="CJ", address="x",
+                             created_by="sw-1").household_id
+    (tmp_path / "tablet" / "households" / f"{hid}.automerge").write_bytes(b"\x85\x6f\x4a")
+    with pytest.raises(ReplicaError, match="unreadable"):
+        Replica(tmp_path / "tablet").household(hid)
+
+
+def test_covers_means_every_local_change_is_behind_the_server_heads(tmp_path) -> None:
+    r = Replica(tmp_path / "tablet")
+    h = r.create_household(locality="54975", county="CJ", address="x", created_by="sw-1")
+    first = h.doc.get_heads()
+    assert covers(h.doc, first)
+    h.set_address("y")
+    assert not covers(h.doc, first)           # the server lacks the newest change
+    assert covers(h.doc, h.doc.get_heads())
+    assert not covers(h.doc, [b"\x01" * 32])  # heads unknown here: cannot claim saved
+    assert not covers(h.doc, [])
+
+
+def test_backoff_is_jittered_exponential_and_capped(tmp_path) -> None:
+    c = SyncClient(Replica(tmp_path / "t"), "ws://127.0.0.1:9/v1/sync",
+                   backoff_base=0.5, backoff_cap=4.0)
+    for attempt, ceiling in [(1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (9, 4.0)]:
+        delays = [c.backoff_delay(attempt) for _ in range(200)]
+        assert all(0 <= d <= ceiling for d in delays)
+        assert max(delays) > ceiling / 2  # jitter spreads over the range
+
+
+async def test_an_unreachable_server_fails_after_the_retries(tmp_path) -> None:
+    from client_sdk import SyncFailed
+
+    r = Replica(tmp_path / "t")
+    r.create_household(locality="54975", county="CJ", address="x", created_by="sw-1")
+    client = SyncClient(r, "ws://127.0.0.1:9/v1/sync", max_attempts=3, backoff_base=0.001)
+    with pytest.raises(SyncFailed) as info:
+        await client.sync()
+    assert info.value.attempts == 3
