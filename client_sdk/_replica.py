@@ -103,7 +103,9 @@ class Replica:
         """Keep ``doc`` (downloaded by a sync) as this replica's copy of the household."""
         doc.set_actor(self.actor_id)
         self._open[household_id] = Household(doc, household_id)
+        self._meta["caseload"].setdefault(household_id, {"server_heads": []})
         self.save(household_id)
+        self._write_meta()
 
     # -- persistence ---------------------------------------------------------------------
 

@@ -8,11 +8,18 @@ channel of the same shape, without touching the codec or the pipeline.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Protocol
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from .errors import ErrorCode, ProtocolError
+
+log = logging.getLogger(__name__)
+
+#: Seconds to wait for the peer's half of the WebSocket close handshake.
+CLOSE_TIMEOUT = 5.0
 
 
 class FrameChannel(Protocol):
@@ -56,5 +63,11 @@ class WebSocketChannel:
         return None  # CLOSE, CLOSING, CLOSED
 
     async def close(self, reason: str) -> None:
-        await self._ws.close(code=WSCloseCode.POLICY_VIOLATION if reason else WSCloseCode.OK,
-                             message=reason.encode()[:120])
+        # A peer that stopped reading never answers the close handshake: bound the wait.
+        try:
+            await asyncio.wait_for(
+                self._ws.close(code=WSCloseCode.POLICY_VIOLATION if reason else WSCloseCode.OK,
+                               message=reason.encode()[:120]),
+                timeout=CLOSE_TIMEOUT)
+        except TimeoutError:
+            log.info("peer did not complete the close handshake; dropping the socket")

@@ -46,6 +46,7 @@ class Connection:
         self._sync_states: dict[str, SyncState] = {}
         self._outbox: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=outbox_frames)
         self._writer: asyncio.Task[None] | None = None
+        self._sending = False  # the writer is inside channel.send (maybe stuck on a slow peer)
         self._close_reason = ""
         self.closed = asyncio.Event()
 
@@ -100,6 +101,8 @@ class Connection:
         while not self._outbox.empty():
             self._outbox.get_nowait()
         self._outbox.put_nowait(None)
+        if self._sending and self._writer is not None:
+            self._writer.cancel()  # a send stuck on a peer that stopped reading: give it up
 
     async def close(self, reason: str = "") -> None:
         """Flush queued frames (at most 5 s), then close the channel."""
@@ -122,9 +125,18 @@ class Connection:
                 frame = await self._outbox.get()
                 if frame is None:
                     break
+                self._sending = True
                 await self.channel.send(frame)
+                self._sending = False
         except (ConnectionError, RuntimeError) as exc:
             log.info("connection %s: send failed (%s)", self.id, type(exc).__name__)
+        except asyncio.CancelledError:
+            if not (self._sending and self.state is ConnectionState.CLOSED):
+                raise
+            # cancelled by abort(): not an error of this task, close the channel below
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
         finally:
             self.state = ConnectionState.CLOSED
             with contextlib.suppress(Exception):

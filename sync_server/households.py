@@ -80,7 +80,16 @@ class HouseholdRegistry:
             return actor
         pending = self._loading.get(household_id)
         if pending is not None:
-            return await asyncio.shield(pending)
+            loaded = await asyncio.shield(pending)
+            if loaded is None:
+                return None
+            # Other tasks ran while we waited: the household may have been evicted (or
+            # replaced) meanwhile. Hand out only the actor the registry tracks.
+            current = self._resident.get(household_id)
+            if current is None:
+                self._admit(loaded)
+                return loaded
+            return current
         fut: asyncio.Future[HouseholdActor | None] = asyncio.get_running_loop().create_future()
         self._loading[household_id] = fut
         try:
@@ -116,17 +125,18 @@ class HouseholdRegistry:
 
     def _admit(self, actor: HouseholdActor) -> None:
         self._resident[actor.id] = actor
-        self.evict_idle()
+        # Not the one being admitted: its caller is about to subscribe to it.
+        self.evict_idle(keep=actor.id)
 
-    def evict_idle(self) -> int:
-        """Drop idle households, least recently used first, until within bounds."""
+    def evict_idle(self, keep: str | None = None) -> int:
+        """Drop idle households (but ``keep``), least recently used first, until within bounds."""
         total = sum(a.stored_bytes for a in self._resident.values())
         evicted = 0
         for hid in list(self._resident):
             if len(self._resident) <= self.max_resident and total <= self.max_bytes:
                 break
             actor = self._resident[hid]
-            if actor.idle:
+            if actor.idle and hid != keep:
                 del self._resident[hid]
                 total -= actor.stored_bytes
                 evicted += 1

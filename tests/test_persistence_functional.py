@@ -1,0 +1,382 @@
+"""What the server keeps, and for how long: idempotent change log, snapshots, residency, outbox.
+
+Real PostgreSQL and real servers on free ports throughout; only the outbox
+test at the end drives :class:`sync_server.connection.Connection` through a
+fake :class:`FrameChannel` (pure logic: whether a stuck peer gets closed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import aiohttp
+import pytest
+import sqlalchemy as sa
+from aiohttp import WSCloseCode, WSMsgType
+from automerge.core import Document, Message, SyncState
+
+from client_sdk import Replica, SyncClient
+from conflict import Household
+from sync_server import wire
+from sync_server.app import CONNECTIONS, SYNCHRONIZER, VatraServer
+from sync_server.connection import Connection, ConnectionState
+from sync_server.errors import ErrorCode
+from sync_server.pipeline import stored
+from sync_server.storage import changes, snapshots
+
+pytestmark = pytest.mark.functional
+
+TIMEOUT = 10.0
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+@dataclass
+class RawPeer:
+    """A raw automerge-repo peer on an aiohttp WebSocket; remembers every frame it sent."""
+
+    ws: aiohttp.ClientWebSocketResponse
+    peer_id: str
+    server_id: str = "unknown-server"
+    sent: list[bytes] = field(default_factory=list)
+
+    async def send_frame(self, frame: bytes) -> None:
+        self.sent.append(frame)
+        await self.ws.send_bytes(frame)
+
+    async def send(self, message: wire.Message) -> None:
+        await self.send_frame(wire.encode(message))
+
+    async def receive(self) -> wire.Message | None:
+        msg = await asyncio.wait_for(self.ws.receive(), TIMEOUT)
+        if msg.type is WSMsgType.BINARY:
+            return wire.decode(bytes(msg.data))
+        return None
+
+    async def join(self) -> None:
+        await self.send(wire.Join(self.peer_id))
+        peer = await self.receive()
+        assert isinstance(peer, wire.Peer)
+        self.server_id = peer.sender_id
+
+    async def push(self, doc: Document, hid: str, state: SyncState | None = None,
+                   kind: type[wire.Sync] = wire.Sync) -> None:
+        """Sync ``doc`` until the server advertises exactly its heads."""
+        state = state if state is not None else SyncState()
+        first = doc.generate_sync_message(state)
+        assert first is not None
+        await self.send(kind(self.peer_id, self.server_id, hid, first.encode()))
+        await self.follow(doc, hid, state)
+
+    async def follow(self, doc: Document, hid: str, state: SyncState,
+                     want: list[bytes] | None = None) -> None:
+        """Answer the server's sync messages until it and ``doc`` agree (on ``want``)."""
+        while True:
+            msg = await self.receive()
+            assert isinstance(msg, wire.Sync) and msg.document_id == hid, msg
+            doc.receive_sync_message(state, Message.decode(msg.data))
+            server_heads = sorted(wire.sync_message_heads(msg.data))
+            if server_heads == sorted(doc.get_heads()) and (
+                    want is None or server_heads == sorted(want)):
+                return
+            reply = doc.generate_sync_message(state)
+            if reply is not None:
+                await self.send(wire.Sync(self.peer_id, self.server_id, hid, reply.encode()))
+
+
+@contextlib.asynccontextmanager
+async def raw_peer(url: str) -> AsyncIterator[RawPeer]:
+    async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
+        peer = RawPeer(ws, "raw-" + uuid.uuid4().hex[:8])
+        await peer.join()
+        yield peer
+
+
+def new_household(replica: Replica, n: int = 0) -> str:
+    h = replica.create_household(locality="54975", county="CJ", address=f"Str. Lunga {n}",
+                                 created_by="sw-1")
+    return h.household_id
+
+
+async def settled(server: VatraServer) -> None:
+    """Wait until the server has finished with every closed connection (unsubscribed it)."""
+    for _ in range(500):
+        if not server.app[CONNECTIONS]:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"connections still open: {server.app[CONNECTIONS]}")
+
+
+async def duplicate_rows(engine, hid: str) -> int:
+    async with engine.connect() as conn:
+        dup = (sa.select(changes.c.hash).where(changes.c.household_id == hid)
+               .group_by(changes.c.hash).having(sa.func.count() > 1).subquery())
+        return (await conn.execute(sa.select(sa.func.count()).select_from(dup))).scalar_one()
+
+
+def all_hashes(doc: Document) -> set[bytes]:
+    return {c.hash for c in doc.get_changes([])}
+
+
+# -- idempotence -----------------------------------------------------------------------------
+
+
+async def test_resending_the_same_changes_adds_no_rows(server, make_replica, store,
+                                                      engine) -> None:
+    """The change log is keyed by (household, hash): replaying the exact frames of an upload
+    on a fresh connection, a second replica holding identical changes, two connections
+    creating the same household at once, and a direct re-append all leave it unchanged."""
+    a = make_replica("a")
+    hid = new_household(a)
+    with a.edit(hid) as h:
+        h.add_member("Ana", "Pop", "2015-04-01", "F", "child")
+        h.set_notes("gate code 1234")
+        h.append_activity("sw-1", "visit", "first visit")
+    doc = a.household(hid).doc
+    async with raw_peer(server.url) as first:
+        await first.push(doc, hid)
+        frames = list(first.sent[1:])  # everything after the join
+    count = await store.change_count(hid)
+    assert count == len(all_hashes(doc)) == 4
+
+    async with raw_peer(server.url) as replay:
+        for frame in frames:
+            await replay.send_frame(frame)
+        await replay.push(doc, hid)  # processed in order: the replayed frames are done
+    assert await store.change_count(hid) == count
+
+    b = Replica(a.path.parent / "b")
+    b.track(hid)
+    b.adopt(hid, Document.load(doc.save()))
+    summary = await SyncClient(b, server.url).sync()
+    assert summary.rejected == [] and summary.changes_sent == 0 and b.is_saved(hid)
+    assert await store.change_count(hid) == count
+
+    result = await store.append_changes(hid, stored(doc.get_changes([])))
+    assert result.inserted == 0
+    assert await store.change_count(hid) == count
+
+    other = Household.create(locality="54975", county="CJ", address="Str. Scurta 1",
+                             created_by="sw-2")
+    async with raw_peer(server.url) as p1, raw_peer(server.url) as p2:
+        copy = Document.load(other.doc.save())
+        await asyncio.gather(p1.push(other.doc, other.household_id),
+                             p2.push(copy, other.household_id))
+    assert await store.change_count(other.household_id) == 1
+
+    assert await duplicate_rows(engine, hid) == 0
+    assert await duplicate_rows(engine, other.household_id) == 0
+
+
+# -- snapshots -------------------------------------------------------------------------------
+
+
+async def test_a_long_history_reloads_from_snapshot_plus_later_changes(
+        server, make_replica, store, engine) -> None:
+    """2,000 edits synced in batches get compacted: a snapshot row exists and a cold load
+    reads far fewer than 2,000 change rows, yet the household reloads (after eviction, and
+    on a second server over the same database) with identical heads and content."""
+    a = make_replica("a")
+    hid = new_household(a, -1)
+    for batch in range(4):
+        with a.edit(hid) as h:
+            for i in range(250):
+                n = batch * 250 + i
+                h.set_address(f"Str. Lunga {n}")
+                h.append_activity("sw-1", "visit", f"visit {n}")
+        summary = await SyncClient(a, server.url).sync()
+        assert summary.rejected == [] and summary.changes_sent == 500 + (batch == 0)
+        assert a.is_saved(hid)
+    expected = a.household(hid)
+    heads = sorted(expected.doc.get_heads())
+    assert await store.change_count(hid) == 2001
+
+    async with engine.connect() as conn:
+        snap = (await conn.execute(sa.select(snapshots.c.covers_seq, snapshots.c.heads)
+                                   .where(snapshots.c.household_id == hid))).one()
+    assert snap.covers_seq > 0
+    loaded = await store.load(hid)
+    assert loaded is not None and loaded.snapshot
+    assert len(loaded.later_changes) < 2000
+
+    await settled(server)
+    registry = server.app[SYNCHRONIZER].registry
+    registry.max_resident = 0
+    try:
+        registry.evict_idle()
+    finally:
+        registry.max_resident = server.settings.resident_households
+    assert registry.resident(hid) is None
+    loads = registry.loads
+    actor = await registry.get(hid)
+    assert actor is not None and registry.loads == loads + 1
+    assert sorted(actor.doc.get_heads()) == heads
+    assert Household(actor.doc, hid).to_dict() == expected.to_dict()
+
+    async with VatraServer(dataclasses.replace(server.settings)) as second:
+        b = Replica(a.path.parent / "b")
+        b.track(hid)
+        got = await SyncClient(b, second.url).sync()
+        assert got.changes_received == 2001
+        assert sorted(b.household(hid).doc.get_heads()) == heads
+        assert b.household(hid).to_dict() == expected.to_dict()
+        assert second.app[SYNCHRONIZER].registry.loads == 1
+
+
+# -- residency -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def small_server(database_url, tmp_path) -> AsyncIterator[VatraServer]:
+    """A server that keeps at most 2 idle households resident."""
+    from sync_server.config import Settings
+
+    settings = Settings(database_url=database_url, data_dir=tmp_path / "small", port=0,
+                        max_frame_bytes=256 * 1024, resident_households=2)
+    async with VatraServer(settings) as srv:
+        yield srv
+
+
+async def test_idle_households_are_evicted_and_reload_transparently(small_server,
+                                                                    make_replica) -> None:
+    """With ``resident_households=2``, syncing 5 households leaves at most 2 resident; an
+    evicted one is later edited, synced and fetched by a teammate as if it never left."""
+    server = small_server
+    registry = server.app[SYNCHRONIZER].registry
+    devices = [make_replica(f"d{i}") for i in range(5)]
+    hids = [new_household(d, i) for i, d in enumerate(devices)]
+    for d in devices:
+        await SyncClient(d, server.url).sync()
+        await settled(server)
+        assert len(registry) <= 2
+    assert registry.evictions >= 3
+    assert registry.resident(hids[0]) is None
+
+    with devices[0].edit(hids[0]) as h:
+        h.set_notes("after eviction")
+    summary = await SyncClient(devices[0], server.url).sync()
+    assert summary.rejected == [] and summary.changes_sent == 1
+    assert devices[0].is_saved(hids[0])
+    mate = make_replica("mate")
+    mate.track(hids[0])
+    await SyncClient(mate, server.url).sync()
+    assert mate.household(hids[0]).notes == "after eviction"
+    await settled(server)
+    assert len(registry) <= 2
+
+
+async def test_a_household_admitted_over_the_bound_is_not_orphaned(small_server) -> None:
+    """Regression: with the bound reached by households that are in use, a newly created
+    household was evicted the moment it was admitted (it had no subscriber yet), so its
+    creator was subscribed to an orphaned copy; the next writer loaded a second copy and
+    the creator never received that writer's changes. Now the admitted household stays."""
+    server = small_server
+    registry = server.app[SYNCHRONIZER].registry
+    busy = [Household.create(locality="54975", county="CJ", address=f"Str. {i}",
+                             created_by="sw-1") for i in range(2)]
+    target = Household.create(locality="54975", county="CJ", address="Str. Noua",
+                              created_by="sw-1")
+    async with contextlib.AsyncExitStack() as stack:
+        for h in busy:  # two open connections keep the bound full of households in use
+            p = await stack.enter_async_context(raw_peer(server.url))
+            await p.push(h.doc, h.household_id)
+        creator = await stack.enter_async_context(raw_peer(server.url))
+        creator_state = SyncState()
+        await creator.push(target.doc, target.household_id, creator_state)
+        assert registry.resident(target.household_id) is not None
+
+        writer_doc = Document.load(target.doc.save())
+        Household(writer_doc, target.household_id).set_notes("written by a teammate")
+        writer = await stack.enter_async_context(raw_peer(server.url))
+        await writer.push(writer_doc, target.household_id)
+
+        await creator.follow(target.doc, target.household_id, creator_state,
+                             want=writer_doc.get_heads())
+        assert Household(target.doc, target.household_id).notes == "written by a teammate"
+
+
+# -- the bounded outbox ----------------------------------------------------------------------
+
+
+class StuckChannel:
+    """A peer that stopped reading: the first send never returns."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.closed_with: str | None = None
+
+    async def send(self, frame: bytes) -> None:
+        self.sent.append(frame)
+        await asyncio.Event().wait()
+
+    async def receive(self) -> bytes | None:
+        await asyncio.Event().wait()
+        return None
+
+    async def close(self, reason: str) -> None:
+        self.closed_with = reason
+
+
+class RecordingChannel(StuckChannel):
+    async def send(self, frame: bytes) -> None:
+        self.sent.append(frame)
+
+
+async def test_a_full_outbox_closes_that_connection_only() -> None:
+    """Fan-out to a peer whose send is stuck fills its bounded outbox; the next frame closes
+    it with ``outbox-overflow`` (the stuck send is given up, the channel really closed),
+    while a healthy connection fed the same frames receives every one of them."""
+    stuck, healthy = StuckChannel(), RecordingChannel()
+    slow = Connection(stuck, server_peer_id="srv", outbox_frames=4)
+    fast = Connection(healthy, server_peer_id="srv", outbox_frames=4)
+    for conn, name in ((slow, "slow"), (fast, "fast")):
+        conn.start()
+        conn.opened(name)
+    frames = [wire.Sync("srv", "p", "doc", bytes([i])) for i in range(8)]
+    for message in frames:
+        slow.send(message)
+        fast.send(message)
+        await asyncio.sleep(0)  # let the writers run, as fan-out between messages does
+    await asyncio.wait_for(slow.closed.wait(), TIMEOUT)
+    assert slow.state is ConnectionState.CLOSED
+    assert stuck.closed_with == ErrorCode.OUTBOX_OVERFLOW
+    slow.send(frames[0])  # sending to a closed connection is a no-op
+    await slow.close()
+
+    await fast.close()
+    assert healthy.sent == [wire.encode(m) for m in frames]
+    assert healthy.closed_with == ""
+
+
+async def test_outbox_overflow_on_a_real_connection(server, make_replica) -> None:
+    """On the real server, a connection whose outbox overflows is closed with a policy
+    close ``outbox-overflow``, dropped from its household's subscribers, and a teammate on
+    the same household keeps syncing."""
+    a = make_replica("a")
+    hid = new_household(a)
+    await SyncClient(a, server.url).sync()
+    async with raw_peer(server.url) as victim:
+        await victim.push(Document(), hid, kind=wire.Request)
+        conn = next(c for c in server.app[CONNECTIONS] if c.peer_id == victim.peer_id)
+        actor = server.app[SYNCHRONIZER].registry.resident(hid)
+        assert actor is not None and conn in actor.subscribers
+        for _ in range(server.settings.outbox_frames + 1):
+            conn.send(wire.Error("srv", "filler", "filler"))
+        msg = await asyncio.wait_for(victim.ws.receive(), TIMEOUT)
+        while msg.type is WSMsgType.BINARY:  # frames the writer got out before the abort
+            msg = await asyncio.wait_for(victim.ws.receive(), TIMEOUT)
+        assert msg.type is WSMsgType.CLOSE
+        assert msg.data == WSCloseCode.POLICY_VIOLATION
+        assert msg.extra == ErrorCode.OUTBOX_OVERFLOW
+    await settled(server)
+    assert conn not in actor.subscribers
+    with a.edit(hid) as h:
+        h.set_notes("still syncing")
+    summary = await SyncClient(a, server.url).sync()
+    assert summary.rejected == [] and a.is_saved(hid)
