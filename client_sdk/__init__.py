@@ -11,6 +11,7 @@ from ._errors import (
     ReplicaError,
     ServerRejected,
     SyncFailed,
+    SyncStalled,
     VatraClientError,
 )
 from ._replica import Replica
@@ -25,6 +26,7 @@ __all__ = [
     "ServerRejected",
     "SyncClient",
     "SyncFailed",
+    "SyncStalled",
     "SyncSummary",
     "VatraClientError",
 ]

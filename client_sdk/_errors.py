@@ -4,6 +4,7 @@
     ├── ReplicaError          the local replica is missing, unreadable or inconsistent
     │   └── HouseholdNotFound this replica holds no such household
     ├── ServerRejected        the server answered ``error`` (``code`` is a sync_server ErrorCode)
+    ├── SyncStalled           a household's exchange went on without converging (a bug, reported)
     └── SyncFailed            the server could not be reached after every retry
 """
 
@@ -40,3 +41,16 @@ class SyncFailed(VatraClientError):
         super().__init__(f"sync failed after {attempts} attempt(s): {last!r}")
         self.attempts = attempts
         self.last = last
+
+
+class SyncStalled(VatraClientError):
+    """The server kept answering for one household without the two sides converging.
+
+    A healthy exchange takes a handful of rounds; this stops a runaway loop instead of
+    spinning forever, and says which household to look at.
+    """
+
+    def __init__(self, household_id: str, rounds: int) -> None:
+        super().__init__(f"household {household_id} did not converge after {rounds} rounds")
+        self.household_id = household_id
+        self.rounds = rounds

@@ -25,7 +25,7 @@ from automerge.core import Document, Message, SyncState
 from sync_server import wire
 from sync_server.errors import ProtocolError
 
-from ._errors import ServerRejected, SyncFailed
+from ._errors import ServerRejected, SyncFailed, SyncStalled
 from ._replica import Replica, covers
 from ._transport import ClientChannel
 
@@ -57,6 +57,7 @@ class _DocSync:
     server_heads: list[bytes] = field(default_factory=list)
     done: bool = False
     was_saved: bool = False
+    rounds: int = 0
 
 
 class SyncClient:
@@ -71,7 +72,8 @@ class SyncClient:
                  on_remote_change: RemoteChangeCallback | None = None,
                  on_saved: SavedCallback | None = None,
                  max_attempts: int = 5, backoff_base: float = 0.2, backoff_cap: float = 10.0,
-                 idle_timeout: float = 30.0, max_frame_bytes: int = 4 * 1024 * 1024) -> None:
+                 idle_timeout: float = 30.0, max_frame_bytes: int = 4 * 1024 * 1024,
+                 max_rounds: int = 200) -> None:
         self.replica = replica
         self.server_url = server_url
         self.on_remote_change = on_remote_change
@@ -81,6 +83,7 @@ class SyncClient:
         self.backoff_cap = backoff_cap
         self.idle_timeout = idle_timeout
         self.max_frame_bytes = max_frame_bytes
+        self.max_rounds = max_rounds
 
     def backoff_delay(self, attempt: int) -> float:
         """Seconds to wait before retry ``attempt`` (1-based): full jitter, capped."""
@@ -175,6 +178,9 @@ class SyncClient:
     async def _on_sync(self, msg: wire.Sync, d: _DocSync, send, peer_id: str, server_id: str,
                        summary: SyncSummary) -> None:
         hid = msg.document_id
+        d.rounds += 1
+        if d.rounds > self.max_rounds:
+            raise SyncStalled(hid, d.rounds)
         before = d.doc.get_heads()
         d.doc.receive_sync_message(d.state, Message.decode(msg.data))
         d.server_heads = wire.sync_message_heads(msg.data)

@@ -12,7 +12,7 @@ from client_sdk._replica import covers
 def test_public_names_are_exactly_the_intended_ones() -> None:
     assert sorted(client_sdk.__all__) == [
         "HouseholdNotFound", "Replica", "ReplicaError", "RepoTransport", "ServerRejected",
-        "SyncClient", "SyncFailed", "SyncSummary", "VatraClientError"]
+        "SyncClient", "SyncFailed", "SyncStalled", "SyncSummary", "VatraClientError"]
     for name in client_sdk.__all__:
         assert getattr(client_sdk, name).__module__.startswith("client_sdk.")
 
