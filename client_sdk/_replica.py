@@ -119,16 +119,25 @@ class Replica:
         for hid in list(self._open):
             self.save(hid)
 
+    def flush(self) -> None:
+        """Write every open household and the caseload metadata to disk."""
+        self.save_all()
+        self._write_meta()
+
     # -- what the server holds -----------------------------------------------------------
 
     def server_heads(self, household_id: str) -> list[bytes]:
         entry = self._meta["caseload"].get(household_id)
         return [bytes.fromhex(h) for h in entry["server_heads"]] if entry else []
 
-    def set_server_heads(self, household_id: str, heads: list[bytes]) -> None:
+    def set_server_heads(self, household_id: str, heads: list[bytes], *,
+                         flush: bool = True) -> None:
+        """Record what the server holds. ``flush=False`` defers the disk write to
+        :meth:`flush` (a sync records heads on every message and flushes once)."""
         entry = self._meta["caseload"].setdefault(household_id, {"server_heads": []})
         entry["server_heads"] = sorted(h.hex() for h in heads)
-        self._write_meta()
+        if flush:
+            self._write_meta()
 
     def is_saved(self, household_id: str) -> bool:
         """True when the server's last advertised heads include every local change."""

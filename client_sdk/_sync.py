@@ -135,43 +135,47 @@ class SyncClient:
             server_id = first.sender_id
 
             docs: dict[str, _DocSync] = {}
-            for hid in ids:
-                local = self.replica.has_local_copy(hid)
-                doc = self.replica.document(hid)
-                d = docs[hid] = _DocSync(doc, SyncState(),
-                                         {c.hash for c in doc.get_changes([])} if local else set())
-                m = doc.generate_sync_message(d.state)
-                assert m is not None  # a fresh SyncState always has something to say
-                kind = wire.Sync if local else wire.Request
-                await send(kind(peer_id, server_id, hid, m.encode()))
+            try:
+                for hid in ids:
+                    local = self.replica.has_local_copy(hid)
+                    doc = self.replica.document(hid)
+                    d = docs[hid] = _DocSync(doc, SyncState(),
+                                             {c.hash for c in doc.get_changes([])} if local else set())
+                    m = doc.generate_sync_message(d.state)
+                    assert m is not None  # a fresh SyncState always has something to say
+                    kind = wire.Sync if local else wire.Request
+                    await send(kind(peer_id, server_id, hid, m.encode()))
 
-            while not all(d.done for d in docs.values()):
-                msg = await receive()
-                if isinstance(msg, wire.Sync):
-                    d = docs.get(msg.document_id)
-                    if d is None:
-                        continue  # a household we did not ask for in this session
-                    await self._on_sync(msg, d, send, peer_id, server_id, summary)
-                elif isinstance(msg, wire.DocUnavailable):
-                    if msg.document_id in docs:
-                        docs[msg.document_id].done = True
-                        summary.unavailable.append(msg.document_id)
-                elif isinstance(msg, wire.Error):
-                    rejection = ServerRejected(msg.code, msg.message, msg.document_id)
-                    summary.rejected.append(rejection)
-                    if msg.document_id in docs:
-                        docs[msg.document_id].done = True
-                    else:
-                        raise rejection
+                while not all(d.done for d in docs.values()):
+                    msg = await receive()
+                    if isinstance(msg, wire.Sync):
+                        d = docs.get(msg.document_id)
+                        if d is None:
+                            continue  # a household we did not ask for in this session
+                        await self._on_sync(msg, d, send, peer_id, server_id, summary)
+                    elif isinstance(msg, wire.DocUnavailable):
+                        if msg.document_id in docs:
+                            docs[msg.document_id].done = True
+                            summary.unavailable.append(msg.document_id)
+                    elif isinstance(msg, wire.Error):
+                        rejection = ServerRejected(msg.code, msg.message, msg.document_id)
+                        summary.rejected.append(rejection)
+                        if msg.document_id in docs:
+                            docs[msg.document_id].done = True
+                        else:
+                            raise rejection
 
-            for hid, d in docs.items():
-                if hid in summary.unavailable or not d.doc.get_heads():
-                    continue
-                summary.households_synced += 1
-                if not self.replica.has_local_copy(hid):
-                    self.replica.adopt(hid, d.doc)
-                self._count(d, summary)
-            self.replica.save_all()
+                for hid, d in docs.items():
+                    if hid in summary.unavailable or not d.doc.get_heads():
+                        continue
+                    summary.households_synced += 1
+                    if not self.replica.has_local_copy(hid):
+                        self.replica.adopt(hid, d.doc)
+                    self._count(d, summary)
+            finally:
+                # One write per sync, also when it fails half-way: households keep what
+                # arrived, and the server heads recorded are ones the server advertised.
+                self.replica.flush()
         summary.seconds = time.perf_counter() - started
         return summary
 
@@ -186,7 +190,7 @@ class SyncClient:
         d.server_heads = wire.sync_message_heads(msg.data)
         if d.first_server_heads is None:
             d.first_server_heads = d.server_heads
-        self.replica.set_server_heads(hid, d.server_heads)
+        self.replica.set_server_heads(hid, d.server_heads, flush=False)
         after = d.doc.get_heads()
         if after != before and self.on_remote_change is not None and self.replica.has_local_copy(hid):
             self.on_remote_change(hid, len(d.doc.get_changes(before)))

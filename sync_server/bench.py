@@ -49,7 +49,7 @@ import aiohttp
 import sqlalchemy as sa
 from automerge.core import Document, Message, SyncState
 
-from client_sdk import Replica, SyncClient
+from client_sdk import Replica, SyncClient, SyncStalled
 
 from . import wire
 from .app import ENGINE, SYNCHRONIZER, VatraServer
@@ -152,44 +152,21 @@ async def _server_doc(sync: Synchronizer, household_id: str) -> Document:
 
 # -- workload (a): tablets return ---------------------------------------------------------
 
-#: Server answers one household may take in one sync before the bench calls it stalled.
-#: A healthy sync of one household takes 2-4; see "Known livelock" in docs/performance.md.
+#: Server answers one household may take in one sync before the bench calls it stalled
+#: (a healthy sync of one household takes 2-4).
 MAX_ROUNDS_PER_HOUSEHOLD = 50
-
-
-class SyncStalled(Exception):
-    def __init__(self, household_id: str, rounds: int) -> None:
-        super().__init__(f"household {household_id}: no convergence after {rounds} server "
-                         f"answers in one sync")
-        self.household_id = household_id
-
-
-class _WatchedReplica(Replica):
-    """A Replica that counts server answers per household (``SyncClient`` records every
-    one through ``set_server_heads``) and aborts a sync that ping-pongs without end."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(path)
-        self.rounds: dict[str, int] = {}
-
-    def set_server_heads(self, household_id: str, heads: list[bytes]) -> None:
-        n = self.rounds[household_id] = self.rounds.get(household_id, 0) + 1
-        if n > MAX_ROUNDS_PER_HOUSEHOLD:
-            raise SyncStalled(household_id, n)
-        super().set_server_heads(household_id, heads)
-
 
 
 @dataclasses.dataclass
 class _Tablet:
-    replica: _WatchedReplica
+    replica: Replica
     households: list[tuple[str, str, str]]  # (household id, member id, assessment id)
 
 
 def _setup_tablets(root: Path, tablets: int, households: int) -> list[_Tablet]:
     out = []
     for t in range(tablets):
-        replica = _WatchedReplica(root / f"tablet-{t:03d}")
+        replica = Replica(root / f"tablet-{t:03d}")
         owned = []
         for k in range(households):
             h = replica.create_household(locality="54975", county="CJ",
@@ -274,13 +251,12 @@ async def _workload_tablets(server: VatraServer, root: Path, n_tablets: int, n_h
     pg_before = pg_cpu()
     latencies: list[float] = []
     stalled: list[str] = []
-    for t in tablets:
-        t.replica.rounds.clear()
 
     async def one(t: _Tablet) -> Any:
         started = time.perf_counter()
         try:
-            summary = await SyncClient(t.replica, server.url).sync()
+            summary = await SyncClient(t.replica, server.url,
+                                       max_rounds=MAX_ROUNDS_PER_HOUSEHOLD).sync()
         except SyncStalled as exc:
             stalled.append(exc.household_id)
             return None

@@ -42,6 +42,11 @@ from .storage import HouseholdRecord, HouseholdStore, StoredChange
 log = logging.getLogger(__name__)
 
 
+#: Below this many bytes of changes since the last snapshot, loading them is cheaper than
+#: writing a snapshot (a young household: a few KiB). See docs/storage.md.
+SNAPSHOT_MIN_BYTES = 16 * 1024
+
+
 def check_document_id(document_id: str) -> None:
     # Canonical bs58check only: the UUID spellings DocumentId also parses would make one
     # document known under several ids (ids are compared as plain strings everywhere).
@@ -156,18 +161,23 @@ class Synchronizer:
             raise StorageError("the server could not store this household; retry later",
                                document_id=hid) from exc
         self.changes_persisted += result.inserted
-        actor = self.registry.admit_new(HouseholdActor(
-            record, doc, snapshot_bytes=0, bytes_since_snapshot=result.inserted_bytes,
-            last_seq=result.last_seq))
-        if actor.doc is not doc:
-            # Another connection created it concurrently; merge through the normal path.
-            conn.reset_sync_state(hid)
+        if result.inserted == len(new) and self.registry.resident(hid) is None:
+            actor = self.registry.admit_new(HouseholdActor(
+                record, doc, snapshot_bytes=0, bytes_since_snapshot=result.inserted_bytes,
+                last_seq=result.last_seq))
             actor.subscribers.add(conn)
-            await self._merge(actor, conn, msg)
+            async with actor.lock:
+                self._answer(actor, list(actor.subscribers))
             return
-        actor.subscribers.add(conn)
-        async with actor.lock:
-            self._answer(actor, list(actor.subscribers))
+        # The household existed already (another connection created it concurrently), so
+        # this document may be partial: continue from the stored one, the normal way.
+        conn.reset_sync_state(hid)
+        existing = await self.registry.get(hid)
+        if existing is None:  # just committed, so only a vanished database gets here
+            raise StorageError("the household could not be read back; retry later",
+                               document_id=hid)
+        existing.subscribers.add(conn)
+        await self._merge(existing, conn, msg)
 
     def _answer(self, actor: HouseholdActor, targets: Sequence[Connection]) -> None:
         for target in targets:
@@ -177,8 +187,8 @@ class Synchronizer:
                                       m.encode()))
 
     async def _maybe_snapshot(self, actor: HouseholdActor) -> None:
-        """Compact when the changes since the last snapshot outweigh it."""
-        if actor.bytes_since_snapshot <= actor.snapshot_bytes:
+        """Compact when the changes since the last snapshot outweigh it (and a floor)."""
+        if actor.bytes_since_snapshot <= max(actor.snapshot_bytes, SNAPSHOT_MIN_BYTES):
             return
         body = actor.doc.save()
         try:

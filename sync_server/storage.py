@@ -21,7 +21,7 @@ from typing import Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 metadata = sa.MetaData()
 
@@ -83,7 +83,7 @@ class StoredChange:
 class AppendResult:
     inserted: int        # rows new to the log (0 when everything was a re-send)
     inserted_bytes: int  # their body bytes
-    last_seq: int        # highest log position of this household after the append (0 if none)
+    last_seq: int        # highest log position among the inserted rows (0 if none inserted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +132,27 @@ class HouseholdStore(Protocol):
     async def change_count(self, household_id: str) -> int: ...
 
 
+#: One statement for a whole batch, whatever its size: the arrays travel as four
+#: parameters, so the statement is prepared once and cached (a multi-row VALUES list
+#: would be a new statement for every batch size). ``deps`` arrive as comma-joined hex
+#: because PostgreSQL arrays cannot be ragged. Re-sent changes are skipped.
+_APPEND = sa.text("""
+    INSERT INTO changes (household_id, hash, deps, actor, body)
+    SELECT :household_id, u.hash,
+           ARRAY(SELECT decode(d, 'hex') FROM unnest(string_to_array(u.deps, ',')) AS d),
+           u.actor, u.body
+    FROM unnest(:hashes, :deps, :actors, :bodies) AS u(hash, deps, actor, body)
+    ON CONFLICT (household_id, hash) DO NOTHING
+    RETURNING seq, length(body)
+""").bindparams(
+    sa.bindparam("household_id", type_=sa.Text),
+    sa.bindparam("hashes", type_=postgresql.ARRAY(sa.LargeBinary)),
+    sa.bindparam("deps", type_=postgresql.ARRAY(sa.Text)),
+    sa.bindparam("actors", type_=postgresql.ARRAY(sa.LargeBinary)),
+    sa.bindparam("bodies", type_=postgresql.ARRAY(sa.LargeBinary)),
+)
+
+
 class PostgresStore:
     """:class:`HouseholdStore` on PostgreSQL through SQLAlchemy Core and asyncpg."""
 
@@ -160,26 +181,18 @@ class PostgresStore:
         async with self._engine.begin() as conn:
             return await self._append(conn, household_id, new)
 
-    async def _append(self, conn: sa.ext.asyncio.AsyncConnection, household_id: str,
+    async def _append(self, conn: AsyncConnection, household_id: str,
                       new: Sequence[StoredChange]) -> AppendResult:
-        inserted, inserted_bytes, last = 0, 0, 0
-        if new:
-            # One multi-row INSERT for the whole batch; duplicates (re-sends) are skipped.
-            stmt = (postgresql.insert(changes)
-                    .values([{"household_id": household_id, "hash": c.hash,
-                              "deps": list(c.deps), "actor": c.actor, "body": c.body}
-                             for c in new])
-                    .on_conflict_do_nothing(index_elements=["household_id", "hash"])
-                    .returning(changes.c.seq, sa.func.length(changes.c.body)))
-            rows = (await conn.execute(stmt)).all()
-            inserted = len(rows)
-            inserted_bytes = sum(r[1] for r in rows)
-            last = max((r[0] for r in rows), default=0)
-        if not inserted:
-            last = (await conn.execute(
-                sa.select(sa.func.coalesce(sa.func.max(changes.c.seq), 0))
-                .where(changes.c.household_id == household_id))).scalar_one()
-        return AppendResult(inserted, inserted_bytes, last)
+        if not new:
+            return AppendResult(0, 0, 0)
+        rows = (await conn.execute(_APPEND, {
+            "household_id": household_id,
+            "hashes": [c.hash for c in new],
+            "deps": [",".join(d.hex() for d in c.deps) for c in new],
+            "actors": [c.actor for c in new],
+            "bodies": [c.body for c in new],
+        })).all()
+        return AppendResult(len(rows), sum(r[1] for r in rows), max((r[0] for r in rows), default=0))
 
     async def load(self, household_id: str) -> LoadedHousehold | None:
         async with self._engine.connect() as conn:

@@ -395,7 +395,7 @@ async def test_changes_queued_behind_a_bloom_false_positive_are_kept(server, tmp
     h = tablet.create_household(locality="54975", county="CJ", address=f"a{seed}",
                                 created_by="sw-1", at=at)
     h.add_member("Ana", "Pop", "2015-04-01", "F", "child",
-                 person_id="00000000-0000-4000-8000-%012d" % seed)
+                 person_id=f"00000000-0000-4000-8000-{seed:012d}")
     tablet.save(h.household_id)
     await SyncClient(tablet, server.url).sync()
     for e in range(10):
