@@ -33,6 +33,7 @@ class Replica:
         self._meta_path = self.path / "replica.json"
         self._meta = self._read_meta(actor_id)
         self._open: dict[str, Household] = {}
+        self._saved_heads: dict[str, list[bytes]] = {}  # heads of what is on disk
 
     # -- identity ------------------------------------------------------------------------
 
@@ -83,6 +84,7 @@ class Replica:
             raise ReplicaError(f"household {household_id}: local copy unreadable") from exc
         doc.set_actor(self.actor_id)
         h = self._open[household_id] = Household(doc, household_id)
+        self._saved_heads[household_id] = doc.get_heads()
         return h
 
     @contextlib.contextmanager
@@ -110,10 +112,15 @@ class Replica:
     # -- persistence ---------------------------------------------------------------------
 
     def save(self, household_id: str) -> None:
+        """Write the household to disk, unless the copy there is already current."""
         h = self._open.get(household_id)
         if h is None:
             return
+        heads = h.doc.get_heads()
+        if self._saved_heads.get(household_id) == heads:
+            return
         _atomic_write(self._doc_path(household_id), h.doc.save())
+        self._saved_heads[household_id] = heads
 
     def save_all(self) -> None:
         for hid in list(self._open):

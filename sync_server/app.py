@@ -38,6 +38,7 @@ SYNCHRONIZER = web.AppKey("synchronizer", Synchronizer)
 SETTINGS = web.AppKey("settings", Settings)
 ENGINE = web.AppKey("engine", AsyncEngine)
 CONNECTIONS = web.AppKey("connections", set)
+STORE = web.AppKey("store", PostgresStore)
 
 #: Message types a device may send once its connection is open.
 FROM_CLIENT_ALLOWED = (wire.Sync, wire.Request, wire.Ephemeral, wire.Error)
@@ -126,8 +127,14 @@ def build_app(settings: Settings, engine: AsyncEngine) -> web.Application:
     app.router.add_get("/v1/sync", sync_handler)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app[STORE] = store
     app.on_shutdown.append(_close_connections)
+    app.on_cleanup.append(_close_store)
     return app
+
+
+async def _close_store(app: web.Application) -> None:
+    await app[STORE].close()
 
 
 async def _close_connections(app: web.Application) -> None:

@@ -14,10 +14,12 @@ suite against every implementation.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
@@ -132,20 +134,22 @@ class HouseholdStore(Protocol):
     async def change_count(self, household_id: str) -> int: ...
 
 
-#: One statement for a whole batch, whatever its size: the arrays travel as four
-#: parameters, so the statement is prepared once and cached (a multi-row VALUES list
-#: would be a new statement for every batch size). ``deps`` arrive as comma-joined hex
-#: because PostgreSQL arrays cannot be ragged. Re-sent changes are skipped.
+#: One statement for a whole batch, whatever its size and however many households it
+#: spans: the rows travel as five array parameters, so the statement is prepared once
+#: and cached (a multi-row VALUES list would be a new statement per batch size).
+#: ``deps`` arrive as comma-joined hex because PostgreSQL arrays cannot be ragged.
+#: Re-sent changes hit the primary key and are skipped.
 _APPEND = sa.text("""
     INSERT INTO changes (household_id, hash, deps, actor, body)
-    SELECT :household_id, u.hash,
+    SELECT u.household_id, u.hash,
            ARRAY(SELECT decode(d, 'hex') FROM unnest(string_to_array(u.deps, ',')) AS d),
            u.actor, u.body
-    FROM unnest(:hashes, :deps, :actors, :bodies) AS u(hash, deps, actor, body)
+    FROM unnest(:household_ids, :hashes, :deps, :actors, :bodies)
+         AS u(household_id, hash, deps, actor, body)
     ON CONFLICT (household_id, hash) DO NOTHING
-    RETURNING seq, length(body)
+    RETURNING household_id, seq, length(body)
 """).bindparams(
-    sa.bindparam("household_id", type_=sa.Text),
+    sa.bindparam("household_ids", type_=postgresql.ARRAY(sa.Text)),
     sa.bindparam("hashes", type_=postgresql.ARRAY(sa.LargeBinary)),
     sa.bindparam("deps", type_=postgresql.ARRAY(sa.Text)),
     sa.bindparam("actors", type_=postgresql.ARRAY(sa.LargeBinary)),
@@ -153,11 +157,95 @@ _APPEND = sa.text("""
 )
 
 
+async def _insert_changes(conn: AsyncConnection,
+                          batches: Sequence[tuple[str, Sequence[StoredChange]]]
+                          ) -> dict[str, AppendResult]:
+    """Insert every batch with one statement; an AppendResult per household."""
+    params: dict[str, list[Any]] = {k: [] for k in
+                                    ("household_ids", "hashes", "deps", "actors", "bodies")}
+    for household_id, new in batches:
+        for c in new:
+            params["household_ids"].append(household_id)
+            params["hashes"].append(c.hash)
+            params["deps"].append(",".join(d.hex() for d in c.deps))
+            params["actors"].append(c.actor)
+            params["bodies"].append(c.body)
+    results = {household_id: AppendResult(0, 0, 0) for household_id, _ in batches}
+    if not params["hashes"]:
+        return results
+    for household_id, seq, size in (await conn.execute(_APPEND, params)).all():
+        r = results[household_id]
+        results[household_id] = AppendResult(r.inserted + 1, r.inserted_bytes + size,
+                                             max(r.last_seq, seq))
+    return results
+
+
+class _GroupCommit:
+    """Commits the appends of concurrent merges together: one transaction, one statement.
+
+    While one commit is in flight, the appends that arrive queue up and go into the next
+    one, so under load many households share each WAL flush; alone, an append waits for
+    exactly one commit, as before. Every caller still gets its result only after the
+    commit, so the pipeline's rule (advertise only what is committed) holds. If the
+    commit fails, every caller in it gets the error and nothing of it is stored.
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._queue: list[tuple[str, Sequence[StoredChange], asyncio.Future[AppendResult]]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.commits = 0
+
+    async def append(self, household_id: str, new: Sequence[StoredChange]) -> AppendResult:
+        fut: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
+        self._queue.append((household_id, new, fut))
+        self._wake.set()
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="vatra-group-commit")
+        return await fut
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for _, _, fut in self._queue:
+            if not fut.done():
+                fut.set_exception(RuntimeError("store closed"))
+        self._queue.clear()
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            group, self._queue = self._queue, []
+            if not group:
+                continue
+            try:
+                async with self._engine.begin() as conn:
+                    results = await _insert_changes(conn, [(h, new) for h, new, _ in group])
+            except Exception as exc:
+                for _, _, fut in group:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            self.commits += 1
+            for household_id, _, fut in group:
+                if not fut.done():  # a caller cancelled meanwhile: its rows are stored anyway
+                    fut.set_result(results[household_id])
+
+
 class PostgresStore:
     """:class:`HouseholdStore` on PostgreSQL through SQLAlchemy Core and asyncpg."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        self._group = _GroupCommit(engine)
+
+    async def close(self) -> None:
+        """Stop the group-commit writer (pending appends fail with an error)."""
+        await self._group.close()
 
     async def create_household(self, record: HouseholdRecord,
                                first_changes: Sequence[StoredChange]) -> AppendResult:
@@ -166,7 +254,7 @@ class PostgresStore:
                 postgresql.insert(households)
                 .values(id=record.id, locality=record.locality, county=record.county)
                 .on_conflict_do_nothing(index_elements=["id"]))
-            return await self._append(conn, record.id, first_changes)
+            return (await _insert_changes(conn, [(record.id, first_changes)]))[record.id]
 
     async def household(self, household_id: str) -> HouseholdRecord | None:
         async with self._engine.connect() as conn:
@@ -178,21 +266,9 @@ class PostgresStore:
 
     async def append_changes(self, household_id: str,
                              new: Sequence[StoredChange]) -> AppendResult:
-        async with self._engine.begin() as conn:
-            return await self._append(conn, household_id, new)
-
-    async def _append(self, conn: AsyncConnection, household_id: str,
-                      new: Sequence[StoredChange]) -> AppendResult:
         if not new:
             return AppendResult(0, 0, 0)
-        rows = (await conn.execute(_APPEND, {
-            "household_id": household_id,
-            "hashes": [c.hash for c in new],
-            "deps": [",".join(d.hex() for d in c.deps) for c in new],
-            "actors": [c.actor for c in new],
-            "bodies": [c.body for c in new],
-        })).all()
-        return AppendResult(len(rows), sum(r[1] for r in rows), max((r[0] for r in rows), default=0))
+        return await self._group.append(household_id, new)
 
     async def load(self, household_id: str) -> LoadedHousehold | None:
         async with self._engine.connect() as conn:

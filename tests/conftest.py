@@ -87,8 +87,10 @@ async def engine(database_url: str):
 
 
 @pytest.fixture
-def store(engine) -> PostgresStore:
-    return PostgresStore(engine)
+async def store(engine) -> AsyncIterator[PostgresStore]:
+    s = PostgresStore(engine)
+    yield s
+    await s.close()
 
 
 @pytest.fixture

@@ -78,3 +78,16 @@ async def test_an_unreachable_server_fails_after_the_retries(tmp_path) -> None:
     with pytest.raises(SyncFailed) as info:
         await client.sync()
     assert info.value.attempts == 3
+
+
+def test_save_writes_only_when_the_household_changed(tmp_path) -> None:
+    r = Replica(tmp_path / "tablet")
+    hid = r.create_household(locality="54975", county="CJ", address="x",
+                             created_by="sw-1").household_id
+    path = tmp_path / "tablet" / "households" / f"{hid}.automerge"
+    path.write_bytes(b"sentinel")  # detect any rewrite
+    r.save(hid)
+    assert path.read_bytes() == b"sentinel"
+    with r.edit(hid) as h:
+        h.set_address("y")
+    assert Replica(tmp_path / "tablet").household(hid).to_dict()["address"] == "y"

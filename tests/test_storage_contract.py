@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+
 import pytest
 from automerge.core import ROOT, Document, ScalarType
 from sqlalchemy.exc import DBAPIError
 
+from conflict import new_household_id
 from sync_server.storage import HouseholdRecord, HouseholdStore, StoredChange
 
 HID = "2fiH6LVoDnXEUsYNHowu3UTBwJqk"
+_values = itertools.count(1)
 
 
 @pytest.fixture(params=["postgres"])
@@ -20,9 +25,9 @@ def contract_store(request: pytest.FixtureRequest, store) -> HouseholdStore:
 def edits(n: int, doc: Document | None = None) -> tuple[Document, list[StoredChange]]:
     doc = doc or Document()
     before = doc.get_heads()
-    for i in range(n):
+    for _ in range(n):
         with doc.transaction() as tx:
-            tx.put(ROOT, "counter", ScalarType.Int, i + 1)
+            tx.put(ROOT, "counter", ScalarType.Int, next(_values))  # never the same value twice
     return doc, [StoredChange(c.hash, tuple(c.deps), c.actor_id, c.bytes)
                  for c in doc.get_changes(before)]
 
@@ -83,3 +88,25 @@ async def test_the_change_log_refuses_rewrites(contract_store: HouseholdStore, e
         async with engine.begin() as conn:
             await conn.exec_driver_sql("DELETE FROM changes")
     assert await contract_store.change_count(HID) == 1
+
+
+async def test_concurrent_appends_of_many_households_all_land(contract_store: HouseholdStore) -> None:
+    """Appends that arrive together may share a commit (PostgresStore groups them);
+    each caller still gets exactly its own household's result."""
+    ids = [new_household_id() for _ in range(12)]
+    docs = {}
+    for hid in ids:
+        doc, first = edits(1)
+        docs[hid] = doc
+        await contract_store.create_household(HouseholdRecord(hid, "54975", "CJ"), first)
+    batches = {hid: edits(3, docs[hid])[1] for hid in ids}
+    results = await asyncio.gather(*(contract_store.append_changes(hid, batches[hid])
+                                     for hid in ids))
+    for hid, result in zip(ids, results, strict=True):
+        assert result.inserted == 3
+        assert result.inserted_bytes == sum(len(c.body) for c in batches[hid])
+        assert await contract_store.change_count(hid) == 4
+        loaded = await contract_store.load(hid)
+        assert Document.load(loaded.document_bytes()).get_heads() == docs[hid].get_heads()
+    if hasattr(contract_store, "_group"):
+        assert contract_store._group.commits < len(ids)  # they really shared commits
