@@ -5,23 +5,30 @@ port, on the embedded PostgreSQL in a temporary data directory (or on
 ``DATABASE_URL``), exactly as ``vatra serve`` runs it. Two workloads:
 
 (a) *tablets return* — N tablets (each its own :class:`client_sdk.Replica`)
-    hold H households each. Setup (untimed) creates and syncs them. Each
-    tablet then makes E offline edits on each household, and all tablets
-    sync at once (``asyncio.gather`` of ``SyncClient.sync()``). Reported:
-    changes accepted *and persisted* (rows that landed in ``changes``) per
-    second of wall time, and per-tablet sync latency p50/p99.
-(b) *live session* — one WebSocket session (join, then for each of K
-    changes: one edit, one ``sync``, wait until the server's advertised
-    heads include it). Reported: changes/s and per-change latency p50/p99.
+    hold H households each. They run in a child process,
+    :mod:`sync_server.bench_tablets`, talking to the server over loopback, as
+    tablets are separate devices. Setup (untimed) creates and syncs them; each
+    tablet then makes E offline edits on each household and the worker says
+    ``ready``. The parent sends ``go``; all tablets sync at once
+    (``asyncio.gather`` of ``SyncClient.sync()``) and the worker answers with
+    one JSON line. Reported: changes accepted *and persisted* (rows that
+    landed in ``changes``) per second of wall time from ``go`` to that
+    answer, per-tablet sync latency p50/p99, and the CPU of the server
+    process and of the worker separately.
+(b) *live session* — one WebSocket session in this process (join, then for
+    each of K changes: one edit, one ``sync``, wait until the server's
+    advertised heads include it). Serial, one commit per change: it measures
+    commit latency, not throughput. Reported: changes/s and per-change
+    latency p50/p99.
 
 Raw baseline, same run, same changes, no network and no database: a fork of
 the server's own pre-sync document absorbs exactly those changes through
 ``receive_sync_message`` with a fresh ``SyncState`` and answers with
 ``generate_sync_message`` — the Automerge part of what
-:meth:`Synchronizer._merge` does per message. For (a) the tablet side of that
-in-memory exchange is timed separately (the end-to-end run pays it too, in
-this same process); for (b) the exact sync messages the live client sent are
-replayed. ``ratio = end-to-end changes/s ÷ raw server-side changes/s``.
+:meth:`Synchronizer._merge` does per message. For (a) the tablets' documents
+are loaded from the worker's replica directories after ``ready`` and the
+tablet side of the in-memory exchange is timed separately; for (b) the exact
+sync messages the live client sent are replayed. ``ratio = end-to-end changes/s ÷ raw server-side changes/s``.
 
 Output: a ``rich`` table, then one JSON line (the last line of stdout).
 Exit status 0, or 1 when the persisted-change count is not what the
@@ -39,6 +46,7 @@ import math
 import os
 import platform
 import pstats
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -49,10 +57,11 @@ import aiohttp
 import sqlalchemy as sa
 from automerge.core import Document, Message, SyncState
 
-from client_sdk import Replica, SyncClient, SyncStalled
+from client_sdk import Replica, SyncClient
 
 from . import wire
 from .app import ENGINE, SYNCHRONIZER, VatraServer
+from .bench_tablets import MAX_ROUNDS_PER_HOUSEHOLD, tablet_dir
 from .config import Settings
 from .pipeline import Synchronizer
 from .storage import changes as changes_table
@@ -152,47 +161,6 @@ async def _server_doc(sync: Synchronizer, household_id: str) -> Document:
 
 # -- workload (a): tablets return ---------------------------------------------------------
 
-#: Server answers one household may take in one sync before the bench calls it stalled
-#: (a healthy sync of one household takes 2-4).
-MAX_ROUNDS_PER_HOUSEHOLD = 50
-
-
-@dataclasses.dataclass
-class _Tablet:
-    replica: Replica
-    households: list[tuple[str, str, str]]  # (household id, member id, assessment id)
-
-
-def _setup_tablets(root: Path, tablets: int, households: int) -> list[_Tablet]:
-    out = []
-    for t in range(tablets):
-        replica = Replica(root / f"tablet-{t:03d}")
-        owned = []
-        for k in range(households):
-            h = replica.create_household(locality="54975", county="CJ",
-                                         address=f"Str. Bench {t}-{k}", created_by=f"sw-{t}")
-            pid = h.add_member("Ana", "Pop", "2015-04-01", "F", "child")
-            aid = h.start_assessment(f"sw-{t}")
-            replica.save(h.household_id)
-            owned.append((h.household_id, pid, aid))
-        out.append(_Tablet(replica, owned))
-    return out
-
-
-def _offline_edits(tablet: _Tablet, t: int, edits: int) -> None:
-    """``edits`` changes per household, each one writing values not there before."""
-    for hid, pid, aid in tablet.households:
-        h = tablet.replica.household(hid)
-        for e in range(edits):
-            kind = e % 3
-            if kind == 0:
-                h.append_activity(f"sw-{t}", "visit", f"visit {e} by tablet {t}")
-            elif kind == 1:
-                h.set_address(f"Str. Bench {t} nr. {e}")
-            else:
-                h.record_answers(aid, pid, {"school.attends": e, f"q{e}": f"answer {e}"})
-        tablet.replica.save(hid)
-
 
 def _raw_exchange(server_doc: Document, tablet_doc: Document) -> tuple[float, float, int]:
     """In-memory sync between a fork of the server's pre-sync document and the tablet's
@@ -226,53 +194,66 @@ def _raw_exchange(server_doc: Document, tablet_doc: Document) -> tuple[float, fl
     return server_s, tablet_s, len(server_doc.get_changes(before))
 
 
+async def _start_tablets(server: VatraServer, root: Path, n_tablets: int, n_households: int,
+                         n_edits: int) -> asyncio.subprocess.Process:
+    """Start the tablet worker (:mod:`sync_server.bench_tablets`); return once it is ready."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sync_server.bench_tablets", server.url, str(root),
+        str(n_tablets), str(n_households), str(n_edits),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=1 << 24)
+    if await _worker_line(proc) != "ready":
+        raise RuntimeError("tablet worker: expected 'ready'")
+    return proc
+
+
+async def _worker_line(proc: asyncio.subprocess.Process) -> str:
+    assert proc.stdout is not None
+    line = await proc.stdout.readline()
+    if not line:
+        raise RuntimeError(f"tablet worker exited with status {await proc.wait()} "
+                           "(its stderr is above)")
+    return line.decode().strip()
+
+
 async def _workload_tablets(server: VatraServer, root: Path, n_tablets: int, n_households: int,
                             n_edits: int, pg_cpu, profile_dir: Path | None,
                             profiles: dict[str, Any]) -> dict[str, Any]:
     assert server.app is not None
     sync: Synchronizer = server.app[SYNCHRONIZER]
-    tablets = _setup_tablets(root, n_tablets, n_households)
-    setup = await asyncio.gather(*(SyncClient(t.replica, server.url).sync() for t in tablets))
-    rejected = [r for s in setup for r in s.rejected]
-    if rejected:
-        raise RuntimeError(f"setup sync rejected: {rejected[0]}")
+    proc = await _start_tablets(server, root, n_tablets, n_households, n_edits)
+    try:
+        # Raw-baseline inputs: the server's committed documents before the timed sync, and
+        # the tablets' post-edit documents as the worker saved them.
+        tablet_after: dict[str, Document] = {}
+        for t in range(n_tablets):
+            replica = Replica(tablet_dir(root, t))
+            for hid in replica.household_ids():
+                tablet_after[hid] = replica.household(hid).doc
+        server_before = {hid: await _server_doc(sync, hid) for hid in tablet_after}
 
-    # Raw-baseline inputs: the server's committed documents before the timed sync.
-    server_before = {hid: await _server_doc(sync, hid)
-                     for t in tablets for hid, _, _ in t.households}
-    for t_no, t in enumerate(tablets):
-        _offline_edits(t, t_no, n_edits)
-    tablet_after = {hid: t.replica.household(hid).doc.fork()
-                    for t in tablets for hid, _, _ in t.households}
-
-    rows_before = await _count_changes(server)
-    counter_before = sync.changes_persisted
-    persist_before = sync.persist_seconds
-    pg_before = pg_cpu()
-    latencies: list[float] = []
-    stalled: list[str] = []
-
-    async def one(t: _Tablet) -> Any:
-        started = time.perf_counter()
-        try:
-            summary = await SyncClient(t.replica, server.url,
-                                       max_rounds=MAX_ROUNDS_PER_HOUSEHOLD).sync()
-        except SyncStalled as exc:
-            stalled.append(exc.household_id)
-            return None
-        latencies.append(time.perf_counter() - started)
-        return summary
-
-    with _profiled(profile_dir, "tablets_return", profiles):
-        cpu0, wall0 = time.process_time(), time.perf_counter()
-        summaries = await asyncio.gather(*(one(t) for t in tablets))
-        wall = time.perf_counter() - wall0
-        cpu = time.process_time() - cpu0
-    pg_after = pg_cpu()
+        rows_before = await _count_changes(server)
+        counter_before = sync.changes_persisted
+        persist_before = sync.persist_seconds
+        pg_before = pg_cpu()
+        assert proc.stdin is not None
+        with _profiled(profile_dir, "tablets_return", profiles):
+            cpu0, wall0 = time.process_time(), time.perf_counter()
+            proc.stdin.write(b"go\n")
+            await proc.stdin.drain()
+            line = await _worker_line(proc)
+            wall = time.perf_counter() - wall0
+            cpu = time.process_time() - cpu0
+        pg_after = pg_cpu()
+        worker = json.loads(line)
+        if await proc.wait() != 0:
+            raise RuntimeError(f"tablet worker exited with status {proc.returncode}")
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
     rows = await _count_changes(server) - rows_before
     counted = sync.changes_persisted - counter_before
-    done = [s for s in summaries if s is not None]
-    rejected = [r for s in done for r in s.rejected]
+    latencies, stalled = worker["latencies_s"], worker["stalled_households"]
 
     raw_server = raw_tablet = 0.0
     raw_changes = 0
@@ -290,9 +271,9 @@ async def _workload_tablets(server: VatraServer, root: Path, n_tablets: int, n_h
         "expected_changes": expected,
         "persisted_changes": rows,
         "persisted_counter": counted,
-        "changes_sent": sum(s.changes_sent for s in done),
-        "rejected": len(rejected),
-        "stalled_tablets": len(stalled),
+        "changes_sent": worker["changes_sent"],
+        "rejected": worker["rejected"],
+        "stalled_tablets": n_tablets - len(latencies),
         "stalled_households": stalled,
         "wall_s": wall,
         "changes_per_s": e2e_rate,
@@ -300,6 +281,8 @@ async def _workload_tablets(server: VatraServer, root: Path, n_tablets: int, n_h
         "latency_p99_s": percentile(latencies, 99),
         "latency_max_s": max(latencies) if latencies else math.nan,
         "process_cpu_s": cpu,
+        "worker_cpu_s": worker["cpu_s"],
+        "worker_wall_s": worker["wall_s"],
         "postgres_cpu_s": None if pg_before is None or pg_after is None else pg_after - pg_before,
         "persist_s": sync.persist_seconds - persist_before,
         "raw_changes": raw_changes,
@@ -307,7 +290,10 @@ async def _workload_tablets(server: VatraServer, root: Path, n_tablets: int, n_h
         "raw_tablet_s": raw_tablet,
         "raw_changes_per_s": raw_rate,
         "ratio": e2e_rate / raw_rate if raw_rate > 0 else math.nan,
-        "ok": rows == expected and raw_changes == expected and not rejected and not stalled,
+        # The ratio a server saturating one core would reach: Automerge's share of its CPU.
+        "raw_share_of_server_cpu": raw_server / cpu if cpu > 0 else math.nan,
+        "ok": (rows == expected and raw_changes == expected and not worker["rejected"]
+               and not stalled),
     }
 
 
@@ -450,7 +436,8 @@ def _print_table(result: dict[str, Any]) -> None:
     table.add_column("figure")
     table.add_column(f"(a) tablets return\n{a['tablets']} tablets x "
                      f"{a['households_per_tablet']} hh x {a['edits']} edits", justify="right")
-    table.add_column(f"(b) live session\n{b['changes']} changes", justify="right")
+    table.add_column(f"(b) live session\n{b['changes']} changes, one at a time\n"
+                     "(commit-latency bound)", justify="right")
 
     def cpu(x: float | None) -> str:
         return "n/a" if x is None else f"{x:.2f} s"
@@ -458,7 +445,7 @@ def _print_table(result: dict[str, Any]) -> None:
     table.add_row("persisted / expected changes",
                   f"{a['persisted_changes']} / {a['expected_changes']}",
                   f"{b['persisted_changes']} / {b['changes']}")
-    table.add_row("stalled tablets (livelock)", str(a["stalled_tablets"]), "—")
+    table.add_row("stalled tablets", str(a["stalled_tablets"]), "—")
     table.add_row("wall time", f"{a['wall_s']:.3f} s", f"{b['wall_s']:.3f} s")
     table.add_row("end-to-end changes/s", f"{a['changes_per_s']:,.0f}",
                   f"{b['changes_per_s']:,.0f}")
@@ -468,20 +455,26 @@ def _print_table(result: dict[str, Any]) -> None:
                   f"{b['raw_changes_per_s']:,.0f}")
     table.add_row("[bold]ratio e2e / raw[/bold] (target ≥ 0.6)",
                   f"[bold]{a['ratio']:.3f}[/bold]", f"[bold]{b['ratio']:.3f}[/bold]")
+    table.add_row("raw server Automerge / server CPU", f"{a['raw_share_of_server_cpu']:.3f}",
+                  "—")
     table.add_row("raw tablet-side Automerge", f"{a['raw_tablet_s']:.3f} s", "—")
-    table.add_row("bench process CPU", cpu(a["process_cpu_s"]), cpu(b["process_cpu_s"]))
+    table.add_row("server process CPU", cpu(a["process_cpu_s"]),
+                  f"{cpu(b['process_cpu_s'])} incl. client")
+    table.add_row("tablet worker CPU", cpu(a["worker_cpu_s"]), "— (client in process)")
     table.add_row("PostgreSQL CPU", cpu(a["postgres_cpu_s"]), cpu(b["postgres_cpu_s"]))
     table.add_row("awaiting persist (summed)", f"{a['persist_s']:.3f} s",
                   f"{b['persist_s']:.3f} s")
     console = Console()
     console.print(table)
     console.print("per tablet (a) / per change (b); timed phases only; raw = a fork of the "
-                  "server's pre-sync document absorbing the same changes in memory")
+                  "server's pre-sync document absorbing the same changes in memory. "
+                  "(a): tablets in a separate worker process. (b): one change per round "
+                  "trip, each waiting for its own commit, client in the server process: "
+                  "commit-latency bound, not a throughput figure")
     if a["stalled_tablets"]:
         console.print(f"[bold red]{a['stalled_tablets']} tablet sync(s) stalled[/bold red] "
                       "(server and tablet exchanged messages without converging; aborted "
-                      f"after {MAX_ROUNDS_PER_HOUSEHOLD} rounds): see docs/performance.md, "
-                      "'Known livelock'")
+                      f"after {MAX_ROUNDS_PER_HOUSEHOLD} rounds): a server bug")
 
 
 def _jsonable(value: Any) -> Any:

@@ -2,7 +2,10 @@
 
 Not a timing test: it checks that every figure is reported and that the
 workloads did what they claim (the changes table grew by exactly the edits
-made, and the raw baseline absorbed the same changes).
+made, and the raw baseline absorbed the same changes). Workload (a)'s tablets
+run in the ``sync_server.bench_tablets`` child process; no sync may stall
+(the Bloom false-positive livelock is fixed, see
+``test_changes_queued_behind_a_bloom_false_positive_are_kept``).
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ async def test_bench_reports_figures_and_persists_every_edit(database_url: str,
         assert section["changes_per_s"] > 0 and section["raw_changes_per_s"] > 0
         assert section["latency_p50_s"] <= section["latency_p99_s"]
 
+    assert a["worker_cpu_s"] > 0  # the tablets ran in their own process and reported it
+
     expected = TABLETS * HOUSEHOLDS * EDITS
     assert a["expected_changes"] == expected
     assert a["raw_changes"] == expected  # the baseline absorbed exactly the same edits
@@ -63,16 +68,6 @@ async def test_bench_reports_figures_and_persists_every_edit(database_url: str,
     finally:
         await engine.dispose()
     setup = (TABLETS * HOUSEHOLDS + 1) * SETUP_CHANGES_PER_HOUSEHOLD  # +1: the live household
-
-    if a["stalled_households"]:
-        # The server's fork-and-discard merge livelocks when an Automerge Bloom-filter false
-        # positive hides a household's first new change (docs/performance.md, "Known
-        # livelock"); the bench detects and reports it. Everything else must still add up.
-        lost = len(a["stalled_households"]) * EDITS
-        assert a["persisted_changes"] == a["persisted_counter"] == expected - lost
-        assert rows == setup + expected - lost + LIVE
-        assert proc.returncode == 1 and report["ok"] is False
-        pytest.xfail(f"known server livelock hit {a['stalled_households']}")
 
     assert proc.returncode == 0, err.decode()
     assert report["ok"] is True
