@@ -22,12 +22,12 @@ import sqlalchemy as sa
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from . import wire
 from .channel import WebSocketChannel
 from .config import Settings
-from .connection import Connection, ConnectionState
+from .connection import Connection
 from .database import database_url, make_engine, migrate
-from .errors import ErrorCode, ProtocolError, StorageError, VatraError
+from .dispatch import serve_connection
+from .errors import ErrorCode, VatraError
 from .households import HouseholdRegistry
 from .pipeline import Synchronizer
 from .storage import PostgresStore
@@ -40,8 +40,6 @@ ENGINE = web.AppKey("engine", AsyncEngine)
 CONNECTIONS = web.AppKey("connections", set)
 STORE = web.AppKey("store", PostgresStore)
 
-#: Message types a device may send once its connection is open.
-FROM_CLIENT_ALLOWED = (wire.Sync, wire.Request, wire.Ephemeral, wire.Error)
 
 
 async def sync_handler(request: web.Request) -> web.StreamResponse:
@@ -61,45 +59,6 @@ async def sync_handler(request: web.Request) -> web.StreamResponse:
         request.app[CONNECTIONS].discard(conn)
         synchronizer.registry.unsubscribe(conn)
     return ws
-
-
-async def serve_connection(conn: Connection, synchronizer: Synchronizer) -> None:
-    """Read frames until the peer leaves or breaks the protocol; errors close only this peer."""
-    try:
-        while conn.state is not ConnectionState.CLOSED:
-            frame = await conn.channel.receive()
-            if frame is None:
-                break
-            msg = wire.decode(frame)
-            if conn.state is ConnectionState.AWAITING_JOIN:
-                if not isinstance(msg, wire.Join):
-                    raise ProtocolError("the first message must be 'join'",
-                                        code=ErrorCode.HANDSHAKE_REQUIRED)
-                conn.opened(msg.sender_id)
-                conn.send(wire.Peer(synchronizer.server_peer_id, msg.sender_id,
-                                    metadata={"isEphemeral": False}))
-                continue
-            if not isinstance(msg, FROM_CLIENT_ALLOWED):
-                raise ProtocolError(f"'{msg.type}' is not a message a client may send",
-                                    code=ErrorCode.UNKNOWN_MESSAGE_TYPE)
-            if isinstance(msg, wire.Sync):  # Request is a Sync
-                try:
-                    await synchronizer.handle(conn, msg)
-                except StorageError as err:
-                    # The device did nothing wrong: tell it, keep the connection.
-                    conn.send_error(err)
-            elif isinstance(msg, wire.Error):
-                log.info("connection %s: peer reported error code=%s", conn.id, msg.code[:40])
-            # Ephemeral: accepted and not relayed (documented in docs/protocol.md).
-    except VatraError as err:
-        log.info("connection %s: closing, %s", conn.id, err.code)
-        conn.send_error(err)
-        await conn.close(str(err.code))
-        return
-    except asyncio.CancelledError:
-        conn.abort(ErrorCode.SERVER_SHUTTING_DOWN)
-        raise
-    await conn.close()
 
 
 async def healthz(_: web.Request) -> web.Response:

@@ -34,6 +34,7 @@ class ErrorCode(StrEnum):
     OUTBOX_OVERFLOW = "outbox-overflow"
     STORAGE_FAILURE = "storage-failure"
     SERVER_SHUTTING_DOWN = "server-shutting-down"
+    INTERNAL_ERROR = "internal-error"
 
 
 class VatraError(Exception):
