@@ -35,6 +35,11 @@ class ErrorCode(StrEnum):
     STORAGE_FAILURE = "storage-failure"
     SERVER_SHUTTING_DOWN = "server-shutting-down"
     INTERNAL_ERROR = "internal-error"
+    HANDSHAKE_FAILED = "handshake-failed"
+    FRAME_TRUNCATED = "frame-truncated"
+    FRAME_REPLAYED = "frame-replayed"
+    FRAME_REORDERED = "frame-reordered"
+    FRAME_FORGED = "frame-forged"
 
 
 class VatraError(Exception):
