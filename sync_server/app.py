@@ -20,6 +20,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from aiohttp import web
+from nacl.signing import SigningKey
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .channel import WebSocketChannel
@@ -27,8 +28,10 @@ from .config import Settings
 from .connection import Connection
 from .database import database_url, make_engine, migrate
 from .dispatch import serve_connection
+from .enrollment import IDENTITY, LIMITER, SERVER_KEY, FailureLimiter, enroll
 from .errors import ErrorCode, VatraError
 from .households import HouseholdRegistry
+from .identity import IdentityStore, load_server_identity
 from .pipeline import Synchronizer
 from .storage import PostgresStore
 
@@ -74,7 +77,7 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ready"})
 
 
-def build_app(settings: Settings, engine: AsyncEngine) -> web.Application:
+def build_app(settings: Settings, engine: AsyncEngine, server_key: SigningKey) -> web.Application:
     store = PostgresStore(engine)
     registry = HouseholdRegistry(store, max_resident=settings.resident_households,
                                  max_bytes=settings.resident_bytes)
@@ -86,6 +89,10 @@ def build_app(settings: Settings, engine: AsyncEngine) -> web.Application:
     app.router.add_get("/v1/sync", sync_handler)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app[IDENTITY] = IdentityStore(engine)
+    app[SERVER_KEY] = server_key
+    app[LIMITER] = FailureLimiter()
+    app.router.add_post("/v1/enroll", enroll)
     app[STORE] = store
     app.on_shutdown.append(_close_connections)
     app.on_cleanup.append(_close_store)
@@ -157,7 +164,9 @@ class VatraServer:
             engine = make_engine(url)
             try:
                 await migrate(engine)
-                self.app = build_app(self.settings, engine)
+                server_key = load_server_identity(self.settings.data_dir,
+                                                  self.settings.server_key_file)
+                self.app = build_app(self.settings, engine, server_key)
                 runner = web.AppRunner(self.app, handle_signals=False)
                 await runner.setup()
                 try:

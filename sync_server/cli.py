@@ -4,6 +4,7 @@
     vatra migrate   apply database migrations and exit
     vatra demo      three team members edit one household offline, then sync
     vatra bench     throughput and latency of the sync pipeline (docs/performance.md)
+    vatra user | household | device …   administration (see sync_server/admin.py)
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import signal
 import sys
 from pathlib import Path
 
+from .admin import add_admin_commands, run_admin
 from .config import Settings
 
 
@@ -44,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--profile", type=Path, metavar="DIR",
                        help="cProfile the timed phases; write DIR/<workload>.prof")
 
+    add_admin_commands(sub)
+
     args = parser.parse_args(argv)
     quiet = args.command in ("demo", "bench")  # their output is the report
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
@@ -68,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "bench":
         from .bench import run_bench
         return asyncio.run(run_bench(settings, args))
+    if args.command in ("user", "household", "device"):
+        return asyncio.run(run_admin(settings, args))
     parser.error(f"unknown command {args.command}")
     return 2
 

@@ -9,6 +9,8 @@
 | VATRA_OUTBOX_FRAMES        | 512              | frames queued per connection before it is dropped    |
 | VATRA_RESIDENT_HOUSEHOLDS  | 2000             | idle households kept in memory (count)               |
 | VATRA_RESIDENT_BYTES       | 268435456        | idle households kept in memory (stored bytes)        |
+| VATRA_SERVER_KEY_FILE      | (data dir)       | server identity key (32-byte Ed25519 seed); default  |
+|                            |                  | <data dir>/server_identity.key, created on first run |
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class Settings:
     outbox_frames: int = 512
     resident_households: int = 2000
     resident_bytes: int = 256 * 1024 * 1024
+    server_key_file: str | None = None
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -43,6 +46,7 @@ class Settings:
             outbox_frames=_int(e, "VATRA_OUTBOX_FRAMES", base.outbox_frames),
             resident_households=_int(e, "VATRA_RESIDENT_HOUSEHOLDS", base.resident_households),
             resident_bytes=_int(e, "VATRA_RESIDENT_BYTES", base.resident_bytes),
+            server_key_file=e.get("VATRA_SERVER_KEY_FILE") or None,
         )
 
 

@@ -40,6 +40,10 @@ class ErrorCode(StrEnum):
     FRAME_REPLAYED = "frame-replayed"
     FRAME_REORDERED = "frame-reordered"
     FRAME_FORGED = "frame-forged"
+    ENROLLMENT_REFUSED = "enrollment-refused"
+    TOO_MANY_ATTEMPTS = "too-many-attempts"
+    INVALID_ROLE = "invalid-role"
+    UNKNOWN_USER = "unknown-user"
 
 
 class VatraError(Exception):

@@ -1,0 +1,120 @@
+"""Users, teams, enrollment codes and device enrollment over HTTP (real server, real DB)."""
+
+from __future__ import annotations
+
+import base64
+import os
+from datetime import timedelta
+
+import aiohttp
+import pytest
+from nacl.public import PrivateKey
+from nacl.signing import SigningKey
+
+from sync_server.app import ENGINE
+from sync_server.enrollment import MAX_FAILURES_PER_ADDRESS, SERVER_KEY, FailureLimiter
+from sync_server.identity import MAX_FAILED_ATTEMPTS, IdentityError, IdentityStore
+
+pytestmark = pytest.mark.functional
+
+
+@pytest.fixture
+def ids(engine) -> IdentityStore:
+    return IdentityStore(engine)
+
+
+def request_body(code: str, actor: bytes | None = None) -> dict:
+    return {"code": code,
+            "signing_key": base64.b64encode(bytes(SigningKey.generate().verify_key)).decode(),
+            "exchange_key": base64.b64encode(bytes(PrivateKey.generate().public_key)).decode(),
+            "actor_ids": [(actor or os.urandom(16)).hex()]}
+
+
+async def post(server, body) -> tuple[int, dict]:
+    async with aiohttp.ClientSession() as s, s.post(f"{server.http_url}/v1/enroll",
+                                                     json=body) as r:
+        return r.status, await r.json()
+
+
+async def test_users_roles_and_places(ids: IdentityStore) -> None:
+    w = await ids.add_user("sw-ana", "worker", localities=[("54975", "CJ")])
+    assert w.may_create_in("54975", "CJ") and not w.may_create_in("54984", "CJ")
+    s = await ids.add_user("sup-cj", "supervisor", county="CJ")
+    assert (await ids.user("sup-cj")) == s
+    with pytest.raises(IdentityError, match="supervisor needs a county"):
+        await ids.add_user("sup-x", "supervisor")
+    with pytest.raises(IdentityError, match="role must be one of"):
+        await ids.add_user("x", "mayor")
+
+
+async def test_a_code_enrolls_one_device_once(server) -> None:
+    ids = IdentityStore(server.app[ENGINE])
+    await ids.add_user("sw-ana", "worker", localities=[("54975", "CJ")])
+    code = await ids.create_enrollment_code("sw-ana")
+    status, answer = await post(server, request_body(code.code))
+    assert status == 201, answer
+    assert answer["user_id"] == "sw-ana" and answer["role"] == "worker"
+    server_key = base64.b64decode(answer["server_signing_key"])
+    assert server_key == bytes(server.app[SERVER_KEY].verify_key)
+    device = await ids.device(answer["device_id"])
+    assert device is not None and not device.revoked
+    status, reused = await post(server, request_body(code.code))  # reused code
+    assert (status, reused["code"]) == (403, "enrollment-refused")
+
+
+async def test_expired_guessed_and_locked_codes_are_refused_alike(server) -> None:
+    ids = IdentityStore(server.app[ENGINE])
+    await ids.add_user("sw-ana", "worker")
+    expired = await ids.create_enrollment_code("sw-ana", ttl=timedelta(seconds=-1))
+    good = await ids.create_enrollment_code("sw-ana")
+    code_id = good.code.split("-")[0]
+    guessed = f"{code_id}-AAAA-AAAA-AAAA-AAAA"
+    answers = [await post(server, request_body(c))
+               for c in (expired.code, guessed, "NOSUCH-AAAA-AAAA-AAAA-AAAA")]
+    assert {(s, a["code"], a["message"]) for s, a in answers} == {
+        (403, "enrollment-refused", "enrollment code is invalid, expired or already used")}
+    for _ in range(MAX_FAILED_ATTEMPTS - 1):  # the guess above was the first failure
+        await post(server, request_body(guessed))
+    status, _ = await post(server, request_body(good.code))  # right secret, but locked now
+    assert status == 403
+
+
+async def test_refusals_from_one_address_are_limited(server) -> None:
+    for _ in range(MAX_FAILURES_PER_ADDRESS):
+        status, _ = await post(server, request_body("NOSUCH-AAAA-AAAA-AAAA-AAAA"))
+        assert status == 403
+    status, answer = await post(server, request_body("NOSUCH-AAAA-AAAA-AAAA-AAAA"))
+    assert (status, answer["code"]) == (429, "too-many-attempts")
+
+
+async def test_malformed_enrollment_requests_are_refused(server) -> None:
+    status, answer = await post(server, {"code": "x"})
+    assert (status, answer["code"]) == (400, "malformed-message")
+
+
+def test_failure_limiter_window_slides() -> None:
+    now = [0.0]
+    limiter = FailureLimiter(max_failures=2, window=10, clock=lambda: now[0])
+    limiter.failed("a")
+    limiter.failed("a")
+    assert limiter.blocked("a") and not limiter.blocked("b")
+    now[0] = 11
+    assert not limiter.blocked("a")
+
+
+async def test_teams_and_revocation(ids: IdentityStore, store) -> None:
+    from sync_server.storage import HouseholdRecord
+
+    await ids.add_user("sw-ana", "worker")
+    await ids.add_user("nurse-ioana", "worker")
+    await store.create_household(HouseholdRecord("2fiH6LVoDnXEUsYNHowu3UTBwJqk", "54975", "CJ"), [])
+    await ids.set_team("2fiH6LVoDnXEUsYNHowu3UTBwJqk", ["sw-ana", "nurse-ioana"])
+    assert await ids.team("2fiH6LVoDnXEUsYNHowu3UTBwJqk") == ["nurse-ioana", "sw-ana"]
+    with pytest.raises(IdentityError, match="unknown user"):
+        await ids.set_team("2fiH6LVoDnXEUsYNHowu3UTBwJqk", ["ghost"])
+    code = await ids.create_enrollment_code("sw-ana")
+    dev = await ids.enroll(code.code, signing_key=os.urandom(32), exchange_key=os.urandom(32),
+                           actor_ids=[os.urandom(16)])
+    assert await ids.revoke_device(dev.id)
+    assert not await ids.revoke_device(dev.id)
+    assert (await ids.device(dev.id)).revoked
