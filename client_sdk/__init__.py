@@ -1,13 +1,16 @@
 """Vatra's reference device client.
 
 A :class:`Replica` is the device's caseload on disk; edits go through the
-typed :class:`conflict.Household` API and work offline. :class:`SyncClient`
+typed :class:`conflict.Household` API and work offline. :func:`enroll` makes
+it a device of one user (once, with an admin's one-time code). :class:`SyncClient`
 uploads and downloads the whole caseload in one session. ``RepoTransport``
 lets a stock ``automerge.repo.Repo`` talk to a Vatra server.
 """
 
+from ._enroll import Credentials, enroll
 from ._errors import (
     HouseholdNotFound,
+    NotEnrolled,
     ReplicaError,
     ServerRejected,
     SyncFailed,
@@ -19,7 +22,9 @@ from ._sync import SyncClient, SyncSummary
 from ._transport import RepoTransport
 
 __all__ = [
+    "Credentials",
     "HouseholdNotFound",
+    "NotEnrolled",
     "Replica",
     "ReplicaError",
     "RepoTransport",
@@ -29,4 +34,5 @@ __all__ = [
     "SyncStalled",
     "SyncSummary",
     "VatraClientError",
+    "enroll",
 ]

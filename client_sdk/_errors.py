@@ -2,7 +2,8 @@
 
     VatraClientError
     ├── ReplicaError          the local replica is missing, unreadable or inconsistent
-    │   └── HouseholdNotFound this replica holds no such household
+    │   ├── HouseholdNotFound this replica holds no such household
+    │   └── NotEnrolled       the replica has no device enrollment yet
     ├── ServerRejected        the server answered ``error`` (``code`` is a sync_server ErrorCode)
     ├── SyncStalled           a household's exchange went on without converging (a bug, reported)
     └── SyncFailed            the server could not be reached after every retry
@@ -26,6 +27,10 @@ class HouseholdNotFound(ReplicaError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+class NotEnrolled(ReplicaError):
+    """Syncing needs an enrolled device: ``await client_sdk.enroll(replica, url, code)``."""
 
 
 class ServerRejected(VatraClientError):

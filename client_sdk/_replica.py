@@ -2,12 +2,14 @@
 
 Layout of a replica directory::
 
-    replica.json              actor id, peer id, caseload with the server heads last seen
+    replica.json              actor id, caseload with the server heads last seen, and
+                              after enrollment the device's keys and the pinned server key
     households/<id>.automerge one Automerge save() per household
 
 Every write goes to a temporary file, is fsync'ed, then renamed over the old
 one, so a crash leaves either the old or the new version, never half of one.
-Encryption of the replica at rest comes with device enrollment.
+The replica is not yet encrypted at rest (the PIN-derived key is the next step);
+until then it holds the device's private keys in clear on the tablet's disk.
 """
 
 from __future__ import annotations
@@ -17,13 +19,18 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from automerge.core import Document
+from nacl.public import PrivateKey
+from nacl.signing import SigningKey, VerifyKey
 
 from conflict import Household, is_household_id
 
 from ._errors import HouseholdNotFound, ReplicaError
+
+if TYPE_CHECKING:
+    from ._enroll import Credentials
 
 
 class Replica:
@@ -44,6 +51,28 @@ class Replica:
     @property
     def peer_id(self) -> str:
         return "device-" + self._meta["actor_id"][:16]
+
+    @property
+    def credentials(self) -> Credentials | None:
+        """The device's enrollment (keys, ids, pinned server key), or None before enrolling."""
+        d = self._meta.get("device")
+        if d is None:
+            return None
+        from ._enroll import Credentials
+
+        return Credentials(d["device_id"], d["user_id"], d["role"],
+                           SigningKey(bytes.fromhex(d["signing_seed"])),
+                           PrivateKey(bytes.fromhex(d["exchange_secret"])),
+                           VerifyKey(bytes.fromhex(d["server_key"])))
+
+    def store_credentials(self, creds: Credentials) -> None:
+        self._meta["device"] = {
+            "device_id": creds.device_id, "user_id": creds.user_id, "role": creds.role,
+            "signing_seed": bytes(creds.signing_key).hex(),
+            "exchange_secret": bytes(creds.exchange_key).hex(),
+            "server_key": bytes(creds.server_key).hex(),
+        }
+        self._write_meta()
 
     # -- caseload ------------------------------------------------------------------------
 
@@ -107,6 +136,25 @@ class Replica:
         self._open[household_id] = Household(doc, household_id)
         self._meta["caseload"].setdefault(household_id, {"server_heads": []})
         self.save(household_id)
+        self._write_meta()
+
+    def remove(self, household_id: str) -> None:
+        """Delete the local copy of a household (no longer in this user's caseload)."""
+        self._open.pop(household_id, None)
+        self._saved_heads.pop(household_id, None)
+        self._meta["caseload"].pop(household_id, None)
+        self._doc_path(household_id).unlink(missing_ok=True)
+        self._write_meta()
+
+    def wipe(self) -> None:
+        """Delete every household and the device's keys (the device was revoked)."""
+        for hid in list(self._meta["caseload"]):
+            self._open.pop(hid, None)
+            self._doc_path(hid).unlink(missing_ok=True)
+        self._open.clear()
+        self._saved_heads.clear()
+        self._meta["caseload"] = {}
+        self._meta.pop("device", None)
         self._write_meta()
 
     # -- persistence ---------------------------------------------------------------------
@@ -182,10 +230,11 @@ def covers(doc: Document, server_heads: list[bytes]) -> bool:
     if not server_heads:
         return False
     if set(local) <= set(server_heads):
-        return True
-    try:
-        doc.fork_at(server_heads)  # raises if a server head is unknown here
-    except Exception:
+        return True  # the common case, without walking the history
+    # get_changes(heads) treats unknown heads as "nothing known": check them first.
+    # (Document.fork_at would do, but it can panic on histories from other peers.)
+    known = {c.hash for c in doc.get_changes([])}
+    if not set(server_heads) <= known:
         return False
     return not doc.get_changes(server_heads)
 

@@ -24,8 +24,9 @@ from automerge.core import Document, Message, SyncState
 
 from sync_server import wire
 from sync_server.errors import ProtocolError
+from sync_server.session import SessionError, open_session
 
-from ._errors import ServerRejected, SyncFailed, SyncStalled
+from ._errors import NotEnrolled, ServerRejected, SyncFailed, SyncStalled
 from ._replica import Replica, covers
 from ._transport import ClientChannel
 
@@ -43,6 +44,7 @@ class SyncSummary:
     bytes_sent: int = 0
     bytes_received: int = 0
     unavailable: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)  # left the caseload: local copy deleted
     rejected: list[ServerRejected] = field(default_factory=list)
     attempts: int = 1
     seconds: float = 0.0
@@ -105,13 +107,20 @@ class SyncClient:
         raise SyncFailed(self.max_attempts, last)
 
     async def _sync_once(self, household_ids: list[str] | None) -> SyncSummary:
+        creds = self.replica.credentials
+        if creds is None:
+            raise NotEnrolled("enroll this replica before syncing (client_sdk.enroll)")
         started = time.perf_counter()
         summary = SyncSummary()
         ids = household_ids if household_ids is not None else self.replica.household_ids()
         async with aiohttp.ClientSession() as session, session.ws_connect(
                 self.server_url, max_msg_size=self.max_frame_bytes + 64 * 1024,
                 heartbeat=30) as ws:
-            channel = ClientChannel(ws)
+            try:
+                channel = await open_session(ClientChannel(ws), creds.device_id,
+                                             creds.signing_key, creds.server_key)
+            except SessionError as err:
+                raise ServerRejected(str(err.code), err.message) from err
             peer_id = self.replica.peer_id
 
             async def send(message: wire.Message) -> None:
@@ -126,13 +135,21 @@ class SyncClient:
                 summary.bytes_received += len(frame)
                 return wire.decode(frame)
 
-            await send(wire.Join(peer_id, metadata={"isEphemeral": False}))
+            await send(wire.Join(peer_id, metadata={"isEphemeral": False,
+                                                     "vatraCaseload": True}))
             first = await receive()
             if isinstance(first, wire.Error):
-                raise ServerRejected(first.code, first.message)
+                raise self._rejected(first)
             if not isinstance(first, wire.Peer):
                 raise ProtocolError(f"expected 'peer', got '{first.type}'")
             server_id = first.sender_id
+            caseload = await receive()
+            if isinstance(caseload, wire.Error):
+                raise self._rejected(caseload)
+            if not isinstance(caseload, wire.Caseload):
+                raise ProtocolError(f"expected 'vatra-caseload', got '{caseload.type}'")
+            if household_ids is None:
+                ids = self._apply_caseload(set(caseload.document_ids), summary)
 
             docs: dict[str, _DocSync] = {}
             try:
@@ -158,7 +175,7 @@ class SyncClient:
                             docs[msg.document_id].done = True
                             summary.unavailable.append(msg.document_id)
                     elif isinstance(msg, wire.Error):
-                        rejection = ServerRejected(msg.code, msg.message, msg.document_id)
+                        rejection = self._rejected(msg)
                         summary.rejected.append(rejection)
                         if msg.document_id in docs:
                             docs[msg.document_id].done = True
@@ -178,6 +195,29 @@ class SyncClient:
                 self.replica.flush()
         summary.seconds = time.perf_counter() - started
         return summary
+
+    def _rejected(self, err: wire.Error) -> ServerRejected:
+        """The server's ``error`` as an exception; a revoked device wipes its replica."""
+        if err.code == "device-revoked":
+            log.warning("this device was revoked: deleting the local replica")
+            self.replica.wipe()
+        return ServerRejected(err.code, err.message, err.document_id)
+
+    def _apply_caseload(self, caseload: set[str], summary: SyncSummary) -> list[str]:
+        """Households to sync: ours plus the caseload's. A worker's households the server
+        no longer lists (removed from the team) are deleted here, if they were synced
+        before; households registered offline and never synced are kept."""
+        local = set(self.replica.household_ids())
+        creds = self.replica.credentials
+        if creds is not None and creds.role == "worker":
+            for hid in sorted(local - caseload):
+                if self.replica.server_heads(hid):
+                    self.replica.remove(hid)
+                    summary.removed.append(hid)
+                    local.discard(hid)
+        for hid in sorted(caseload - local):
+            self.replica.track(hid)
+        return sorted(local | caseload)
 
     async def _on_sync(self, msg: wire.Sync, d: _DocSync, send, peer_id: str, server_id: str,
                        summary: SyncSummary) -> None:
@@ -207,8 +247,11 @@ class SyncClient:
     @staticmethod
     def _count(d: _DocSync, summary: SyncSummary) -> None:
         after = {c.hash for c in d.doc.get_changes([])}
-        server_before: set[bytes] = set()
-        if d.first_server_heads:
-            server_before = {c.hash for c in d.doc.fork_at(d.first_server_heads).get_changes([])}
-        summary.changes_sent += len(d.hashes_before - server_before)
         summary.changes_received += len(after - d.hashes_before)
+        first = d.first_server_heads or []
+        if not set(first) <= after:
+            summary.changes_sent += len(d.hashes_before)  # cannot happen after a full sync
+            return
+        # What we had that the server's first message did not cover.
+        lacking = {c.hash for c in d.doc.get_changes(first)} if first else after
+        summary.changes_sent += len(lacking & d.hashes_before)

@@ -6,7 +6,14 @@ so an encrypting session can wrap it without changing the sync logic.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from aiohttp import ClientWebSocketResponse, WSMsgType
+
+from sync_server.session import SecureChannel, open_session
+
+if TYPE_CHECKING:
+    from ._enroll import Credentials
 
 
 class ClientChannel:
@@ -27,19 +34,26 @@ class ClientChannel:
                 return None
             # TEXT/PING/PONG carry nothing for us
 
-    async def close(self) -> None:
+    async def close(self, reason: str = "") -> None:
         await self._ws.close()
 
 
 class RepoTransport:
     """A ``Transport`` for the samod-based ``automerge.repo.Repo`` that talks to a Vatra server.
 
-    ``await repo.connect(RepoTransport(ws))`` makes a stock automerge-repo peer
-    sync households with Vatra (see ``tests/test_interop_functional.py``).
+    ``await repo.connect(await RepoTransport.open(ws, credentials))`` makes a stock
+    automerge-repo peer sync households with Vatra through the same end-to-end
+    encrypted session the SDK uses (see ``tests/test_interop_functional.py``).
     """
 
-    def __init__(self, ws: ClientWebSocketResponse) -> None:
-        self._channel = ClientChannel(ws)
+    def __init__(self, channel: SecureChannel) -> None:
+        self._channel = channel
+
+    @classmethod
+    async def open(cls, ws: ClientWebSocketResponse, credentials: Credentials) -> RepoTransport:
+        channel = await open_session(ClientChannel(ws), credentials.device_id,
+                                     credentials.signing_key, credentials.server_key)
+        return cls(channel)
 
     async def send(self, msg: bytes) -> None:
         await self._channel.send(msg)
@@ -51,4 +65,4 @@ class RepoTransport:
         return frame
 
     async def close(self) -> None:
-        await self._channel.close()
+        await self._channel.close("")

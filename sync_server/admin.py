@@ -21,6 +21,7 @@ from datetime import timedelta
 from .config import Settings
 from .database import database_url, make_engine, migrate
 from .identity import IdentityError, IdentityStore
+from .keycmd import add_erase_command
 
 
 def add_admin_commands(sub: argparse._SubParsersAction) -> None:
@@ -40,6 +41,7 @@ def add_admin_commands(sub: argparse._SubParsersAction) -> None:
     team_set = team.add_parser("set", help="replace the team of a household")
     team_set.add_argument("household_id")
     team_set.add_argument("--user", action="append", default=[], required=True)
+    add_erase_command(hsub)  # vatra household erase H (sync_server/keycmd.py)
 
     device = sub.add_parser("device", help="manage devices").add_subparsers(dest="action",
                                                                             required=True)

@@ -20,7 +20,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from aiohttp import web
-from nacl.signing import SigningKey
+from nacl.signing import SigningKey, VerifyKey
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .channel import WebSocketChannel
@@ -29,10 +29,11 @@ from .connection import Connection
 from .database import database_url, make_engine, migrate
 from .dispatch import serve_connection
 from .enrollment import IDENTITY, LIMITER, SERVER_KEY, FailureLimiter, enroll
-from .errors import ErrorCode, VatraError
+from .errors import ErrorCode, ProtocolError, VatraError
 from .households import HouseholdRegistry
-from .identity import IdentityStore, load_server_identity
+from .identity import REVOCATIONS, Device, IdentityStore, load_server_identity
 from .pipeline import Synchronizer
+from .session import accept_session
 from .storage import PostgresStore
 
 log = logging.getLogger(__name__)
@@ -48,13 +49,34 @@ STORE = web.AppKey("store", PostgresStore)
 async def sync_handler(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     synchronizer = request.app[SYNCHRONIZER]
+    identity = request.app[IDENTITY]
     ws = web.WebSocketResponse(max_msg_size=settings.max_frame_bytes + 64 * 1024,
                                heartbeat=30)
     await ws.prepare(request)
-    conn = Connection(WebSocketChannel(ws, settings.max_frame_bytes),
-                      server_peer_id=synchronizer.server_peer_id,
-                      outbox_frames=settings.outbox_frames)
+    plain = WebSocketChannel(ws, settings.max_frame_bytes)
+    devices: dict[str, Device] = {}
+
+    async def lookup(device_id: str) -> VerifyKey | None:
+        device = await identity.device(device_id)
+        if device is None:
+            return None
+        devices[device_id] = device
+        return VerifyKey(device.signing_key)
+
+    try:
+        channel, device_id = await accept_session(plain, request.app[SERVER_KEY], lookup)
+    except ProtocolError as err:  # a refused handshake (SessionError), or e.g. a text frame
+        log.info("session refused: %s", err.code)
+        await plain.close(str(err.code))
+        return ws
+    device = devices[device_id]
+    conn = Connection(channel, server_peer_id=synchronizer.server_peer_id,
+                      outbox_frames=settings.outbox_frames, device=device)
     conn.start()
+    if device.revoked:
+        # The device proved it holds the key: tell it (sealed), so its SDK wipes itself.
+        await _refuse_revoked(conn)
+        return ws
     request.app[CONNECTIONS].add(conn)
     try:
         await serve_connection(conn, synchronizer)
@@ -62,6 +84,36 @@ async def sync_handler(request: web.Request) -> web.StreamResponse:
         request.app[CONNECTIONS].discard(conn)
         synchronizer.registry.unsubscribe(conn)
     return ws
+
+
+async def _refuse_revoked(conn: Connection) -> None:
+    conn.send_error(VatraError("this device was revoked; its local data must be deleted",
+                               code=ErrorCode.DEVICE_REVOKED))
+    await conn.close(str(ErrorCode.DEVICE_REVOKED))
+
+
+async def _revocations(app: web.Application) -> AsyncIterator[None]:
+    """Listen for ``NOTIFY vatra_revocations`` (from any process on this database) and cut
+    the revoked device's live sessions at once."""
+    pending: set[asyncio.Task[None]] = set()
+
+    def on_revoked(_conn: object, _pid: int, _channel: str, device_id: str) -> None:
+        for conn in list(app[CONNECTIONS]):
+            if conn.device is not None and conn.device.id == device_id:
+                log.info("device %s revoked: closing connection %s", device_id, conn.id)
+                task = asyncio.get_running_loop().create_task(_refuse_revoked(conn))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+
+    async with app[ENGINE].connect() as sa_conn:
+        raw = (await sa_conn.get_raw_connection()).driver_connection
+        await raw.add_listener(REVOCATIONS, on_revoked)
+        try:
+            yield
+        finally:
+            await raw.remove_listener(REVOCATIONS, on_revoked)
+            for task in pending:
+                task.cancel()
 
 
 async def healthz(_: web.Request) -> web.Response:
@@ -78,21 +130,23 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 def build_app(settings: Settings, engine: AsyncEngine, server_key: SigningKey) -> web.Application:
-    store = PostgresStore(engine)
+    store = PostgresStore.from_settings(engine, settings)  # master key: sync_server/keys.py
     registry = HouseholdRegistry(store, max_resident=settings.resident_households,
                                  max_bytes=settings.resident_bytes)
     app = web.Application(client_max_size=settings.max_frame_bytes)
     app[SETTINGS] = settings
     app[ENGINE] = engine
-    app[SYNCHRONIZER] = Synchronizer(registry, store, f"vatra-{uuid.uuid4().hex[:12]}")
+    identity = IdentityStore(engine)
+    app[SYNCHRONIZER] = Synchronizer(registry, store, f"vatra-{uuid.uuid4().hex[:12]}", identity)
     app[CONNECTIONS] = set()
     app.router.add_get("/v1/sync", sync_handler)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app[IDENTITY] = IdentityStore(engine)
+    app[IDENTITY] = identity
     app[SERVER_KEY] = server_key
     app[LIMITER] = FailureLimiter()
     app.router.add_post("/v1/enroll", enroll)
+    app.cleanup_ctx.append(_revocations)
     app[STORE] = store
     app.on_shutdown.append(_close_connections)
     app.on_cleanup.append(_close_store)

@@ -7,7 +7,9 @@ port, on the embedded PostgreSQL in a temporary data directory (or on
 (a) *tablets return* — N tablets (each its own :class:`client_sdk.Replica`)
     hold H households each. They run in a child process,
     :mod:`sync_server.bench_tablets`, talking to the server over loopback, as
-    tablets are separate devices. Setup (untimed) creates and syncs them; each
+    tablets are separate devices. This process makes one user per tablet and
+    one enrollment code each and hands the codes to the worker. Setup
+    (untimed) enrolls the tablets, creates and syncs their households; each
     tablet then makes E offline edits on each household and the worker says
     ``ready``. The parent sends ``go``; all tablets sync at once
     (``asyncio.gather`` of ``SyncClient.sync()``) and the worker answers with
@@ -15,7 +17,9 @@ port, on the embedded PostgreSQL in a temporary data directory (or on
     landed in ``changes``) per second of wall time from ``go`` to that
     answer, per-tablet sync latency p50/p99, and the CPU of the server
     process and of the worker separately.
-(b) *live session* — one WebSocket session in this process (join, then for
+(b) *live session* — one enrolled tablet's WebSocket session in this process,
+    through the end-to-end encrypted session (handshake, then sealed frames:
+    :func:`sync_server.session.open_session`; join, then for
     each of K changes: one edit, one ``sync``, wait until the server's
     advertised heads include it). Serial, one commit per change: it measures
     commit latency, not throughput. Reported: changes/s and per-change
@@ -58,12 +62,15 @@ import sqlalchemy as sa
 from automerge.core import Document, Message, SyncState
 
 from client_sdk import Replica, SyncClient
+from client_sdk._transport import ClientChannel
 
 from . import wire
-from .app import ENGINE, SYNCHRONIZER, VatraServer
-from .bench_tablets import MAX_ROUNDS_PER_HOUSEHOLD, tablet_dir
+from .app import ENGINE, IDENTITY, SYNCHRONIZER, VatraServer
+from .bench_tablets import MAX_ROUNDS_PER_HOUSEHOLD, tablet_dir, tablet_user
 from .config import Settings
 from .pipeline import Synchronizer
+from .provision import Provisioner
+from .session import open_session
 from .storage import changes as changes_table
 
 #: Changes each household gets in the untimed setup: create, add_member, start_assessment.
@@ -196,13 +203,30 @@ def _raw_exchange(server_doc: Document, tablet_doc: Document) -> tuple[float, fl
 
 async def _start_tablets(server: VatraServer, root: Path, n_tablets: int, n_households: int,
                          n_edits: int) -> asyncio.subprocess.Process:
-    """Start the tablet worker (:mod:`sync_server.bench_tablets`); return once it is ready."""
+    """Make the tablets' users and one enrollment code per tablet, start the tablet worker
+    (:mod:`sync_server.bench_tablets`) and hand it the codes on stdin (not on its command
+    line, which other users of the machine can read); return once it is ready."""
+    assert server.app is not None
+    provision = Provisioner(server.app[IDENTITY], server.http_url)
+    codes = []
+    for t in range(n_tablets):
+        await provision.user(tablet_user(t))
+        codes.append(await provision.code(tablet_user(t)))
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "sync_server.bench_tablets", server.url, str(root),
-        str(n_tablets), str(n_households), str(n_edits),
+        sys.executable, "-m", "sync_server.bench_tablets", server.url, server.http_url,
+        str(root), str(n_tablets), str(n_households), str(n_edits),
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=1 << 24)
-    if await _worker_line(proc) != "ready":
-        raise RuntimeError("tablet worker: expected 'ready'")
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write(json.dumps(codes).encode() + b"\n")
+        await proc.stdin.drain()
+        if await _worker_line(proc) != "ready":
+            raise RuntimeError("tablet worker: expected 'ready'")
+    except BaseException:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        raise
     return proc
 
 
@@ -304,7 +328,10 @@ async def _workload_live(server: VatraServer, root: Path, k: int, pg_cpu,
                          profile_dir: Path | None, profiles: dict[str, Any]) -> dict[str, Any]:
     assert server.app is not None
     sync: Synchronizer = server.app[SYNCHRONIZER]
-    replica = Replica(root / "live-tablet")
+    provision = Provisioner(server.app[IDENTITY], server.http_url)
+    replica = await provision.tablet(root / "live-tablet", "sw-live")
+    creds = replica.credentials
+    assert creds is not None
     h = replica.create_household(locality="54975", county="CJ", address="Str. Live 1",
                                  created_by="sw-live")
     h.add_member("Ion", "Pop", "2012-02-02", "M", "child")
@@ -323,12 +350,16 @@ async def _workload_live(server: VatraServer, root: Path, k: int, pg_cpu,
     persist_before = sync.persist_seconds
     async with aiohttp.ClientSession() as session, session.ws_connect(
             server.url, max_msg_size=server.settings.max_frame_bytes + 64 * 1024) as ws:
+        # The session handshake (and its Ed25519/X25519 work) is outside the timed loop,
+        # as a tablet opens one session per sync; every frame below is sealed/opened.
+        channel = await open_session(ClientChannel(ws), creds.device_id, creds.signing_key,
+                                     creds.server_key)
 
         async def receive() -> wire.Message:
-            frame = await asyncio.wait_for(ws.receive(), 30)
-            if frame.type is not aiohttp.WSMsgType.BINARY:
-                raise RuntimeError(f"live session: server sent {frame.type!r}")
-            msg = wire.decode(frame.data)
+            frame = await asyncio.wait_for(channel.receive(), 30)
+            if frame is None:
+                raise RuntimeError("live session: the server closed the connection")
+            msg = wire.decode(frame)
             if isinstance(msg, wire.Error):
                 raise RuntimeError(f"live session: server error {msg.code}: {msg.message}")
             return msg
@@ -336,7 +367,7 @@ async def _workload_live(server: VatraServer, root: Path, k: int, pg_cpu,
         async def send_sync(m: Any) -> None:
             data = m.encode()
             sent.append(data)
-            await ws.send_bytes(wire.encode(wire.Sync(peer_id, server_id, hid, data)))
+            await channel.send(wire.encode(wire.Sync(peer_id, server_id, hid, data)))
 
         async def until_server_has(target: set[bytes]) -> None:
             while True:
@@ -350,7 +381,7 @@ async def _workload_live(server: VatraServer, root: Path, k: int, pg_cpu,
                 if reply is not None:
                     await send_sync(reply)
 
-        await ws.send_bytes(wire.encode(wire.Join(peer_id, metadata={"isEphemeral": False})))
+        await channel.send(wire.encode(wire.Join(peer_id, metadata={"isEphemeral": False})))
         peer = await receive()
         if not isinstance(peer, wire.Peer):
             raise RuntimeError(f"live session: expected 'peer', got '{peer.type}'")

@@ -5,6 +5,7 @@
     vatra demo      three team members edit one household offline, then sync
     vatra bench     throughput and latency of the sync pipeline (docs/performance.md)
     vatra user | household | device …   administration (see sync_server/admin.py)
+    vatra keys …    master keys; `vatra household erase H` crypto-shreds (sync_server/keycmd.py)
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from .admin import add_admin_commands, run_admin
 from .config import Settings
+from .keycmd import add_key_commands, run_erase, run_keys
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
                        help="cProfile the timed phases; write DIR/<workload>.prof")
 
     add_admin_commands(sub)
+    add_key_commands(sub)
 
     args = parser.parse_args(argv)
     quiet = args.command in ("demo", "bench")  # their output is the report
@@ -72,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "bench":
         from .bench import run_bench
         return asyncio.run(run_bench(settings, args))
+    if args.command == "keys":
+        return asyncio.run(run_keys(settings, args))
+    if args.command == "household" and args.action == "erase":
+        return run_erase(settings, args)
     if args.command in ("user", "household", "device"):
         return asyncio.run(run_admin(settings, args))
     parser.error(f"unknown command {args.command}")
@@ -79,18 +86,25 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _serve(settings: Settings) -> int:
-    from .app import VatraServer
+    from .app import STORE, VatraServer
+    from .keys import KeyRingError
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with VatraServer(settings) as server:
-        where = "DATABASE_URL" if settings.database_url else \
-            f"embedded PostgreSQL in {(settings.data_dir / 'postgres').resolve()}"
-        print(f"Vatra sync server listening on {server.url} (database: {where})", flush=True)
-        await stop.wait()
-        print("Vatra sync server stopping", flush=True)
+    try:
+        async with VatraServer(settings) as server:
+            # A wrong master key: refuse before announcing (the store returns no data anyway).
+            await server.app[STORE].verify_master_key()
+            where = "DATABASE_URL" if settings.database_url else \
+                f"embedded PostgreSQL in {(settings.data_dir / 'postgres').resolve()}"
+            print(f"Vatra sync server listening on {server.url} (database: {where})", flush=True)
+            await stop.wait()
+            print("Vatra sync server stopping", flush=True)
+    except KeyRingError as err:
+        print(f"vatra: refusing to start: {err}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

@@ -9,6 +9,10 @@
 | VATRA_OUTBOX_FRAMES        | 512              | frames queued per connection before it is dropped    |
 | VATRA_RESIDENT_HOUSEHOLDS  | 2000             | idle households kept in memory (count)               |
 | VATRA_RESIDENT_BYTES       | 268435456        | idle households kept in memory (stored bytes)        |
+| VATRA_MASTER_KEY           | (none)           | master key: [<version>:]<base64 of 32 bytes>         |
+| VATRA_MASTER_KEY_FILE      | (none)           | master key file (docs/keys.md); with neither set the |
+|                            |                  | embedded default uses <data dir>/master.key (created |
+|                            |                  | on first run); DATABASE_URL without a key is refused |
 | VATRA_SERVER_KEY_FILE      | (data dir)       | server identity key (32-byte Ed25519 seed); default  |
 |                            |                  | <data dir>/server_identity.key, created on first run |
 """
@@ -30,6 +34,8 @@ class Settings:
     outbox_frames: int = 512
     resident_households: int = 2000
     resident_bytes: int = 256 * 1024 * 1024
+    master_key: str | None = field(default=None, repr=False)  # never in logs
+    master_key_file: str | None = None
     server_key_file: str | None = None
 
     @classmethod
@@ -46,6 +52,8 @@ class Settings:
             outbox_frames=_int(e, "VATRA_OUTBOX_FRAMES", base.outbox_frames),
             resident_households=_int(e, "VATRA_RESIDENT_HOUSEHOLDS", base.resident_households),
             resident_bytes=_int(e, "VATRA_RESIDENT_BYTES", base.resident_bytes),
+            master_key=e.get("VATRA_MASTER_KEY") or None,
+            master_key_file=e.get("VATRA_MASTER_KEY_FILE") or None,
             server_key_file=e.get("VATRA_SERVER_KEY_FILE") or None,
         )
 

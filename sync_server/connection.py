@@ -19,12 +19,16 @@ import contextlib
 import enum
 import logging
 from itertools import count
+from typing import TYPE_CHECKING
 
 from automerge.core import SyncState
 
 from . import wire
 from .channel import FrameChannel
 from .errors import ErrorCode, VatraError
+
+if TYPE_CHECKING:
+    from .identity import Device
 
 log = logging.getLogger(__name__)
 _ids = count(1)
@@ -37,9 +41,13 @@ class ConnectionState(enum.Enum):
 
 
 class Connection:
-    def __init__(self, channel: FrameChannel, *, server_peer_id: str, outbox_frames: int) -> None:
+    def __init__(self, channel: FrameChannel, *, server_peer_id: str, outbox_frames: int,
+                 device: Device | None = None) -> None:
         self.id = next(_ids)
         self.channel = channel
+        self.device = device  # who is on the other end (set by the session handshake)
+        self.access: dict[str, bool] = {}  # household -> may sync, decided once per connection
+        self.writable: dict[str, bool] = {}  # household -> may change it
         self.server_peer_id = server_peer_id
         self.peer_id: str | None = None
         self.state = ConnectionState.AWAITING_JOIN

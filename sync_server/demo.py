@@ -1,7 +1,9 @@
 """``vatra demo``: three team members, one household, offline edits, one sync.
 
-The social worker registers a household and syncs; the nurse and the school
-counsellor download it. Then, all three offline, each edits a different part
+The three are users with enrolled tablets (made the way an admin and a
+tablet make them, :mod:`sync_server.provision`). The social worker registers
+a household and syncs; the household's team is set to the three of them; the
+nurse and the school counsellor download it. Then, all three offline, each edits a different part
 of the household and all three change the address (the field in common).
 They sync one after another, then once more to catch up, and the demo prints
 the converged household, who changed what, and the heads of every replica
@@ -19,10 +21,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from client_sdk import Replica, SyncClient
+from client_sdk import SyncClient
 
-from .app import SYNCHRONIZER, VatraServer
+from .app import IDENTITY, SYNCHRONIZER, VatraServer
 from .config import Settings
+from .provision import Provisioner
 
 
 async def run_demo(settings: Settings, data_dir: Path | None) -> int:
@@ -33,9 +36,11 @@ async def run_demo(settings: Settings, data_dir: Path | None) -> int:
         settings = dataclasses.replace(settings, data_dir=base / "server", port=0)
         async with VatraServer(settings) as server:
             console.print(f"[bold]Vatra demo[/] — server on {server.url}")
-            team = {"social worker": Replica(base / "tablet-sw"),
-                    "nurse": Replica(base / "tablet-nurse"),
-                    "counsellor": Replica(base / "tablet-counsellor")}
+            provision = Provisioner(server.app[IDENTITY], server.http_url)
+            team = {"social worker": await provision.tablet(base / "tablet-sw", "sw-ana"),
+                    "nurse": await provision.tablet(base / "tablet-nurse", "nurse-ioana"),
+                    "counsellor": await provision.tablet(base / "tablet-counsellor",
+                                                         "csl-mihai")}
             sw, nurse, counsellor = team.values()
             names = {r.actor_id: who for who, r in team.items()}
 
@@ -48,6 +53,7 @@ async def run_demo(settings: Settings, data_dir: Path | None) -> int:
                 e.add_member("Maria", "Rusu", "1990-03-14", "F", "head")
                 child = e.add_member("Andrei", "Rusu", "2016-09-02", "M", "child")
             await SyncClient(sw, server.url).sync()
+            await provision.share(hid, sw, nurse, counsellor)
             for r in (nurse, counsellor):
                 r.track(hid)
                 await SyncClient(r, server.url).sync()

@@ -19,7 +19,7 @@ import logging
 
 from . import wire
 from .connection import Connection, ConnectionState
-from .errors import ErrorCode, ProtocolError, StorageError, VatraError
+from .errors import ErrorCode, ProtocolError, Refused, StorageError, VatraError
 from .pipeline import Synchronizer
 
 log = logging.getLogger(__name__)
@@ -49,8 +49,8 @@ async def serve_connection(conn: Connection, synchronizer: Synchronizer, *,
             if conn.state is ConnectionState.CLOSED:
                 return
             await synchronizer.handle(conn, msg)
-        except StorageError as err:
-            conn.send_error(err)  # the device did nothing wrong: tell it, keep the connection
+        except (StorageError, Refused) as err:
+            conn.send_error(err)  # one batch refused (or not stored): tell, keep the connection
         except VatraError as err:
             await fail(err)
         except Exception:
@@ -76,6 +76,9 @@ async def serve_connection(conn: Connection, synchronizer: Synchronizer, *,
                 conn.opened(msg.sender_id)
                 conn.send(wire.Peer(synchronizer.server_peer_id, msg.sender_id,
                                     metadata={"isEphemeral": False}))
+                if msg.metadata.get("vatraCaseload") is True:
+                    conn.send(wire.Caseload(synchronizer.server_peer_id, msg.sender_id,
+                                            tuple(await synchronizer.caseload(conn))))
                 continue
             if not isinstance(msg, FROM_CLIENT_ALLOWED):
                 raise ProtocolError(f"'{msg.type}' is not a message a client may send",

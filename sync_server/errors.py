@@ -10,6 +10,8 @@ Tree::
     VatraError
     ├── ProtocolError      the peer broke the wire protocol (bad CBOR, unknown type, oversized frame)
     ├── DocumentError      a sync for a household failed (unknown, malformed Automerge bytes, invalid)
+    ├── Refused            a rule refused one batch (read-only, foreign actor id, creation);
+    │                      the connection stays open
     └── StorageError       the database refused or failed a write
 
 ``to_wire()`` returns the fields of the automerge-repo ``error`` message;
@@ -44,6 +46,10 @@ class ErrorCode(StrEnum):
     TOO_MANY_ATTEMPTS = "too-many-attempts"
     INVALID_ROLE = "invalid-role"
     UNKNOWN_USER = "unknown-user"
+    READ_ONLY = "read-only"
+    ACTOR_NOT_REGISTERED = "actor-not-registered"
+    CREATION_REFUSED = "creation-refused"
+    DEVICE_REVOKED = "device-revoked"
 
 
 class VatraError(Exception):
@@ -75,6 +81,10 @@ class DocumentError(VatraError):
     """A sync for one household could not be applied; nothing of it merged."""
 
     code = ErrorCode.MALFORMED_SYNC_DATA
+
+
+class Refused(VatraError):
+    """A rule refused one batch; nothing of it merged. The connection stays open."""
 
 
 class StorageError(VatraError):

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from automerge.core import Document
 
-from .storage import HouseholdRecord, HouseholdStore
+from .storage import HouseholdErased, HouseholdRecord, HouseholdStore
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -65,6 +65,8 @@ class HouseholdRegistry:
         self._loading: dict[str, asyncio.Future[HouseholdActor | None]] = {}
         self.loads = 0
         self.evictions = 0
+        #: Households found erased (crypto-shredded): answered like unknown ones, never recreated.
+        self.erased: set[str] = set()
 
     def __len__(self) -> int:
         return len(self._resident)
@@ -106,7 +108,11 @@ class HouseholdRegistry:
             del self._loading[household_id]
 
     async def _load(self, household_id: str) -> HouseholdActor | None:
-        loaded = await self.store.load(household_id)
+        try:
+            loaded = await self.store.load(household_id)
+        except HouseholdErased:
+            self.erased.add(household_id)
+            return None
         if loaded is None:
             return None
         self.loads += 1

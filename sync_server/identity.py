@@ -35,6 +35,7 @@ from .storage import metadata
 
 ROLES = ("worker", "supervisor", "national", "admin", "ops")
 MAX_FAILED_ATTEMPTS = 5
+REVOCATIONS = "vatra_revocations"  # NOTIFY channel: payload = the revoked device id
 _CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: read aloud over a phone
 
 users = sa.Table(
@@ -184,6 +185,16 @@ class IdentityStore:
                 sa.select(household_team.c.user_id)
                 .where(household_team.c.household_id == household_id))).scalars())
 
+    async def caseload(self, user: User) -> list[str]:
+        """The households a user's devices keep: a worker's team households. Supervisors and
+        national users open households on demand (a county is ~48,000 households)."""
+        if user.role != "worker":
+            return []
+        async with self._engine.connect() as conn:
+            return sorted((await conn.execute(
+                sa.select(household_team.c.household_id)
+                .where(household_team.c.user_id == user.id))).scalars())
+
     # -- enrollment ------------------------------------------------------------------------
 
     async def create_enrollment_code(self, user_id: str, *,
@@ -275,12 +286,17 @@ class IdentityStore:
                       row.revoked_at is not None)
 
     async def revoke_device(self, device_id: str) -> bool:
-        """Mark the device revoked; True if it existed and was active."""
+        """Mark the device revoked; True if it existed and was active.
+
+        Every server on this database hears it at commit (``NOTIFY vatra_revocations``)
+        and closes the device's live sessions."""
         async with self._engine.begin() as conn:
             done = await conn.execute(
                 sa.update(devices).where(devices.c.id == device_id,
                                          devices.c.revoked_at.is_(None))
                 .values(revoked_at=sa.func.now()))
+            if done.rowcount == 1:
+                await conn.execute(sa.select(sa.func.pg_notify(REVOCATIONS, device_id)))
         return done.rowcount == 1
 
 

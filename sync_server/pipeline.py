@@ -29,14 +29,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from automerge._automerge import DocumentId
-from automerge.core import ROOT, Document, Message, ScalarType
+from automerge.core import ROOT, Document, Message, ObjType, ScalarType
 
 from conflict import is_entity_id, schema, validate
 
-from . import wire
+from . import access, wire
 from .connection import Connection
-from .errors import DocumentError, ErrorCode, StorageError
+from .errors import DocumentError, ErrorCode, Refused, StorageError
 from .households import HouseholdActor, HouseholdRegistry
+from .identity import Device, IdentityStore, User
 from .storage import HouseholdRecord, HouseholdStore, StoredChange
 
 log = logging.getLogger(__name__)
@@ -68,9 +69,10 @@ class Synchronizer:
     """Runs the pipeline; owns nothing but references to the registry and the store."""
 
     def __init__(self, registry: HouseholdRegistry, store: HouseholdStore,
-                 server_peer_id: str) -> None:
+                 server_peer_id: str, identity: IdentityStore) -> None:
         self.registry = registry
         self.store = store
+        self.identity = identity
         self.server_peer_id = server_peer_id
         self.changes_persisted = 0
         self.persist_seconds = 0.0
@@ -80,14 +82,47 @@ class Synchronizer:
         check_document_id(msg.document_id)
         actor = await self.registry.get(msg.document_id)
         if actor is None:
-            if isinstance(msg, wire.Request):
-                conn.send(wire.DocUnavailable(self.server_peer_id, conn.peer_id or "",
-                                              msg.document_id))
+            if isinstance(msg, wire.Request) or msg.document_id in self.registry.erased:
+                self._unavailable(conn, msg.document_id)
                 return
             await self._create(conn, msg)
             return
+        if not await self._may_sync(conn, actor):
+            self._unavailable(conn, actor.id)  # byte for byte the answer for no such household
+            return
         actor.subscribers.add(conn)
         await self._merge(actor, conn, msg)
+
+    async def caseload(self, conn: Connection) -> list[str]:
+        """The households this connection's device should hold (its user's team households)."""
+        return await self.identity.caseload(_user(conn))
+
+    def _unavailable(self, conn: Connection, household_id: str) -> None:
+        conn.send(wire.DocUnavailable(self.server_peer_id, conn.peer_id or "", household_id))
+
+    async def _may_sync(self, conn: Connection, actor: HouseholdActor) -> bool:
+        """Decided once per connection and household (a team change applies from the next
+        session; revoking a device cuts its sessions at once)."""
+        allowed = conn.access.get(actor.id)
+        if allowed is None:
+            user = _user(conn)
+            team = await self.identity.team(actor.id) if user.role == "worker" else ()
+            allowed = conn.access[actor.id] = access.may_sync(user, actor.record, team)
+            conn.writable[actor.id] = access.may_write(user, actor.record, team)
+        return allowed
+
+    @staticmethod
+    def _check_batch(conn: Connection, household_id: str, new: Sequence[Any]) -> None:
+        """Refuse a batch the device may not write, or whose changes are not its own."""
+        device = _device(conn)
+        if not conn.writable.get(household_id, False):
+            raise Refused("this device may read this household but not change it",
+                          code=ErrorCode.READ_ONLY, document_id=household_id)
+        foreign = [c for c in new if c.actor_id not in device.actor_ids]
+        if foreign:
+            raise Refused(f"{len(foreign)} change(s) carry an actor id not registered to this "
+                          f"device; nothing of this batch was merged",
+                          code=ErrorCode.ACTOR_NOT_REGISTERED, document_id=household_id)
 
     async def _merge(self, actor: HouseholdActor, conn: Connection, msg: wire.Sync) -> None:
         hid = actor.id
@@ -111,6 +146,11 @@ class Synchronizer:
                 actor.doc = fork
                 self._answer(actor, [conn])
                 return
+            try:
+                self._check_batch(conn, hid, new)
+            except Refused:
+                conn.reset_sync_state(hid)  # the fork, and everything in it, is dropped
+                raise
             started = time.perf_counter()
             try:
                 result = await self.store.append_changes(hid, stored(new))
@@ -153,6 +193,18 @@ class Synchronizer:
                                 f"household (schema v1): {rules}",
                                 code=ErrorCode.NOT_A_HOUSEHOLD, document_id=hid)
         record = HouseholdRecord(hid, _scalar(doc, "locality", hid), _scalar(doc, "county", hid))
+        user = _user(conn)
+        if not access.may_create(user, record.locality, record.county):
+            conn.reset_sync_state(hid)
+            raise Refused("this user may not register households in this locality",
+                          code=ErrorCode.CREATION_REFUSED, document_id=hid)
+        conn.writable[hid] = True
+        try:
+            self._check_batch(conn, hid, new)
+        except Refused:
+            conn.reset_sync_state(hid)
+            raise
+        conn.access[hid] = True
         try:
             result = await self.store.create_household(record, stored(new))
         except Exception as exc:
@@ -161,6 +213,8 @@ class Synchronizer:
             raise StorageError("the server could not store this household; retry later",
                                document_id=hid) from exc
         self.changes_persisted += result.inserted
+        if result.inserted == len(new):
+            await self._initial_team(hid, user.id, doc)
         if result.inserted == len(new) and self.registry.resident(hid) is None:
             actor = self.registry.admit_new(HouseholdActor(
                 record, doc, snapshot_bytes=0, bytes_since_snapshot=result.inserted_bytes,
@@ -178,6 +232,17 @@ class Synchronizer:
                                document_id=hid)
         existing.subscribers.add(conn)
         await self._merge(existing, conn, msg)
+
+    async def _initial_team(self, hid: str, creator: str, doc: Document) -> None:
+        """The creator, plus the users the household's own ``team`` map names."""
+        members = {creator} | set(team_user_ids(doc))
+        known = [u for u in members if await self.identity.user(u) is not None]
+        try:
+            await self.identity.set_team(hid, known)
+        except Exception as exc:
+            log.exception("household %s: setting its first team failed", hid)
+            raise StorageError("the household was stored but its team was not; "
+                               "ask a supervisor to set it", document_id=hid) from exc
 
     def _answer(self, actor: HouseholdActor, targets: Sequence[Connection]) -> None:
         for target in targets:
@@ -211,6 +276,25 @@ def _public_path(path: Sequence[str | int]) -> str:
         parts.append(str(seg) if known else "*")
         spec = schema.child_spec(spec, seg) if spec is not None else None
     return "/".join(parts) or "/"
+
+
+def _device(conn: Connection) -> Device:
+    if conn.device is None:  # the session handshake sets it before any sync message
+        raise DocumentError("no authenticated device on this connection",
+                            code=ErrorCode.HANDSHAKE_REQUIRED)
+    return conn.device
+
+
+def _user(conn: Connection) -> User:
+    return _device(conn).user
+
+
+def team_user_ids(doc: Document) -> list[str]:
+    got = doc.get(ROOT, "team")
+    if got is None or got[0] != ObjType.Map:
+        return []
+    return [v[1] for v, _ in doc.values(got[1])
+            if isinstance(v, tuple) and v[0] == ScalarType.Str]
 
 
 def _scalar(doc: Document, key: str, document_id: str) -> str:

@@ -9,6 +9,7 @@ primitive is PyNaCl's (libsodium's)::
       hello   {type, v: 1, device: id, eph: E_d}  ──▶
                                                   ◀──  welcome {type, v: 1, eph: E_s, sig: sig_s}
       auth    {type, sig: sig_d}                  ──▶
+                                                  ◀──  ready {type} (sealed), or a plaintext error
       ═══════════ sealed frames both ways ═══════════
 
     th1 = BLAKE2b-256(person "vatra-th1", hello bytes ‖ E_s ‖ S)     S: server identity (Ed25519)
@@ -34,6 +35,7 @@ with that reason. See docs/security.md for test vectors.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -254,6 +256,10 @@ class SecureChannel:
         sealed = await self._inner.receive()
         return None if sealed is None else self._opener.open(sealed)
 
+    def unseal(self, sealed: bytes) -> bytes:
+        """Open one frame already read from the inner channel (the handshake's last step)."""
+        return self._opener.open(sealed)
+
     async def close(self, reason: str) -> None:
         await self._inner.close(reason)
 
@@ -270,13 +276,23 @@ async def _next(channel: FrameChannel, what: str) -> bytes:
 
 async def open_session(channel: FrameChannel, device_id: str, device_key: SigningKey,
                        server_identity: VerifyKey) -> SecureChannel:
-    """Device side: run the handshake on ``channel`` and return the sealed channel."""
+    """Device side: run the handshake on ``channel`` and return the sealed channel.
+
+    The server confirms a session with a sealed ``vatra-ready`` as its first frame, or
+    refuses it with a plaintext ``error`` (e.g. a revoked device): either way the device
+    knows where it stands before it sends any data.
+    """
     hs = ClientHandshake(device_id, device_key, server_identity)
     await channel.send(hs.hello())
     welcome = await asyncio.wait_for(_next(channel, "welcome"), HANDSHAKE_TIMEOUT)
     auth, keys = hs.on_welcome(welcome)
     await channel.send(auth)
-    return SecureChannel(channel, keys)
+    secure = SecureChannel(channel, keys)
+    first = await asyncio.wait_for(_next(channel, "ready"), HANDSHAKE_TIMEOUT)
+    if first[:1] != bytes(1):  # a sealed frame starts with counter 0; anything else is a refusal
+        _load(first, "vatra-ready")  # raises SessionError with the server's reason
+    _load(secure.unseal(first), "vatra-ready")
+    return secure
 
 
 DeviceLookup = Callable[[str], Awaitable[VerifyKey | None]]
@@ -298,6 +314,16 @@ async def accept_session(channel: FrameChannel, server_key: SigningKey,
         auth = await _next(channel, "auth")
         if identity is None:
             raise SessionError("handshake: the device's signature does not verify")
-        return SecureChannel(channel, hs.on_auth(auth, identity)), hs.device_id
+        secure = SecureChannel(channel, hs.on_auth(auth, identity))
+        await secure.send(cbor2.dumps({"type": "vatra-ready"}))
+        return secure, hs.device_id
 
-    return await asyncio.wait_for(run(), HANDSHAKE_TIMEOUT)
+    try:
+        return await asyncio.wait_for(run(), HANDSHAKE_TIMEOUT)
+    except (ProtocolError, TimeoutError) as exc:
+        err = exc if isinstance(exc, ProtocolError) else SessionError("handshake timed out")
+        # Plaintext, since no session exists: the device reads it as the refusal's reason.
+        with contextlib.suppress(Exception):
+            await channel.send(cbor2.dumps({"type": "error", "code": str(err.code),
+                                            "message": err.message}))
+        raise err from exc

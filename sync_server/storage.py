@@ -10,20 +10,29 @@ suite against every implementation.
 - ``snapshots`` holds one compacted ``save()`` per household with the heads
   and the log position (``covers_seq``) it covers. A cold load is the snapshot
   plus the changes logged after it, in one ``Document.load``.
+- ``household_keys`` holds each household's data key, wrapped by the master key.
+  Change and snapshot bodies are sealed with it (:mod:`sync_server.keys`);
+  hashes, deps, actors and log positions stay plaintext (they reveal no content).
+  Erasing a household destroys its data key: its log rows stay, unreadable.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from .keys import CHANGE, SEAL_OVERHEAD, SNAPSHOT, DataKey, KeyRing, KeyRingError, WrappedKey
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 metadata = sa.MetaData()
 
@@ -60,6 +69,34 @@ snapshots = sa.Table(
               server_default=sa.func.now()),
 )
 
+household_keys = sa.Table(
+    "household_keys", metadata,
+    sa.Column("household_id", sa.Text, sa.ForeignKey("households.id"), primary_key=True),
+    sa.Column("wrapped", sa.LargeBinary, nullable=True),  # NULL = destroyed (erased)
+    sa.Column("master_version", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False,
+              server_default=sa.func.now()),
+    sa.Column("destroyed_at", sa.DateTime(timezone=True), nullable=True),
+    sa.CheckConstraint("(wrapped IS NULL) = (destroyed_at IS NOT NULL)",
+                       name="household_keys_destroyed"),
+)
+
+
+class HouseholdErased(LookupError):
+    """The household was erased: its data key is destroyed, its content unreadable."""
+
+    def __init__(self, household_id: str) -> None:
+        super().__init__(f"household {household_id} was erased (its data key is destroyed)")
+        self.household_id = household_id
+
+
+@dataclass(frozen=True, slots=True)
+class ErasureResult:
+    household_id: str
+    deleted: dict[str, int]  # table -> rows deleted (rows of the household outside the log)
+    log_rows_kept: int       # change-log rows kept, sealed with the destroyed key
+    already_erased: bool
+
 
 @dataclass(frozen=True, slots=True)
 class HouseholdRecord:
@@ -84,7 +121,7 @@ class StoredChange:
 @dataclass(frozen=True, slots=True)
 class AppendResult:
     inserted: int        # rows new to the log (0 when everything was a re-send)
-    inserted_bytes: int  # their body bytes
+    inserted_bytes: int  # their body bytes (plaintext)
     last_seq: int        # highest log position among the inserted rows (0 if none inserted)
 
 
@@ -138,7 +175,8 @@ class HouseholdStore(Protocol):
 #: spans: the rows travel as five array parameters, so the statement is prepared once
 #: and cached (a multi-row VALUES list would be a new statement per batch size).
 #: ``deps`` arrive as comma-joined hex because PostgreSQL arrays cannot be ragged.
-#: Re-sent changes hit the primary key and are skipped.
+#: Re-sent changes hit the primary key and are skipped. Bodies arrive sealed; nothing is
+#: written for a household whose data key was destroyed (erased by another process).
 _APPEND = sa.text("""
     INSERT INTO changes (household_id, hash, deps, actor, body)
     SELECT u.household_id, u.hash,
@@ -146,6 +184,8 @@ _APPEND = sa.text("""
            u.actor, u.body
     FROM unnest(:household_ids, :hashes, :deps, :actors, :bodies)
          AS u(household_id, hash, deps, actor, body)
+    WHERE EXISTS (SELECT 1 FROM household_keys k
+                  WHERE k.household_id = u.household_id AND k.wrapped IS NOT NULL)
     ON CONFLICT (household_id, hash) DO NOTHING
     RETURNING household_id, seq, length(body)
 """).bindparams(
@@ -158,24 +198,28 @@ _APPEND = sa.text("""
 
 
 async def _insert_changes(conn: AsyncConnection,
-                          batches: Sequence[tuple[str, Sequence[StoredChange]]]
-                          ) -> dict[str, AppendResult]:
-    """Insert every batch with one statement; an AppendResult per household."""
+                          batches: Sequence[tuple[str, Sequence[StoredChange]]],
+                          keys: dict[str, DataKey]) -> dict[str, AppendResult]:
+    """Seal every body with its household's key, insert every batch with one statement;
+    an AppendResult per household."""
     params: dict[str, list[Any]] = {k: [] for k in
                                     ("household_ids", "hashes", "deps", "actors", "bodies")}
     for household_id, new in batches:
+        key = keys[household_id]
         for c in new:
             params["household_ids"].append(household_id)
             params["hashes"].append(c.hash)
             params["deps"].append(",".join(d.hex() for d in c.deps))
             params["actors"].append(c.actor)
-            params["bodies"].append(c.body)
+            params["bodies"].append(key.seal(CHANGE, c.body))
     results = {household_id: AppendResult(0, 0, 0) for household_id, _ in batches}
     if not params["hashes"]:
         return results
     for household_id, seq, size in (await conn.execute(_APPEND, params)).all():
         r = results[household_id]
-        results[household_id] = AppendResult(r.inserted + 1, r.inserted_bytes + size,
+        # length(body) is the sealed size; the overhead is fixed, so this is the plaintext's.
+        results[household_id] = AppendResult(r.inserted + 1,
+                                             r.inserted_bytes + size - SEAL_OVERHEAD,
                                              max(r.last_seq, seq))
     return results
 
@@ -190,8 +234,9 @@ class _GroupCommit:
     commit fails, every caller in it gets the error and nothing of it is stored.
     """
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, store: PostgresStore) -> None:
         self._engine = engine
+        self._store = store
         self._queue: list[tuple[str, Sequence[StoredChange], asyncio.Future[AppendResult]]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -224,7 +269,9 @@ class _GroupCommit:
                 continue
             try:
                 async with self._engine.begin() as conn:
-                    results = await _insert_changes(conn, [(h, new) for h, new, _ in group])
+                    keys, erased = await self._store._data_keys(conn, {h for h, _, _ in group})
+                    results = await _insert_changes(
+                        conn, [(h, new) for h, new, _ in group if h in keys], keys)
             except Exception as exc:
                 for _, _, fut in group:
                     if not fut.done():
@@ -232,29 +279,147 @@ class _GroupCommit:
                 continue
             self.commits += 1
             for household_id, _, fut in group:
-                if not fut.done():  # a caller cancelled meanwhile: its rows are stored anyway
+                if fut.done():  # a caller cancelled meanwhile: its rows are stored anyway
+                    continue
+                if household_id in keys:
                     fut.set_result(results[household_id])
+                else:  # one erased household fails only its own callers
+                    fut.set_exception(erased[household_id])
 
 
 class PostgresStore:
-    """:class:`HouseholdStore` on PostgreSQL through SQLAlchemy Core and asyncpg."""
+    """:class:`HouseholdStore` on PostgreSQL through SQLAlchemy Core and asyncpg.
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    Every change body and snapshot body is sealed with its household's data key
+    (``keyring``) before it is written and opened when it is read.
+    """
+
+    def __init__(self, engine: AsyncEngine, keyring: KeyRing) -> None:
         self._engine = engine
-        self._group = _GroupCommit(engine)
+        self.keyring = keyring
+        self._group = _GroupCommit(engine, self)
+        self._verified: BaseException | bool = False
+        self._verify_lock = asyncio.Lock()
+
+    @classmethod
+    def from_settings(cls, engine: AsyncEngine, settings: Settings) -> PostgresStore:
+        """A store with the master keys ``settings`` point at (:func:`keys.load_keyring`):
+        raises :class:`keys.MasterKeyError` when there is none to use."""
+        from .keys import load_keyring
+
+        # Cache at least every resident household's key: appends then never read the table.
+        return cls(engine, load_keyring(
+            settings, cache_size=max(4096, 2 * settings.resident_households)))
 
     async def close(self) -> None:
         """Stop the group-commit writer (pending appends fail with an error)."""
         await self._group.close()
 
+    # -- keys -----------------------------------------------------------------------------
+
+    async def verify_master_key(self) -> None:
+        """Check that the configured master keys open the stored data keys: one per master
+        version in use. Raises :class:`keys.MasterKeyError` (wrong key, missing version).
+        Run once before the first read or write; a failure is remembered, so with a wrong
+        key the store returns no data at all."""
+        if self._verified is True:
+            return
+        async with self._verify_lock:
+            if isinstance(self._verified, BaseException):
+                raise self._verified
+            if self._verified:
+                return
+            async with self._engine.connect() as conn:
+                rows = (await conn.execute(
+                    sa.select(household_keys.c.household_id, household_keys.c.wrapped,
+                              household_keys.c.master_version)
+                    .where(household_keys.c.wrapped.is_not(None))
+                    .ext(postgresql.distinct_on(household_keys.c.master_version))
+                    .order_by(household_keys.c.master_version))).all()
+            try:
+                for row in rows:
+                    self.keyring.rewrap(row.household_id,
+                                        WrappedKey(row.wrapped, row.master_version))
+            except KeyRingError as exc:
+                self._verified = exc
+                raise
+            self._verified = True
+
+    async def _data_keys(self, conn: AsyncConnection, household_ids: Collection[str]
+                         ) -> tuple[dict[str, DataKey], dict[str, BaseException]]:
+        """The data keys of ``household_ids`` (cache, else unwrapped from the table), and an
+        error for each household that has none to use (erased, or not registered)."""
+        keys: dict[str, DataKey] = {}
+        errors: dict[str, BaseException] = {}
+        missing = []
+        for hid in household_ids:
+            key = self.keyring.cached(hid)
+            if key is not None:
+                keys[hid] = key
+            else:
+                missing.append(hid)
+        if missing:
+            rows = {r.household_id: r for r in (await conn.execute(
+                sa.select(household_keys.c.household_id, household_keys.c.wrapped,
+                          household_keys.c.master_version)
+                .where(household_keys.c.household_id.in_(missing)))).all()}
+            for hid in missing:
+                row = rows.get(hid)
+                if row is None:
+                    errors[hid] = LookupError(f"household {hid} has no data key")
+                elif row.wrapped is None:
+                    errors[hid] = HouseholdErased(hid)
+                else:
+                    keys[hid] = self.keyring.unwrap(hid, WrappedKey(row.wrapped,
+                                                                    row.master_version))
+        return keys, errors
+
+    async def data_key(self, household_id: str, conn: AsyncConnection | None = None) -> DataKey:
+        """The household's data key, to seal or open any household-scoped blob (purposes in
+        :mod:`sync_server.keys`). Raises :class:`HouseholdErased` or ``LookupError``."""
+        await self.verify_master_key()
+        if conn is None:
+            async with self._engine.connect() as own:
+                keys, errors = await self._data_keys(own, [household_id])
+        else:
+            keys, errors = await self._data_keys(conn, [household_id])
+        if household_id in errors:
+            raise errors[household_id]
+        return keys[household_id]
+
+    # -- the contract ---------------------------------------------------------------------
+
     async def create_household(self, record: HouseholdRecord,
                                first_changes: Sequence[StoredChange]) -> AppendResult:
+        """Register ``record``, its data key and its first changes in one transaction.
+
+        If the id is registered already, its stored key is used (or :class:`HouseholdErased`
+        raised: an erased household's id is never registered again)."""
+        await self.verify_master_key()
+        new_key, wrapped = self.keyring.new_data_key(record.id)
         async with self._engine.begin() as conn:
             await conn.execute(
                 postgresql.insert(households)
                 .values(id=record.id, locality=record.locality, county=record.county)
                 .on_conflict_do_nothing(index_elements=["id"]))
-            return (await _insert_changes(conn, [(record.id, first_changes)]))[record.id]
+            created = (await conn.execute(
+                postgresql.insert(household_keys)
+                .values(household_id=record.id, wrapped=wrapped.wrapped,
+                        master_version=wrapped.master_version)
+                .on_conflict_do_nothing(index_elements=["household_id"])
+                .returning(household_keys.c.household_id))).first()
+            if created is not None:
+                key = new_key
+            else:
+                self.keyring.forget(record.id)  # read what is stored now, not a cached copy
+                keys, errors = await self._data_keys(conn, [record.id])
+                if record.id in errors:
+                    raise errors[record.id]
+                key = keys[record.id]
+            result = (await _insert_changes(conn, [(record.id, first_changes)],
+                                            {record.id: key}))[record.id]
+        self.keyring.remember(key)  # only once committed
+        return result
 
     async def household(self, household_id: str) -> HouseholdRecord | None:
         async with self._engine.connect() as conn:
@@ -268,14 +433,26 @@ class PostgresStore:
                              new: Sequence[StoredChange]) -> AppendResult:
         if not new:
             return AppendResult(0, 0, 0)
+        await self.verify_master_key()
         return await self._group.append(household_id, new)
 
     async def load(self, household_id: str) -> LoadedHousehold | None:
+        """Snapshot and later changes, opened. ``None`` for an unknown household;
+        :class:`HouseholdErased` for an erased one."""
+        await self.verify_master_key()
         async with self._engine.connect() as conn:
             rec = (await conn.execute(
-                sa.select(households).where(households.c.id == household_id))).first()
+                sa.select(households, household_keys.c.wrapped, household_keys.c.master_version)
+                .select_from(households.outerjoin(household_keys))
+                .where(households.c.id == household_id))).first()
             if rec is None:
                 return None
+            if rec.wrapped is None:
+                self.keyring.forget(household_id)
+                if rec.master_version is None:
+                    raise LookupError(f"household {household_id} has no data key")
+                raise HouseholdErased(household_id)
+            key = self.keyring.unwrap(household_id, WrappedKey(rec.wrapped, rec.master_version))
             snap = (await conn.execute(
                 sa.select(snapshots.c.body, snapshots.c.heads, snapshots.c.covers_seq)
                 .where(snapshots.c.household_id == household_id))).first()
@@ -286,23 +463,37 @@ class PostgresStore:
                 .order_by(changes.c.seq))).all()
         return LoadedHousehold(
             record=HouseholdRecord(rec.id, rec.locality, rec.county, rec.created_at),
-            snapshot=snap.body if snap is not None else b"",
+            snapshot=key.open(SNAPSHOT, snap.body) if snap is not None else b"",
             snapshot_heads=tuple(snap.heads) if snap is not None else (),
-            later_changes=tuple(r.body for r in later),
+            later_changes=tuple(key.open(CHANGE, r.body) for r in later),
             last_seq=later[-1].seq if later else covers,
         )
 
     async def save_snapshot(self, household_id: str, body: bytes,
                             heads: Sequence[bytes], covers_seq: int) -> None:
-        stmt = postgresql.insert(snapshots).values(
-            household_id=household_id, body=body, heads=list(heads), covers_seq=covers_seq)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["household_id"],
-            set_={"body": stmt.excluded.body, "heads": stmt.excluded.heads,
-                  "covers_seq": stmt.excluded.covers_seq, "created_at": sa.func.now()},
-            # Never move a snapshot backwards (two writers racing: the newer wins).
-            where=snapshots.c.covers_seq < stmt.excluded.covers_seq)
+        await self.verify_master_key()
         async with self._engine.begin() as conn:
+            # FOR SHARE: an erasure running now either finishes first (and this refuses)
+            # or waits for this snapshot and then deletes it.
+            row = (await conn.execute(
+                sa.select(household_keys.c.wrapped, household_keys.c.master_version)
+                .where(household_keys.c.household_id == household_id)
+                .with_for_update(read=True))).first()
+            if row is None:
+                raise LookupError(f"household {household_id} has no data key")
+            if row.wrapped is None:
+                self.keyring.forget(household_id)
+                raise HouseholdErased(household_id)
+            key = self.keyring.unwrap(household_id, WrappedKey(row.wrapped, row.master_version))
+            stmt = postgresql.insert(snapshots).values(
+                household_id=household_id, body=key.seal(SNAPSHOT, body), heads=list(heads),
+                covers_seq=covers_seq)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["household_id"],
+                set_={"body": stmt.excluded.body, "heads": stmt.excluded.heads,
+                      "covers_seq": stmt.excluded.covers_seq, "created_at": sa.func.now()},
+                # Never move a snapshot backwards (two writers racing: the newer wins).
+                where=snapshots.c.covers_seq < stmt.excluded.covers_seq)
             await conn.execute(stmt)
 
     async def change_count(self, household_id: str) -> int:
@@ -310,3 +501,94 @@ class PostgresStore:
             return (await conn.execute(
                 sa.select(sa.func.count()).select_from(changes)
                 .where(changes.c.household_id == household_id))).scalar_one()
+
+    # -- erasure and rotation -------------------------------------------------------------
+
+    async def erase_household(self, household_id: str) -> ErasureResult:
+        """Crypto-shred a household: destroy its data key and delete its rows outside the
+        change log (every table with a foreign key to ``households`` but ``changes`` and
+        ``household_keys``; the snapshot among them). The log keeps its rows, sealed with
+        the destroyed key; the ``households`` row stays as the tombstone the log refers to.
+        Idempotent. Raises ``LookupError`` for an unknown household."""
+        async with self._engine.begin() as conn:
+            if (await conn.execute(sa.select(households.c.id)
+                                   .where(households.c.id == household_id))).first() is None:
+                raise LookupError(f"no household {household_id}")
+            key = (await conn.execute(
+                sa.select(household_keys.c.wrapped)
+                .where(household_keys.c.household_id == household_id)
+                .with_for_update())).first()
+            already = key is not None and key.wrapped is None
+            if key is None:
+                await conn.execute(household_keys.insert().values(
+                    household_id=household_id, wrapped=None, master_version=0,
+                    destroyed_at=sa.func.now()))
+            elif not already:
+                await conn.execute(
+                    household_keys.update()
+                    .where(household_keys.c.household_id == household_id)
+                    .values(wrapped=None, destroyed_at=sa.func.now()))
+            deleted = {}
+            prep = conn.dialect.identifier_preparer
+            for schema, table, column in await _tables_referencing_households(conn):
+                if table in ("changes", "household_keys") and schema == "public":
+                    continue
+                done = await conn.execute(
+                    sa.text(f"DELETE FROM {prep.quote_schema(schema)}.{prep.quote(table)} "
+                            f"WHERE {prep.quote(column)} = :h"), {"h": household_id})
+                name = table if schema == "public" else f"{schema}.{table}"
+                deleted[name] = done.rowcount
+            kept = (await conn.execute(
+                sa.select(sa.func.count()).select_from(changes)
+                .where(changes.c.household_id == household_id))).scalar_one()
+        self.keyring.forget(household_id)
+        return ErasureResult(household_id, deleted, kept, already)
+
+    async def rotate_master_key(self) -> int:
+        """Rewrap every live data key under the keyring's current master version, in one
+        transaction; the number of keys rewrapped. The data keys themselves (and so every
+        sealed body) are unchanged."""
+        target = self.keyring.current_version
+        async with self._engine.begin() as conn:
+            rows = (await conn.execute(
+                sa.select(household_keys.c.household_id, household_keys.c.wrapped,
+                          household_keys.c.master_version)
+                .where(household_keys.c.wrapped.is_not(None),
+                       household_keys.c.master_version != target)
+                .with_for_update())).all()
+            updates = []
+            for row in rows:
+                new = self.keyring.rewrap(row.household_id,
+                                          WrappedKey(row.wrapped, row.master_version), target)
+                updates.append({"h": row.household_id, "w": new.wrapped, "v": new.master_version})
+            if updates:
+                await conn.execute(
+                    household_keys.update()
+                    .where(household_keys.c.household_id == sa.bindparam("h"))
+                    .values(wrapped=sa.bindparam("w"), master_version=sa.bindparam("v")),
+                    updates)
+        return len(updates)
+
+    async def key_versions(self) -> dict[int, int]:
+        """Live data keys per master key version (destroyed keys are not counted)."""
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(
+                sa.select(household_keys.c.master_version, sa.func.count())
+                .where(household_keys.c.wrapped.is_not(None))
+                .group_by(household_keys.c.master_version))).all()
+        return {v: n for v, n in rows}
+
+
+async def _tables_referencing_households(conn: AsyncConnection) -> list[tuple[str, str, str]]:
+    """(schema, table, column) of every single-column foreign key to ``households.id``."""
+    rows = (await conn.execute(sa.text("""
+        SELECT n.nspname AS sch, t.relname AS tbl, a.attname AS col
+        FROM pg_constraint c
+        JOIN pg_class t ON t.oid = c.conrelid
+        JOIN pg_namespace n ON n.oid = t.relnamespace
+        JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]
+        WHERE c.contype = 'f' AND c.confrelid = 'households'::regclass
+          AND array_length(c.conkey, 1) = 1
+        ORDER BY 1, 2, 3
+    """))).all()
+    return [(r.sch, r.tbl, r.col) for r in rows]

@@ -162,10 +162,35 @@ class Ephemeral:
         return cls(_str(m, "senderId"), _str(m, "documentId"), _bytes(m, "data"))
 
 
-Message = Join | Peer | Sync | Request | DocUnavailable | Error | Ephemeral
+@dataclass(frozen=True, slots=True)
+class Caseload:
+    """Vatra extension, server → client, right after ``peer``: the households this device's
+    user may hold. Sent only to clients whose ``join`` metadata has ``"vatraCaseload": true``
+    (other automerge-repo peers never see it). The client downloads the ones it lacks and
+    deletes local copies of households it synced before that are no longer listed."""
+
+    type: ClassVar[str] = "vatra-caseload"
+    sender_id: str
+    target_id: str
+    document_ids: tuple[str, ...]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": self.type, "senderId": self.sender_id, "targetId": self.target_id,
+                "documentIds": list(self.document_ids)}
+
+    @classmethod
+    def from_wire(cls, m: dict[str, Any]) -> Caseload:
+        ids = m.get("documentIds")
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise _bad("vatra-caseload.documentIds must be a list of strings")
+        return cls(_str(m, "senderId"), _str(m, "targetId"), tuple(ids))
+
+
+Message = Join | Peer | Sync | Request | DocUnavailable | Error | Ephemeral | Caseload
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
-    cls.type: cls for cls in (Join, Peer, Sync, Request, DocUnavailable, Error, Ephemeral)
+    cls.type: cls
+    for cls in (Join, Peer, Sync, Request, DocUnavailable, Error, Ephemeral, Caseload)
 }
 
 

@@ -20,9 +20,12 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from sync_server.database import embedded_postgres, make_engine, migrate
+from sync_server.keys import KeyRing, parse_key
 from sync_server.storage import PostgresStore
 
 TEMPLATE = "vatra_test_template"
+#: The master key of every test store and server (version 1; base64 of 32 bytes).
+TEST_MASTER_KEY = "1:dmF0cmEtdGVzdC1tYXN0ZXIta2V5LTMyLWJ5dGVzISE="
 
 
 def _with_database(url: str, name: str) -> str:
@@ -87,8 +90,13 @@ async def engine(database_url: str):
 
 
 @pytest.fixture
-async def store(engine) -> AsyncIterator[PostgresStore]:
-    s = PostgresStore(engine)
+def keyring() -> KeyRing:
+    return KeyRing(dict([parse_key(TEST_MASTER_KEY, "TEST_MASTER_KEY")]))
+
+
+@pytest.fixture
+async def store(engine, keyring) -> AsyncIterator[PostgresStore]:
+    s = PostgresStore(engine, keyring)
     yield s
     await s.close()
 
@@ -100,14 +108,28 @@ async def server(database_url: str, tmp_path: Path):
     from sync_server.config import Settings
 
     settings = Settings(database_url=database_url, data_dir=tmp_path / "server", port=0,
-                        max_frame_bytes=256 * 1024)
+                        max_frame_bytes=256 * 1024, master_key=TEST_MASTER_KEY)
     async with VatraServer(settings) as srv:
         yield srv
 
 
 @pytest.fixture
+def provision(server, tmp_path: Path):
+    """Users and enrolled tablets on the ``server`` fixture, made the way an admin and a
+    tablet make them (enrollment code over HTTP). ``await provision.tablet("ana")``."""
+    from sync_server.app import IDENTITY
+    from sync_server.provision import Provisioner
+
+    class TestProvisioner(Provisioner):
+        async def tablet(self, name: str, user_id: str | None = None, **kw):  # type: ignore[override]
+            return await super().tablet(tmp_path / "devices" / name, user_id or name, **kw)
+
+    return TestProvisioner(server.app[IDENTITY], server.http_url)
+
+
+@pytest.fixture
 def make_replica(tmp_path: Path):
-    """Factory for device replicas in this test's temporary directory."""
+    """Factory for replicas that stay offline (never enrolled, never synced)."""
     from client_sdk import Replica
 
     def make(name: str) -> Replica:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from conftest import TEST_MASTER_KEY
 
 from sync_server.bench import SETUP_CHANGES_PER_HOUSEHOLD
 from sync_server.database import make_engine
@@ -33,7 +34,8 @@ FIGURES = ("wall_s", "changes_per_s", "latency_p50_s", "latency_p99_s", "raw_cha
 
 async def test_bench_reports_figures_and_persists_every_edit(database_url: str,
                                                              tmp_path: Path) -> None:
-    env = {**os.environ, "DATABASE_URL": database_url, "COLUMNS": "120"}
+    env = {**os.environ, "DATABASE_URL": database_url, "COLUMNS": "120",
+           "VATRA_MASTER_KEY": TEST_MASTER_KEY}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "sync_server.cli", "bench",
         "--tablets", str(TABLETS), "--households", str(HOUSEHOLDS), "--edits", str(EDITS),

@@ -11,8 +11,9 @@ from client_sdk._replica import covers
 
 def test_public_names_are_exactly_the_intended_ones() -> None:
     assert sorted(client_sdk.__all__) == [
-        "HouseholdNotFound", "Replica", "ReplicaError", "RepoTransport", "ServerRejected",
-        "SyncClient", "SyncFailed", "SyncStalled", "SyncSummary", "VatraClientError"]
+        "Credentials", "HouseholdNotFound", "NotEnrolled", "Replica", "ReplicaError",
+        "RepoTransport", "ServerRejected", "SyncClient", "SyncFailed", "SyncStalled",
+        "SyncSummary", "VatraClientError", "enroll"]
     for name in client_sdk.__all__:
         assert getattr(client_sdk, name).__module__.startswith("client_sdk.")
 
@@ -69,10 +70,25 @@ def test_backoff_is_jittered_exponential_and_capped(tmp_path) -> None:
         assert max(delays) > ceiling / 2  # jitter spreads over the range
 
 
+async def test_syncing_needs_an_enrolled_replica(tmp_path) -> None:
+    from client_sdk import NotEnrolled
+
+    r = Replica(tmp_path / "t")
+    with pytest.raises(NotEnrolled):
+        await SyncClient(r, "ws://127.0.0.1:9/v1/sync", max_attempts=1).sync()
+
+
 async def test_an_unreachable_server_fails_after_the_retries(tmp_path) -> None:
     from client_sdk import SyncFailed
 
+    from nacl.public import PrivateKey
+    from nacl.signing import SigningKey
+
+    from client_sdk import Credentials
+
     r = Replica(tmp_path / "t")
+    r.store_credentials(Credentials("dev-x", "sw-1", "worker", SigningKey.generate(),
+                                    PrivateKey.generate(), SigningKey.generate().verify_key))
     r.create_household(locality="54975", county="CJ", address="x", created_by="sw-1")
     client = SyncClient(r, "ws://127.0.0.1:9/v1/sync", max_attempts=3, backoff_base=0.001)
     with pytest.raises(SyncFailed) as info:

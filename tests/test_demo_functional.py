@@ -7,13 +7,15 @@ import subprocess
 import sys
 
 import pytest
+from conftest import TEST_MASTER_KEY
 
 pytestmark = pytest.mark.functional
 
 
 def test_demo_converges(database_url: str, tmp_path) -> None:
     """The demo exits 0 only when all three replicas and the server hold identical heads."""
-    env = {**os.environ, "DATABASE_URL": database_url, "COLUMNS": "120"}
+    env = {**os.environ, "DATABASE_URL": database_url, "COLUMNS": "120",
+           "VATRA_MASTER_KEY": TEST_MASTER_KEY}
     done = subprocess.run([sys.executable, "-m", "sync_server.cli", "demo",
                            "--data-dir", str(tmp_path)],
                           env=env, capture_output=True, text=True, timeout=120, check=False)

@@ -39,40 +39,57 @@ async def wait_for(predicate, what: str) -> None:
     raise AssertionError(what)
 
 
-async def test_samod_repo_and_vatra_replica_exchange_edits(server, make_replica) -> None:
-    tablet = make_replica("tablet")
-    h = tablet.create_household(locality="54975", county="CJ", address="Str. Lunga 3",
-                                created_by="sw-1")
-    hid = h.household_id
-    await SyncClient(tablet, server.url).sync()
-
+async def test_samod_repo_and_vatra_replica_exchange_edits(server, provision) -> None:
+    """A samod Repo registers a household offline, then syncs it through an encrypting
+    Transport built on the SDK's session code, as its own enrolled device. Edits flow
+    samod -> Vatra -> SDK tablet and back (the latter pushed live by fan-out)."""
     repo = await Repo.load(InMemoryStorage())
-    async with repo, aiohttp.ClientSession() as session, session.ws_connect(server.url) as ws:
-        conn = asyncio.create_task(repo.connect(RepoTransport(ws)))
-        try:
-            handle = await find_when_synced(repo, f"automerge:{hid}",
-                                            lambda d: "address" in d)
-            assert handle.doc()["address"] == "Str. Lunga 3"
-            assert handle.doc()["county"] == "CJ"
+    async with repo:
+        handle = await repo.create()
+        with handle.change() as d:  # a schema v1 household, written with plain automerge
+            d["schema"] = 1
+            for key, value in {"locality": "54975", "county": "CJ", "address": "Str. Samod 1",
+                               "status": "registration"}.items():
+                d[key] = ImmutableString(value)
+            for key in ("team", "members", "assessments", "service_plan", "change_requests",
+                        "conflicts"):
+                d[key] = {}
+            d["activity"] = []
+            d["notes"] = ""
+        samod_actor = handle.doc()._doc.get_last_local_change().actor_id
+        hid = str(handle.document_id)
+        # samod makes one actor per document: the device enrolls with that actor id
+        samod_device = await provision.tablet("samod", "sw-ana", actor_id=samod_actor)
+        tablet = await provision.tablet("tablet", "sw-ana")
 
-            # samod -> Vatra -> tablet
-            with handle.change() as d:
-                d["address"] = ImmutableString("Str. Scurta 5")
-            await wait_for(lambda: _server_address(server, hid) == "Str. Scurta 5",
-                           "the samod edit never reached the server")
-            await SyncClient(tablet, server.url).sync()
-            assert tablet.household(hid).to_dict()["address"] == "Str. Scurta 5"
+        async with aiohttp.ClientSession() as session, session.ws_connect(server.url) as ws:
+            transport = await RepoTransport.open(ws, samod_device.credentials)
+            conn = asyncio.create_task(repo.connect(transport))
+            try:
+                await wait_for(lambda: _server_address(server, hid) == "Str. Samod 1",
+                               "the samod household never reached the server")
+                tablet.track(hid)
+                await SyncClient(tablet, server.url).sync()
+                assert tablet.household(hid).to_dict()["address"] == "Str. Samod 1"
 
-            # tablet -> Vatra -> samod (pushed to the live samod connection by fan-out)
-            with tablet.edit(hid) as th:
-                th.set_notes("dog in the yard")
-            await SyncClient(tablet, server.url).sync()
-            await wait_for(lambda: str(handle.doc()["notes"]) == "dog in the yard",
-                           "the tablet edit never reached the samod peer")
-        finally:
-            conn.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await conn
+                # tablet -> Vatra -> samod (pushed to the live samod connection)
+                with tablet.edit(hid) as th:
+                    th.set_notes("dog in the yard")
+                await SyncClient(tablet, server.url).sync()
+                await wait_for(lambda: str(handle.doc()["notes"]) == "dog in the yard",
+                               "the tablet edit never reached the samod peer")
+
+                # samod -> Vatra -> tablet
+                with handle.change() as d:
+                    d["address"] = ImmutableString("Str. Scurta 5")
+                await wait_for(lambda: _server_address(server, hid) == "Str. Scurta 5",
+                               "the samod edit never reached the server")
+                await SyncClient(tablet, server.url).sync()
+                assert tablet.household(hid).to_dict()["address"] == "Str. Scurta 5"
+            finally:
+                conn.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await conn
 
 
 def _server_address(server, hid: str) -> str | None:

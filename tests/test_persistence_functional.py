@@ -19,6 +19,7 @@ import pytest
 import sqlalchemy as sa
 from aiohttp import WSCloseCode, WSMsgType
 from automerge.core import Document, Message, SyncState
+from conftest import TEST_MASTER_KEY
 
 from client_sdk import Replica, SyncClient
 from conflict import Household
@@ -238,7 +239,8 @@ async def small_server(database_url, tmp_path) -> AsyncIterator[VatraServer]:
     from sync_server.config import Settings
 
     settings = Settings(database_url=database_url, data_dir=tmp_path / "small", port=0,
-                        max_frame_bytes=256 * 1024, resident_households=2)
+                        max_frame_bytes=256 * 1024, resident_households=2,
+                        master_key=TEST_MASTER_KEY)
     async with VatraServer(settings) as srv:
         yield srv
 

@@ -170,15 +170,19 @@ async def test_a_session_over_a_channel_carries_frames_both_ways() -> None:
 
 
 async def test_an_unknown_device_is_refused_like_a_bad_signature() -> None:
+    """The server refuses in plaintext (no session exists) and the device reads the reason."""
     device_side, server_side = pipes()
 
     async def lookup(device_id: str):
         return None
 
-    server = asyncio.create_task(accept_session(server_side, SERVER, lookup))
-    await open_session(device_side, "dev-9", DEVICE, SERVER.verify_key)
-    with pytest.raises(SessionError, match="device's signature does not verify"):
-        await server
+    server, device = await asyncio.gather(
+        accept_session(server_side, SERVER, lookup),
+        open_session(device_side, "dev-9", DEVICE, SERVER.verify_key), return_exceptions=True)
+    assert isinstance(server, SessionError) and isinstance(device, SessionError)
+    assert "device's signature does not verify" in str(server)
+    assert device.code == ErrorCode.HANDSHAKE_FAILED
+    assert "refused the session" in str(device)
 
 
 def vectors() -> dict[str, str]:

@@ -18,8 +18,8 @@ def new_household(replica: Replica) -> str:
     return h.household_id
 
 
-async def test_a_household_created_offline_reaches_a_teammate(server, make_replica) -> None:
-    a, b = make_replica("a"), make_replica("b")
+async def test_a_household_created_offline_reaches_a_teammate(server, provision) -> None:
+    a, b = await provision.tablet("a"), await provision.tablet("b")
     hid = new_household(a)
     with a.edit(hid) as h:
         pid = h.add_member("Ana", "Pop", "2015-04-01", "F", "child")
@@ -27,6 +27,7 @@ async def test_a_household_created_offline_reaches_a_teammate(server, make_repli
     assert summary.households_synced == 1 and summary.changes_sent == 2
     assert a.is_saved(hid)
 
+    await provision.share(hid, a, b)
     b.track(hid)
     got = await SyncClient(b, server.url).sync()
     assert got.changes_received == 2
@@ -41,12 +42,13 @@ def edit_set(replica: Replica, hid: str, who: str) -> None:
 
 
 @pytest.mark.parametrize("n", [2, 3])
-async def test_replicas_converge_in_every_sync_order(server, make_replica, n: int) -> None:
-    origin = make_replica("origin")
+async def test_replicas_converge_in_every_sync_order(server, provision, n: int) -> None:
+    origin = await provision.tablet("origin")
     hid = new_household(origin)
     await SyncClient(origin, server.url).sync()
     for order_no, order in enumerate(itertools.permutations(range(n))):
-        devices = [make_replica(f"o{order_no}-d{i}") for i in range(n)]
+        devices = [await provision.tablet(f"o{order_no}-d{i}") for i in range(n)]
+        await provision.share(hid, origin, *devices)
         for d in devices:
             d.track(hid)
             await SyncClient(d, server.url).sync()
@@ -64,12 +66,13 @@ async def test_replicas_converge_in_every_sync_order(server, make_replica, n: in
         assert len(texts) == 1
 
 
-async def test_saved_and_remote_change_events(server, make_replica) -> None:
-    a, b = make_replica("a"), make_replica("b")
+async def test_saved_and_remote_change_events(server, provision) -> None:
+    a, b = await provision.tablet("a"), await provision.tablet("b")
     hid = new_household(a)
     saved: list[str] = []
     await SyncClient(a, server.url, on_saved=lambda h, heads: saved.append(h)).sync()
     assert saved == [hid]
+    await provision.share(hid, a, b)
     b.track(hid)
     await SyncClient(b, server.url).sync()
     with b.edit(hid) as h:

@@ -1,0 +1,135 @@
+"""Who may sync what: teams, counties, read-only national users, actor binding, creation
+rights, the caseload, and revocation. Every attack has its own test."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import pytest
+from automerge.core import ROOT, ScalarType
+
+from client_sdk import ServerRejected, SyncClient
+from client_sdk._transport import ClientChannel
+from sync_server import wire
+from sync_server.app import IDENTITY, SYNCHRONIZER
+from sync_server.session import open_session
+
+pytestmark = pytest.mark.functional
+
+
+def register(replica, locality: str = "54975", county: str = "CJ") -> str:
+    return replica.create_household(locality=locality, county=county, address="Str. Lunga 3",
+                                    created_by="sw").household_id
+
+
+async def fetch(server, replica, hid: str):
+    replica.track(hid)
+    return await SyncClient(replica, server.url).sync([hid])
+
+
+async def test_another_teams_household_is_unavailable(server, provision) -> None:
+    ana = await provision.tablet("ana")
+    hid = register(ana)
+    await SyncClient(ana, server.url).sync()
+    mallory = await provision.tablet("mallory")  # a worker of the same county, other team
+    summary = await fetch(server, mallory, hid)
+    assert summary.unavailable == [hid]
+    assert not mallory.has_local_copy(hid)
+
+
+async def test_another_countys_supervisor_gets_nothing_and_the_own_county_reads(
+        server, provision) -> None:
+    ana = await provision.tablet("ana")
+    hid = register(ana)
+    await SyncClient(ana, server.url).sync()
+    other = await provision.tablet("sup-bv", role="supervisor", county="BV")
+    assert (await fetch(server, other, hid)).unavailable == [hid]
+    own = await provision.tablet("sup-cj", role="supervisor", county="CJ")
+    assert (await fetch(server, own, hid)).households_synced == 1
+    assert own.household(hid).to_dict()["address"] == "Str. Lunga 3"
+
+
+async def test_national_users_read_but_cannot_write(server, provision) -> None:
+    ana = await provision.tablet("ana")
+    hid = register(ana)
+    await SyncClient(ana, server.url).sync()
+    nat = await provision.tablet("nat", role="national")
+    await fetch(server, nat, hid)
+    with nat.edit(hid) as h:
+        h.set_address("changed by a read-only user")
+    summary = await SyncClient(nat, server.url).sync()
+    assert [r.code for r in summary.rejected] == ["read-only"]
+    actor = await server.app[SYNCHRONIZER].registry.get(hid)
+    assert actor.doc.get(ROOT, "address")[0][1] == "Str. Lunga 3"
+
+
+async def test_a_forged_actor_id_is_refused_and_nothing_merges(server, provision) -> None:
+    ana = await provision.tablet("ana")
+    hid = register(ana)
+    await SyncClient(ana, server.url).sync()
+    doc = ana.household(hid).doc
+    doc.set_actor(bytes(16))  # not this device's registered actor id
+    with doc.transaction() as tx:
+        tx.put(ROOT, "address", ScalarType.Str, "written under a forged actor")
+    ana.save(hid)
+    summary = await SyncClient(ana, server.url).sync()
+    assert [r.code for r in summary.rejected] == ["actor-not-registered"]
+    actor = await server.app[SYNCHRONIZER].registry.get(hid)
+    assert actor.doc.get(ROOT, "address")[0][1] == "Str. Lunga 3"
+
+
+async def test_registering_outside_ones_localities_is_refused(server, provision) -> None:
+    ana = await provision.tablet("ana")  # assigned 54975 in CJ
+    hid = register(ana, locality="55000")
+    summary = await SyncClient(ana, server.url).sync()
+    assert [r.code for r in summary.rejected] == ["creation-refused"]
+    assert await server.app[SYNCHRONIZER].registry.get(hid) is None
+
+
+async def test_the_caseload_follows_the_team(server, provision, tmp_path) -> None:
+    """A new tablet of a team member gets the whole caseload on its first sync; adding a
+    user to a team delivers the household next sync; removing them deletes it there."""
+    ana = await provision.tablet("ana")
+    hids = [register(ana) for _ in range(3)]
+    await SyncClient(ana, server.url).sync()
+    second_tablet = await provision.tablet("ana-2", "ana")
+    summary = await SyncClient(second_tablet, server.url).sync()
+    assert sorted(second_tablet.household_ids()) == sorted(hids)
+    assert summary.households_synced == 3
+
+    ioana = await provision.tablet("ioana")
+    assert (await SyncClient(ioana, server.url).sync()).households_synced == 0
+    await provision.share(hids[0], ana, ioana)
+    await SyncClient(ioana, server.url).sync()
+    assert ioana.household_ids() == [hids[0]] and ioana.has_local_copy(hids[0])
+
+    await provision.share(hids[0], ana)  # ioana leaves the team
+    summary = await SyncClient(ioana, server.url).sync()
+    assert summary.removed == [hids[0]]
+    assert ioana.household_ids() == [] and not ioana.has_local_copy(hids[0])
+
+
+async def test_revocation_cuts_the_live_session_and_wipes_the_tablet(server, provision) -> None:
+    ana = await provision.tablet("ana")
+    hid = register(ana)
+    await SyncClient(ana, server.url).sync()
+    creds = ana.credentials
+    async with aiohttp.ClientSession() as session, session.ws_connect(server.url) as ws:
+        channel = await open_session(ClientChannel(ws), creds.device_id, creds.signing_key,
+                                     creds.server_key)
+        await channel.send(wire.encode(wire.Join("live")))
+        assert isinstance(wire.decode(await channel.receive()), wire.Peer)
+        assert await server.app[IDENTITY].revoke_device(creds.device_id)
+        # NOTIFY reaches the server at commit; the session is cut right away (the bound
+        # here is generous only because this machine is shared).
+        frame = await asyncio.wait_for(channel.receive(), timeout=5)
+        err = wire.decode(frame)
+        assert isinstance(err, wire.Error) and err.code == "device-revoked"
+        assert await asyncio.wait_for(channel.receive(), timeout=5) is None
+
+    with pytest.raises(ServerRejected) as info:  # reconnecting is refused...
+        await SyncClient(ana, server.url).sync()
+    assert info.value.code == "device-revoked"
+    assert ana.household_ids() == [] and not ana.has_local_copy(hid)  # ...and it wiped itself
+    assert ana.credentials is None
