@@ -27,7 +27,7 @@ from .channel import WebSocketChannel
 from .config import Settings
 from .connection import Connection
 from .database import database_url, make_engine, migrate
-from .dispatch import serve_connection
+from .dispatch import TokenBucket, serve_connection
 from .enrollment import IDENTITY, LIMITER, SERVER_KEY, FailureLimiter, enroll
 from .errors import ErrorCode, ProtocolError, VatraError
 from .households import HouseholdRegistry
@@ -77,9 +77,18 @@ async def sync_handler(request: web.Request) -> web.StreamResponse:
         # The device proved it holds the key: tell it (sealed), so its SDK wipes itself.
         await _refuse_revoked(conn)
         return ws
+    live = sum(1 for c in request.app[CONNECTIONS] if c.device and c.device.id == device.id)
+    if live >= settings.sessions_per_device:
+        log.warning("device %s: too many concurrent sessions", device.id)
+        conn.send_error(VatraError(f"at most {settings.sessions_per_device} sessions per device",
+                                   code=ErrorCode.TOO_MANY_SESSIONS))
+        await conn.close(str(ErrorCode.TOO_MANY_SESSIONS))
+        return ws
     request.app[CONNECTIONS].add(conn)
     try:
-        await serve_connection(conn, synchronizer)
+        await serve_connection(conn, synchronizer,
+                               limit=TokenBucket(settings.messages_per_second,
+                                                 settings.message_burst))
     finally:
         request.app[CONNECTIONS].discard(conn)
         synchronizer.registry.unsubscribe(conn)

@@ -7,6 +7,9 @@
 | VATRA_HOST / VATRA_PORT    | 127.0.0.1 / 8765 | where /v1/sync listens (port 0 = any free port)      |
 | VATRA_MAX_FRAME_BYTES      | 4194304          | largest frame accepted; larger = error, closed       |
 | VATRA_OUTBOX_FRAMES        | 512              | frames queued per connection before it is dropped    |
+| VATRA_MESSAGES_PER_SECOND  | 100              | sustained messages per session (token bucket) ...    |
+| VATRA_MESSAGE_BURST        | 2000             | ... and its burst (a tablet resyncing its caseload)  |
+| VATRA_SESSIONS_PER_DEVICE  | 4                | concurrent sessions of one device                    |
 | VATRA_RESIDENT_HOUSEHOLDS  | 2000             | idle households kept in memory (count)               |
 | VATRA_RESIDENT_BYTES       | 268435456        | idle households kept in memory (stored bytes)        |
 | VATRA_MASTER_KEY           | (none)           | master key: [<version>:]<base64 of 32 bytes>         |
@@ -32,6 +35,9 @@ class Settings:
     port: int = 8765
     max_frame_bytes: int = 4 * 1024 * 1024
     outbox_frames: int = 512
+    messages_per_second: float = 100.0
+    message_burst: int = 2000
+    sessions_per_device: int = 4
     resident_households: int = 2000
     resident_bytes: int = 256 * 1024 * 1024
     master_key: str | None = field(default=None, repr=False)  # never in logs
@@ -50,6 +56,10 @@ class Settings:
             port=_int(e, "VATRA_PORT", base.port),
             max_frame_bytes=_int(e, "VATRA_MAX_FRAME_BYTES", base.max_frame_bytes),
             outbox_frames=_int(e, "VATRA_OUTBOX_FRAMES", base.outbox_frames),
+            messages_per_second=_int(e, "VATRA_MESSAGES_PER_SECOND",
+                                     int(base.messages_per_second)),
+            message_burst=_int(e, "VATRA_MESSAGE_BURST", base.message_burst),
+            sessions_per_device=_int(e, "VATRA_SESSIONS_PER_DEVICE", base.sessions_per_device),
             resident_households=_int(e, "VATRA_RESIDENT_HOUSEHOLDS", base.resident_households),
             resident_bytes=_int(e, "VATRA_RESIDENT_BYTES", base.resident_bytes),
             master_key=e.get("VATRA_MASTER_KEY") or None,

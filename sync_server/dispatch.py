@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from . import wire
 from .connection import Connection, ConnectionState
@@ -31,8 +32,27 @@ FROM_CLIENT_ALLOWED = (wire.Sync, wire.Request, wire.Ephemeral, wire.Error)
 MAX_IN_FLIGHT = 16
 
 
+class TokenBucket:
+    """``rate`` messages per second on average, ``burst`` at once."""
+
+    def __init__(self, rate: float, burst: int, clock=time.monotonic) -> None:
+        self.rate, self.burst, self._clock = rate, burst, clock
+        self._tokens = float(burst)
+        self._at = clock()
+
+    def take(self) -> bool:
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+
 async def serve_connection(conn: Connection, synchronizer: Synchronizer, *,
-                           max_in_flight: int = MAX_IN_FLIGHT) -> None:
+                           max_in_flight: int = MAX_IN_FLIGHT,
+                           limit: TokenBucket | None = None) -> None:
     """Read frames until the peer leaves or breaks a rule; errors close only this peer."""
     tails: dict[str, asyncio.Task[None]] = {}  # the latest task of each household
     slots = asyncio.Semaphore(max_in_flight)
@@ -68,6 +88,9 @@ async def serve_connection(conn: Connection, synchronizer: Synchronizer, *,
             frame = await conn.channel.receive()
             if frame is None:
                 break
+            if limit is not None and not limit.take():
+                raise ProtocolError("too many messages; slow down and reconnect",
+                                    code=ErrorCode.RATE_LIMITED)
             msg = wire.decode(frame)
             if conn.state is ConnectionState.AWAITING_JOIN:
                 if not isinstance(msg, wire.Join):

@@ -50,6 +50,8 @@ class ErrorCode(StrEnum):
     ACTOR_NOT_REGISTERED = "actor-not-registered"
     CREATION_REFUSED = "creation-refused"
     DEVICE_REVOKED = "device-revoked"
+    RATE_LIMITED = "rate-limited"
+    TOO_MANY_SESSIONS = "too-many-sessions"
 
 
 class VatraError(Exception):

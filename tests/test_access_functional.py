@@ -133,3 +133,73 @@ async def test_revocation_cuts_the_live_session_and_wipes_the_tablet(server, pro
     assert info.value.code == "device-revoked"
     assert ana.household_ids() == [] and not ana.has_local_copy(hid)  # ...and it wiped itself
     assert ana.credentials is None
+
+
+def test_token_bucket_allows_a_burst_then_the_rate() -> None:
+    from sync_server.dispatch import TokenBucket
+
+    now = [0.0]
+    bucket = TokenBucket(rate=2, burst=3, clock=lambda: now[0])
+    assert [bucket.take() for _ in range(4)] == [True, True, True, False]
+    now[0] = 1.0  # two more tokens
+    assert [bucket.take() for _ in range(3)] == [True, True, False]
+
+
+async def live_session(server, replica):
+    """An open session of ``replica``'s device that has joined; returns (ws ctx, channel)."""
+    creds = replica.credentials
+    session = aiohttp.ClientSession()
+    ws = await session.ws_connect(server.url)
+    channel = await open_session(ClientChannel(ws), creds.device_id, creds.signing_key,
+                                 creds.server_key)
+    return session, ws, channel
+
+
+async def test_a_flooding_session_is_closed_and_others_go_on(server, tmp_path) -> None:
+    import dataclasses
+
+    from sync_server.app import VatraServer
+    from sync_server.provision import Provisioner
+
+    strict = dataclasses.replace(server.settings, port=0, message_burst=5,
+                                 messages_per_second=0.01)
+    async with VatraServer(strict) as small:
+        p = Provisioner(small.app[IDENTITY], small.http_url)
+        flood = await p.tablet(tmp_path / "flood", "flood")
+        calm = await p.tablet(tmp_path / "calm", "calm")
+        session, ws, channel = await live_session(small, flood)
+        try:
+            await channel.send(wire.encode(wire.Join("flood")))
+            for _ in range(10):  # accepted and ignored, but each one counts
+                await channel.send(wire.encode(wire.Ephemeral("flood", "x", b"")))
+            messages = []
+            while (frame := await asyncio.wait_for(channel.receive(), timeout=5)) is not None:
+                messages.append(wire.decode(frame))
+            assert any(isinstance(m, wire.Error) and m.code == "rate-limited" for m in messages)
+        finally:
+            await ws.close()
+            await session.close()
+        register(calm)
+        assert (await SyncClient(calm, small.url).sync()).households_synced == 1
+
+
+async def test_concurrent_sessions_per_device_are_limited(server, tmp_path) -> None:
+    import dataclasses
+
+    from sync_server.app import VatraServer
+    from sync_server.provision import Provisioner
+
+    async with VatraServer(dataclasses.replace(server.settings, port=0,
+                                               sessions_per_device=1)) as small:
+        p = Provisioner(small.app[IDENTITY], small.http_url)
+        ana = await p.tablet(tmp_path / "ana", "ana")
+        session, ws, channel = await live_session(small, ana)
+        try:
+            await channel.send(wire.encode(wire.Join("first")))
+            assert isinstance(wire.decode(await channel.receive()), wire.Peer)
+            with pytest.raises(ServerRejected) as info:
+                await SyncClient(ana, small.url).sync()
+            assert info.value.code == "too-many-sessions"
+        finally:
+            await ws.close()
+            await session.close()
