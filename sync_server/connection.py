@@ -48,6 +48,7 @@ class Connection:
         self.device = device  # who is on the other end (set by the session handshake)
         self.access: dict[str, bool] = {}  # household -> may sync, decided once per connection
         self.writable: dict[str, bool] = {}  # household -> may change it
+        self.team_households: set[str] | None = None  # a worker's team households, read once
         self.server_peer_id = server_peer_id
         self.peer_id: str | None = None
         self.state = ConnectionState.AWAITING_JOIN

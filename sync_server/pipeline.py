@@ -94,8 +94,13 @@ class Synchronizer:
         await self._merge(actor, conn, msg)
 
     async def caseload(self, conn: Connection) -> list[str]:
-        """The households this connection's device should hold (its user's team households)."""
-        return await self.identity.caseload(_user(conn))
+        """The households this connection's device should hold (its user's team households).
+
+        Read once per connection; the same set then answers every team check of the
+        session without another query."""
+        if conn.team_households is None:
+            conn.team_households = set(await self.identity.caseload(_user(conn)))
+        return sorted(conn.team_households)
 
     def _unavailable(self, conn: Connection, household_id: str) -> None:
         conn.send(wire.DocUnavailable(self.server_peer_id, conn.peer_id or "", household_id))
@@ -106,7 +111,9 @@ class Synchronizer:
         allowed = conn.access.get(actor.id)
         if allowed is None:
             user = _user(conn)
-            team = await self.identity.team(actor.id) if user.role == "worker" else ()
+            team: tuple[str, ...] = ()
+            if user.role == "worker" and actor.id in await self.caseload(conn):
+                team = (user.id,)  # the user is on the team; that is all may_* need to know
             allowed = conn.access[actor.id] = access.may_sync(user, actor.record, team)
             conn.writable[actor.id] = access.may_write(user, actor.record, team)
         return allowed
@@ -215,6 +222,8 @@ class Synchronizer:
         self.changes_persisted += result.inserted
         if result.inserted == len(new):
             await self._initial_team(hid, user.id, doc)
+            if conn.team_households is not None:
+                conn.team_households.add(hid)
         if result.inserted == len(new) and self.registry.resident(hid) is None:
             actor = self.registry.admit_new(HouseholdActor(
                 record, doc, snapshot_bytes=0, bytes_since_snapshot=result.inserted_bytes,
