@@ -79,12 +79,10 @@ async def test_syncing_needs_an_enrolled_replica(tmp_path) -> None:
 
 
 async def test_an_unreachable_server_fails_after_the_retries(tmp_path) -> None:
-    from client_sdk import SyncFailed
-
     from nacl.public import PrivateKey
     from nacl.signing import SigningKey
 
-    from client_sdk import Credentials
+    from client_sdk import Credentials, SyncFailed
 
     r = Replica(tmp_path / "t")
     r.store_credentials(Credentials("dev-x", "sw-1", "worker", SigningKey.generate(),

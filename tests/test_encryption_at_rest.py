@@ -353,10 +353,9 @@ async def test_a_synced_household_leaves_no_plaintext_and_erasure_is_final(
     # A server loading it now answers as for an unknown household, to a teammate asking
     # for it and to the tablet that still holds it; neither recreates it.
     async with VatraServer(dataclasses.replace(server.settings)) as fresh:
-        b.track(hid)
-        got = await SyncClient(b, fresh.url).sync()
+        got = await SyncClient(b, fresh.url).sync([hid])
         assert got.unavailable == [hid]
-        again = await SyncClient(a, fresh.url).sync()
+        again = await SyncClient(a, fresh.url).sync([hid])
         assert again.unavailable == [hid] and again.rejected == []
     with pytest.raises(HouseholdErased):
         await store.load(hid)

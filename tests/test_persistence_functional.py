@@ -1,8 +1,9 @@
 """What the server keeps, and for how long: idempotent change log, snapshots, residency, outbox.
 
-Real PostgreSQL and real servers on free ports throughout; only the outbox
-test at the end drives :class:`sync_server.connection.Connection` through a
-fake :class:`FrameChannel` (pure logic: whether a stuck peer gets closed).
+Real PostgreSQL and real servers on free ports throughout, reached by enrolled
+devices through the end-to-end session (raw peers: ``tests/_rawpeer.py``); only
+the outbox test at the end drives :class:`sync_server.connection.Connection`
+through a fake :class:`FrameChannel` (pure logic: whether a stuck peer gets closed).
 """
 
 from __future__ import annotations
@@ -10,15 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from pathlib import Path
 
-import aiohttp
 import pytest
 import sqlalchemy as sa
+from _rawpeer import TIMEOUT, raw_peer
 from aiohttp import WSCloseCode, WSMsgType
-from automerge.core import Document, Message, SyncState
+from automerge.core import Document, SyncState
 from conftest import TEST_MASTER_KEY
 
 from client_sdk import Replica, SyncClient
@@ -26,77 +26,16 @@ from conflict import Household
 from sync_server import wire
 from sync_server.app import CONNECTIONS, SYNCHRONIZER, VatraServer
 from sync_server.connection import Connection, ConnectionState
+from sync_server.enrollment import IDENTITY
 from sync_server.errors import ErrorCode
 from sync_server.pipeline import stored
+from sync_server.provision import Provisioner
 from sync_server.storage import changes, snapshots
 
 pytestmark = pytest.mark.functional
 
-TIMEOUT = 10.0
-
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-@dataclass
-class RawPeer:
-    """A raw automerge-repo peer on an aiohttp WebSocket; remembers every frame it sent."""
-
-    ws: aiohttp.ClientWebSocketResponse
-    peer_id: str
-    server_id: str = "unknown-server"
-    sent: list[bytes] = field(default_factory=list)
-
-    async def send_frame(self, frame: bytes) -> None:
-        self.sent.append(frame)
-        await self.ws.send_bytes(frame)
-
-    async def send(self, message: wire.Message) -> None:
-        await self.send_frame(wire.encode(message))
-
-    async def receive(self) -> wire.Message | None:
-        msg = await asyncio.wait_for(self.ws.receive(), TIMEOUT)
-        if msg.type is WSMsgType.BINARY:
-            return wire.decode(bytes(msg.data))
-        return None
-
-    async def join(self) -> None:
-        await self.send(wire.Join(self.peer_id))
-        peer = await self.receive()
-        assert isinstance(peer, wire.Peer)
-        self.server_id = peer.sender_id
-
-    async def push(self, doc: Document, hid: str, state: SyncState | None = None,
-                   kind: type[wire.Sync] = wire.Sync) -> None:
-        """Sync ``doc`` until the server advertises exactly its heads."""
-        state = state if state is not None else SyncState()
-        first = doc.generate_sync_message(state)
-        assert first is not None
-        await self.send(kind(self.peer_id, self.server_id, hid, first.encode()))
-        await self.follow(doc, hid, state)
-
-    async def follow(self, doc: Document, hid: str, state: SyncState,
-                     want: list[bytes] | None = None) -> None:
-        """Answer the server's sync messages until it and ``doc`` agree (on ``want``)."""
-        while True:
-            msg = await self.receive()
-            assert isinstance(msg, wire.Sync) and msg.document_id == hid, msg
-            doc.receive_sync_message(state, Message.decode(msg.data))
-            server_heads = sorted(wire.sync_message_heads(msg.data))
-            if server_heads == sorted(doc.get_heads()) and (
-                    want is None or server_heads == sorted(want)):
-                return
-            reply = doc.generate_sync_message(state)
-            if reply is not None:
-                await self.send(wire.Sync(self.peer_id, self.server_id, hid, reply.encode()))
-
-
-@contextlib.asynccontextmanager
-async def raw_peer(url: str) -> AsyncIterator[RawPeer]:
-    async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
-        peer = RawPeer(ws, "raw-" + uuid.uuid4().hex[:8])
-        await peer.join()
-        yield peer
 
 
 def new_household(replica: Replica, n: int = 0) -> str:
@@ -128,31 +67,38 @@ def all_hashes(doc: Document) -> set[bytes]:
 # -- idempotence -----------------------------------------------------------------------------
 
 
-async def test_resending_the_same_changes_adds_no_rows(server, make_replica, store,
+async def test_resending_the_same_changes_adds_no_rows(server, provision, store,
                                                       engine) -> None:
-    """The change log is keyed by (household, hash): replaying the exact frames of an upload
-    on a fresh connection, a second replica holding identical changes, two connections
-    creating the same household at once, and a direct re-append all leave it unchanged."""
-    a = make_replica("a")
+    """The change log is keyed by (household, hash): replaying an upload on a fresh
+    connection, a second replica (a teammate's) holding identical changes, two connections
+    creating the same household at once, and a direct re-append all leave it unchanged.
+
+    Since sessions are encrypted, "replaying the exact frames" means re-sending the same
+    plaintext frames through a new session of the same device (the sealed bytes of the old
+    session cannot be replayed: the session layer refuses them, see ``test_session.py``).
+    The household created twice at once is the device's own (its changes carry the
+    device's registered actor id), over two sessions of that device."""
+    a = await provision.tablet("a", "sw-1")
     hid = new_household(a)
     with a.edit(hid) as h:
         h.add_member("Ana", "Pop", "2015-04-01", "F", "child")
         h.set_notes("gate code 1234")
         h.append_activity("sw-1", "visit", "first visit")
     doc = a.household(hid).doc
-    async with raw_peer(server.url) as first:
+    async with raw_peer(server.url, a) as first:
         await first.push(doc, hid)
-        frames = list(first.sent[1:])  # everything after the join
+        frames = list(first.sent[1:])  # plaintext of everything after the join
     count = await store.change_count(hid)
     assert count == len(all_hashes(doc)) == 4
 
-    async with raw_peer(server.url) as replay:
+    async with raw_peer(server.url, a) as replay:
         for frame in frames:
             await replay.send_frame(frame)
         await replay.push(doc, hid)  # processed in order: the replayed frames are done
     assert await store.change_count(hid) == count
 
-    b = Replica(a.path.parent / "b")
+    b = await provision.tablet("b", "sw-2")
+    await provision.share(hid, a, b)
     b.track(hid)
     b.adopt(hid, Document.load(doc.save()))
     summary = await SyncClient(b, server.url).sync()
@@ -164,8 +110,8 @@ async def test_resending_the_same_changes_adds_no_rows(server, make_replica, sto
     assert await store.change_count(hid) == count
 
     other = Household.create(locality="54975", county="CJ", address="Str. Scurta 1",
-                             created_by="sw-2")
-    async with raw_peer(server.url) as p1, raw_peer(server.url) as p2:
+                             created_by="sw-1", actor_id=a.actor_id)
+    async with raw_peer(server.url, a) as p1, raw_peer(server.url, a) as p2:
         copy = Document.load(other.doc.save())
         await asyncio.gather(p1.push(other.doc, other.household_id),
                              p2.push(copy, other.household_id))
@@ -179,11 +125,13 @@ async def test_resending_the_same_changes_adds_no_rows(server, make_replica, sto
 
 
 async def test_a_long_history_reloads_from_snapshot_plus_later_changes(
-        server, make_replica, store, engine) -> None:
+        server, provision, store, engine) -> None:
     """2,000 edits synced in batches get compacted: a snapshot row exists and a cold load
     reads far fewer than 2,000 change rows, yet the household reloads (after eviction, and
-    on a second server over the same database) with identical heads and content."""
-    a = make_replica("a")
+    on a second server over the same database) with identical heads and content. (The
+    second server shares the first one's data directory, hence its identity key, so a
+    teammate's tablet enrolled on the first syncs with it.)"""
+    a = await provision.tablet("a", "sw-1")
     hid = new_household(a, -1)
     for batch in range(4):
         with a.edit(hid) as h:
@@ -220,8 +168,9 @@ async def test_a_long_history_reloads_from_snapshot_plus_later_changes(
     assert sorted(actor.doc.get_heads()) == heads
     assert Household(actor.doc, hid).to_dict() == expected.to_dict()
 
+    b = await provision.tablet("b", "sw-2")
+    await provision.share(hid, a, b)
     async with VatraServer(dataclasses.replace(server.settings)) as second:
-        b = Replica(a.path.parent / "b")
         b.track(hid)
         got = await SyncClient(b, second.url).sync()
         assert got.changes_received == 2001
@@ -245,13 +194,25 @@ async def small_server(database_url, tmp_path) -> AsyncIterator[VatraServer]:
         yield srv
 
 
-async def test_idle_households_are_evicted_and_reload_transparently(small_server,
-                                                                    make_replica) -> None:
+@pytest.fixture
+def small_provision(small_server: VatraServer, tmp_path: Path) -> Provisioner:
+    """``provision`` (conftest) for ``small_server``: tablets enrolled there pin its key."""
+
+    class SmallProvisioner(Provisioner):
+        async def tablet(self, name: str, user_id: str | None = None,  # type: ignore[override]
+                         **kw) -> Replica:
+            return await super().tablet(tmp_path / "devices" / name, user_id or name, **kw)
+
+    return SmallProvisioner(small_server.app[IDENTITY], small_server.http_url)
+
+
+async def test_idle_households_are_evicted_and_reload_transparently(
+        small_server, small_provision) -> None:
     """With ``resident_households=2``, syncing 5 households leaves at most 2 resident; an
     evicted one is later edited, synced and fetched by a teammate as if it never left."""
     server = small_server
     registry = server.app[SYNCHRONIZER].registry
-    devices = [make_replica(f"d{i}") for i in range(5)]
+    devices = [await small_provision.tablet(f"d{i}") for i in range(5)]
     hids = [new_household(d, i) for i, d in enumerate(devices)]
     for d in devices:
         await SyncClient(d, server.url).sync()
@@ -265,7 +226,8 @@ async def test_idle_households_are_evicted_and_reload_transparently(small_server
     summary = await SyncClient(devices[0], server.url).sync()
     assert summary.rejected == [] and summary.changes_sent == 1
     assert devices[0].is_saved(hids[0])
-    mate = make_replica("mate")
+    mate = await small_provision.tablet("mate")
+    await small_provision.share(hids[0], devices[0], mate)
     mate.track(hids[0])
     await SyncClient(mate, server.url).sync()
     assert mate.household(hids[0]).notes == "after eviction"
@@ -273,29 +235,35 @@ async def test_idle_households_are_evicted_and_reload_transparently(small_server
     assert len(registry) <= 2
 
 
-async def test_a_household_admitted_over_the_bound_is_not_orphaned(small_server) -> None:
+async def test_a_household_admitted_over_the_bound_is_not_orphaned(small_server,
+                                                                   small_provision) -> None:
     """Regression: with the bound reached by households that are in use, a newly created
     household was evicted the moment it was admitted (it had no subscriber yet), so its
     creator was subscribed to an orphaned copy; the next writer loaded a second copy and
-    the creator never received that writer's changes. Now the admitted household stays."""
+    the creator never received that writer's changes. Now the admitted household stays.
+    (Creator and writer are enrolled teammates; each one's changes carry its own actor id.)"""
     server = small_server
     registry = server.app[SYNCHRONIZER].registry
+    creating = await small_provision.tablet("creator", "sw-1")
+    writing = await small_provision.tablet("writer", "sw-2")
     busy = [Household.create(locality="54975", county="CJ", address=f"Str. {i}",
-                             created_by="sw-1") for i in range(2)]
+                             created_by="sw-1", actor_id=creating.actor_id) for i in range(2)]
     target = Household.create(locality="54975", county="CJ", address="Str. Noua",
-                              created_by="sw-1")
+                              created_by="sw-1", actor_id=creating.actor_id)
     async with contextlib.AsyncExitStack() as stack:
         for h in busy:  # two open connections keep the bound full of households in use
-            p = await stack.enter_async_context(raw_peer(server.url))
+            p = await stack.enter_async_context(raw_peer(server.url, creating))
             await p.push(h.doc, h.household_id)
-        creator = await stack.enter_async_context(raw_peer(server.url))
+        creator = await stack.enter_async_context(raw_peer(server.url, creating))
         creator_state = SyncState()
         await creator.push(target.doc, target.household_id, creator_state)
         assert registry.resident(target.household_id) is not None
 
+        await small_provision.share(target.household_id, creating, writing)
         writer_doc = Document.load(target.doc.save())
+        writer_doc.set_actor(writing.actor_id)
         Household(writer_doc, target.household_id).set_notes("written by a teammate")
-        writer = await stack.enter_async_context(raw_peer(server.url))
+        writer = await stack.enter_async_context(raw_peer(server.url, writing))
         await writer.push(writer_doc, target.household_id)
 
         await creator.follow(target.doc, target.household_id, creator_state,
@@ -356,14 +324,16 @@ async def test_a_full_outbox_closes_that_connection_only() -> None:
     assert healthy.closed_with == ""
 
 
-async def test_outbox_overflow_on_a_real_connection(server, make_replica) -> None:
+async def test_outbox_overflow_on_a_real_connection(server, provision) -> None:
     """On the real server, a connection whose outbox overflows is closed with a policy
     close ``outbox-overflow``, dropped from its household's subscribers, and a teammate on
     the same household keeps syncing."""
-    a = make_replica("a")
+    a = await provision.tablet("a", "sw-1")
+    slow = await provision.tablet("slow", "sw-2")
     hid = new_household(a)
     await SyncClient(a, server.url).sync()
-    async with raw_peer(server.url) as victim:
+    await provision.share(hid, a, slow)
+    async with raw_peer(server.url, slow) as victim:
         await victim.push(Document(), hid, kind=wire.Request)
         conn = next(c for c in server.app[CONNECTIONS] if c.peer_id == victim.peer_id)
         actor = server.app[SYNCHRONIZER].registry.resident(hid)
@@ -385,7 +355,8 @@ async def test_outbox_overflow_on_a_real_connection(server, make_replica) -> Non
 
 
 @pytest.mark.parametrize("seed", [18, 35])
-async def test_changes_queued_behind_a_bloom_false_positive_are_kept(server, tmp_path, seed) -> None:
+async def test_changes_queued_behind_a_bloom_false_positive_are_kept(server, provision,
+                                                                     seed) -> None:
     """Regression: a device's sync message can omit a change the server's Bloom filter
     falsely claims to have; the later changes then arrive before their dependency and
     Automerge queues them. The pipeline used to drop the fork when nothing *applied*,
@@ -393,7 +364,7 @@ async def test_changes_queued_behind_a_bloom_false_positive_are_kept(server, tmp
     (~2% of households in the bench). These seeds are byte-for-byte reproductions
     (fixed actor, ids and times) that hit the false positive."""
     at = "2026-01-01T00:00:00Z"
-    tablet = Replica(tmp_path / "tablet", actor_id=bytes([7]) * 16)
+    tablet = await provision.tablet("tablet", "sw-1", actor_id=bytes([7]) * 16)
     h = tablet.create_household(locality="54975", county="CJ", address=f"a{seed}",
                                 created_by="sw-1", at=at)
     h.add_member("Ana", "Pop", "2015-04-01", "F", "child",

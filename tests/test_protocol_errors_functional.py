@@ -1,26 +1,28 @@
 """Bad input from one peer is answered and closes only that peer.
 
 Every case below connects a raw aiohttp WebSocket client to a real server,
-joins properly (except the case that is about joining), sends one bad thing
-and expects an ``error`` with the right :class:`ErrorCode` (or
-``doc-unavailable``) followed by a close of that connection alone. Meanwhile
-a well-behaved :class:`client_sdk.SyncClient` syncs before and after, and a
-bystander raw connection that is subscribed to the same household keeps
-receiving the fan-out.
+opens an end-to-end session with an enrolled teammate's tablet (except the
+case that skips the session), joins properly (except the case that is about
+joining), sends one bad thing and expects an ``error`` with the right
+:class:`ErrorCode` (or ``doc-unavailable``) followed by a close of that
+connection alone. Malformed bytes travel as the plaintext of a sealed frame,
+so they reach the codec exactly as a buggy tablet's would. Meanwhile a
+well-behaved, enrolled :class:`client_sdk.SyncClient` syncs before and after,
+and an enrolled bystander raw connection that is subscribed to the same
+household keeps receiving the fan-out.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
-import aiohttp
 import cbor2
 import pytest
-from aiohttp import WSCloseCode, WSMsgType
+from _rawpeer import RawPeer, raw_peer
 from automerge._automerge import DocumentId
 from automerge.core import ROOT, Document, Message, ObjType, ScalarType, SyncState
 
@@ -31,7 +33,6 @@ from sync_server.errors import ErrorCode
 
 pytestmark = pytest.mark.functional
 
-TIMEOUT = 10.0
 #: Household content used by the tests; none of it may ever appear in an error frame.
 CONTENT = ("Str. Lunga 3", "Ana", "Popescu", "Bd. Eroilor 12", "gate code 4711")
 
@@ -39,9 +40,12 @@ CONTENT = ("Str. Lunga 3", "Ana", "Popescu", "Bd. Eroilor 12", "gate code 4711")
 # -- documents -------------------------------------------------------------------------------
 
 
-def not_a_household() -> Document:
-    """A document a buggy client might produce: members keyed by name, address a number."""
-    doc = Document()
+def not_a_household(actor_id: bytes) -> Document:
+    """A document a buggy client might produce: members keyed by name, address a number.
+
+    Its changes carry ``actor_id`` (the sending device's registered one), so that what is
+    wrong with it is its content, nothing else."""
+    doc = Document(actor_id=actor_id)
     with doc.transaction() as tx:
         tx.put(ROOT, "schema", ScalarType.Uint, 1)
         tx.put(ROOT, "address", ScalarType.Int, 12)
@@ -81,13 +85,15 @@ class Ctx:
     server_url: str
     good_hid: str
     good_doc: Document
+    actor_id: bytes  # registered to the device the bad peer's session belongs to
 
 
 Send = Callable[[RawPeer, Ctx], Awaitable[None]]
 
 
 async def send_raw(peer: RawPeer, frame: bytes) -> None:
-    await peer.ws.send_bytes(frame)
+    """``frame`` as the plaintext of one sealed frame: past the session, straight to the codec."""
+    await peer.send_frame(frame)
 
 
 async def bad_truncated_cbor(peer: RawPeer, ctx: Ctx) -> None:
@@ -136,17 +142,20 @@ async def bad_truncated_sync_known(peer: RawPeer, ctx: Ctx) -> None:
 
 async def bad_truncated_sync_unknown(peer: RawPeer, ctx: Ctx) -> None:
     fresh = Household.create(locality="54975", county="CJ", address="Bd. Eroilor 12",
-                             created_by="sw-9")
+                             created_by="sw-3", actor_id=ctx.actor_id)
     data = changes_message(fresh.doc)
     await peer.send(wire.Sync(peer.peer_id, peer.server_id, fresh.household_id, data[:-7]))
 
 
 async def bad_too_large(peer: RawPeer, ctx: Ctx) -> None:
+    """Sealed, the frame is over the server's 256 KiB limit; the server reads it through the
+    session and answers (sealed) ``frame-too-large``."""
     data = b"\x42" + b"\x00" * (256 * 1024)
     await peer.send(wire.Sync(peer.peer_id, peer.server_id, ctx.good_hid, data))
 
 
 async def bad_text_frame(peer: RawPeer, ctx: Ctx) -> None:
+    """Not sealable: straight onto the socket, inside an open session."""
     await peer.ws.send_str('{"type": "join", "senderId": "x"}')
 
 
@@ -173,13 +182,16 @@ CLOSING_CASES: list[tuple[str, Send, ErrorCode]] = [
 
 @dataclass
 class Team:
-    """A good device with one household on the server, and a subscribed bystander."""
+    """A good device with one household on the server, a subscribed bystander, and the
+    tablet of a third teammate whose credentials the misbehaving connections use (so that
+    every refusal below is about the input, not about who sends it). All three enrolled."""
 
     replica: Replica
     hid: str
     bystander: RawPeer
     bystander_doc: Document
     bystander_state: SyncState
+    mate: Replica
 
     async def device_edits_and_syncs(self, server_url: str, text: str) -> None:
         with self.replica.edit(self.hid) as h:
@@ -204,17 +216,20 @@ class Team:
 
 
 @pytest.fixture
-async def team(server, make_replica) -> AsyncIterator[Team]:
-    device = make_replica("good")
+async def team(server, provision) -> AsyncIterator[Team]:
+    device = await provision.tablet("good", "sw-1")
+    watcher = await provision.tablet("bystander", "sw-2")
+    mate = await provision.tablet("mate", "sw-3")
     h = device.create_household(locality="54975", county="CJ", address="Str. Lunga 3",
                                 created_by="sw-1")
     with device.edit(h.household_id) as hh:
         hh.add_member("Ana", "Popescu", "2015-04-01", "F", "child")
     summary = await SyncClient(device, server.url).sync()
     assert summary.changes_sent == 2 and device.is_saved(h.household_id)
-    async with raw_peer(server.url) as bystander:
+    await provision.share(h.household_id, device, watcher, mate)
+    async with raw_peer(server.url, watcher) as bystander:
         doc, state = Document(), SyncState()
-        t = Team(device, h.household_id, bystander, doc, state)
+        t = Team(device, h.household_id, bystander, doc, state, mate)
         await bystander.send(wire.Request(bystander.peer_id, bystander.server_id, t.hid,
                                           doc.generate_sync_message(state).encode()))
         await t.bystander_catches_up()
@@ -240,8 +255,9 @@ async def test_bad_input_is_answered_and_closes_only_that_connection(
     that socket alone: the bystander stays subscribed and the good device keeps syncing."""
     await team.device_edits_and_syncs(server.url, "before")
     await team.bystander_catches_up()
-    async with raw_peer(server.url) as bad:
-        await send_bad(bad, Ctx(server.url, team.hid, team.replica.household(team.hid).doc))
+    async with raw_peer(server.url, team.mate) as bad:
+        await send_bad(bad, Ctx(server.url, team.hid, team.replica.household(team.hid).doc,
+                                team.mate.actor_id))
         msg = await bad.receive()
         assert isinstance(msg, wire.Error), msg
         assert msg.code == code
@@ -252,8 +268,9 @@ async def test_bad_input_is_answered_and_closes_only_that_connection(
 
 
 async def test_message_before_join_is_refused(server, team: Team) -> None:
-    """A ``sync`` as the first message (no ``join``) gets ``handshake-required`` and a close."""
-    async with raw_peer(server.url, join=False) as bad:
+    """A ``sync`` as the first message of an open session (no ``join``) gets
+    ``handshake-required`` and a close: the session handshake does not replace ``join``."""
+    async with raw_peer(server.url, team.mate, join=False) as bad:
         data = team.replica.household(team.hid).doc.generate_sync_message(SyncState()).encode()
         await bad.send(wire.Sync(bad.peer_id, "vatra", team.hid, data))
         msg = await bad.receive()
@@ -271,8 +288,8 @@ async def test_unknown_household_that_is_not_a_household_is_refused(server, team
     ``not-a-household`` for that document id, nothing is stored, and the error names
     neither values nor content-bearing keys (here: members keyed by a person's name)."""
     hid = new_household_id()
-    async with raw_peer(server.url) as bad:
-        msg = await bad.push(not_a_household(), hid)
+    async with raw_peer(server.url, team.mate) as bad:
+        msg = await bad.push(not_a_household(team.mate.actor_id), hid, strict=False)
         assert isinstance(msg, wire.Error), msg
         assert msg.code == ErrorCode.NOT_A_HOUSEHOLD
         assert msg.document_id == hid
@@ -289,8 +306,8 @@ async def test_request_for_unknown_household_is_doc_unavailable_and_keeps_the_co
     """``request`` for a well-formed id the server does not know -> ``doc-unavailable``; the
     connection stays open and usable (the same socket then fetches a real household)."""
     unknown = new_household_id()
-    async with raw_peer(server.url) as peer:
-        msg = await peer.push(Document(), unknown, kind=wire.Request)
+    async with raw_peer(server.url, team.mate) as peer:
+        msg = await peer.push(Document(), unknown, kind=wire.Request, strict=False)
         assert isinstance(msg, wire.DocUnavailable), msg
         assert msg.document_id == unknown
         assert msg.target_id == peer.peer_id
@@ -301,4 +318,72 @@ async def test_request_for_unknown_household_is_doc_unavailable_and_keeps_the_co
         assert Household(doc, team.hid).to_dict() == team.replica.household(team.hid).to_dict()
         await team.device_edits_and_syncs(server.url, "while open")
         await team.bystander_catches_up()
+        assert not peer.ws.closed
+
+
+async def test_a_client_that_skips_the_session_handshake_is_refused(server, team: Team) -> None:
+    """A raw WebSocket client that sends an automerge-repo ``join`` in plaintext, with no
+    session handshake, gets a plaintext ``error`` ``handshake-failed`` (no session exists to
+    seal it) and a policy-violation close; nobody else notices."""
+    async with raw_peer(server.url, None, join=False) as bad:
+        await bad.send(wire.Join(bad.peer_id))
+        frame = await bad.receive_frame()
+        assert frame is not None
+        refusal = cbor2.loads(frame)
+        assert refusal["type"] == "error", refusal
+        assert refusal["code"] == ErrorCode.HANDSHAKE_FAILED
+        for secret in CONTENT:
+            assert secret not in frame.decode("utf-8", errors="replace")
+        await bad.expect_closed()
+    await team.device_edits_and_syncs(server.url, "after")
+    await team.bystander_catches_up()
+
+
+async def test_another_teams_household_is_answered_as_if_it_did_not_exist(
+        server, provision, team: Team) -> None:
+    """A device of another team asking for a household gets ``doc-unavailable``, and the
+    decrypted frame is byte for byte the answer for a household that does not exist: the
+    same id asked for before and after the household was created on the server, for a
+    ``request`` and a ``sync``; and for the team's existing household, the answer for an
+    unknown id with the document id set to it. The connection stays open, and the
+    household's fan-out never reaches it."""
+    outsider = await provision.tablet("outsider", "sw-9")
+    own = outsider.create_household(locality="54975", county="CJ", address="Str. Alta 9",
+                                    created_by="sw-9")
+    assert (await SyncClient(outsider, server.url).sync()).rejected == []
+    assert outsider.is_saved(own.household_id)  # on a team of its own
+
+    later = team.replica.create_household(locality="54975", county="CJ",
+                                          address="Str. Lunga 3", created_by="sw-1")
+    peer_id = "outsider-" + uuid.uuid4().hex[:8]  # the same on every connection below
+
+    async def ask(hid: str, kind: type[wire.Sync] = wire.Request) -> bytes:
+        msg = await peer.push(Document(actor_id=outsider.actor_id), hid, kind=kind,
+                              strict=False)
+        assert isinstance(msg, wire.DocUnavailable), msg
+        assert msg.document_id == hid and msg.target_id == peer_id
+        return peer.last_frame
+
+    async with raw_peer(server.url, outsider, peer_id=peer_id) as peer:
+        absent = await ask(later.household_id)
+        unknown = new_household_id()
+        absent_other = await ask(unknown)
+
+    summary = await SyncClient(team.replica, server.url).sync()
+    assert summary.rejected == [] and team.replica.is_saved(later.household_id)
+
+    async with raw_peer(server.url, outsider, peer_id=peer_id) as peer:
+        assert await ask(later.household_id) == absent
+        assert await ask(later.household_id, wire.Sync) == absent
+        denied = await ask(team.hid)
+        assert await ask(team.hid, wire.Sync) == denied
+        template = wire.decode(absent_other)
+        assert wire.encode(template) == absent_other
+        assert denied == wire.encode(dataclasses.replace(template, document_id=team.hid))
+        assert cbor2.loads(denied) == {**cbor2.loads(absent_other), "documentId": team.hid}
+
+        await team.device_edits_and_syncs(server.url, "not for outsiders")
+        await team.bystander_catches_up()
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(peer.receive_frame(), 0.5)
         assert not peer.ws.closed
