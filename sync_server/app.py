@@ -230,6 +230,8 @@ class VatraServer:
                 server_key = load_server_identity(self.settings.data_dir,
                                                   self.settings.server_key_file)
                 self.app = build_app(self.settings, engine, server_key)
+                # A wrong master key must stop the server before it listens, not at first use.
+                await self.app[STORE].verify_master_key()
                 runner = web.AppRunner(self.app, handle_signals=False)
                 await runner.setup()
                 try:

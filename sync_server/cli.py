@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _serve(settings: Settings) -> int:
-    from .app import STORE, VatraServer
+    from .app import VatraServer
     from .keys import KeyRingError
 
     stop = asyncio.Event()
@@ -94,9 +94,7 @@ async def _serve(settings: Settings) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        async with VatraServer(settings) as server:
-            # A wrong master key: refuse before announcing (the store returns no data anyway).
-            await server.app[STORE].verify_master_key()
+        async with VatraServer(settings) as server:  # checks the master key before listening
             where = "DATABASE_URL" if settings.database_url else \
                 f"embedded PostgreSQL in {(settings.data_dir / 'postgres').resolve()}"
             print(f"Vatra sync server listening on {server.url} (database: {where})", flush=True)
