@@ -20,6 +20,7 @@ from ._errors import (
 from ._replica import Replica
 from ._sync import SyncClient, SyncSummary
 from ._transport import RepoTransport
+from ._vault import WrongPin
 
 __all__ = [
     "Credentials",
@@ -34,5 +35,6 @@ __all__ = [
     "SyncStalled",
     "SyncSummary",
     "VatraClientError",
+    "WrongPin",
     "enroll",
 ]

@@ -3,7 +3,8 @@
     VatraClientError
     ├── ReplicaError          the local replica is missing, unreadable or inconsistent
     │   ├── HouseholdNotFound this replica holds no such household
-    │   └── NotEnrolled       the replica has no device enrollment yet
+    │   ├── NotEnrolled       the replica has no device enrollment yet
+    │   └── WrongPin          the PIN does not open this replica (nothing was read)
     ├── ServerRejected        the server answered ``error`` (``code`` is a sync_server ErrorCode)
     ├── SyncStalled           a household's exchange went on without converging (a bug, reported)
     └── SyncFailed            the server could not be reached after every retry

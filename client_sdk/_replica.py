@@ -2,14 +2,16 @@
 
 Layout of a replica directory::
 
+    vault.json                Argon2id salt and limits, and a check value (plaintext)
     replica.json              actor id, caseload with the server heads last seen, and
                               after enrollment the device's keys and the pinned server key
     households/<id>.automerge one Automerge save() per household
 
 Every write goes to a temporary file, is fsync'ed, then renamed over the old
 one, so a crash leaves either the old or the new version, never half of one.
-The replica is not yet encrypted at rest (the PIN-derived key is the next step);
-until then it holds the device's private keys in clear on the tablet's disk.
+Every file but ``vault.json`` is sealed with a key derived from the user's PIN
+(:mod:`client_sdk._vault`): a stolen tablet yields no household content and no
+device key without the PIN.
 """
 
 from __future__ import annotations
@@ -28,14 +30,23 @@ from nacl.signing import SigningKey, VerifyKey
 from conflict import Household, is_household_id
 
 from ._errors import HouseholdNotFound, ReplicaError
+from ._vault import Vault
 
 if TYPE_CHECKING:
     from ._enroll import Credentials
 
 
 class Replica:
-    def __init__(self, path: str | os.PathLike[str], *, actor_id: bytes | None = None) -> None:
+    """The device's caseload on disk, sealed under a key derived from ``pin``.
+
+    Opening an existing replica with a wrong PIN raises :class:`WrongPin` and reads
+    nothing else. Offline work needs no server: only enrollment and sync do.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, pin: str,
+                 actor_id: bytes | None = None) -> None:
         self.path = Path(path)
+        self._vault = Vault(self.path, pin)
         (self.path / "households").mkdir(parents=True, exist_ok=True)
         self._meta_path = self.path / "replica.json"
         self._meta = self._read_meta(actor_id)
@@ -108,7 +119,7 @@ class Replica:
         if not path.exists():
             raise HouseholdNotFound(household_id)
         try:
-            doc = Document.load(path.read_bytes())
+            doc = Document.load(self._vault.open(path.read_bytes(), "household file"))
         except Exception as exc:
             raise ReplicaError(f"household {household_id}: local copy unreadable") from exc
         doc.set_actor(self.actor_id)
@@ -167,7 +178,7 @@ class Replica:
         heads = h.doc.get_heads()
         if self._saved_heads.get(household_id) == heads:
             return
-        _atomic_write(self._doc_path(household_id), h.doc.save())
+        _atomic_write(self._doc_path(household_id), self._vault.seal(h.doc.save()))
         self._saved_heads[household_id] = heads
 
     def save_all(self) -> None:
@@ -210,16 +221,17 @@ class Replica:
     def _read_meta(self, actor_id: bytes | None) -> dict[str, Any]:
         if self._meta_path.exists():
             try:
-                meta: dict[str, Any] = json.loads(self._meta_path.read_text())
+                meta: dict[str, Any] = json.loads(
+                    self._vault.open(self._meta_path.read_bytes(), "replica.json"))
             except ValueError as exc:
                 raise ReplicaError("replica.json is unreadable") from exc
             return meta
         meta = {"version": 1, "actor_id": (actor_id or os.urandom(16)).hex(), "caseload": {}}
-        _atomic_write(self._meta_path, json.dumps(meta, indent=1).encode())
+        _atomic_write(self._meta_path, self._vault.seal(json.dumps(meta).encode()))
         return meta
 
     def _write_meta(self) -> None:
-        _atomic_write(self._meta_path, json.dumps(self._meta, indent=1).encode())
+        _atomic_write(self._meta_path, self._vault.seal(json.dumps(self._meta).encode()))
 
 
 def covers(doc: Document, server_heads: list[bytes]) -> bool:

@@ -66,7 +66,7 @@ from client_sdk._transport import ClientChannel
 
 from . import wire
 from .app import ENGINE, IDENTITY, SYNCHRONIZER, VatraServer
-from .bench_tablets import MAX_ROUNDS_PER_HOUSEHOLD, tablet_dir, tablet_user
+from .bench_tablets import MAX_ROUNDS_PER_HOUSEHOLD, PIN, tablet_dir, tablet_user
 from .config import Settings
 from .pipeline import Synchronizer
 from .provision import Provisioner
@@ -250,7 +250,7 @@ async def _workload_tablets(server: VatraServer, root: Path, n_tablets: int, n_h
         # the tablets' post-edit documents as the worker saved them.
         tablet_after: dict[str, Document] = {}
         for t in range(n_tablets):
-            replica = Replica(tablet_dir(root, t))
+            replica = Replica(tablet_dir(root, t), pin=PIN)
             for hid in replica.household_ids():
                 tablet_after[hid] = replica.household(hid).doc
         server_before = {hid: await _server_doc(sync, hid) for hid in tablet_after}

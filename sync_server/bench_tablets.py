@@ -40,6 +40,9 @@ from client_sdk import Replica, SyncClient, SyncStalled, enroll
 MAX_ROUNDS_PER_HOUSEHOLD = 50
 
 
+#: The PIN the simulated tablets seal their replicas with.
+PIN = "2468"
+
 def tablet_dir(root: Path, t: int) -> Path:
     return root / f"tablet-{t:03d}"
 
@@ -53,7 +56,7 @@ async def enroll_tablets(root: Path, http_url: str, codes: list[str]) -> list[Re
     """One new replica per code, enrolled with it (one at a time, as tablets are set up)."""
     replicas = []
     for t, code in enumerate(codes):
-        replica = Replica(tablet_dir(root, t))
+        replica = Replica(tablet_dir(root, t), pin=PIN)
         await enroll(replica, http_url, code)
         replicas.append(replica)
     return replicas

@@ -16,6 +16,8 @@ from client_sdk import Replica, enroll
 from .identity import IdentityStore
 
 DEFAULT_PLACES = (("54975", "CJ"),)
+#: The PIN simulated tablets seal their replica with (a person would choose one).
+SIMULATED_PIN = "2468"
 
 
 class Provisioner:
@@ -36,9 +38,9 @@ class Provisioner:
     async def tablet(self, path: Path, user_id: str, *, role: str = "worker",
                      county: str | None = "CJ",
                      localities: Iterable[tuple[str, str]] = DEFAULT_PLACES,
-                     actor_id: bytes | None = None) -> Replica:
+                     actor_id: bytes | None = None, pin: str = SIMULATED_PIN) -> Replica:
         await self.user(user_id, role=role, county=county, localities=localities)
-        replica = Replica(path, actor_id=actor_id)
+        replica = Replica(path, pin=pin, actor_id=actor_id)
         await enroll(replica, self.http_url, await self.code(user_id))
         return replica
 

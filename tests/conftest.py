@@ -133,6 +133,6 @@ def make_replica(tmp_path: Path):
     from client_sdk import Replica
 
     def make(name: str) -> Replica:
-        return Replica(tmp_path / "devices" / name)
+        return Replica(tmp_path / "devices" / name, pin="1234")
 
     return make

@@ -13,18 +13,18 @@ def test_public_names_are_exactly_the_intended_ones() -> None:
     assert sorted(client_sdk.__all__) == [
         "Credentials", "HouseholdNotFound", "NotEnrolled", "Replica", "ReplicaError",
         "RepoTransport", "ServerRejected", "SyncClient", "SyncFailed", "SyncStalled",
-        "SyncSummary", "VatraClientError", "enroll"]
+        "SyncSummary", "VatraClientError", "WrongPin", "enroll"]
     for name in client_sdk.__all__:
         assert getattr(client_sdk, name).__module__.startswith("client_sdk.")
 
 
 def test_offline_edits_survive_reopening_the_replica(tmp_path) -> None:
-    r = Replica(tmp_path / "tablet")
+    r = Replica(tmp_path / "tablet", pin="1234")
     hid = r.create_household(locality="54975", county="CJ", address="Str. Lunga 3",
                              created_by="sw-1").household_id
     with r.edit(hid) as h:
         pid = h.add_member("Ana", "Pop", "2015-04-01", "F", "child")
-    reopened = Replica(tmp_path / "tablet")
+    reopened = Replica(tmp_path / "tablet", pin="1234")
     assert reopened.actor_id == r.actor_id
     assert reopened.household_ids() == [hid]
     assert reopened.household(hid).members()[pid]["last_name"] == "Pop"
@@ -33,7 +33,7 @@ def test_offline_edits_survive_reopening_the_replica(tmp_path) -> None:
 
 
 def test_unknown_and_malformed_household_ids(tmp_path) -> None:
-    r = Replica(tmp_path / "tablet")
+    r = Replica(tmp_path / "tablet", pin="1234")
     with pytest.raises(HouseholdNotFound):
         r.household("2fiH6LVoDnXEUsYNHowu3UTBwJqk")
     with pytest.raises(ReplicaError):
@@ -41,16 +41,16 @@ def test_unknown_and_malformed_household_ids(tmp_path) -> None:
 
 
 def test_a_corrupt_local_copy_is_a_clear_error(tmp_path) -> None:
-    r = Replica(tmp_path / "tablet")
+    r = Replica(tmp_path / "tablet", pin="1234")
     hid = r.create_household(locality="54975", county="CJ", address="x",
                              created_by="sw-1").household_id
     (tmp_path / "tablet" / "households" / f"{hid}.automerge").write_bytes(b"\x85\x6f\x4a")
     with pytest.raises(ReplicaError, match="unreadable"):
-        Replica(tmp_path / "tablet").household(hid)
+        Replica(tmp_path / "tablet", pin="1234").household(hid)
 
 
 def test_covers_means_every_local_change_is_behind_the_server_heads(tmp_path) -> None:
-    r = Replica(tmp_path / "tablet")
+    r = Replica(tmp_path / "tablet", pin="1234")
     h = r.create_household(locality="54975", county="CJ", address="x", created_by="sw-1")
     first = h.doc.get_heads()
     assert covers(h.doc, first)
@@ -62,7 +62,7 @@ def test_covers_means_every_local_change_is_behind_the_server_heads(tmp_path) ->
 
 
 def test_backoff_is_jittered_exponential_and_capped(tmp_path) -> None:
-    c = SyncClient(Replica(tmp_path / "t"), "ws://127.0.0.1:9/v1/sync",
+    c = SyncClient(Replica(tmp_path / "t", pin="1234"), "ws://127.0.0.1:9/v1/sync",
                    backoff_base=0.5, backoff_cap=4.0)
     for attempt, ceiling in [(1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (9, 4.0)]:
         delays = [c.backoff_delay(attempt) for _ in range(200)]
@@ -73,7 +73,7 @@ def test_backoff_is_jittered_exponential_and_capped(tmp_path) -> None:
 async def test_syncing_needs_an_enrolled_replica(tmp_path) -> None:
     from client_sdk import NotEnrolled
 
-    r = Replica(tmp_path / "t")
+    r = Replica(tmp_path / "t", pin="1234")
     with pytest.raises(NotEnrolled):
         await SyncClient(r, "ws://127.0.0.1:9/v1/sync", max_attempts=1).sync()
 
@@ -84,7 +84,7 @@ async def test_an_unreachable_server_fails_after_the_retries(tmp_path) -> None:
 
     from client_sdk import Credentials, SyncFailed
 
-    r = Replica(tmp_path / "t")
+    r = Replica(tmp_path / "t", pin="1234")
     r.store_credentials(Credentials("dev-x", "sw-1", "worker", SigningKey.generate(),
                                     PrivateKey.generate(), SigningKey.generate().verify_key))
     r.create_household(locality="54975", county="CJ", address="x", created_by="sw-1")
@@ -95,7 +95,7 @@ async def test_an_unreachable_server_fails_after_the_retries(tmp_path) -> None:
 
 
 def test_save_writes_only_when_the_household_changed(tmp_path) -> None:
-    r = Replica(tmp_path / "tablet")
+    r = Replica(tmp_path / "tablet", pin="1234")
     hid = r.create_household(locality="54975", county="CJ", address="x",
                              created_by="sw-1").household_id
     path = tmp_path / "tablet" / "households" / f"{hid}.automerge"
@@ -104,4 +104,26 @@ def test_save_writes_only_when_the_household_changed(tmp_path) -> None:
     assert path.read_bytes() == b"sentinel"
     with r.edit(hid) as h:
         h.set_address("y")
-    assert Replica(tmp_path / "tablet").household(hid).to_dict()["address"] == "y"
+    assert Replica(tmp_path / "tablet", pin="1234").household(hid).to_dict()["address"] == "y"
+
+
+def test_a_wrong_pin_reads_nothing_and_the_files_hold_no_plaintext(tmp_path) -> None:
+    from client_sdk import WrongPin
+
+    r = Replica(tmp_path / "tablet", pin="1234")
+    hid = r.create_household(locality="54975", county="CJ", address="Str. Zamfirescu 9",
+                             created_by="sw-1").household_id
+    with r.edit(hid) as h:
+        h.add_member("Theodora", "Zamfirescu", "2014-02-03", "F", "child")
+    with pytest.raises(WrongPin):
+        Replica(tmp_path / "tablet", pin="9999")
+    for f in (tmp_path / "tablet").rglob("*"):
+        if f.is_file():
+            data = f.read_bytes()
+            assert b"Zamfirescu" not in data and b"Theodora" not in data, f
+    assert Replica(tmp_path / "tablet", pin="1234").household(hid).members()
+
+
+def test_a_pin_is_required_and_not_trivially_short(tmp_path) -> None:
+    with pytest.raises(ReplicaError, match="at least 4"):
+        Replica(tmp_path / "t", pin="12")
