@@ -5,6 +5,7 @@
     vatra household team set H --user U [--user U2 …]
     vatra device enroll-code --user U [--hours 24]
     vatra device revoke D
+    vatra audit verify
 
 They run against the same database as ``vatra serve`` (DATABASE_URL, or the
 embedded one in the data directory; with the embedded one, stop the server
@@ -18,10 +19,12 @@ import contextlib
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
+from .audit import AuditLog
 from .config import Settings
 from .database import database_url, make_engine, migrate
 from .identity import IdentityError, IdentityStore
 from .keycmd import add_erase_command
+from .keys import KeyRingError, load_keyring
 
 
 def add_admin_commands(sub: argparse._SubParsersAction) -> None:
@@ -51,6 +54,10 @@ def add_admin_commands(sub: argparse._SubParsersAction) -> None:
     revoke = device.add_parser("revoke", help="revoke a device")
     revoke.add_argument("device_id")
 
+    audit = sub.add_parser("audit", help="the audit log").add_subparsers(dest="action",
+                                                                         required=True)
+    audit.add_parser("verify", help="check every hash chain; exit 1 on any problem")
+
 
 @contextlib.asynccontextmanager
 async def identity_store(settings: Settings) -> AsyncIterator[IdentityStore]:
@@ -58,7 +65,7 @@ async def identity_store(settings: Settings) -> AsyncIterator[IdentityStore]:
         engine = make_engine(url)
         try:
             await migrate(engine)
-            yield IdentityStore(engine)
+            yield IdentityStore(engine, AuditLog(engine, load_keyring(settings)))
         finally:
             await engine.dispose()
 
@@ -66,6 +73,17 @@ async def identity_store(settings: Settings) -> AsyncIterator[IdentityStore]:
 async def run_admin(settings: Settings, args: argparse.Namespace) -> int:
     try:
         async with identity_store(settings) as ids:
+            if args.command == "audit":
+                assert ids.audit is not None
+                problems = await ids.audit.verify()
+                for p in problems:
+                    where = f"{p.chain} #{p.seq}" if p.seq is not None else p.chain
+                    print(f"audit: {where}: {p.what}")
+                if problems:
+                    print(f"audit log: {len(problems)} problem(s)")
+                    return 1
+                print("audit log verified: every chain intact")
+                return 0
             if args.command == "user":
                 places = []
                 for item in args.locality:
@@ -91,5 +109,8 @@ async def run_admin(settings: Settings, args: argparse.Namespace) -> int:
                 print(f"device {args.device_id} revoked")
     except IdentityError as err:
         print(f"refused ({err.code}): {err.message}")
+        return 1
+    except KeyRingError as err:
+        print(f"vatra: {err}")
         return 1
     return 0

@@ -76,6 +76,7 @@ async def sync_handler(request: web.Request) -> web.StreamResponse:
     if device.revoked:
         # The device proved it holds the key: tell it (sealed), so its SDK wipes itself.
         await _refuse_revoked(conn)
+        await synchronizer.record(conn, "session-refused", code=str(ErrorCode.DEVICE_REVOKED))
         return ws
     live = sum(1 for c in request.app[CONNECTIONS] if c.device and c.device.id == device.id)
     if live >= settings.sessions_per_device:
@@ -85,6 +86,7 @@ async def sync_handler(request: web.Request) -> web.StreamResponse:
         await conn.close(str(ErrorCode.TOO_MANY_SESSIONS))
         return ws
     request.app[CONNECTIONS].add(conn)
+    await synchronizer.record(conn, "session-opened")
     try:
         await serve_connection(conn, synchronizer,
                                limit=TokenBucket(settings.messages_per_second,
@@ -145,8 +147,9 @@ def build_app(settings: Settings, engine: AsyncEngine, server_key: SigningKey) -
     app = web.Application(client_max_size=settings.max_frame_bytes)
     app[SETTINGS] = settings
     app[ENGINE] = engine
-    identity = IdentityStore(engine)
-    app[SYNCHRONIZER] = Synchronizer(registry, store, f"vatra-{uuid.uuid4().hex[:12]}", identity)
+    identity = IdentityStore(engine, store.audit)
+    app[SYNCHRONIZER] = Synchronizer(registry, store, f"vatra-{uuid.uuid4().hex[:12]}", identity,
+                                     store.audit)
     app[CONNECTIONS] = set()
     app.router.add_get("/v1/sync", sync_handler)
     app.router.add_get("/healthz", healthz)

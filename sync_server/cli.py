@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(run_keys(settings, args))
     if args.command == "household" and args.action == "erase":
         return run_erase(settings, args)
-    if args.command in ("user", "household", "device"):
+    if args.command in ("user", "household", "device", "audit"):
         return asyncio.run(run_admin(settings, args))
     parser.error(f"unknown command {args.command}")
     return 2

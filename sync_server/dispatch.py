@@ -61,6 +61,7 @@ async def serve_connection(conn: Connection, synchronizer: Synchronizer, *,
         log.info("connection %s: closing, %s", conn.id, err.code)
         conn.send_error(err)
         await conn.close(str(err.code))
+        await synchronizer.record(conn, "session-closed", err.document_id, code=str(err.code))
 
     async def handle_in_order(previous: asyncio.Task[None] | None, msg: wire.Sync) -> None:
         try:
@@ -71,6 +72,9 @@ async def serve_connection(conn: Connection, synchronizer: Synchronizer, *,
             await synchronizer.handle(conn, msg)
         except (StorageError, Refused) as err:
             conn.send_error(err)  # one batch refused (or not stored): tell, keep the connection
+            if isinstance(err, Refused):
+                await synchronizer.record(conn, "batch-refused", msg.document_id,
+                                          code=str(err.code))
         except VatraError as err:
             await fail(err)
         except Exception:

@@ -30,6 +30,7 @@ from nacl.bindings import sodium_memcmp
 from nacl.signing import SigningKey
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from .audit import AuditEvent, AuditLog
 from .errors import ErrorCode, VatraError
 from .storage import metadata
 
@@ -136,8 +137,9 @@ def _random(n: int) -> str:
 
 
 class IdentityStore:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, audit: AuditLog | None = None) -> None:
         self._engine = engine
+        self.audit = audit  # enrollments and revocations are audited when given
 
     # -- users and places ------------------------------------------------------------------
 
@@ -242,6 +244,10 @@ class IdentityStore:
                     device_id = await self._register(conn, row.user_id, code_id, signing_key,
                                                      exchange_key, actor_ids)
                     user = await _user(conn, row.user_id)
+                    if self.audit is not None:
+                        await self.audit.append(conn, [AuditEvent(
+                            "device-enrolled", user_id=row.user_id, device_id=device_id,
+                            detail={"actor_ids": len(actor_ids)})])
             if wrong_secret:
                 raise refused
         assert user is not None
@@ -297,6 +303,9 @@ class IdentityStore:
                 .values(revoked_at=sa.func.now()))
             if done.rowcount == 1:
                 await conn.execute(sa.select(sa.func.pg_notify(REVOCATIONS, device_id)))
+                if self.audit is not None:
+                    await self.audit.append(conn, [AuditEvent("device-revoked",
+                                                              device_id=device_id)])
         return done.rowcount == 1
 
 

@@ -34,11 +34,12 @@ from automerge.core import ROOT, Document, Message, ObjType, ScalarType
 from conflict import is_entity_id, schema, validate
 
 from . import access, wire
+from .audit import AuditEvent, AuditLog
 from .connection import Connection
 from .errors import DocumentError, ErrorCode, Refused, StorageError
 from .households import HouseholdActor, HouseholdRegistry
 from .identity import Device, IdentityStore, User
-from .storage import HouseholdRecord, HouseholdStore, StoredChange
+from .storage import Author, HouseholdRecord, HouseholdStore, StoredChange
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +70,12 @@ class Synchronizer:
     """Runs the pipeline; owns nothing but references to the registry and the store."""
 
     def __init__(self, registry: HouseholdRegistry, store: HouseholdStore,
-                 server_peer_id: str, identity: IdentityStore) -> None:
+                 server_peer_id: str, identity: IdentityStore,
+                 audit: AuditLog | None = None) -> None:
         self.registry = registry
         self.store = store
         self.identity = identity
+        self.audit = audit
         self.server_peer_id = server_peer_id
         self.changes_persisted = 0
         self.persist_seconds = 0.0
@@ -92,6 +95,18 @@ class Synchronizer:
             return
         actor.subscribers.add(conn)
         await self._merge(actor, conn, msg)
+
+    async def record(self, conn: Connection, kind: str, household_id: str | None = None,
+                     **detail: Any) -> None:
+        """An audit row about this connection's device (best effort: a failure is logged,
+        the sync goes on)."""
+        if self.audit is None or conn.device is None:
+            return
+        try:
+            await self.audit.record(AuditEvent(kind, household_id, conn.device.user.id,
+                                               conn.device.id, detail))
+        except Exception:
+            log.exception("audit: could not record %s", kind)
 
     async def caseload(self, conn: Connection) -> list[str]:
         """The households this connection's device should hold (its user's team households).
@@ -160,7 +175,7 @@ class Synchronizer:
                 raise
             started = time.perf_counter()
             try:
-                result = await self.store.append_changes(hid, stored(new))
+                result = await self.store.append_changes(hid, stored(new), _author(conn))
             except Exception as exc:
                 conn.reset_sync_state(hid)
                 log.exception("household %s: persisting %d changes failed", hid, len(new))
@@ -213,7 +228,7 @@ class Synchronizer:
             raise
         conn.access[hid] = True
         try:
-            result = await self.store.create_household(record, stored(new))
+            result = await self.store.create_household(record, stored(new), _author(conn))
         except Exception as exc:
             conn.reset_sync_state(hid)
             log.exception("household %s: creating failed", hid)
@@ -296,6 +311,11 @@ def _device(conn: Connection) -> Device:
 
 def _user(conn: Connection) -> User:
     return _device(conn).user
+
+
+def _author(conn: Connection) -> Author:
+    device = _device(conn)
+    return Author(device.id, device.user.id)
 
 
 def team_user_ids(doc: Document) -> list[str]:

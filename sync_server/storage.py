@@ -29,12 +29,13 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from .audit import AuditEvent, AuditLog
 from .keys import CHANGE, SEAL_OVERHEAD, SNAPSHOT, DataKey, KeyRing, KeyRingError, WrappedKey
+from .tables import metadata
 
 if TYPE_CHECKING:
     from .config import Settings
 
-metadata = sa.MetaData()
 
 households = sa.Table(
     "households", metadata,
@@ -55,6 +56,7 @@ changes = sa.Table(
     sa.Column("received_at", sa.DateTime(timezone=True), nullable=False,
               server_default=sa.func.now()),
     sa.Column("body", sa.LargeBinary, nullable=False),
+    sa.Column("device_id", sa.Text, nullable=True),  # the author device (enrolled)
     sa.PrimaryKeyConstraint("household_id", "hash"),
     sa.Index("changes_household_seq", "household_id", "seq"),
 )
@@ -119,6 +121,14 @@ class StoredChange:
 
 
 @dataclass(frozen=True, slots=True)
+class Author:
+    """Who sent a batch: recorded with each change and in the audit log."""
+
+    device_id: str
+    user_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class AppendResult:
     inserted: int        # rows new to the log (0 when everything was a re-send)
     inserted_bytes: int  # their body bytes (plaintext)
@@ -148,7 +158,8 @@ class HouseholdStore(Protocol):
     """The storage contract the server relies on."""
 
     async def create_household(self, record: HouseholdRecord,
-                               first_changes: Sequence[StoredChange]) -> AppendResult:
+                               first_changes: Sequence[StoredChange],
+                               author: Author | None = None) -> AppendResult:
         """Register ``record`` and log its first changes in one transaction.
 
         Registering an id that exists already only appends the changes (idempotent)."""
@@ -156,9 +167,10 @@ class HouseholdStore(Protocol):
 
     async def household(self, household_id: str) -> HouseholdRecord | None: ...
 
-    async def append_changes(self, household_id: str,
-                             new: Sequence[StoredChange]) -> AppendResult:
-        """Log ``new`` in one transaction; changes already logged are skipped."""
+    async def append_changes(self, household_id: str, new: Sequence[StoredChange],
+                             author: Author | None = None) -> AppendResult:
+        """Log ``new`` in one transaction; changes already logged are skipped. ``author``
+        is recorded with each change and in the audit log."""
         ...
 
     async def load(self, household_id: str) -> LoadedHousehold | None: ...
@@ -178,33 +190,35 @@ class HouseholdStore(Protocol):
 #: Re-sent changes hit the primary key and are skipped. Bodies arrive sealed; nothing is
 #: written for a household whose data key was destroyed (erased by another process).
 _APPEND = sa.text("""
-    INSERT INTO changes (household_id, hash, deps, actor, body)
+    INSERT INTO changes (household_id, hash, deps, actor, body, device_id)
     SELECT u.household_id, u.hash,
            ARRAY(SELECT decode(d, 'hex') FROM unnest(string_to_array(u.deps, ',')) AS d),
-           u.actor, u.body
-    FROM unnest(:household_ids, :hashes, :deps, :actors, :bodies)
-         AS u(household_id, hash, deps, actor, body)
+           u.actor, u.body, u.device_id
+    FROM unnest(:household_ids, :hashes, :deps, :actors, :bodies, :devices)
+         AS u(household_id, hash, deps, actor, body, device_id)
     WHERE EXISTS (SELECT 1 FROM household_keys k
                   WHERE k.household_id = u.household_id AND k.wrapped IS NOT NULL)
     ON CONFLICT (household_id, hash) DO NOTHING
-    RETURNING household_id, seq, length(body)
+    RETURNING household_id, seq, length(body), hash
 """).bindparams(
     sa.bindparam("household_ids", type_=postgresql.ARRAY(sa.Text)),
     sa.bindparam("hashes", type_=postgresql.ARRAY(sa.LargeBinary)),
     sa.bindparam("deps", type_=postgresql.ARRAY(sa.Text)),
     sa.bindparam("actors", type_=postgresql.ARRAY(sa.LargeBinary)),
     sa.bindparam("bodies", type_=postgresql.ARRAY(sa.LargeBinary)),
+    sa.bindparam("devices", type_=postgresql.ARRAY(sa.Text)),
 )
 
 
 async def _insert_changes(conn: AsyncConnection,
-                          batches: Sequence[tuple[str, Sequence[StoredChange]]],
-                          keys: dict[str, DataKey]) -> dict[str, AppendResult]:
-    """Seal every body with its household's key, insert every batch with one statement;
-    an AppendResult per household."""
-    params: dict[str, list[Any]] = {k: [] for k in
-                                    ("household_ids", "hashes", "deps", "actors", "bodies")}
-    for household_id, new in batches:
+                          batches: Sequence[tuple[str, Sequence[StoredChange], Author | None]],
+                          keys: dict[str, DataKey], audit: AuditLog) -> dict[str, AppendResult]:
+    """Seal every body with its household's key, insert every batch with one statement,
+    and append one audit row per batch that logged something (same transaction); an
+    AppendResult per household."""
+    params: dict[str, list[Any]] = {k: [] for k in ("household_ids", "hashes", "deps",
+                                                    "actors", "bodies", "devices")}
+    for household_id, new, author in batches:
         key = keys[household_id]
         for c in new:
             params["household_ids"].append(household_id)
@@ -212,15 +226,25 @@ async def _insert_changes(conn: AsyncConnection,
             params["deps"].append(",".join(d.hex() for d in c.deps))
             params["actors"].append(c.actor)
             params["bodies"].append(key.seal(CHANGE, c.body))
-    results = {household_id: AppendResult(0, 0, 0) for household_id, _ in batches}
+            params["devices"].append(author.device_id if author else None)
+    results = {household_id: AppendResult(0, 0, 0) for household_id, _, _ in batches}
     if not params["hashes"]:
         return results
-    for household_id, seq, size in (await conn.execute(_APPEND, params)).all():
+    logged: dict[str, list[str]] = {}
+    for household_id, seq, size, digest in (await conn.execute(_APPEND, params)).all():
         r = results[household_id]
         # length(body) is the sealed size; the overhead is fixed, so this is the plaintext's.
         results[household_id] = AppendResult(r.inserted + 1,
                                              r.inserted_bytes + size - SEAL_OVERHEAD,
                                              max(r.last_seq, seq))
+        logged.setdefault(household_id, []).append(digest.hex())
+    authors = {household_id: author for household_id, _, author in batches}
+    await audit.append(conn, [
+        AuditEvent("changes-accepted", household_id,
+                   user_id=authors[household_id].user_id if authors[household_id] else None,
+                   device_id=authors[household_id].device_id if authors[household_id] else None,
+                   detail={"changes": len(hashes), "hashes": sorted(hashes)})
+        for household_id, hashes in sorted(logged.items())])
     return results
 
 
@@ -237,14 +261,16 @@ class _GroupCommit:
     def __init__(self, engine: AsyncEngine, store: PostgresStore) -> None:
         self._engine = engine
         self._store = store
-        self._queue: list[tuple[str, Sequence[StoredChange], asyncio.Future[AppendResult]]] = []
+        self._queue: list[tuple[str, Sequence[StoredChange], Author | None,
+                                asyncio.Future[AppendResult]]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.commits = 0
 
-    async def append(self, household_id: str, new: Sequence[StoredChange]) -> AppendResult:
+    async def append(self, household_id: str, new: Sequence[StoredChange],
+                     author: Author | None) -> AppendResult:
         fut: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
-        self._queue.append((household_id, new, fut))
+        self._queue.append((household_id, new, author, fut))
         self._wake.set()
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="vatra-group-commit")
@@ -269,16 +295,17 @@ class _GroupCommit:
                 continue
             try:
                 async with self._engine.begin() as conn:
-                    keys, erased = await self._store._data_keys(conn, {h for h, _, _ in group})
+                    keys, erased = await self._store._data_keys(conn, {g[0] for g in group})
                     results = await _insert_changes(
-                        conn, [(h, new) for h, new, _ in group if h in keys], keys)
+                        conn, [(h, new, author) for h, new, author, _ in group if h in keys],
+                        keys, self._store.audit)
             except Exception as exc:
-                for _, _, fut in group:
+                for *_, fut in group:
                     if not fut.done():
                         fut.set_exception(exc)
                 continue
             self.commits += 1
-            for household_id, _, fut in group:
+            for household_id, _, _, fut in group:
                 if fut.done():  # a caller cancelled meanwhile: its rows are stored anyway
                     continue
                 if household_id in keys:
@@ -297,6 +324,7 @@ class PostgresStore:
     def __init__(self, engine: AsyncEngine, keyring: KeyRing) -> None:
         self._engine = engine
         self.keyring = keyring
+        self.audit = AuditLog(engine, keyring)
         self._group = _GroupCommit(engine, self)
         self._verified: BaseException | bool = False
         self._verify_lock = asyncio.Lock()
@@ -390,7 +418,8 @@ class PostgresStore:
     # -- the contract ---------------------------------------------------------------------
 
     async def create_household(self, record: HouseholdRecord,
-                               first_changes: Sequence[StoredChange]) -> AppendResult:
+                               first_changes: Sequence[StoredChange],
+                               author: Author | None = None) -> AppendResult:
         """Register ``record``, its data key and its first changes in one transaction.
 
         If the id is registered already, its stored key is used (or :class:`HouseholdErased`
@@ -416,8 +445,8 @@ class PostgresStore:
                 if record.id in errors:
                     raise errors[record.id]
                 key = keys[record.id]
-            result = (await _insert_changes(conn, [(record.id, first_changes)],
-                                            {record.id: key}))[record.id]
+            result = (await _insert_changes(conn, [(record.id, first_changes, author)],
+                                            {record.id: key}, self.audit))[record.id]
         self.keyring.remember(key)  # only once committed
         return result
 
@@ -429,12 +458,12 @@ class PostgresStore:
             return None
         return HouseholdRecord(row.id, row.locality, row.county, row.created_at)
 
-    async def append_changes(self, household_id: str,
-                             new: Sequence[StoredChange]) -> AppendResult:
+    async def append_changes(self, household_id: str, new: Sequence[StoredChange],
+                             author: Author | None = None) -> AppendResult:
         if not new:
             return AppendResult(0, 0, 0)
         await self.verify_master_key()
-        return await self._group.append(household_id, new)
+        return await self._group.append(household_id, new, author)
 
     async def load(self, household_id: str) -> LoadedHousehold | None:
         """Snapshot and later changes, opened. ``None`` for an unknown household;
@@ -504,7 +533,7 @@ class PostgresStore:
 
     # -- erasure and rotation -------------------------------------------------------------
 
-    async def erase_household(self, household_id: str) -> ErasureResult:
+    async def erase_household(self, household_id: str, *, by: str | None = None) -> ErasureResult:
         """Crypto-shred a household: destroy its data key and delete its rows outside the
         change log (every table with a foreign key to ``households`` but ``changes`` and
         ``household_keys``; the snapshot among them). The log keeps its rows, sealed with
@@ -541,6 +570,10 @@ class PostgresStore:
             kept = (await conn.execute(
                 sa.select(sa.func.count()).select_from(changes)
                 .where(changes.c.household_id == household_id))).scalar_one()
+            if not already:
+                await self.audit.append(conn, [AuditEvent(
+                    "household-erased", household_id, user_id=by,
+                    detail={"rows_deleted": sum(deleted.values()), "log_rows_kept": kept})])
         self.keyring.forget(household_id)
         return ErasureResult(household_id, deleted, kept, already)
 

@@ -41,8 +41,13 @@ class FakeSynchronizer:
 
     def __init__(self) -> None:
         self.log: list[tuple[str, str, bytes]] = []
+        self.audited: list[tuple[str, str | None, dict]] = []
         self.release: dict[bytes, asyncio.Event] = {}
         self.fail_on: bytes | None = None
+
+    async def record(self, conn: Connection, kind: str, household_id: str | None = None,
+                     **detail) -> None:
+        self.audited.append((kind, household_id, detail))
 
     async def handle(self, conn: Connection, msg: wire.Sync) -> None:
         self.log.append(("start", msg.document_id, msg.data))
@@ -119,3 +124,4 @@ async def test_a_document_error_closes_only_after_sending_it() -> None:
     assert channel.closed_with == "malformed-sync-data"
     assert conn.state is ConnectionState.CLOSED
     assert ("end", B, b"b1") in sync.log  # the other household was not disturbed
+    assert sync.audited == [("session-closed", A, {"code": "malformed-sync-data"})]

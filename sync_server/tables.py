@@ -1,0 +1,5 @@
+"""The one SQLAlchemy ``MetaData`` every module's tables belong to (and Alembic compares)."""
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
