@@ -33,6 +33,7 @@ from .errors import ErrorCode, ProtocolError, VatraError
 from .households import HouseholdRegistry
 from .identity import REVOCATIONS, Device, IdentityStore, load_server_identity
 from .pipeline import Synchronizer
+from .quarantine import Quarantine
 from .session import accept_session
 from .storage import PostgresStore
 
@@ -149,7 +150,7 @@ def build_app(settings: Settings, engine: AsyncEngine, server_key: SigningKey) -
     app[ENGINE] = engine
     identity = IdentityStore(engine, store.audit)
     app[SYNCHRONIZER] = Synchronizer(registry, store, f"vatra-{uuid.uuid4().hex[:12]}", identity,
-                                     store.audit)
+                                     store.audit, Quarantine(store))
     app[CONNECTIONS] = set()
     app.router.add_get("/v1/sync", sync_handler)
     app.router.add_get("/healthz", healthz)

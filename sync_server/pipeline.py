@@ -36,13 +36,19 @@ from conflict import is_entity_id, schema, validate
 from . import access, wire
 from .audit import AuditEvent, AuditLog
 from .connection import Connection
-from .errors import DocumentError, ErrorCode, Refused, StorageError
+from .errors import DocumentError, ErrorCode, Refused, StorageError, VatraError
 from .households import HouseholdActor, HouseholdRegistry
 from .identity import Device, IdentityStore, User
+from .quarantine import Quarantine
 from .storage import Author, HouseholdRecord, HouseholdStore, StoredChange
 
 log = logging.getLogger(__name__)
 
+
+#: Refusals whose data is kept in the quarantine (the others concern no household data).
+QUARANTINED = frozenset({ErrorCode.READ_ONLY, ErrorCode.ACTOR_NOT_REGISTERED,
+                         ErrorCode.CREATION_REFUSED, ErrorCode.NOT_A_HOUSEHOLD,
+                         ErrorCode.MALFORMED_SYNC_DATA})
 
 #: Below this many bytes of changes since the last snapshot, loading them is cheaper than
 #: writing a snapshot (a young household: a few KiB). See docs/storage.md.
@@ -71,8 +77,9 @@ class Synchronizer:
 
     def __init__(self, registry: HouseholdRegistry, store: HouseholdStore,
                  server_peer_id: str, identity: IdentityStore,
-                 audit: AuditLog | None = None) -> None:
+                 audit: AuditLog | None = None, quarantine: Quarantine | None = None) -> None:
         self.registry = registry
+        self.quarantine = quarantine
         self.store = store
         self.identity = identity
         self.audit = audit
@@ -81,8 +88,27 @@ class Synchronizer:
         self.persist_seconds = 0.0
 
     async def handle(self, conn: Connection, msg: wire.Sync) -> None:
-        """Apply one ``sync``/``request`` from ``conn``. Raises DocumentError/StorageError."""
+        """Apply one ``sync``/``request`` from ``conn``. Raises DocumentError/StorageError;
+        data refused by a rule is kept in the quarantine first."""
         check_document_id(msg.document_id)
+        try:
+            await self._handle(conn, msg)
+        except (Refused, DocumentError) as err:
+            if err.code in QUARANTINED and self.quarantine is not None:
+                await self._keep(conn, msg, err)
+            raise
+
+    async def _keep(self, conn: Connection, msg: wire.Sync, err: VatraError) -> None:
+        device = conn.device
+        try:
+            await self.quarantine.keep(  # type: ignore[union-attr]
+                msg.document_id, msg.data, code=str(err.code), reason=err.message,
+                device_id=device.id if device else None,
+                user_id=device.user.id if device else None)
+        except Exception:
+            log.exception("household %s: could not quarantine refused data", msg.document_id)
+
+    async def _handle(self, conn: Connection, msg: wire.Sync) -> None:
         actor = await self.registry.get(msg.document_id)
         if actor is None:
             if isinstance(msg, wire.Request) or msg.document_id in self.registry.erased:

@@ -203,3 +203,36 @@ async def test_concurrent_sessions_per_device_are_limited(server, tmp_path) -> N
         finally:
             await ws.close()
             await session.close()
+
+
+async def test_refused_data_is_quarantined_sealed_and_can_be_reviewed(server, provision,
+                                                                      engine) -> None:
+    """Nothing is lost: each refused batch is kept (sealed) with the device and the rule."""
+    import sqlalchemy as sa
+    from automerge.core import Message
+
+    ana = await provision.tablet("ana")
+    hid = register(ana)
+    await SyncClient(ana, server.url).sync()
+    doc = ana.household(hid).doc
+    doc.set_actor(bytes(16))
+    with doc.transaction() as tx:
+        tx.put(ROOT, "address", ScalarType.Str, "Zamfirescu forged")
+    ana.save(hid)
+    await SyncClient(ana, server.url).sync()
+    elsewhere = register(ana, locality="55000")  # outside ana's localities: no such household
+    await SyncClient(ana, server.url).sync()
+
+    q = server.app[SYNCHRONIZER].quarantine
+    kept = await q.list()
+    assert {(k.document_id, k.code) for k in kept} >= {(hid, "actor-not-registered"),
+                                                       (elsewhere, "creation-refused")}
+    assert all(k.device_id == ana.credentials.device_id and k.user_id == "ana" for k in kept)
+    async with engine.connect() as conn:
+        bodies = (await conn.execute(sa.text("SELECT body FROM quarantine"))).scalars().all()
+    assert bodies and all(b"Zamfirescu" not in bytes(b) for b in bodies)
+    forged = next(k for k in kept if k.code == "actor-not-registered")
+    Message.decode(await q.open(forged.id))  # the raw sync message, intact, for review
+    orphan = next(k for k in kept if k.code == "creation-refused")
+    assert orphan.household_id is None
+    Message.decode(await q.open(orphan.id))

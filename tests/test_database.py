@@ -12,7 +12,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy.engine import make_url
 
-import sync_server.identity  # noqa: F401  (registers its tables in the shared metadata)
+import sync_server.app  # noqa: F401  (imports every module, so every table is in the metadata)
 from sync_server.database import async_url, make_engine, migrate
 from sync_server.storage import metadata
 
