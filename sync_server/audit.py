@@ -57,6 +57,29 @@ audit_heads = sa.Table(
 
 GENESIS = bytes(32)
 
+_APPEND = sa.text("""
+    WITH appended AS (
+        INSERT INTO audit (chain, seq, at, kind, household_id, user_id, device_id, detail,
+                           key_version, prev_hash, hash)
+        SELECT u.chain, u.seq, u.at, u.kind, u.hid, u.uid, u.did, u.detail::jsonb,
+               u.version, u.prev, u.hash
+        FROM unnest(:chains, :seqs, :ats, :kinds, :hids, :uids, :dids, :details, :versions,
+                    :prevs, :hashes)
+             AS u(chain, seq, at, kind, hid, uid, did, detail, version, prev, hash)
+    )
+    INSERT INTO audit_heads (chain, seq, hash)
+    SELECT * FROM unnest(:head_chains, :head_seqs, :head_hashes)
+    ON CONFLICT (chain) DO UPDATE SET seq = excluded.seq, hash = excluded.hash
+""").bindparams(
+    *[sa.bindparam(n, type_=postgresql.ARRAY(sa.Text))
+      for n in ("chains", "kinds", "hids", "uids", "dids", "details", "head_chains")],
+    *[sa.bindparam(n, type_=postgresql.ARRAY(sa.BigInteger))
+      for n in ("seqs", "versions", "head_seqs")],
+    sa.bindparam("ats", type_=postgresql.ARRAY(sa.DateTime(timezone=True))),
+    *[sa.bindparam(n, type_=postgresql.ARRAY(sa.LargeBinary))
+      for n in ("prevs", "hashes", "head_hashes")],
+)
+
 
 @dataclass(frozen=True, slots=True)
 class AuditEvent:
@@ -125,11 +148,19 @@ class AuditLog:
                              "device_id": e.device_id, "detail": e.detail,
                              "key_version": version, "prev_hash": prev, "hash": digest})
             heads[e.chain] = (seq, digest)
-        await conn.execute(sa.insert(audit), new_rows)
-        stmt = postgresql.insert(audit_heads).values(
-            [{"chain": c, "seq": heads[c][0], "hash": heads[c][1]} for c in chains])
-        await conn.execute(stmt.on_conflict_do_update(
-            index_elements=["chain"], set_={"seq": stmt.excluded.seq, "hash": stmt.excluded.hash}))
+        # Rows and heads in one cached statement (arrays as parameters, a data-modifying
+        # CTE): this runs inside the changes' own transaction, on the hot path.
+        await conn.execute(_APPEND, {
+            "chains": [r["chain"] for r in new_rows], "seqs": [r["seq"] for r in new_rows],
+            "ats": [r["at"] for r in new_rows], "kinds": [r["kind"] for r in new_rows],
+            "hids": [r["household_id"] for r in new_rows],
+            "uids": [r["user_id"] for r in new_rows], "dids": [r["device_id"] for r in new_rows],
+            "details": [json.dumps(r["detail"]) for r in new_rows],
+            "versions": [r["key_version"] for r in new_rows],
+            "prevs": [r["prev_hash"] for r in new_rows], "hashes": [r["hash"] for r in new_rows],
+            "head_chains": chains, "head_seqs": [heads[c][0] for c in chains],
+            "head_hashes": [heads[c][1] for c in chains],
+        })
 
     async def verify(self) -> list[Problem]:
         """Every broken MAC, gap, broken link or missing tail, chain by chain."""
