@@ -214,3 +214,13 @@ def test_the_documented_vectors_are_what_the_code_computes() -> None:
     text = DOC.read_text()
     documented = dict(re.findall(r"^\| (.+?) \| `([0-9a-f]+)` \|$", text, re.M))
     assert documented == vectors()
+
+
+def test_the_crypto_bench_runs_and_reports_every_figure(capsys) -> None:
+    from sync_server import bench_crypto
+
+    bench_crypto.main()
+    out = capsys.readouterr().out
+    for label in ("handshake, both sides", "seal + open    200 B", "Argon2id (interactive)",
+                  "every 6-digit PIN"):
+        assert label in out
