@@ -51,6 +51,7 @@ class ErrorCode(StrEnum):
     CREATION_REFUSED = "creation-refused"
     DEVICE_REVOKED = "device-revoked"
     RATE_LIMITED = "rate-limited"
+    SCHEMA_VIOLATION = "schema-violation"
     TOO_MANY_SESSIONS = "too-many-sessions"
 
 

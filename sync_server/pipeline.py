@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 #: Refusals whose data is kept in the quarantine (the others concern no household data).
 QUARANTINED = frozenset({ErrorCode.READ_ONLY, ErrorCode.ACTOR_NOT_REGISTERED,
+                         ErrorCode.SCHEMA_VIOLATION,
                          ErrorCode.CREATION_REFUSED, ErrorCode.NOT_A_HOUSEHOLD,
                          ErrorCode.MALFORMED_SYNC_DATA})
 
@@ -196,6 +197,7 @@ class Synchronizer:
                 return
             try:
                 self._check_batch(conn, hid, new)
+                _check_schema(hid, fork)
             except Refused:
                 conn.reset_sync_state(hid)  # the fork, and everything in it, is dropped
                 raise
@@ -313,6 +315,17 @@ class Synchronizer:
             return
         actor.snapshot_bytes = len(body)
         actor.bytes_since_snapshot = 0
+
+
+def _check_schema(household_id: str, merged: Document) -> None:
+    """The merged document must still be a valid household (schema v1); otherwise the
+    batch is refused, naming every violation's path and rule (never a value)."""
+    violations = validate(merged)
+    if violations:
+        listed = "; ".join(f"{_public_path(v.path)}: {v.rule}" for v in violations[:20])
+        more = f" (and {len(violations) - 20} more)" if len(violations) > 20 else ""
+        raise Refused(f"the batch breaks schema v1: {listed}{more}",
+                      code=ErrorCode.SCHEMA_VIOLATION, document_id=household_id)
 
 
 def _public_path(path: Sequence[str | int]) -> str:

@@ -236,3 +236,25 @@ async def test_refused_data_is_quarantined_sealed_and_can_be_reviewed(server, pr
     orphan = next(k for k in kept if k.code == "creation-refused")
     assert orphan.household_id is None
     Message.decode(await q.open(orphan.id))
+
+
+@pytest.mark.parametrize(("field", "stype", "value", "rule"), [
+    ("status", ScalarType.Str, "demolished", "enum"),          # not in the enumeration
+    ("locality", ScalarType.Int, 54975, "type"),                # a number where a code is
+    ("schema", ScalarType.Int, 2, "schema-version"),
+])
+async def test_a_batch_that_breaks_the_schema_is_refused_with_its_path(
+        server, provision, field, stype, value, rule) -> None:
+    ana = await provision.tablet("ana")
+    hid = register(ana)
+    await SyncClient(ana, server.url).sync()
+    with ana.edit(hid) as h, h.doc.transaction() as tx:  # bypassing the typed API
+        tx.put(ROOT, field, stype, value)
+    summary = await SyncClient(ana, server.url).sync()
+    [rejection] = summary.rejected
+    assert rejection.code == "schema-violation"
+    assert f"{field}: {rule}" in rejection.message
+    actor = await server.app[SYNCHRONIZER].registry.get(hid)
+    assert actor.doc.get(ROOT, "status")[0][1] == "registration"
+    kept = await server.app[SYNCHRONIZER].quarantine.list()
+    assert [(k.document_id, k.code) for k in kept] == [(hid, "schema-violation")]
