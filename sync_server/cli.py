@@ -5,6 +5,7 @@
     vatra demo      three team members edit one household offline, then sync
     vatra bench     throughput and latency of the sync pipeline (docs/performance.md)
     vatra user | household | device …   administration (see sync_server/admin.py)
+    vatra quarantine list | show ID   refused sync data, from which device, why
     vatra keys …    master keys; `vatra household erase H` crypto-shreds (sync_server/keycmd.py)
 """
 
@@ -21,6 +22,7 @@ from pathlib import Path
 from .admin import add_admin_commands, run_admin
 from .config import Settings
 from .keycmd import add_key_commands, run_erase, run_keys
+from .quarantinecmd import add_quarantine_commands, run_quarantine
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
     add_admin_commands(sub)
     add_key_commands(sub)
+    add_quarantine_commands(sub)
 
     args = parser.parse_args(argv)
     quiet = args.command in ("demo", "bench")  # their output is the report
@@ -75,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "bench":
         from .bench import run_bench
         return asyncio.run(run_bench(settings, args))
+    if args.command == "quarantine":
+        return asyncio.run(run_quarantine(settings, args))
     if args.command == "keys":
         return asyncio.run(run_keys(settings, args))
     if args.command == "household" and args.action == "erase":

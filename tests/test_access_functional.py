@@ -258,3 +258,36 @@ async def test_a_batch_that_breaks_the_schema_is_refused_with_its_path(
     assert actor.doc.get(ROOT, "status")[0][1] == "registration"
     kept = await server.app[SYNCHRONIZER].quarantine.list()
     assert [(k.document_id, k.code) for k in kept] == [(hid, "schema-violation")]
+
+
+async def test_vatra_quarantine_list_and_show(server, provision, database_url) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from conftest import TEST_MASTER_KEY
+
+    ana = await provision.tablet("ana")
+    hid = register(ana)
+    await SyncClient(ana, server.url).sync()
+    doc = ana.household(hid).doc
+    doc.set_actor(bytes(16))
+    with doc.transaction() as tx:
+        tx.put(ROOT, "address", ScalarType.Str, "Zamfirescu forged")
+    ana.save(hid)
+    await SyncClient(ana, server.url).sync()
+    env = {**os.environ, "DATABASE_URL": database_url, "VATRA_MASTER_KEY": TEST_MASTER_KEY}
+
+    def vatra(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "sync_server.cli", "quarantine", *args],
+                              env=env, capture_output=True, text=True, timeout=60, check=False)
+
+    listing = vatra("list")
+    assert listing.returncode == 0, listing.stderr
+    assert hid in listing.stdout and "rule=actor-not-registered" in listing.stdout
+    row_id = listing.stdout.split()[0]
+    shown = vatra("show", row_id)
+    assert shown.returncode == 0, shown.stderr
+    assert "NOT this device's actor" in shown.stdout and "1 change(s)" in shown.stdout
+    assert "Zamfirescu" not in shown.stdout + listing.stdout
+    assert vatra("show", "999999").returncode == 1
