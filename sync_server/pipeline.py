@@ -24,14 +24,15 @@ changes and its registry row are committed in one transaction.
 from __future__ import annotations
 
 import logging
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from automerge._automerge import DocumentId
 from automerge.core import ROOT, Document, Message, ObjType, ScalarType
 
-from conflict import is_entity_id, schema, validate
+from conflict import Household, is_entity_id, schema, validate
 
 from . import access, wire
 from .audit import AuditEvent, AuditLog
@@ -85,6 +86,9 @@ class Synchronizer:
         self.identity = identity
         self.audit = audit
         self.server_peer_id = server_peer_id
+        #: The actor id of this server process's own changes (approved requests, domain
+        #: merge fixes). One per process: two instances never share an actor's sequence.
+        self.server_actor = os.urandom(16)
         self.changes_persisted = 0
         self.persist_seconds = 0.0
 
@@ -302,6 +306,33 @@ class Synchronizer:
             if m is not None:
                 target.send(wire.Sync(self.server_peer_id, target.peer_id or "", actor.id,
                                       m.encode()))
+
+    async def server_change(self, household_id: str, edit: Callable[[Household], Any], *,
+                            author: Author) -> Any:
+        """Apply ``edit`` to the household as the server's own change, through the same
+        path as a device's batch: fork, edit, validate, persist (one transaction, audited
+        under ``author``), swap, fan out. Returns what ``edit`` returned. Raises LookupError
+        for an unknown household and Refused if the result breaks the schema."""
+        actor = await self.registry.get(household_id)
+        if actor is None:
+            raise LookupError(f"no household {household_id}")
+        async with actor.lock:
+            fork = actor.doc.fork()
+            fork.set_actor(self.server_actor)
+            before = actor.doc.get_heads()
+            result = edit(Household(fork, household_id))
+            new = fork.get_changes(before)
+            if not new:
+                return result
+            _check_schema(household_id, fork)
+            stored_result = await self.store.append_changes(household_id, stored(new), author)
+            self.changes_persisted += stored_result.inserted
+            actor.doc = fork
+            actor.bytes_since_snapshot += stored_result.inserted_bytes
+            actor.last_seq = max(actor.last_seq, stored_result.last_seq)
+            self._answer(actor, list(actor.subscribers))
+            await self._maybe_snapshot(actor)
+            return result
 
     async def _maybe_snapshot(self, actor: HouseholdActor) -> None:
         """Compact when the changes since the last snapshot outweigh it (and a floor)."""

@@ -12,6 +12,7 @@ from automerge.core import ROOT, ScalarType
 from client_sdk import ServerRejected, SyncClient
 from client_sdk._transport import ClientChannel
 from sync_server import wire
+from sync_server.app import ENGINE as ENGINE_KEY
 from sync_server.app import IDENTITY, SYNCHRONIZER
 from sync_server.session import open_session
 
@@ -291,3 +292,30 @@ async def test_vatra_quarantine_list_and_show(server, provision, database_url) -
     assert "NOT this device's actor" in shown.stdout and "1 change(s)" in shown.stdout
     assert "Zamfirescu" not in shown.stdout + listing.stdout
     assert vatra("show", "999999").returncode == 1
+
+
+async def test_the_server_writes_its_own_changes_through_the_pipeline(server, provision) -> None:
+    """A server change (as used for approvals) is validated, stored with its author,
+    audited, and reaches the team's tablets by sync."""
+    from sync_server.storage import Author
+
+    ana = await provision.tablet("ana")
+    hid = register(ana)
+    await SyncClient(ana, server.url).sync()
+    sync = server.app[SYNCHRONIZER]
+    await sync.server_change(hid, lambda h: h.append_activity("sup-cj", "approval", "ok"),
+                             author=Author("server", "sup-cj"))
+    await SyncClient(ana, server.url).sync()
+    assert [e["kind"] for e in ana.household(hid).activity()][-1] == "approval"
+    import sqlalchemy as sa
+
+    from sync_server.audit import audit
+
+    async with server.app[ENGINE_KEY].connect() as conn:
+        authors = (await conn.execute(sa.select(audit.c.user_id, audit.c.device_id).where(
+            audit.c.chain == hid, audit.c.kind == "changes-accepted"))).all()
+    assert ("sup-cj", "server") in authors
+    assert await sync.store.audit.verify() == []
+    with pytest.raises(LookupError):
+        await sync.server_change("2fiH6LVoDnXEUsYNHowu3UTBwJqk", lambda h: None,
+                                 author=Author("server", "sup-cj"))
