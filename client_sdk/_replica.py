@@ -103,7 +103,7 @@ class Replica:
 
     def create_household(self, **fields: Any) -> Household:
         """Register a new household offline (see :meth:`conflict.Household.create`)."""
-        h = Household.create(actor_id=self.actor_id, **fields)
+        h = Household.create(actor_id=self.actor_id, guard=True, **fields)
         self._open[h.household_id] = h
         self._meta["caseload"][h.household_id] = {"server_heads": []}
         self.save(h.household_id)
@@ -111,7 +111,9 @@ class Replica:
         return h
 
     def household(self, household_id: str) -> Household:
-        """The household, loaded from disk on first use; edits go through its typed API."""
+        """The household, loaded from disk on first use; edits go through its typed API,
+        guarded by :mod:`conflict.policy` (a protected edit of an active household
+        raises :class:`conflict.household.ProtectedPathError`: file a change request)."""
         h = self._open.get(household_id)
         if h is not None:
             return h
@@ -123,7 +125,7 @@ class Replica:
         except Exception as exc:
             raise ReplicaError(f"household {household_id}: local copy unreadable") from exc
         doc.set_actor(self.actor_id)
-        h = self._open[household_id] = Household(doc, household_id)
+        h = self._open[household_id] = Household(doc, household_id, guard=True)
         self._saved_heads[household_id] = doc.get_heads()
         return h
 
@@ -144,7 +146,7 @@ class Replica:
     def adopt(self, household_id: str, doc: Document) -> None:
         """Keep ``doc`` (downloaded by a sync) as this replica's copy of the household."""
         doc.set_actor(self.actor_id)
-        self._open[household_id] = Household(doc, household_id)
+        self._open[household_id] = Household(doc, household_id, guard=True)
         self._meta["caseload"].setdefault(household_id, {"server_heads": []})
         self.save(household_id)
         self._write_meta()

@@ -7,7 +7,11 @@ Used by both the sync server (to enforce) and the client SDK (to edit):
 * :mod:`conflict.schema` — schema version 1 of the household document, as
   data (its module docstring shows the layout).
 * :mod:`conflict.validate` — :func:`validate` reports every violation.
-* :mod:`conflict.household` — :class:`Household`, typed single-change edits.
+* :mod:`conflict.household` — :class:`Household`, typed single-change edits,
+  the policy guard (``ProtectedPathError``) and change requests.
+* :mod:`conflict.policy` — the permission and merge policy as data (protected
+  paths, decision fields, service status lattice) and the checks the server
+  runs on two documents. Import its names from the submodule.
 """
 
 from .household import Household, InvalidValueError, UnknownEntityError, utc_instant

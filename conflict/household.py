@@ -16,9 +16,28 @@ Errors:
 * :class:`InvalidValueError` (a ``ValueError``) — an argument violating the
   schema; ``.path`` and ``.rule`` say where and which rule. Like the
   validator, the message never contains the value.
+* :class:`ProtectedPathError` (an ``InvalidValueError``) — with the guard on,
+  a direct edit of a path :mod:`conflict.policy` protects (rule
+  ``protected-path``), or a decision made outside the server's path (rule
+  ``decision-field``); ``.request_kinds`` names the change request to file.
 
-The API does not enforce the permission policy (who may change protected
-paths once a household is active); that is a separate layer.
+**The guard.** ``Household(doc, hid, guard=True)`` (and ``create(...,
+guard=True)``) applies :mod:`conflict.policy` before writing: once the
+household is no longer in ``registration``, :meth:`Household.add_member`,
+:meth:`Household.set_member_field` on ``presence``, :meth:`Household.set_team`
+and :meth:`Household.set_status` raise :class:`ProtectedPathError` instead of
+writing (offline too); the worker files :meth:`Household.request_change`
+instead. The client SDK's replica opens every household guarded. The guard
+only stops an honest client early: the server enforces the same policy
+against any client. Without ``guard`` the API is policy-neutral (tests,
+tools, server-side code).
+
+**Change requests.** :meth:`Household.request_change` files a request (one
+change, works offline), :meth:`Household.change_requests` lists them.
+:meth:`Household.apply_request` and :meth:`Household.reject_request` are the
+server's path (keyword ``as_server=True``): the server applies an approval as
+its own change — the structural edit, the decision fields and an activity
+entry in one change — bypassing the guard on purpose.
 """
 
 from __future__ import annotations
@@ -29,13 +48,21 @@ from typing import Any
 
 from automerge.core import ROOT, Document, ObjType, ScalarType
 
+from . import policy
 from . import schema as s
 from .ids import is_household_id, new_entity_id, new_household_id
 from .validate import Path, format_path
 
-__all__ = ["Household", "InvalidValueError", "UnknownEntityError", "utc_instant"]
+__all__ = [
+    "Household",
+    "InvalidValueError",
+    "ProtectedPathError",
+    "UnknownEntityError",
+    "utc_instant",
+]
 
 REGISTERED_ACTIVITY = "registered"
+APPROVED_ACTIVITY = "change_approved"
 
 _SCALAR_TYPE = {
     s.Kind.STR: ScalarType.Str,
@@ -64,6 +91,27 @@ class InvalidValueError(ValueError):
         super().__init__(f"{format_path(path)}: {rule}")
         self.path = path
         self.rule = rule
+
+
+class ProtectedPathError(InvalidValueError):
+    """An edit the permission policy forbids here; nothing was written.
+
+    ``.path`` is the protected path, ``.rule`` the policy rule
+    (``"protected-path"`` or ``"decision-field"``), ``.request_kinds`` the
+    change request kind(s) that would make the change (empty if none does).
+    """
+
+    _WHY = {
+        "protected-path": "the household's structure is protected while it is not in registration",
+        "decision-field": "only the server applies a decision on a change request",
+    }
+
+    def __init__(self, path: Path, rule: str = "protected-path",
+                 request_kinds: tuple[str, ...] = ()) -> None:
+        super().__init__(path, rule)
+        self.request_kinds = tuple(request_kinds)
+        hint = f"; file a change request ({', '.join(self.request_kinds)})" if self.request_kinds else ""
+        self.args = (f"{format_path(path)}: {rule}: {self._WHY.get(rule, 'forbidden')}{hint}",)
 
 
 def utc_instant(at: datetime | str | None = None) -> str:
@@ -132,11 +180,12 @@ def _record_values(spec: s.Record, path: Path, values: Mapping[str, Any]) -> lis
 class Household:
     """One household document with typed reads and single-change edits."""
 
-    def __init__(self, doc: Document, household_id: str) -> None:
+    def __init__(self, doc: Document, household_id: str, *, guard: bool = False) -> None:
         if not is_household_id(household_id):
             raise ValueError("not a household id")
         self.doc = doc
         self.household_id = household_id
+        self.guard = guard
 
     # --- creation ---------------------------------------------------------
 
@@ -152,6 +201,7 @@ class Household:
         household_id: str | None = None,
         actor_id: bytes | None = None,
         at: datetime | str | None = None,
+        guard: bool = False,
     ) -> Household:
         """Create a new household: the whole skeleton in one change.
 
@@ -196,7 +246,7 @@ class Household:
             for key, stype, value in entry:
                 tx.put(first, key, stype, value)
             tx.put_object(ROOT, "notes", ObjType.Text)
-        return cls(doc, household_id)
+        return cls(doc, household_id, guard=guard)
 
     # --- lookup helpers ---------------------------------------------------
 
@@ -237,6 +287,54 @@ class Household:
         with self.doc.transaction() as tx:
             tx.put(ROOT, key, stype, v)
 
+    def _guard(self, path: Path, request_kinds: tuple[str, ...] | None = None) -> None:
+        """Raise :class:`ProtectedPathError` if the guard is on and ``path`` is
+        protected in the household's current status."""
+        if not self.guard or not policy.is_protected_status(self.status):
+            return
+        protection = policy.protection_for(path)
+        if protection is not None:
+            kinds = protection.request_kinds if request_kinds is None else request_kinds
+            raise ProtectedPathError(path, policy.PolicyRule.PROTECTED_PATH.value, kinds)
+
+    def _member_values(self, person_id: str, fields: Mapping[str, Any]) -> list[tuple]:
+        return _record_values(
+            s.MEMBER,
+            ("members", person_id),
+            {
+                "first_name": fields.get("first_name"),
+                "last_name": fields.get("last_name"),
+                "birth_date": _date_str(fields["birth_date"])
+                if fields.get("birth_date") is not None
+                else None,
+                "sex": fields.get("sex"),
+                "relation_to_head": fields.get("relation_to_head"),
+                "presence": fields.get("presence", "present"),
+            },
+        )
+
+    def _team_writes(self, roles: Mapping[str, str | None]) -> list[tuple[str, ScalarType | None, Any]]:
+        writes: list[tuple[str, ScalarType | None, Any]] = []
+        for role, user_id in roles.items():
+            path: Path = ("team", role)
+            spec = s.TEAM.fields.get(role)
+            if spec is None:
+                raise InvalidValueError(path, "unknown-field")
+            if user_id is None:
+                writes.append((role, None, None))
+            else:
+                writes.append((role, *_scalar(spec, path, user_id)))
+        return writes
+
+    @staticmethod
+    def _write_team(tx: Any, team: bytes, writes: list[tuple[str, ScalarType | None, Any]]) -> None:
+        for role, stype, value in writes:
+            if stype is None:
+                if tx.get(team, role) is not None:
+                    tx.delete(team, role)
+            else:
+                tx.put(team, role, stype, value)
+
     # --- edits (each one Automerge change) --------------------------------
 
     def add_member(
@@ -249,15 +347,20 @@ class Household:
         presence: str = "present",
         person_id: str | None = None,
     ) -> str:
-        """Add a member; returns the person id (new UUID4 unless given)."""
+        """Add a member; returns the person id (new UUID4 unless given).
+
+        Guarded: once the household is active, file an ``add_member`` request.
+        """
+        if person_id is None:
+            person_id = new_entity_id()
+        self._guard(("members", person_id))
         person_id = self._new_id("members", person_id)
-        values = _record_values(
-            s.MEMBER,
-            ("members", person_id),
+        values = self._member_values(
+            person_id,
             {
                 "first_name": first_name,
                 "last_name": last_name,
-                "birth_date": _date_str(birth_date),
+                "birth_date": birth_date,
                 "sex": sex,
                 "relation_to_head": relation_to_head,
                 "presence": presence,
@@ -271,7 +374,11 @@ class Household:
         return person_id
 
     def set_member_field(self, person_id: str, field: str, value: Any) -> None:
-        """Set one field of a member (e.g. ``presence``)."""
+        """Set one field of a member (e.g. ``presence``).
+
+        Guarded for ``presence``: once the household is active, file a
+        ``change_presence`` request (writing the current value is a no-op).
+        """
         obj = self._member(person_id)
         path: Path = ("members", person_id, field)
         spec = s.MEMBER.fields.get(field)
@@ -280,6 +387,10 @@ class Household:
         if field == "birth_date":
             value = _date_str(value)
         stype, v = _scalar(spec, path, value)
+        if self.guard and policy.protection_for(path) is not None:
+            if self._read_key(obj, field) == v:
+                return
+            self._guard(path)
         with self.doc.transaction() as tx:
             tx.put(obj, field, stype, v)
 
@@ -288,7 +399,16 @@ class Household:
         self._put_root_field("address", address)
 
     def set_status(self, status: str) -> None:
-        """Set the household status (registration | active | closed)."""
+        """Set the household status (registration | active | closed).
+
+        Guarded: once the household is active, any status change needs a
+        request (``close_household``, ``reopen_household``).
+        """
+        _scalar(s.HOUSEHOLD.fields["status"], ("status",), status)
+        current = self.status
+        if current != status:
+            kinds = tuple(k for k, tr in policy.STATUS_REQUESTS.items() if tr == (current, status))
+            self._guard(("status",), kinds)
         self._put_root_field("status", status)
 
     def set_gps(
@@ -316,25 +436,20 @@ class Household:
                 tx.put(obj, key, stype, value)
 
     def set_team(self, **roles: str | None) -> None:
-        """Set team roles by name (``set_team(nurse="u-12")``); ``None`` removes one."""
-        writes: list[tuple[str, ScalarType | None, Any]] = []
-        for role, user_id in roles.items():
-            path: Path = ("team", role)
-            spec = s.TEAM.fields.get(role)
-            if spec is None:
-                raise InvalidValueError(path, "unknown-field")
-            if user_id is None:
-                writes.append((role, None, None))
-            else:
-                writes.append((role, *_scalar(spec, path, user_id)))
+        """Set team roles by name (``set_team(nurse="u-12")``); ``None`` removes one.
+
+        Guarded: once the household is active, changing a role needs a
+        ``change_team`` request (re-writing the current values is a no-op).
+        """
+        writes = self._team_writes(roles)
         team = self._root_obj("team")
+        if self.guard:
+            changed = [role for role, _, value in writes if self._read_key(team, role) != value]
+            if not changed:
+                return
+            self._guard(("team", changed[0]))
         with self.doc.transaction() as tx:
-            for role, stype, value in writes:
-                if stype is None:
-                    if tx.get(team, role) is not None:
-                        tx.delete(team, role)
-                else:
-                    tx.put(team, role, stype, value)
+            self._write_team(tx, team, writes)
 
     def start_assessment(
         self,
@@ -496,6 +611,256 @@ class Household:
         notes = self._root_obj("notes")
         with self.doc.transaction() as tx:
             tx.splice_text(notes, tx.length(notes), 0, text)
+
+    # --- change requests ----------------------------------------------------
+
+    def request_change(
+        self,
+        kind: str,
+        payload: Mapping[str, Any],
+        reason: str,
+        requested_by: str,
+        at: datetime | str | None = None,
+        *,
+        request_id: str | None = None,
+    ) -> str:
+        """File a change request (one change, works offline); returns its id.
+
+        ``payload`` by ``kind`` (see :data:`conflict.policy.REQUEST_PAYLOADS`):
+
+        * ``add_member``: ``first_name``, ``last_name``, ``birth_date``,
+          ``sex``, ``relation_to_head``, optional ``presence``; a
+          ``person_id`` is chosen now unless given, so the new member's id is
+          known before approval;
+        * ``remove_member``: ``person_id``;
+        * ``change_presence``: ``person_id``, ``presence``;
+        * ``change_team``: one or more ``role=user_id`` (``None`` or ``""``
+          unassigns the role);
+        * ``close_household``, ``reopen_household``: empty.
+
+        The request is filed ``pending``; ``reason`` must not be empty.
+        Raises :class:`InvalidValueError` (or :class:`UnknownEntityError` for
+        a ``person_id`` naming no member) before anything is written.
+        """
+        request_id = self._new_id("change_requests", request_id)
+        base: Path = ("change_requests", request_id)
+        _scalar(s.CHANGE_REQUEST.fields["kind"], (*base, "kind"), kind)
+        if not isinstance(payload, Mapping):
+            raise InvalidValueError((*base, "payload"), "type")
+        payload = dict(payload)
+        if kind == "add_member":
+            payload.setdefault("person_id", new_entity_id())
+            if isinstance(payload.get("birth_date"), date):
+                payload["birth_date"] = _date_str(payload["birth_date"])
+        elif kind == "change_team":
+            payload = {k: "" if v is None else v for k, v in payload.items()}
+        violations = policy.payload_violations(kind, payload, base)
+        if violations:
+            raise InvalidValueError(violations[0].path, violations[0].rule)
+        pid = payload.get("person_id")
+        if kind == "add_member":
+            if self._obj(self._root_obj("members"), pid) is not None:
+                raise ValueError(f"{format_path(('members', pid))}: already exists")
+        elif pid is not None:
+            self._member(pid)
+        payload_writes = [
+            (key, *_scalar(s.Scalar(s.Kind.SCALAR), (*base, "payload", key), value))
+            for key, value in sorted(payload.items())
+        ]
+        if not (isinstance(reason, str) and reason.strip()):
+            raise InvalidValueError((*base, "reason"), "format" if isinstance(reason, str) else "type")
+        values = _record_values(
+            s.CHANGE_REQUEST,
+            base,
+            {
+                "kind": kind,
+                "reason": reason,
+                "requested_by": requested_by,
+                "requested_at": utc_instant(at),
+                "status": "pending",
+            },
+        )
+        requests = self._root_obj("change_requests")
+        with self.doc.transaction() as tx:
+            obj = tx.put_object(requests, request_id, ObjType.Map)
+            for key, stype, value in values:
+                tx.put(obj, key, stype, value)
+            pobj = tx.put_object(obj, "payload", ObjType.Map)
+            for key, stype, value in payload_writes:
+                tx.put(pobj, key, stype, value)
+        return request_id
+
+    def change_requests(self) -> list[dict[str, Any]]:
+        """Every change request, oldest first: ``request_id`` and every field of
+        the schema (``None`` where absent), e.g. ``status`` and ``decision_note``."""
+        out = []
+        for rid, req in (self._read_key(ROOT, "change_requests") or {}).items():
+            if isinstance(req, dict):
+                out.append({"request_id": rid, **{k: req.get(k) for k in s.CHANGE_REQUEST.fields}})
+        out.sort(key=lambda r: (str(r["requested_at"]), r["request_id"]))
+        return out
+
+    def _decision(
+        self, request_id: str, as_server: bool, decided_by: str, at: datetime | str | None,
+        note: str | None,
+    ) -> tuple[bytes, dict[str, Any], list[tuple]]:
+        """Checks shared by approve and reject: the request object, its fields,
+        and the decision fields to write."""
+        base: Path = ("change_requests", request_id)
+        if not as_server:
+            raise ProtectedPathError((*base, "status"), policy.PolicyRule.DECISION_FIELD.value)
+        obj = self._entity("change_requests", "change request", request_id)
+        req = self._read((ObjType.Map, obj))
+        decision = []
+        for key, value in (("decided_by", decided_by), ("decided_at", utc_instant(at)),
+                           ("decision_note", note)):
+            if value is not None:
+                decision.append((key, *_scalar(s.CHANGE_REQUEST.fields[key], (*base, key), value)))
+        return obj, req, decision
+
+    def apply_request(
+        self,
+        request_id: str,
+        approver: str,
+        at: datetime | str | None = None,
+        *,
+        as_server: bool = False,
+        note: str | None = None,
+    ) -> bool:
+        """Approve a pending request and apply its structural change — **the
+        server's path**: ``as_server=True`` is required and bypasses the guard
+        (the server applies approvals as its own change, after checking the
+        approver is a supervisor of the county).
+
+        One change: the structural edit, ``status="approved"``,
+        ``decided_by``/``decided_at`` (and ``decision_note`` if ``note``),
+        and an activity entry by ``approver`` naming requester and approver.
+        Returns ``False`` and writes nothing if the request is already
+        approved (approving twice applies once). Raises
+        :class:`InvalidValueError` (rule ``decided``) for a rejected request,
+        and the schema errors if the payload or the household no longer allow
+        the change (e.g. removing a member still referenced by a service or
+        by recorded answers); nothing is written then.
+        """
+        obj, req, decision = self._decision(request_id, as_server, approver, at, note)
+        base: Path = ("change_requests", request_id)
+        if req.get("status") == "approved":
+            return False
+        if req.get("status") != "pending":
+            raise InvalidValueError((*base, "status"), "decided")
+        kind, payload = req.get("kind"), req.get("payload")
+        if not isinstance(payload, dict):
+            raise InvalidValueError((*base, "payload"), "type")
+        violations = policy.payload_violations(kind, payload, base)
+        if violations:
+            raise InvalidValueError(violations[0].path, violations[0].rule)
+        write = self._structural(kind, payload)
+        requester = req.get("requested_by")
+        entry = _record_values(
+            s.ACTIVITY_ENTRY,
+            ("activity", 0),
+            {
+                "at": utc_instant(at),
+                "by": approver,
+                "kind": APPROVED_ACTIVITY,
+                "text": f"{kind} requested by {requester}, approved by {approver}",
+            },
+        )
+        activity = self._root_obj("activity")
+        with self.doc.transaction() as tx:
+            write(tx)
+            tx.put(obj, "status", ScalarType.Str, "approved")
+            for key, stype, value in decision:
+                tx.put(obj, key, stype, value)
+            item = tx.insert_object(activity, tx.length(activity), ObjType.Map)
+            for key, stype, value in entry:
+                tx.put(item, key, stype, value)
+        return True
+
+    def reject_request(
+        self,
+        request_id: str,
+        decided_by: str,
+        note: str | None = None,
+        at: datetime | str | None = None,
+        *,
+        as_server: bool = False,
+    ) -> bool:
+        """Reject a pending request — the server's path, like :meth:`apply_request`.
+
+        Changes nothing but the request (status and decision fields). Returns
+        ``False`` if it is already rejected; raises :class:`InvalidValueError`
+        (rule ``decided``) if it was approved.
+        """
+        obj, req, decision = self._decision(request_id, as_server, decided_by, at, note)
+        if req.get("status") == "rejected":
+            return False
+        if req.get("status") != "pending":
+            raise InvalidValueError(("change_requests", request_id, "status"), "decided")
+        with self.doc.transaction() as tx:
+            tx.put(obj, "status", ScalarType.Str, "rejected")
+            for key, stype, value in decision:
+                tx.put(obj, key, stype, value)
+        return True
+
+    def _structural(self, kind: str, payload: dict[str, Any]) -> Any:
+        """Check an approved request against the household now; return the
+        function writing its structural change inside a transaction."""
+        members = self._root_obj("members")
+        if kind == "add_member":
+            pid = self._new_id("members", payload["person_id"])
+            values = self._member_values(pid, payload)
+
+            def write(tx: Any) -> None:
+                obj = tx.put_object(members, pid, ObjType.Map)
+                for key, stype, value in values:
+                    tx.put(obj, key, stype, value)
+
+            return write
+        if kind == "remove_member":
+            pid = payload["person_id"]
+            self._member(pid)
+            answer_maps = self._answer_maps_of(pid)
+            for svc in (self._read_key(ROOT, "service_plan") or {}).values():
+                if isinstance(svc, dict) and svc.get("person_id") == pid:
+                    raise InvalidValueError(("members", pid), "reference")
+
+            def write(tx: Any) -> None:
+                for answers in answer_maps:
+                    tx.delete(answers, pid)
+                tx.delete(members, pid)
+
+            return write
+        if kind == "change_presence":
+            pid = payload["person_id"]
+            obj = self._member(pid)
+            path: Path = ("members", pid, "presence")
+            stype, v = _scalar(s.MEMBER.fields["presence"], path, payload["presence"])
+            return lambda tx: tx.put(obj, "presence", stype, v)
+        if kind == "change_team":
+            writes = self._team_writes({k: v or None for k, v in payload.items()})
+            team = self._root_obj("team")
+            return lambda tx: self._write_team(tx, team, writes)
+        src, dst = policy.STATUS_REQUESTS[kind]
+        current = self.status
+        if current not in (src, dst):
+            raise InvalidValueError(("status",), "transition")
+        return lambda tx: tx.put(ROOT, "status", ScalarType.Str, dst)
+
+    def _answer_maps_of(self, person_id: str) -> list[bytes]:
+        """The answer maps holding ``person_id``; raises if any holds answers."""
+        out = []
+        assessments = self._root_obj("assessments")
+        for aid in self.doc.keys(assessments):
+            a = self._obj(assessments, aid)
+            answers = self._obj(a, "answers") if a is not None else None
+            if answers is None or self.doc.get(answers, person_id) is None:
+                continue
+            mine = self._obj(answers, person_id)
+            if mine is not None and self.doc.keys(mine):
+                raise InvalidValueError(("members", person_id), "reference")
+            out.append(answers)
+        return out
 
     def _replace_text(self, obj: bytes, text: str) -> None:
         if not isinstance(text, str):

@@ -1,0 +1,474 @@
+"""The permission and merge policy of a household, as data.
+
+One source read by the client SDK (to stop an honest client before it edits,
+see :class:`conflict.household.Household`) and by the sync server (to enforce
+against any client). Three parts:
+
+**Protected structure.** While a household's ``status`` is ``registration``
+nothing is protected: a worker registers the household freely. Under any
+other status (``active``, and ``closed``, which only an active household
+reaches through a request) the paths in :data:`PROTECTIONS` change only
+through an approved change request, which the server applies as its own
+change:
+
+==========================  =======  =======================================
+path                        compare  request kind(s) that change it
+==========================  =======  =======================================
+``members`` (its key set)   keys     ``add_member``, ``remove_member``
+``members.<id>.presence``   value    ``change_presence``
+``team.<role>``             value    ``change_team``
+``status``                  value    ``close_household``, ``reopen_household``
+==========================  =======  =======================================
+
+Every status change of a protected household is protected, not only
+``active -> closed`` and ``closed -> active``: ``active -> registration``
+would otherwise lift the protection itself. :data:`STATUS_REQUESTS` says
+which transition a request kind performs.
+
+**Decision fields.** ``status``, ``decided_by``, ``decided_at`` and
+``decision_note`` of ``change_requests.<id>`` are written only by a role in
+:data:`DECIDER_ROLES` (supervisors) of the household's county; a new request
+is filed ``pending`` with none of the others. The rest of a request (kind,
+payload, reason, requester, time) is immutable once filed, and a filed
+request is never deleted.
+
+**Service status lattice.** :data:`SERVICE_STATUS_RANK`: ``planned <
+in_progress < cancelled < delivered``. A status never moves down, so a
+concurrent ``in_progress`` never undoes ``delivered``. ``cancelled`` is
+written only by a supervisor of the county; it sits below ``delivered``
+because a delivery is a recorded fact that outranks a concurrent
+cancellation (a cancelled service is never revived, only delivered).
+
+The check functions compare two documents, ``before`` (the committed one)
+and ``after`` (a merged fork), along those paths only, with
+``doc.get``/``doc.keys`` (never a whole-document extract), and return
+:class:`~conflict.validate.Violation` values whose messages name the path and
+the rule, never a field's value. The caller computes ``same_county`` from
+``before`` (a batch may rewrite ``county`` itself).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from automerge.core import ROOT, Document, ObjType, ScalarType
+
+from . import schema as s
+from .validate import Path, Violation, format_path
+
+__all__ = [
+    "ANY",
+    "CANCEL_ROLES",
+    "DECIDER_ROLES",
+    "DECISION_FIELDS",
+    "PROTECTIONS",
+    "REQUEST_PAYLOADS",
+    "SERVICE_STATUS_RANK",
+    "STATUS_REQUESTS",
+    "UNPROTECTED_STATUSES",
+    "PayloadSpec",
+    "PolicyRule",
+    "Protection",
+    "cancel_violations",
+    "decision_violations",
+    "is_protected_status",
+    "lattice_max",
+    "may_decide",
+    "payload_violations",
+    "protected_violations",
+    "protection_for",
+    "status_regressions",
+]
+
+
+class PolicyRule(enum.StrEnum):
+    """Stable rule names of the policy (compare equal to their string values)."""
+
+    PROTECTED_PATH = "protected-path"
+    DECISION_FIELD = "decision-field"
+    REQUEST_IMMUTABLE = "request-immutable"
+    STATUS_REGRESSION = "status-regression"
+    CANCEL_NEEDS_SUPERVISOR = "cancel-needs-supervisor"
+
+
+_DESCRIBE = {
+    PolicyRule.PROTECTED_PATH: "protected once the household is active; needs an approved change request",
+    PolicyRule.DECISION_FIELD: "only a supervisor of the household's county decides a change request",
+    PolicyRule.REQUEST_IMMUTABLE: "a filed change request cannot be altered or deleted",
+    PolicyRule.STATUS_REGRESSION: "a service status never moves down",
+    PolicyRule.CANCEL_NEEDS_SUPERVISOR: "only a supervisor of the household's county cancels a service",
+}
+
+
+def _violation(path: Path, rule: PolicyRule) -> Violation:
+    return Violation(path, rule.value, f"{format_path(path)}: {rule.value}: {_DESCRIBE[rule]}")
+
+
+# --- the data -------------------------------------------------------------
+
+ANY = "*"
+"""A path-pattern segment matching any key of a map."""
+
+UNPROTECTED_STATUSES: frozenset[str] = frozenset({"registration"})
+"""Household statuses under which nothing is protected. Any other value,
+including a malformed one, protects (fail closed)."""
+
+
+@dataclass(frozen=True)
+class Protection:
+    """One protected path pattern.
+
+    ``compare="keys"``: the key set of the map at ``path`` is protected
+    (violations name ``(*path, key)``). ``compare="value"``: the value at
+    ``path`` is protected; an :data:`ANY` segment before the last one expands
+    over keys present in both documents (an added member's presence is part
+    of adding the member), a last :data:`ANY` over keys present in either.
+    """
+
+    name: str
+    path: tuple[str, ...]
+    compare: str
+    request_kinds: tuple[str, ...]
+
+
+PROTECTIONS: tuple[Protection, ...] = (
+    Protection("members", ("members",), "keys", ("add_member", "remove_member")),
+    Protection("presence", ("members", ANY, "presence"), "value", ("change_presence",)),
+    Protection("team", ("team", ANY), "value", ("change_team",)),
+    Protection("status", ("status",), "value", ("close_household", "reopen_household")),
+)
+
+STATUS_REQUESTS: Mapping[str, tuple[str, str]] = {
+    "close_household": ("active", "closed"),
+    "reopen_household": ("closed", "active"),
+}
+"""Request kind -> the household status transition ``(from, to)`` it performs."""
+
+DECISION_FIELDS: tuple[str, ...] = ("status", "decided_by", "decided_at", "decision_note")
+"""Fields of ``change_requests.<id>`` that record the decision."""
+
+DECIDER_ROLES: frozenset[str] = frozenset({"supervisor"})
+"""Roles that decide change requests (of their own county only)."""
+
+CANCEL_ROLES: frozenset[str] = frozenset({"supervisor"})
+"""Roles that may set a service to ``cancelled`` (of their own county only)."""
+
+SERVICE_STATUS_RANK: Mapping[str, int] = {
+    "planned": 0,
+    "in_progress": 1,
+    "cancelled": 2,
+    "delivered": 3,
+}
+"""The service status lattice (a total order): a status never moves down."""
+
+_REQUEST_FIELDS = tuple(k for k in s.CHANGE_REQUEST.fields if k not in DECISION_FIELDS)
+
+
+@dataclass(frozen=True)
+class PayloadSpec:
+    """The payload keys of one request kind. ``at_least_one``: of ``optional``."""
+
+    required: tuple[str, ...] = ()
+    optional: tuple[str, ...] = ()
+    at_least_one: bool = False
+
+
+REQUEST_PAYLOADS: Mapping[str, PayloadSpec] = {
+    "add_member": PayloadSpec(
+        required=("person_id", "first_name", "last_name", "birth_date", "sex", "relation_to_head"),
+        optional=("presence",),
+    ),
+    "remove_member": PayloadSpec(required=("person_id",)),
+    "change_presence": PayloadSpec(required=("person_id", "presence")),
+    "change_team": PayloadSpec(optional=s.TEAM_ROLES, at_least_one=True),
+    "close_household": PayloadSpec(),
+    "reopen_household": PayloadSpec(),
+}
+"""Request kind -> payload shape. In ``change_team`` a role maps to a user id,
+or to ``""`` to unassign it (payload values cannot be null)."""
+
+_PAYLOAD_FIELD: Mapping[str, s.Scalar] = {
+    "person_id": s.Scalar(s.Kind.STR, format="entity_id"),
+    **{k: v for k, v in s.MEMBER.fields.items() if isinstance(v, s.Scalar)},
+}
+
+
+# --- small helpers ----------------------------------------------------------
+
+
+def is_protected_status(status: object) -> bool:
+    """True if a household with this ``status`` has protected structure."""
+    return status not in UNPROTECTED_STATUSES
+
+
+def may_decide(role: str | None, same_county: bool) -> bool:
+    """May a user with ``role`` write decision fields of this household's requests?"""
+    return role in DECIDER_ROLES and same_county
+
+
+def lattice_max(a: str, b: str) -> str:
+    """The higher of two service statuses in :data:`SERVICE_STATUS_RANK`.
+
+    Raises ``ValueError`` for a status outside the lattice.
+    """
+    for v in (a, b):
+        if v not in SERVICE_STATUS_RANK:
+            raise ValueError("not a service status")
+    return a if SERVICE_STATUS_RANK[a] >= SERVICE_STATUS_RANK[b] else b
+
+
+def protection_for(path: Path) -> Protection | None:
+    """The protection covering an edit at ``path``, or ``None``.
+
+    ``("members", pid)`` (adding or removing a member) -> ``members``;
+    ``("members", pid, "presence")`` -> ``presence``; ``("team", role)`` ->
+    ``team``; ``("status",)`` -> ``status``.
+    """
+    for p in PROTECTIONS:
+        pattern = (*p.path, ANY) if p.compare == "keys" else p.path
+        if len(pattern) == len(path) and all(
+            q in (ANY, seg) for q, seg in zip(pattern, path, strict=True)
+        ):
+            return p
+    return None
+
+
+def payload_violations(kind: str, payload: Mapping[str, Any], base: Path = ()) -> list[Violation]:
+    """Check a request payload against :data:`REQUEST_PAYLOADS` (shape and values).
+
+    Paths are ``(*base, "payload", key)``; rules are the schema's
+    (``missing``, ``unknown-field``, ``type``, ``enum``, ``format``). An
+    unknown ``kind`` is one ``enum`` violation at ``(*base, "kind")``.
+    References (does ``person_id`` name a member?) need the document and are
+    checked by the caller.
+    """
+    spec = REQUEST_PAYLOADS.get(kind)
+    if spec is None:
+        path = (*base, "kind")
+        return [Violation(path, "enum", f"{format_path(path)}: enum: not a request kind")]
+    out: list[Violation] = []
+
+    def report(key: str, rule: str) -> None:
+        path = (*base, "payload", key)
+        out.append(Violation(path, rule, f"{format_path(path)}: {rule}: invalid request payload"))
+
+    allowed = set(spec.required) | set(spec.optional)
+    for key in payload:
+        if key not in allowed:
+            report(str(key), "unknown-field")
+    for key in spec.required:
+        if payload.get(key) is None:
+            report(key, "missing")
+    if spec.at_least_one and not any(payload.get(k) is not None for k in spec.optional):
+        report(spec.optional[0], "missing")
+    for key in allowed:
+        value = payload.get(key)
+        if value is None:
+            continue
+        if kind == "change_team":
+            field = s.TEAM.fields[key]
+            if value == "":
+                continue  # unassign the role
+        else:
+            field = _PAYLOAD_FIELD[key]
+        assert isinstance(field, s.Scalar)
+        rule = s.check_python_value(field, value)
+        if rule is not None:
+            report(key, rule)
+    return out
+
+
+# --- reading two documents cheaply ---------------------------------------------
+
+
+def _map_obj(doc: Document, parent: Any, key: str) -> Any | None:
+    got = doc.get(parent, key)
+    if got is None or got[0] != ObjType.Map:
+        return None
+    return got[1]
+
+
+def _resolve(doc: Document, path: tuple[str, ...]) -> Any | None:
+    cur = ROOT
+    for seg in path:
+        cur = _map_obj(doc, cur, seg)
+        if cur is None:
+            return None
+    return cur
+
+
+def _keys(doc: Document, obj: Any | None) -> set[str]:
+    return set(doc.keys(obj)) if obj is not None else set()
+
+
+def _value(doc: Document, obj: Any | None, key: str) -> Any:
+    """A comparable form of the entry at ``obj[key]``: ``(ScalarType, value)``,
+    ``(ObjType, id)`` for an object, ``None`` if absent."""
+    if obj is None:
+        return None
+    got = doc.get(obj, key)
+    if got is None:
+        return None
+    if isinstance(got[0], ObjType):
+        return got
+    return got[0]
+
+
+def _str(doc: Document, obj: Any | None, key: str) -> str | None:
+    v = _value(doc, obj, key)
+    if v is None or isinstance(v[0], ObjType) or v[0] != ScalarType.Str:
+        return None
+    return v[1]
+
+
+def _status(doc: Document) -> object:
+    v = _value(doc, ROOT, "status")
+    return None if v is None or isinstance(v[0], ObjType) else v[1]
+
+
+def _compare(
+    before: Document, after: Document, pattern: tuple[str, ...], compare: str
+) -> list[Path]:
+    """Paths where ``before`` and ``after`` differ under one protection pattern."""
+    out: list[Path] = []
+
+    def walk(b: Any, a: Any, i: int, prefix: Path) -> None:
+        seg = pattern[i]
+        last = i == len(pattern) - 1
+        if last and compare == "value":
+            keys = _keys(before, b) | _keys(after, a) if seg == ANY else {seg}
+            for key in sorted(keys):
+                if _value(before, b, key) != _value(after, a, key):
+                    out.append((*prefix, key))
+            return
+        keys = _keys(before, b) & _keys(after, a) if seg == ANY else {seg}
+        for key in sorted(keys):
+            bb = _map_obj(before, b, key) if b is not None else None
+            aa = _map_obj(after, a, key) if a is not None else None
+            if last:  # compare == "keys"
+                for k in sorted(_keys(before, bb) ^ _keys(after, aa)):
+                    out.append((*prefix, key, k))
+                if (bb is None) != (aa is None):
+                    out.append((*prefix, key))  # the map itself appeared or vanished
+            elif bb is not None or aa is not None:
+                walk(bb, aa, i + 1, (*prefix, key))  # a vanished map compares as empty
+
+    walk(ROOT, ROOT, 0, ())
+    return out
+
+
+# --- the checks -------------------------------------------------------------
+
+
+def protected_violations(before: Document, after: Document) -> list[Violation]:
+    """Protected paths that differ between ``before`` and ``after``.
+
+    Empty when ``before``'s status is ``registration``. Rule
+    ``protected-path``; paths ``("members", pid)``, ``("members", pid,
+    "presence")``, ``("team", role)``, ``("status",)``.
+    """
+    if not is_protected_status(_status(before)):
+        return []
+    out = []
+    for p in PROTECTIONS:
+        for path in _compare(before, after, p.path, p.compare):
+            out.append(_violation(path, PolicyRule.PROTECTED_PATH))
+    return out
+
+
+def decision_violations(
+    before: Document, after: Document, role: str | None, same_county: bool
+) -> list[Violation]:
+    """Change-request writes the writer (``role``, of the household's county or
+    not) may not make.
+
+    * ``decision-field``: a decision field of an existing request changed and
+      the writer is not a supervisor of the county; or a new request is not
+      filed plainly ``pending`` (``status`` other than ``pending``, or any
+      other decision field present), whoever wrote it.
+    * ``request-immutable``: a filed request's kind, payload, reason,
+      requester or time changed, or the request was deleted.
+    """
+    out: list[Violation] = []
+    b_reqs = _resolve(before, ("change_requests",))
+    a_reqs = _resolve(after, ("change_requests",))
+    decider = may_decide(role, same_county)
+    b_ids, a_ids = _keys(before, b_reqs), _keys(after, a_reqs)
+    for rid in sorted(b_ids | a_ids):
+        base: Path = ("change_requests", rid)
+        b = _map_obj(before, b_reqs, rid) if rid in b_ids else None
+        a = _map_obj(after, a_reqs, rid) if rid in a_ids else None
+        if rid not in b_ids:
+            if a is None:
+                continue  # not a map: a schema violation
+            if _str(after, a, "status") != "pending":
+                out.append(_violation((*base, "status"), PolicyRule.DECISION_FIELD))
+            for field in DECISION_FIELDS[1:]:
+                if _value(after, a, field) is not None:
+                    out.append(_violation((*base, field), PolicyRule.DECISION_FIELD))
+            continue
+        if a is None:
+            out.append(_violation(base, PolicyRule.REQUEST_IMMUTABLE))
+            continue
+        if b is None:
+            continue
+        if not decider:
+            for field in DECISION_FIELDS:
+                if _value(before, b, field) != _value(after, a, field):
+                    out.append(_violation((*base, field), PolicyRule.DECISION_FIELD))
+        for field in _REQUEST_FIELDS:
+            if field == "payload":
+                if _payload(before, b) != _payload(after, a):
+                    out.append(_violation((*base, field), PolicyRule.REQUEST_IMMUTABLE))
+            elif _value(before, b, field) != _value(after, a, field):
+                out.append(_violation((*base, field), PolicyRule.REQUEST_IMMUTABLE))
+    return out
+
+
+def _payload(doc: Document, request: Any) -> object:
+    obj = _map_obj(doc, request, "payload")
+    if obj is None:
+        return _value(doc, request, "payload")
+    return {k: _value(doc, obj, k) for k in doc.keys(obj)}
+
+
+def _service_statuses(doc: Document) -> dict[str, str | None]:
+    plan = _resolve(doc, ("service_plan",))
+    if plan is None:
+        return {}
+    return {sid: _str(doc, _map_obj(doc, plan, sid), "status") for sid in doc.keys(plan)}
+
+
+def status_regressions(before: Document, after: Document) -> list[tuple[str, str, str]]:
+    """Services whose status moved down the lattice: ``(service_id, before, after)``.
+
+    Only services present in both documents with statuses in the lattice are
+    compared (anything else is a schema matter). The server uses this after a
+    merge to restore :func:`lattice_max` when Automerge's winner is lower.
+    """
+    b, a = _service_statuses(before), _service_statuses(after)
+    out = []
+    for sid in sorted(b.keys() & a.keys()):
+        bs, as_ = b[sid], a[sid]
+        ranked = bs in SERVICE_STATUS_RANK and as_ in SERVICE_STATUS_RANK
+        if ranked and SERVICE_STATUS_RANK[as_] < SERVICE_STATUS_RANK[bs]:
+            out.append((sid, bs, as_))
+    return out
+
+
+def cancel_violations(
+    before: Document, after: Document, role: str | None, same_county: bool
+) -> list[Violation]:
+    """Services newly ``cancelled`` by a writer who is not a supervisor of the
+    county (rule ``cancel-needs-supervisor``, path ``("service_plan", id, "status")``)."""
+    if role in CANCEL_ROLES and same_county:
+        return []
+    b, a = _service_statuses(before), _service_statuses(after)
+    return [
+        _violation(("service_plan", sid, "status"), PolicyRule.CANCEL_NEEDS_SUPERVISOR)
+        for sid in sorted(a)
+        if a[sid] == "cancelled" and b.get(sid) != "cancelled"
+    ]
