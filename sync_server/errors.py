@@ -52,6 +52,8 @@ class ErrorCode(StrEnum):
     DEVICE_REVOKED = "device-revoked"
     RATE_LIMITED = "rate-limited"
     SCHEMA_VIOLATION = "schema-violation"
+    PROTECTED_PATH = "protected-path"
+    DECISION_FIELD = "decision-field"
     TOO_MANY_SESSIONS = "too-many-sessions"
 
 

@@ -32,7 +32,7 @@ from typing import Any
 from automerge._automerge import DocumentId
 from automerge.core import ROOT, Document, Message, ObjType, ScalarType
 
-from conflict import Household, is_entity_id, schema, validate
+from conflict import Household, is_entity_id, policy, schema, validate
 
 from . import access, wire
 from .audit import AuditEvent, AuditLog
@@ -48,7 +48,8 @@ log = logging.getLogger(__name__)
 
 #: Refusals whose data is kept in the quarantine (the others concern no household data).
 QUARANTINED = frozenset({ErrorCode.READ_ONLY, ErrorCode.ACTOR_NOT_REGISTERED,
-                         ErrorCode.SCHEMA_VIOLATION,
+                         ErrorCode.SCHEMA_VIOLATION, ErrorCode.PROTECTED_PATH,
+                         ErrorCode.DECISION_FIELD,
                          ErrorCode.CREATION_REFUSED, ErrorCode.NOT_A_HOUSEHOLD,
                          ErrorCode.MALFORMED_SYNC_DATA})
 
@@ -202,9 +203,11 @@ class Synchronizer:
             try:
                 self._check_batch(conn, hid, new)
                 _check_schema(hid, fork)
+                _check_policy(hid, actor.doc, fork, _user(conn))
             except Refused:
                 conn.reset_sync_state(hid)  # the fork, and everything in it, is dropped
                 raise
+            regressions = policy.status_regressions(actor.doc, fork)
             started = time.perf_counter()
             try:
                 result = await self.store.append_changes(hid, stored(new), _author(conn))
@@ -220,6 +223,8 @@ class Synchronizer:
             actor.last_seq = max(actor.last_seq, result.last_seq)
             self._answer(actor, list(actor.subscribers))
             await self._maybe_snapshot(actor)
+        if regressions:
+            await self._restore_lattice(hid, regressions, _user(conn))
 
     async def _create(self, conn: Connection, msg: wire.Sync) -> None:
         hid = msg.document_id
@@ -307,6 +312,31 @@ class Synchronizer:
                 target.send(wire.Sync(self.server_peer_id, target.peer_id or "", actor.id,
                                       m.encode()))
 
+    async def _restore_lattice(self, hid: str, regressions: list[tuple[str, str, str]],
+                               user: User) -> None:
+        """A merge let a service's status move down (Automerge's winner of a concurrent
+        write, e.g. ``in_progress`` over ``delivered``): write the lattice maximum back as
+        the server's own change, and say why in the activity feed."""
+
+        def restore(h: Household) -> None:
+            plan = h.doc.get(ROOT, "service_plan")
+            for service_id, before, after in regressions:
+                service = h.doc.get(plan[1], service_id) if plan else None
+                if service is None:
+                    continue
+                with h.doc.transaction() as tx:  # the status alone: delivered_by/at stay
+                    tx.put(service[1], "status", ScalarType.Str,
+                           policy.lattice_max(before, after))
+                h.append_activity("vatra", "status-restored",
+                                  f"service {service_id}: {after} -> "
+                                  f"{policy.lattice_max(before, after)} (status only moves "
+                                  f"forward; a concurrent edit had moved it back)")
+
+        try:
+            await self.server_change(hid, restore, author=Author("server", user.id))
+        except Exception:
+            log.exception("household %s: restoring service statuses failed", hid)
+
     async def server_change(self, household_id: str, edit: Callable[[Household], Any], *,
                             author: Author) -> Any:
         """Apply ``edit`` to the household as the server's own change, through the same
@@ -357,6 +387,26 @@ def _check_schema(household_id: str, merged: Document) -> None:
         more = f" (and {len(violations) - 20} more)" if len(violations) > 20 else ""
         raise Refused(f"the batch breaks schema v1: {listed}{more}",
                       code=ErrorCode.SCHEMA_VIOLATION, document_id=household_id)
+
+
+def _check_policy(household_id: str, before: Document, after: Document, user: User) -> None:
+    """Structural paths of an active household change only through approved requests
+    (applied by the server); decision fields only by the county's supervisors."""
+    if user.role == "worker":
+        violations = policy.protected_violations(before, after)
+        if violations:
+            paths = ", ".join(_public_path(v.path) for v in violations[:20])
+            raise Refused(f"protected path(s) changed without an approved change request: "
+                          f"{paths}; file a change request instead",
+                          code=ErrorCode.PROTECTED_PATH, document_id=household_id)
+    county = before.get(ROOT, "county")
+    same_county = county is not None and county[0][1] == user.county
+    for check in (policy.decision_violations, policy.cancel_violations):
+        violations = check(before, after, user.role, same_county)
+        if violations:
+            paths = ", ".join(f"{_public_path(v.path)} ({v.rule})" for v in violations[:20])
+            raise Refused(f"only a supervisor of the household's county may write: {paths}",
+                          code=ErrorCode.DECISION_FIELD, document_id=household_id)
 
 
 def _public_path(path: Sequence[str | int]) -> str:

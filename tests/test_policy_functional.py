@@ -1,0 +1,122 @@
+"""Change-permission rules enforced by the server (real server, enrolled devices)."""
+
+from __future__ import annotations
+
+import pytest
+from automerge.core import ROOT, ScalarType
+
+from client_sdk import SyncClient
+from conflict import Household
+from sync_server.app import SYNCHRONIZER
+
+pytestmark = pytest.mark.functional
+
+
+async def active_household(server, provision, *mates):
+    """A household registered by ``ana``, with a child, made active, on the team of all."""
+    ana = await provision.tablet("ana")
+    h = ana.create_household(locality="54975", county="CJ", address="Str. Lunga 3",
+                             created_by="ana")
+    hid = h.household_id
+    with ana.edit(hid) as e:
+        pid = e.add_member("Ana", "Pop", "2015-04-01", "F", "child")
+        e.set_status("active")
+    await SyncClient(ana, server.url).sync()
+    tablets = [ana]
+    for name, kw in mates:
+        t = await provision.tablet(name, **kw)
+        tablets.append(t)
+    await provision.share(hid, *[t for t in tablets if t.credentials.role == "worker"])
+    for t in tablets[1:]:
+        t.track(hid)
+        await SyncClient(t, server.url).sync()
+    return hid, pid, tablets
+
+
+async def test_a_client_bypassing_the_sdk_cannot_change_a_protected_path(server,
+                                                                         provision) -> None:
+    hid, pid, (ana,) = await active_household(server, provision)
+    raw = Household(ana.household(hid).doc, hid)  # no guard: what a modified client does
+    raw.set_member_field(pid, "presence", "moved")
+    ana.save(hid)
+    summary = await SyncClient(ana, server.url).sync()
+    [rejection] = summary.rejected
+    assert rejection.code == "protected-path"
+    assert f"members/{pid}/presence" in rejection.message
+    actor = await server.app[SYNCHRONIZER].registry.get(hid)
+    assert Household(actor.doc, hid).members()[pid]["presence"] == "present"
+    kept = await server.app[SYNCHRONIZER].quarantine.list()
+    assert [(k.document_id, k.code) for k in kept] == [(hid, "protected-path")]
+
+
+async def test_the_sdk_stops_an_honest_client_before_it_edits(server, provision) -> None:
+    from conflict.household import ProtectedPathError
+
+    hid, pid, (ana,) = await active_household(server, provision)
+    heads = ana.household(hid).doc.get_heads()
+    with pytest.raises(ProtectedPathError):
+        ana.household(hid).set_member_field(pid, "presence", "moved")
+    assert ana.household(hid).doc.get_heads() == heads  # nothing written, offline
+
+
+async def test_only_the_countys_supervisor_may_decide_a_request(server, provision) -> None:
+    hid, pid, (ana, sup) = await active_household(
+        server, provision, ("sup-cj", {"role": "supervisor", "county": "CJ"}))
+    with ana.edit(hid) as h:
+        rid = h.request_change("change_presence", {"person_id": pid, "presence": "moved"},
+                               "moved to her grandmother", requested_by="ana")
+    assert (await SyncClient(ana, server.url).sync()).rejected == []
+    raw = Household(ana.household(hid).doc, hid)
+    doc = raw.doc
+    requests = doc.get(ROOT, "change_requests")[1]
+    request = doc.get(requests, rid)[1]
+    with doc.transaction() as tx:  # the worker approves their own request
+        tx.put(request, "status", ScalarType.Str, "approved")
+    ana.save(hid)
+    summary = await SyncClient(ana, server.url).sync()
+    assert [r.code for r in summary.rejected] == ["decision-field"]
+
+    # the county's supervisor may write the decision (a rejection here)
+    await SyncClient(sup, server.url).sync()
+    sdoc = sup.household(hid).doc
+    srequest = sdoc.get(sdoc.get(ROOT, "change_requests")[1], rid)[1]
+    with sdoc.transaction() as tx:
+        tx.put(srequest, "status", ScalarType.Str, "rejected")
+        tx.put(srequest, "decided_by", ScalarType.Str, "sup-cj")
+        tx.put(srequest, "decided_at", ScalarType.Str, "2026-11-22T12:00:00Z")
+    sup.save(hid)
+    assert (await SyncClient(sup, server.url).sync()).rejected == []
+    actor = await server.app[SYNCHRONIZER].registry.get(hid)
+    assert Household(actor.doc, hid).change_requests()[0]["status"] == "rejected"
+
+
+async def test_a_concurrent_lower_service_status_is_restored_by_the_server(server,
+                                                                           provision) -> None:
+    """The nurse marks a service delivered; the counsellor, offline, marks it in progress.
+    Automerge lets the larger actor id win (here the counsellor's), which would move the
+    status back: the server writes ``delivered`` again and records why."""
+    ana = await provision.tablet("ana", actor_id=bytes([0x10]) * 16)
+    h = ana.create_household(locality="54975", county="CJ", address="Str. Lunga 3",
+                             created_by="ana")
+    hid = h.household_id
+    with ana.edit(hid) as e:
+        pid = e.add_member("Ana", "Pop", "2015-04-01", "F", "child")
+        sid = e.plan_service("counselling", pid, "school_absenteeism", "2026-12-20")
+    await SyncClient(ana, server.url).sync()
+    nurse = await provision.tablet("nurse", actor_id=bytes([0x20]) * 16)
+    counsellor = await provision.tablet("counsellor", actor_id=bytes([0xF0]) * 16)
+    await provision.share(hid, ana, nurse, counsellor)
+    for t in (nurse, counsellor):
+        t.track(hid)
+        await SyncClient(t, server.url).sync()
+    with nurse.edit(hid) as e:
+        e.set_service_status(sid, "delivered", by="nurse")
+    with counsellor.edit(hid) as e:
+        e.set_service_status(sid, "in_progress", by="counsellor")
+    await SyncClient(nurse, server.url).sync()
+    await SyncClient(counsellor, server.url).sync()
+    await SyncClient(counsellor, server.url).sync()
+    service = counsellor.household(hid).to_dict()["service_plan"][sid]
+    assert service["status"] == "delivered"
+    assert service["delivered_by"] == "nurse"
+    assert counsellor.household(hid).activity()[-1]["kind"] == "status-restored"
