@@ -32,7 +32,7 @@ from typing import Any
 from automerge._automerge import DocumentId
 from automerge.core import ROOT, Document, Message, ObjType, ScalarType
 
-from conflict import Household, is_entity_id, policy, schema, validate
+from conflict import Household, Violation, is_entity_id, policy, schema, validate
 
 from . import access, wire
 from .audit import AuditEvent, AuditLog
@@ -42,6 +42,7 @@ from .households import HouseholdActor, HouseholdRegistry
 from .identity import Device, IdentityStore, User
 from .quarantine import Quarantine
 from .storage import Author, HouseholdRecord, HouseholdStore, StoredChange
+from .touched import touched_prefixes
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +203,7 @@ class Synchronizer:
                 return
             try:
                 self._check_batch(conn, hid, new)
-                _check_schema(hid, fork)
+                _check_schema(hid, fork, before)
                 _check_policy(hid, actor.doc, fork, _user(conn))
             except Refused:
                 conn.reset_sync_state(hid)  # the fork, and everything in it, is dropped
@@ -378,10 +379,26 @@ class Synchronizer:
         actor.bytes_since_snapshot = 0
 
 
-def _check_schema(household_id: str, merged: Document) -> None:
+def schema_violations(merged: Document, before: list[bytes] | None = None) -> list[Violation]:
+    """Schema v1 violations of ``merged``: of the parts touched since ``before`` when the
+    patches can be read (the rest was valid already), else of the whole household."""
+    prefixes = touched_prefixes(merged, before) if before is not None else None
+    if prefixes is None:
+        return validate(merged)
+    found: dict[tuple[tuple[str | int, ...], str], Violation] = {}
+    for prefix in sorted(prefixes, key=repr):
+        try:
+            found.update({(v.path, v.rule): v for v in validate(merged, only=prefix)})
+        except ValueError:  # a prefix the schema does not define: check everything
+            return validate(merged)
+    return list(found.values())
+
+
+def _check_schema(household_id: str, merged: Document,
+                  before: list[bytes] | None = None) -> None:
     """The merged document must still be a valid household (schema v1); otherwise the
     batch is refused, naming every violation's path and rule (never a value)."""
-    violations = validate(merged)
+    violations = schema_violations(merged, before)
     if violations:
         listed = "; ".join(f"{_public_path(v.path)}: {v.rule}" for v in violations[:20])
         more = f" (and {len(violations) - 20} more)" if len(violations) > 20 else ""

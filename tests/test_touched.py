@@ -1,0 +1,82 @@
+"""Validating only what a batch touched finds exactly what validating everything finds
+(on a household that was valid before the batch): property-based, pure logic."""
+
+from __future__ import annotations
+
+from automerge.core import ROOT, ObjType, ScalarType
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conflict import Household, validate
+from sync_server.pipeline import schema_violations
+from sync_server.touched import touched_prefixes
+
+
+def base() -> tuple[Household, str, str, str]:
+    h = Household.create(locality="54975", county="CJ", address="Str. Lunga 3",
+                         created_by="sw")
+    pid = h.add_member("Ana", "Pop", "2015-04-01", "F", "child")
+    aid = h.start_assessment("sw")
+    sid = h.plan_service("counselling", pid, "school_absenteeism", "2026-12-20")
+    for i in range(5):
+        h.append_activity("sw", "visit", f"visit {i}")
+    return h, pid, aid, sid
+
+
+def edit(h: Household, pid: str, aid: str, sid: str, kind: int, n: int) -> None:
+    d = h.doc
+    members = d.get(ROOT, "members")[1]
+    got = d.get(members, pid)
+    if got is None and kind in (1, 2, 5):
+        return  # the member was deleted by an earlier edit of this batch
+    member = got[1] if got is not None else None
+    plan = d.get(ROOT, "service_plan")[1]
+    service = d.get(plan, sid)[1]
+    with d.transaction() as tx:
+        if kind == 0:
+            h_addr = f"Str. {n}"
+            tx.put(ROOT, "address", ScalarType.Str, h_addr)
+        elif kind == 1:
+            tx.put(member, "presence", ScalarType.Str, "somewhere")     # bad enum
+        elif kind == 2:
+            tx.put(member, "birth_date", ScalarType.Int, n)             # bad type
+        elif kind == 3:
+            tx.put(service, "person_id", ScalarType.Str, "00000000-0000-4000-8000-000000000000")
+        elif kind == 4:
+            entry = tx.insert_object(d.get(ROOT, "activity")[1], 0, ObjType.Map)
+            tx.put(entry, "at", ScalarType.Str, "yesterday")            # bad format
+        elif kind == 5:
+            tx.delete(members, pid)                                     # dangling references
+        elif kind == 6:
+            tx.put(ROOT, "status", ScalarType.Str, "active")
+        elif kind == 7:
+            tx.put(d.get(d.get(ROOT, "assessments")[1], aid)[1], "by", ScalarType.Int, n)
+        elif kind == 8:
+            tx.put(ROOT, "county", ScalarType.Str, "cluj")              # bad format
+        else:
+            text = d.get(ROOT, "notes")[1]
+            tx.splice_text(text, 0, 0, f"note {n} ")
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 9), st.integers(0, 999)), min_size=1, max_size=4))
+def test_touched_validation_equals_full_validation(edits) -> None:
+    h, pid, aid, sid = base()
+    assert validate(h.doc) == []
+    before = h.doc.get_heads()
+    for kind, n in edits:
+        edit(h, pid, aid, sid, kind, n)
+    assert touched_prefixes(h.doc, before) is not None  # the fast path was taken
+    full = {(v.path, v.rule) for v in validate(h.doc)}
+    touched = {(v.path, v.rule) for v in schema_violations(h.doc, before)}
+    assert touched == full
+
+
+def test_an_unreadable_key_widens_the_check_to_its_whole_section() -> None:
+    h, pid, aid, sid = base()
+    before = h.doc.get_heads()
+    with h.doc.transaction() as tx:  # a client-chosen key with a quote in it
+        tx.put_object(h.doc.get(ROOT, "members")[1], 'Ana "the" Pop', ObjType.Map)
+    assert touched_prefixes(h.doc, before) in (None, {("members",)})  # never narrower
+    assert {(v.path, v.rule) for v in schema_violations(h.doc, before)} == \
+        {(v.path, v.rule) for v in validate(h.doc)} != set()
