@@ -73,7 +73,7 @@ def test_touched_validation_equals_full_validation(edits) -> None:
 
 
 def test_an_unreadable_key_widens_the_check_to_its_whole_section() -> None:
-    h, pid, aid, sid = base()
+    h, *_ = base()
     before = h.doc.get_heads()
     with h.doc.transaction() as tx:  # a client-chosen key with a quote in it
         tx.put_object(h.doc.get(ROOT, "members")[1], 'Ana "the" Pop', ObjType.Map)
