@@ -23,6 +23,7 @@ from aiohttp import web
 from nacl.signing import SigningKey, VerifyKey
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from . import approvals
 from .channel import WebSocketChannel
 from .config import Settings
 from .connection import Connection
@@ -159,6 +160,7 @@ def build_app(settings: Settings, engine: AsyncEngine, server_key: SigningKey) -
     app[SERVER_KEY] = server_key
     app[LIMITER] = FailureLimiter()
     app.router.add_post("/v1/enroll", enroll)
+    approvals.add_routes(app)
     app.cleanup_ctx.append(_revocations)
     app[STORE] = store
     app.on_shutdown.append(_close_connections)

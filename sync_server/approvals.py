@@ -1,0 +1,190 @@
+"""The supervisors' HTTP API: pending change requests of their county, approve, reject.
+
+Every call is signed by a supervisor's enrolled device (:mod:`sync_server.http_auth`)
+and scoped to the supervisor's county; a household outside it answers ``404``
+exactly like one that does not exist. Approving applies the structural change
+as the server's own change (validated, persisted, audited under the
+supervisor's device, fanned out to every team tablet); approving twice
+applies once. Rejecting changes nothing but the request.
+
+This API is outside the end-to-end session, so it carries no household
+content: the list gives ids, kinds, who asked and when — the supervisor's
+tablet reads the request itself through sync. Keep decision notes free of
+personal data. The OpenAPI document is served at ``/v1/openapi.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import sqlalchemy as sa
+from aiohttp import web
+from nacl.signing import VerifyKey
+
+from conflict import Household, InvalidValueError, UnknownEntityError
+
+from .enrollment import IDENTITY
+from .http_auth import HttpAuthError, ReplayGuard, parse, verify
+from .identity import Device
+from .storage import Author, households
+
+REPLAY = web.AppKey("replay_guard", ReplayGuard)
+
+
+def _error(status: int, code: str, message: str) -> web.HTTPException:
+    cls = {400: web.HTTPBadRequest, 401: web.HTTPUnauthorized, 403: web.HTTPForbidden,
+           404: web.HTTPNotFound, 409: web.HTTPConflict}[status]
+    return cls(text=json.dumps({"code": code, "message": message}),
+               content_type="application/json")
+
+
+async def _supervisor(request: web.Request) -> tuple[Device, bytes]:
+    body = await request.read()
+    try:
+        device_id, ts, nonce, sig = parse(request.headers.get("Authorization"))
+        device = await request.app[IDENTITY].device(device_id)
+        if device is None or device.revoked:
+            raise HttpAuthError("unknown or revoked device")
+        verify(VerifyKey(device.signing_key), request.method, request.path_qs, ts, nonce, sig,
+               body, request.app[REPLAY])
+    except HttpAuthError as err:
+        raise _error(401, "unauthorized", str(err)) from err
+    if device.user.role != "supervisor":
+        raise _error(403, "forbidden", "only supervisors decide change requests")
+    return device, body
+
+
+async def _household_in_county(request: web.Request, device: Device) -> Household:
+    from .app import SYNCHRONIZER  # the app module imports this one
+
+    hid = request.match_info["household_id"]
+    actor = await request.app[SYNCHRONIZER].registry.get(hid)
+    if actor is None or actor.record.county != device.user.county:
+        raise _error(404, "not-found", "no such household")
+    return Household(actor.doc, hid)
+
+
+async def list_requests(request: web.Request) -> web.Response:
+    from .app import ENGINE, SYNCHRONIZER
+
+    device, _ = await _supervisor(request)
+    wanted = request.query.get("status", "pending")
+    async with request.app[ENGINE].connect() as conn:
+        ids = (await conn.execute(sa.select(households.c.id)
+                                  .where(households.c.county == device.user.county)
+                                  .order_by(households.c.id))).scalars().all()
+    out: list[dict[str, Any]] = []
+    registry = request.app[SYNCHRONIZER].registry
+    for hid in ids:  # one county; projections (the web tier's tables) will replace this walk
+        actor = await registry.get(hid)
+        if actor is None:
+            continue
+        for req in Household(actor.doc, hid).change_requests():
+            if req.get("status") == wanted:
+                out.append({"household_id": hid, "request_id": req["request_id"],
+                            "kind": req.get("kind"), "requested_by": req.get("requested_by"),
+                            "requested_at": req.get("requested_at"), "status": req.get("status")})
+    return web.json_response({"requests": out, "count": len(out)})
+
+
+async def decide(request: web.Request) -> web.Response:
+    from .app import SYNCHRONIZER
+
+    device, body = await _supervisor(request)
+    household = await _household_in_county(request, device)
+    rid = request.match_info["request_id"]
+    try:
+        note = json.loads(body or b"{}").get("note")
+        if note is not None and not isinstance(note, str):
+            raise ValueError("note")
+    except (ValueError, AttributeError) as exc:
+        raise _error(400, "malformed-message", "expected JSON {\"note\": string}") from exc
+    approve = request.match_info["decision"] == "approve"
+    user = device.user.id
+
+    def apply(h: Household) -> bool:
+        if approve:
+            return h.apply_request(rid, user, as_server=True, note=note)
+        return h.reject_request(rid, user, note, as_server=True)
+
+    try:
+        changed = await request.app[SYNCHRONIZER].server_change(
+            household.household_id, apply, author=Author(device.id, user))
+    except UnknownEntityError as err:
+        raise _error(404, "not-found", "no such change request") from err
+    except InvalidValueError as err:
+        raise _error(409, str(err.rule), f"cannot decide: {'/'.join(map(str, err.path))} "
+                                         f"({err.rule})") from err
+    return web.json_response({"household_id": household.household_id, "request_id": rid,
+                              "decision": "approved" if approve else "rejected",
+                              "changed": changed})
+
+
+async def openapi(_: web.Request) -> web.Response:
+    return web.json_response(OPENAPI)
+
+
+def add_routes(app: web.Application) -> None:
+    app[REPLAY] = ReplayGuard()
+    app.router.add_get("/v1/requests", list_requests)
+    app.router.add_post(r"/v1/households/{household_id}/requests/{request_id}/{decision:approve|reject}",
+                        decide)
+    app.router.add_get("/v1/openapi.json", openapi)
+
+
+_ERR = {"description": "refused", "content": {"application/json": {"schema": {
+    "$ref": "#/components/schemas/Error"}}}}
+_SIGNED = [{"device": []}]
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.0.3",
+    "info": {"title": "Vatra HTTP API", "version": "1"},
+    "components": {
+        "securitySchemes": {"device": {
+            "type": "apiKey", "in": "header", "name": "Authorization",
+            "description": "Vatra-Device id=<device>, ts=<unix seconds>, nonce=<base64>, "
+                           "sig=<base64 Ed25519 signature>; see sync_server/http_auth.py"}},
+        "schemas": {
+            "Error": {"type": "object", "required": ["code", "message"], "properties": {
+                "code": {"type": "string"}, "message": {"type": "string"}}},
+            "Request": {"type": "object", "properties": {
+                "household_id": {"type": "string"}, "request_id": {"type": "string"},
+                "kind": {"type": "string"}, "requested_by": {"type": "string"},
+                "requested_at": {"type": "string"}, "status": {"type": "string"}}},
+        },
+    },
+    "paths": {
+        "/v1/enroll": {"post": {
+            "summary": "enroll a device with a one-time code (sync_server/enrollment.py)",
+            "responses": {"201": {"description": "enrolled"}, "400": _ERR, "403": _ERR,
+                          "429": _ERR}}},
+        "/v1/requests": {"get": {
+            "summary": "change requests of the supervisor's county (no household content)",
+            "security": _SIGNED,
+            "parameters": [{"name": "status", "in": "query", "schema": {
+                "type": "string", "enum": ["pending", "approved", "rejected"]}}],
+            "responses": {"200": {"description": "requests", "content": {"application/json": {
+                "schema": {"type": "object", "properties": {
+                    "count": {"type": "integer"},
+                    "requests": {"type": "array", "items": {
+                        "$ref": "#/components/schemas/Request"}}}}}}},
+                "401": _ERR, "403": _ERR}}},
+        "/v1/households/{household_id}/requests/{request_id}/{decision}": {"post": {
+            "summary": "approve (applies the change as the server's own) or reject a request",
+            "security": _SIGNED,
+            "parameters": [
+                {"name": "household_id", "in": "path", "required": True,
+                 "schema": {"type": "string"}},
+                {"name": "request_id", "in": "path", "required": True,
+                 "schema": {"type": "string"}},
+                {"name": "decision", "in": "path", "required": True,
+                 "schema": {"type": "string", "enum": ["approve", "reject"]}}],
+            "requestBody": {"content": {"application/json": {"schema": {
+                "type": "object", "properties": {"note": {"type": "string"}}}}}},
+            "responses": {"200": {"description": "decided (changed=false: already so)"},
+                          "400": _ERR, "401": _ERR, "403": _ERR, "404": _ERR, "409": _ERR}}},
+        "/healthz": {"get": {"responses": {"200": {"description": "process alive"}}}},
+        "/readyz": {"get": {"responses": {"200": {"description": "database reachable"},
+                                          "503": {"description": "database unreachable"}}}},
+    },
+}
