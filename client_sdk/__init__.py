@@ -3,8 +3,10 @@
 A :class:`Replica` is the device's caseload on disk; edits go through the
 typed :class:`conflict.Household` API and work offline. :func:`enroll` makes
 it a device of one user (once, with an admin's one-time code). :class:`SyncClient`
-uploads and downloads the whole caseload in one session. ``RepoTransport``
-lets a stock ``automerge.repo.Repo`` talk to a Vatra server.
+uploads and downloads the whole caseload in one session; a household whose
+batch the server refuses for its content is rebuilt on the server's copy with
+the allowed local edits re-applied (:class:`Recovery`, ``SyncSummary.recovered``).
+``RepoTransport`` lets a stock ``automerge.repo.Repo`` talk to a Vatra server.
 """
 
 from ._enroll import Credentials, enroll
@@ -17,6 +19,7 @@ from ._errors import (
     SyncStalled,
     VatraClientError,
 )
+from ._recovery import Recovery
 from ._replica import Replica
 from ._sync import SyncClient, SyncSummary
 from ._transport import RepoTransport
@@ -26,6 +29,7 @@ __all__ = [
     "Credentials",
     "HouseholdNotFound",
     "NotEnrolled",
+    "Recovery",
     "Replica",
     "ReplicaError",
     "RepoTransport",

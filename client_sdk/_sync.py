@@ -8,6 +8,14 @@ downloaded are asked for with ``request``.
 Connection failures are retried with exponential backoff and full jitter;
 an ``error`` from the server is not retried (it names a rule, and the same
 bytes would be refused again) but reported in the summary.
+
+A household whose batch the server refused for its content (``protected-path``,
+``decision-field``, ``schema-violation``: :data:`RECOVERABLE_CODES`) is recovered
+in the same session: the client asks for the server's copy again (a ``request``
+from an empty document), re-applies on it every local edit that is allowed, as
+new changes of this device (protected edits become change requests; see
+:mod:`client_sdk._recovery`), keeps the result as the replica's copy and uploads
+it. ``SyncSummary.recovered`` says what was re-applied, re-filed and dropped.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from sync_server.errors import ProtocolError
 from sync_server.session import SessionError, open_session
 
 from ._errors import NotEnrolled, ServerRejected, SyncFailed, SyncStalled
+from ._recovery import RECOVERABLE_CODES, Recovery, rebase
 from ._replica import Replica, covers
 from ._transport import ClientChannel
 
@@ -46,6 +55,8 @@ class SyncSummary:
     unavailable: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)  # left the caseload: local copy deleted
     rejected: list[ServerRejected] = field(default_factory=list)
+    #: households whose refused batch was rebuilt on the server's copy (see module doc)
+    recovered: dict[str, Recovery] = field(default_factory=dict)
     attempts: int = 1
     seconds: float = 0.0
 
@@ -60,6 +71,11 @@ class _DocSync:
     done: bool = False
     was_saved: bool = False
     rounds: int = 0
+    #: recovering a refused batch: "" (no), "fetching" the server's copy, "uploading"
+    phase: str = ""
+    refused: Document | None = None  # the local copy the server refused
+    code: str = ""
+    recovery: Recovery | None = None
 
 
 class SyncClient:
@@ -177,15 +193,25 @@ class SyncClient:
                     elif isinstance(msg, wire.Error):
                         rejection = self._rejected(msg)
                         summary.rejected.append(rejection)
-                        if msg.document_id in docs:
-                            docs[msg.document_id].done = True
-                        else:
+                        hid = msg.document_id
+                        if hid not in docs:
                             raise rejection
+                        d = docs[hid]
+                        d.done = True
+                        if (msg.code in RECOVERABLE_CODES and d.phase == ""
+                                and self.replica.has_local_copy(hid)):
+                            docs[hid] = await self._start_recovery(hid, d, msg.code, send,
+                                                                    peer_id, server_id)
+                        elif d.phase == "uploading":
+                            log.warning("household %s: the re-applied edits were refused "
+                                        "too (%s)", hid, msg.code)
 
                 for hid, d in docs.items():
                     if hid in summary.unavailable or not d.doc.get_heads():
                         continue
                     summary.households_synced += 1
+                    if d.phase:
+                        continue  # counted by _finish_fetch
                     if not self.replica.has_local_copy(hid):
                         self.replica.adopt(hid, d.doc)
                     self._count(d, summary)
@@ -232,7 +258,8 @@ class SyncClient:
             d.first_server_heads = d.server_heads
         self.replica.set_server_heads(hid, d.server_heads, flush=False)
         after = d.doc.get_heads()
-        if after != before and self.on_remote_change is not None and self.replica.has_local_copy(hid):
+        if (after != before and self.on_remote_change is not None and d.phase != "fetching"
+                and self.replica.has_local_copy(hid)):
             self.on_remote_change(hid, len(d.doc.get_changes(before)))
         reply = d.doc.generate_sync_message(d.state)
         if reply is not None:
@@ -243,6 +270,55 @@ class SyncClient:
         d.was_saved = saved
         # Equal heads mean equal documents; any reply just sent is an acknowledgement.
         d.done = sorted(after) == sorted(d.server_heads)
+        if d.done and d.phase == "fetching":
+            await self._finish_fetch(d, hid, send, peer_id, server_id, summary)
+        elif d.done and d.phase == "uploading" and d.recovery is not None:
+            d.recovery.uploaded = True
+
+    async def _start_recovery(self, hid: str, refused: _DocSync, code: str, send,
+                              peer_id: str, server_id: str) -> _DocSync:
+        """Ask for the server's copy of a household whose batch it refused, from scratch
+        (the server dropped its sync state for it along with the batch)."""
+        log.info("household %s: batch refused (%s); fetching the server's copy to "
+                 "re-apply the allowed edits", hid, code)
+        fresh = Document(actor_id=self.replica.actor_id)
+        d = _DocSync(fresh, SyncState(), set(), phase="fetching", refused=refused.doc,
+                     code=code)
+        m = fresh.generate_sync_message(d.state)
+        assert m is not None  # a fresh SyncState always has something to say
+        await send(wire.Request(peer_id, server_id, hid, m.encode()))
+        return d
+
+    async def _finish_fetch(self, d: _DocSync, hid: str, send, peer_id: str, server_id: str,
+                            summary: SyncSummary) -> None:
+        """The server's copy is here: re-apply the refused copy's allowed edits on it,
+        keep the result as the replica's copy, and upload it in this session."""
+        creds = self.replica.credentials
+        assert creds is not None and d.refused is not None
+        server_copy = d.doc
+        server_hashes = {c.hash for c in server_copy.get_changes([])}
+        local_hashes = {c.hash for c in d.refused.get_changes([])}
+        result, recovery = rebase(d.refused, server_copy, hid, actor_id=self.replica.actor_id,
+                                  user_id=creds.user_id, role=creds.role, code=d.code)
+        d.doc, d.refused, d.recovery, d.phase = result, None, recovery, "uploading"
+        d.hashes_before, d.was_saved = {c.hash for c in result.get_changes([])}, False
+        summary.recovered[hid] = recovery
+        self.replica.adopt(hid, result)
+        new = len(result.get_changes(server_copy.get_heads()))
+        received = len(server_hashes - local_hashes)
+        summary.changes_sent += new
+        summary.changes_received += received
+        if received and self.on_remote_change is not None:
+            self.on_remote_change(hid, received)
+        log.info("household %s: recovered; %d value(s) re-applied, %d re-filed as change "
+                 "requests, %d dropped", hid, recovery.reapplied, len(recovery.refiled),
+                 len(recovery.dropped))
+        reply = result.generate_sync_message(d.state)
+        if reply is not None:
+            await send(wire.Sync(peer_id, server_id, hid, reply.encode()))
+        d.done = sorted(result.get_heads()) == sorted(d.server_heads)
+        if d.done:
+            recovery.uploaded = True
 
     @staticmethod
     def _count(d: _DocSync, summary: SyncSummary) -> None:

@@ -59,7 +59,7 @@ async def test_approval_reaches_every_team_tablet_and_applies_once(server, provi
 
 
 async def test_rejection_changes_only_the_request(server, provision) -> None:
-    hid, pid, rid, ana, nurse, sup = await team_with_request(server, provision)
+    hid, pid, rid, _ana, nurse, sup = await team_with_request(server, provision)
     result = await SupervisorClient(sup, server.http_url).reject(hid, rid, note="not now")
     assert result["decision"] == "rejected" and result["changed"] is True
     await SyncClient(nurse, server.url).sync()
@@ -72,7 +72,7 @@ async def test_rejection_changes_only_the_request(server, provision) -> None:
 
 
 async def test_other_counties_workers_and_strangers_are_refused(server, provision) -> None:
-    hid, pid, rid, ana, nurse, sup = await team_with_request(server, provision)
+    hid, _pid, rid, ana, _nurse, sup = await team_with_request(server, provision)
     bv = await provision.tablet("sup-bv", role="supervisor", county="BV")
     with pytest.raises(ServerRejected) as info:
         await SupervisorClient(bv, server.http_url).approve(hid, rid)
