@@ -21,6 +21,7 @@ from ._errors import (
 )
 from ._recovery import Recovery
 from ._replica import Replica
+from ._supervisor import SupervisorClient
 from ._sync import SyncClient, SyncSummary
 from ._transport import RepoTransport
 from ._vault import WrongPin
@@ -34,6 +35,7 @@ __all__ = [
     "ReplicaError",
     "RepoTransport",
     "ServerRejected",
+    "SupervisorClient",
     "SyncClient",
     "SyncFailed",
     "SyncStalled",

@@ -6,8 +6,7 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from client_sdk import ServerRejected, SyncClient
-from client_sdk._supervisor import SupervisorClient
+from client_sdk import ServerRejected, SupervisorClient, SyncClient
 from conflict import Household
 from sync_server.app import SYNCHRONIZER
 from sync_server.http_auth import sign
