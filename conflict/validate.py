@@ -209,6 +209,13 @@ def validate(doc: Document, only: Sequence[str | int] = ()) -> list[Violation]:
     validate ``("service_plan",)`` and ``("assessments",)`` when ``members``
     lose keys.
     """
+    return validate_paths(doc, [only] if only else [])
+
+
+def validate_paths(doc: Document, prefixes: Sequence[Sequence[str | int]]) -> list[Violation]:
+    """:func:`validate` for several path prefixes in one pass (the schema version and
+    the member ids are read once); no prefixes = the whole document. Raises
+    ``ValueError`` for a prefix the schema does not define."""
     walker = _Walker(doc)
 
     version = doc.get(ROOT, "schema")
@@ -218,7 +225,7 @@ def validate(doc: Document, only: Sequence[str | int] = ()) -> list[Violation]:
             walker.report(("schema",), Rule.SCHEMA_VERSION)
             return walker.out
 
-    if only:
+    if prefixes:
         # A full walk checks the root "schema" field itself; a prefix walk
         # does not reach it, so report a missing or mistyped version here.
         if version is None:
@@ -230,6 +237,12 @@ def validate(doc: Document, only: Sequence[str | int] = ()) -> list[Violation]:
     if members is not None and members[0] == ObjType.Map:
         walker.members = frozenset(doc.keys(members[1]))
 
+    for only in prefixes or [()]:
+        _walk_prefix(walker, doc, only)
+    return walker.out
+
+
+def _walk_prefix(walker: _Walker, doc: Document, only: Sequence[str | int]) -> None:
     spec: s.Spec = s.HOUSEHOLD
     entry: Entry = (ObjType.Map, ROOT)
     path: Path = ()
@@ -238,7 +251,7 @@ def validate(doc: Document, only: Sequence[str | int] = ()) -> list[Violation]:
         if sub is None:
             raise ValueError(f"path prefix not in the schema: {format_path((*path, segment))}")
         if not walker.check_container(spec, entry, path):
-            return walker.out
+            return
         if isinstance(spec, s.MapOf):
             walker.check_key(spec, str(segment), (*path, segment))
         if isinstance(spec, s.ListOf):
@@ -251,8 +264,7 @@ def validate(doc: Document, only: Sequence[str | int] = ()) -> list[Violation]:
             # required record field is.
             if isinstance(spec, s.Record) and sub.required:
                 walker.report((*path, segment), Rule.MISSING)
-            return walker.out
+            return
         spec, entry, path = sub, child, (*path, segment)
 
     walker.check(spec, entry, path)
-    return walker.out

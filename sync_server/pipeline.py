@@ -33,6 +33,7 @@ from automerge._automerge import DocumentId
 from automerge.core import ROOT, Document, Message, ObjType, ScalarType
 
 from conflict import Household, Violation, is_entity_id, policy, schema, validate
+from conflict.validate import validate_paths
 
 from . import access, wire
 from .audit import AuditEvent, AuditLog
@@ -203,12 +204,15 @@ class Synchronizer:
                 return
             try:
                 self._check_batch(conn, hid, new)
-                _check_schema(hid, fork, before)
-                _check_policy(hid, actor.doc, fork, _user(conn))
+                touched = touched_prefixes(fork, before)
+                sections = None if touched is None else {p[0] for p in touched}
+                _check_schema(hid, fork, touched=touched)
+                _check_policy(hid, actor.doc, fork, _user(conn), sections)
             except Refused:
                 conn.reset_sync_state(hid)  # the fork, and everything in it, is dropped
                 raise
-            regressions = policy.status_regressions(actor.doc, fork)
+            regressions = (policy.status_regressions(actor.doc, fork)
+                           if sections is None or "service_plan" in sections else [])
             started = time.perf_counter()
             try:
                 result = await self.store.append_changes(hid, stored(new), _author(conn))
@@ -379,26 +383,29 @@ class Synchronizer:
         actor.bytes_since_snapshot = 0
 
 
-def schema_violations(merged: Document, before: list[bytes] | None = None) -> list[Violation]:
+def schema_violations(merged: Document, before: list[bytes] | None = None, *,
+                      touched: set[tuple[str | int, ...]] | None = None) -> list[Violation]:
     """Schema v1 violations of ``merged``: of the parts touched since ``before`` when the
-    patches can be read (the rest was valid already), else of the whole household."""
-    prefixes = touched_prefixes(merged, before) if before is not None else None
+    patches can be read (the rest was valid already), else of the whole household.
+    ``touched`` passes prefixes already read (:func:`touched_prefixes`)."""
+    prefixes = touched
+    if prefixes is None and before is not None:
+        prefixes = touched_prefixes(merged, before)
     if prefixes is None:
         return validate(merged)
-    found: dict[tuple[tuple[str | int, ...], str], Violation] = {}
-    for prefix in sorted(prefixes, key=repr):
-        try:
-            found.update({(v.path, v.rule): v for v in validate(merged, only=prefix)})
-        except ValueError:  # a prefix the schema does not define: check everything
-            return validate(merged)
-    return list(found.values())
+    try:
+        found = validate_paths(merged, sorted(prefixes, key=repr))
+    except ValueError:  # a prefix the schema does not define: check everything
+        return validate(merged)
+    return list({(v.path, v.rule): v for v in found}.values())  # prefixes may overlap
 
 
 def _check_schema(household_id: str, merged: Document,
-                  before: list[bytes] | None = None) -> None:
+                  before: list[bytes] | None = None, *,
+                  touched: set[tuple[str | int, ...]] | None = None) -> None:
     """The merged document must still be a valid household (schema v1); otherwise the
     batch is refused, naming every violation's path and rule (never a value)."""
-    violations = schema_violations(merged, before)
+    violations = schema_violations(merged, before, touched=touched)
     if violations:
         listed = "; ".join(f"{_public_path(v.path)}: {v.rule}" for v in violations[:20])
         more = f" (and {len(violations) - 20} more)" if len(violations) > 20 else ""
@@ -406,10 +413,17 @@ def _check_schema(household_id: str, merged: Document,
                       code=ErrorCode.SCHEMA_VIOLATION, document_id=household_id)
 
 
-def _check_policy(household_id: str, before: Document, after: Document, user: User) -> None:
+def _check_policy(household_id: str, before: Document, after: Document, user: User,
+                  sections: set[str | int] | None = None) -> None:
     """Structural paths of an active household change only through approved requests
-    (applied by the server); decision fields only by the county's supervisors."""
-    if user.role == "worker":
+    (applied by the server); decision fields only by the county's supervisors.
+    ``sections``: the top-level sections the batch touched (None = unknown: check all);
+    a rule whose sections were not touched cannot be broken and is not read."""
+
+    def touched(*names: str) -> bool:
+        return sections is None or any(n in sections for n in names)
+
+    if user.role == "worker" and touched("members", "team", "status"):
         violations = policy.protected_violations(before, after)
         if violations:
             paths = ", ".join(_public_path(v.path) for v in violations[:20])
@@ -418,7 +432,10 @@ def _check_policy(household_id: str, before: Document, after: Document, user: Us
                           code=ErrorCode.PROTECTED_PATH, document_id=household_id)
     county = before.get(ROOT, "county")
     same_county = county is not None and county[0][1] == user.county
-    for check in (policy.decision_violations, policy.cancel_violations):
+    for check, section in ((policy.decision_violations, "change_requests"),
+                           (policy.cancel_violations, "service_plan")):
+        if not touched(section):
+            continue
         violations = check(before, after, user.role, same_county)
         if violations:
             paths = ", ".join(f"{_public_path(v.path)} ({v.rule})" for v in violations[:20])
