@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from _scenes import active_household
 from automerge.core import ROOT, ScalarType
 
 from client_sdk import SyncClient
@@ -10,27 +11,6 @@ from conflict import Household
 from sync_server.app import SYNCHRONIZER
 
 pytestmark = pytest.mark.functional
-
-
-async def active_household(server, provision, *mates):
-    """A household registered by ``ana``, with a child, made active, on the team of all."""
-    ana = await provision.tablet("ana")
-    h = ana.create_household(locality="54975", county="CJ", address="Str. Lunga 3",
-                             created_by="ana")
-    hid = h.household_id
-    with ana.edit(hid) as e:
-        pid = e.add_member("Ana", "Pop", "2015-04-01", "F", "child")
-        e.set_status("active")
-    await SyncClient(ana, server.url).sync()
-    tablets = [ana]
-    for name, kw in mates:
-        t = await provision.tablet(name, **kw)
-        tablets.append(t)
-    await provision.share(hid, *[t for t in tablets if t.credentials.role == "worker"])
-    for t in tablets[1:]:
-        t.track(hid)
-        await SyncClient(t, server.url).sync()
-    return hid, pid, tablets
 
 
 async def test_a_client_bypassing_the_sdk_cannot_change_a_protected_path(server,

@@ -4,6 +4,7 @@ is allowed, re-applied as new changes (real server, enrolled tablets)."""
 from __future__ import annotations
 
 import pytest
+from _scenes import active_household
 from automerge.core import ROOT, ScalarType
 
 from client_sdk import Recovery, SyncClient
@@ -14,27 +15,9 @@ from sync_server.app import SYNCHRONIZER
 pytestmark = pytest.mark.functional
 
 
-async def active_household(server, provision, *mates):
-    """A household registered by ``ana``, with a child and a started assessment, made
-    active, on the team of all."""
-    ana = await provision.tablet("ana")
-    h = ana.create_household(locality="54975", county="CJ", address="Str. Lunga 3",
-                             created_by="ana")
-    hid = h.household_id
-    with ana.edit(hid) as e:
-        pid = e.add_member("Ana", "Pop", "2015-04-01", "F", "child")
-        e.set_notes("first visit\nneeds school supplies\n")
-        e.set_status("active")
-    await SyncClient(ana, server.url).sync()
-    tablets = [ana]
-    for name, kw in mates:
-        t = await provision.tablet(name, **kw)
-        tablets.append(t)
-    await provision.share(hid, *[t for t in tablets if t.credentials.role == "worker"])
-    for t in tablets[1:]:
-        t.track(hid)
-        await SyncClient(t, server.url).sync()
-    return hid, pid, tablets
+async def active_household_with_notes(server, provision, *mates):
+    return await active_household(server, provision, *mates,
+                                  notes="first visit\nneeds school supplies\n")
 
 
 async def server_copy(server, hid: str) -> Household:
@@ -43,7 +26,7 @@ async def server_copy(server, hid: str) -> Household:
 
 
 async def test_a_refused_batch_keeps_every_allowed_edit(server, provision) -> None:
-    hid, pid, (ana, nurse) = await active_household(server, provision, ("nurse", {}))
+    hid, pid, (ana, nurse) = await active_household_with_notes(server, provision, ("nurse", {}))
 
     # The nurse adds to the notes and syncs first: that edit must survive ana's recovery.
     with nurse.edit(hid) as e:
@@ -113,7 +96,7 @@ async def test_a_refused_batch_keeps_every_allowed_edit(server, provision) -> No
 
 
 async def test_a_schema_violation_is_recovered_the_same_way(server, provision) -> None:
-    hid, pid, (ana, nurse) = await active_household(server, provision, ("nurse", {}))
+    hid, pid, (ana, nurse) = await active_household_with_notes(server, provision, ("nurse", {}))
     h = ana.household(hid)
     members = h.doc.get(ROOT, "members")[1]
     child = h.doc.get(members, pid)[1]
@@ -143,7 +126,7 @@ async def test_a_schema_violation_is_recovered_the_same_way(server, provision) -
 
 async def test_a_self_approved_request_is_recovered_without_the_decision(server,
                                                                         provision) -> None:
-    hid, pid, (ana,) = await active_household(server, provision)
+    hid, pid, (ana,) = await active_household_with_notes(server, provision)
     with ana.edit(hid) as h:
         rid = h.request_change("change_presence", {"person_id": pid, "presence": "moved"},
                                "moved to her grandmother", requested_by="ana")

@@ -1,0 +1,30 @@
+"""Scenes several functional test files start from (import: ``from _scenes import …``)."""
+
+from __future__ import annotations
+
+from client_sdk import SyncClient
+
+
+async def active_household(server, provision, *mates, notes: str | None = None):
+    """A household registered by tablet ``ana`` (user ``ana``), with a child, made active
+    and synced; then every mate ``(name, provision.tablet kwargs)`` is enrolled, the
+    workers among them put on the team, and each downloads it.
+    Returns ``(household id, the child's person id, [ana, *mates' tablets])``."""
+    ana = await provision.tablet("ana")
+    h = ana.create_household(locality="54975", county="CJ", address="Str. Lunga 3",
+                             created_by="ana")
+    hid = h.household_id
+    with ana.edit(hid) as e:
+        pid = e.add_member("Ana", "Pop", "2015-04-01", "F", "child")
+        if notes is not None:
+            e.set_notes(notes)
+        e.set_status("active")
+    await SyncClient(ana, server.url).sync()
+    tablets = [ana]
+    for name, kw in mates:
+        tablets.append(await provision.tablet(name, **kw))
+    await provision.share(hid, *[t for t in tablets if t.credentials.role == "worker"])
+    for t in tablets[1:]:
+        t.track(hid)
+        await SyncClient(t, server.url).sync()
+    return hid, pid, tablets
