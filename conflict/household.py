@@ -42,7 +42,7 @@ entry in one change — bypassing the guard on purpose.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -584,6 +584,59 @@ class Household:
             raise InvalidValueError(("service_plan", service_id, "note"), "missing")
         self._replace_text(note, text)
 
+    # --- same-field conflicts ---------------------------------------------
+
+    def record_conflict(self, path: Sequence[str | int], values: Sequence[Any],
+                        at: datetime | str | None = None) -> str:
+        """Record that concurrent edits left ``values`` at ``path`` (the server does this
+        when it detects them); returns the conflict's id. One change."""
+        cid = new_entity_id()
+        conflicts = self._root_obj("conflicts")
+        with self.doc.transaction() as tx:
+            obj = tx.put_object(conflicts, cid, ObjType.Map)
+            p = tx.put_object(obj, "path", ObjType.List)
+            for i, seg in enumerate(path):
+                tx.insert(p, i, ScalarType.Int if isinstance(seg, int) else ScalarType.Str, seg)
+            v = tx.put_object(obj, "values", ObjType.List)
+            for i, value in enumerate(values):
+                tx.insert(v, i, *_any_scalar(value))
+            tx.put(obj, "detected_at", ScalarType.Str, utc_instant(at))
+        return cid
+
+    def conflicts(self, *, open_only: bool = False) -> list[dict[str, Any]]:
+        """Recorded conflicts (``conflict_id``, ``path``, ``values``, ``detected_at``,
+        ``resolved_by``, ``resolution``); ``open_only`` leaves out the resolved ones."""
+        out = []
+        for cid, c in (self._read_key(ROOT, "conflicts") or {}).items():
+            if isinstance(c, dict) and not (open_only and c.get("resolved_by")):
+                out.append({"conflict_id": cid, "path": c.get("path"), "values": c.get("values"),
+                            "detected_at": c.get("detected_at"),
+                            "resolved_by": c.get("resolved_by"),
+                            "resolution": c.get("resolution")})
+        return out
+
+    def resolve_conflict(self, conflict_id: str, value: Any, by: str) -> None:
+        """Choose ``value`` for a conflict: it is written at the conflict's path and the
+        conflict is marked resolved, in one change. The path must be a plain field (not
+        protected: the guard applies as for any other edit)."""
+        obj = self._entity("conflicts", "conflict", conflict_id)
+        record = self._read_key(ROOT, "conflicts")[conflict_id]
+        path = list(record.get("path") or [])
+        if not path:
+            raise InvalidValueError(("conflicts", conflict_id, "path"), "missing")
+        if self.guard and policy.protection_for(tuple(path)) is not None:
+            raise ProtectedPathError(tuple(path), "protected-path")
+        parent = ROOT
+        for seg in path[:-1]:
+            got = self.doc.get(parent, seg)
+            if got is None or not isinstance(got[0], ObjType):
+                raise InvalidValueError(tuple(path), "missing")
+            parent = got[1]
+        with self.doc.transaction() as tx:
+            tx.put(parent, path[-1], *_any_scalar(value))
+            tx.put(obj, "resolved_by", ScalarType.Str, by)
+            tx.put(obj, "resolution", ScalarType.Str, str(value))
+
     def append_activity(
         self, by: str, kind: str, text: str, at: datetime | str | None = None
     ) -> None:
@@ -917,3 +970,16 @@ class Household:
 
     def __repr__(self) -> str:
         return f"Household({self.household_id!r})"
+
+
+def _any_scalar(value: Any) -> tuple[ScalarType, Any]:
+    """The Automerge scalar type for a plain Python value (conflict values)."""
+    if value is None:
+        return ScalarType.Null, None
+    if isinstance(value, bool):
+        return ScalarType.Boolean, value
+    if isinstance(value, int):
+        return ScalarType.Int, value
+    if isinstance(value, float):
+        return ScalarType.F64, value
+    return ScalarType.Str, str(value)

@@ -43,6 +43,7 @@ async def run_demo(settings: Settings, data_dir: Path | None) -> int:
                                                          "csl-mihai")}
             sw, nurse, counsellor = team.values()
             names = {r.actor_id: who for who, r in team.items()}
+            names[server.app[SYNCHRONIZER].server_actor] = "Vatra (recorded conflicts)"
 
             h = sw.create_household(locality="54975", county="CJ",
                                     address="Str. Morii 12, Apahida", created_by="sw-ana",
@@ -103,9 +104,15 @@ async def run_demo(settings: Settings, data_dir: Path | None) -> int:
                                                  f"due {svc['deadline']}, {svc['status']}")
             hh.add_row("notes", data["notes"])
             console.print(hh)
-            console.print("  The address was changed concurrently by three people; every "
-                          "replica keeps the same winner (same-field conflicts are surfaced "
-                          "for review in a later release).")
+            conflicts = final.conflicts(open_only=True)
+            ct = Table(title="Same-field conflicts recorded by the server (for review)")
+            ct.add_column("field")
+            ct.add_column("concurrent values")
+            for c in conflicts:
+                ct.add_row("/".join(map(str, c["path"])), " | ".join(map(str, c["values"])))
+            console.print(ct)
+            console.print("  Every replica shows the same winner; the team chooses the right "
+                          "address with Household.resolve_conflict.")
 
             who_table = Table(title="Who changed what")
             who_table.add_column("tablet")

@@ -35,7 +35,7 @@ from automerge.core import ROOT, Document, Message, ObjType, ScalarType
 from conflict import Household, Violation, is_entity_id, policy, schema, validate
 from conflict.validate import validate_paths
 
-from . import access, wire
+from . import access, conflicts, wire
 from .audit import AuditEvent, AuditLog
 from .connection import Connection
 from .errors import DocumentError, ErrorCode, Refused, StorageError, VatraError
@@ -213,6 +213,9 @@ class Synchronizer:
                 raise
             regressions = (policy.status_regressions(actor.doc, fork)
                            if sections is None or "service_plan" in sections else [])
+            found = [c for c in conflicts.detect(fork, before, new)
+                     if c.path[:1] != ("service_plan",) or c.path[-1] != "status"]
+            # (a service's status has a domain merge policy instead: the lattice, above)
             started = time.perf_counter()
             try:
                 result = await self.store.append_changes(hid, stored(new), _author(conn))
@@ -230,6 +233,8 @@ class Synchronizer:
             await self._maybe_snapshot(actor)
         if regressions:
             await self._restore_lattice(hid, regressions, _user(conn))
+        if found:
+            await self._record_conflicts(hid, found, _user(conn))
 
     async def _create(self, conn: Connection, msg: wire.Sync) -> None:
         hid = msg.document_id
@@ -316,6 +321,23 @@ class Synchronizer:
             if m is not None:
                 target.send(wire.Sync(self.server_peer_id, target.peer_id or "", actor.id,
                                       m.encode()))
+
+    async def _record_conflicts(self, hid: str, found: list[conflicts.Detected],
+                                user: User) -> None:
+        """Record same-field conflicts under ``conflicts`` (a server change), with an
+        activity entry saying whose edit met whose value."""
+
+        def record(h: Household) -> None:
+            for c in found:
+                h.record_conflict(c.path, [c.server_value, c.device_value])
+                h.append_activity("vatra", "conflict",
+                                  f"{'/'.join(map(str, c.path))}: {user.id}'s value and the "
+                                  f"server's differ; choose one to resolve")
+
+        try:
+            await self.server_change(hid, record, author=Author("server", user.id))
+        except Exception:
+            log.exception("household %s: recording conflicts failed", hid)
 
     async def _restore_lattice(self, hid: str, regressions: list[tuple[str, str, str]],
                                user: User) -> None:

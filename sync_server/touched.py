@@ -18,7 +18,8 @@ from automerge.core import Document
 
 _OBJ = re.compile(r'Root|Id\(\d+, ActorID\("[0-9a-f]*"\), \d+\)')
 _STEP = re.compile(r'Map\("([^"\\]*)"\)|Seq\((\d+)\)')  # keys with escapes: not parsed
-_ACTION = re.compile(r'\], action: (\w+) \{ (?:key: "([^"\\]*)"|index: (\d+))?')
+_ACTION = re.compile(
+    r'\], action: (\w+) \{ (?:key: "([^"\\]*)"|index: (\d+)|prop: Map\("([^"\\]*)"\))?')
 
 Prefix = tuple[str | int, ...]
 
@@ -48,7 +49,8 @@ def _parse(text: str) -> tuple[list[str | int], str, str | None, int | None] | N
     if action is None:
         return None
     index = action.group(3)
-    return steps, action.group(1), action.group(2), int(index) if index is not None else None
+    key = action.group(2) if action.group(2) is not None else action.group(4)
+    return steps, action.group(1), key, int(index) if index is not None else None
 
 
 def touched_prefixes(doc: Document, before: list[bytes]) -> set[Prefix] | None:
@@ -66,7 +68,7 @@ def touched_prefixes(doc: Document, before: list[bytes]) -> set[Prefix] | None:
             if key is None:
                 return None
             out.add((key,))
-        elif action == "PutMap" and key is not None:
+        elif action in ("PutMap", "Conflict") and key is not None:
             out.add((steps[0], key))
         elif action == "Insert" and index is not None:
             out.add((steps[0], index))

@@ -100,3 +100,41 @@ async def test_a_concurrent_lower_service_status_is_restored_by_the_server(serve
     assert service["status"] == "delivered"
     assert service["delivered_by"] == "nurse"
     assert counsellor.household(hid).activity()[-1]["kind"] == "status-restored"
+
+
+async def test_same_field_conflicts_are_recorded_and_resolved(server, provision) -> None:
+    """Two teammates change the address offline to different values: the server records a
+    conflict with both values; choosing one writes it and closes the conflict. Writing the
+    same value concurrently, or one after the other, is no conflict."""
+    hid, pid, (ana, nurse) = await active_household(server, provision, ("nurse", {}))
+    with ana.edit(hid) as h:
+        h.set_address("Str. Morii 12A")
+    with nurse.edit(hid) as h:
+        h.set_address("Strada Morii nr. 12")
+    await SyncClient(ana, server.url).sync()
+    await SyncClient(nurse, server.url).sync()
+    await SyncClient(ana, server.url).sync()
+    [c] = ana.household(hid).conflicts(open_only=True)
+    assert c["path"] == ["address"]
+    assert sorted(c["values"]) == ["Str. Morii 12A", "Strada Morii nr. 12"]
+    assert ana.household(hid).activity()[-1]["kind"] == "conflict"
+
+    with ana.edit(hid) as h:
+        h.resolve_conflict(c["conflict_id"], "Str. Morii 12A", by="ana")
+    await SyncClient(ana, server.url).sync()
+    await SyncClient(nurse, server.url).sync()
+    assert nurse.household(hid).to_dict()["address"] == "Str. Morii 12A"
+    assert nurse.household(hid).conflicts(open_only=True) == []
+
+    # sequential edits (the nurse has synced ana's) and equal concurrent values: none
+    with nurse.edit(hid) as h:
+        h.set_address("Str. Morii 14")
+    await SyncClient(nurse, server.url).sync()
+    with ana.edit(hid) as h:
+        h.set_member_field(pid, "first_name", "Anca")
+    with nurse.edit(hid) as h:
+        h.set_member_field(pid, "first_name", "Anca")
+    await SyncClient(ana, server.url).sync()
+    await SyncClient(nurse, server.url).sync()
+    await SyncClient(ana, server.url).sync()
+    assert len(ana.household(hid).conflicts()) == 1  # still only the first one
