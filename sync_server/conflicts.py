@@ -4,12 +4,12 @@ Automerge converges by itself (one value wins everywhere), but such a
 conflict must not be silent. Three-way: the server's heads before the merge,
 the device's new heads (the tips of its batch), and the merged document. A
 batch with no concurrency — every head of the merged document is a tip of
-the batch — pays one set comparison and nothing more. Otherwise Automerge's
-patches from the server's state to the merged one mark each field that now
-holds concurrent values (``conflict: true``, or a ``Conflict`` action when the
-server's value still wins); for each, the value at the server's heads and the
-value at the device's tips are compared, and different scalars are a
-conflict, recorded by the server under ``conflicts``.
+the batch — pays one set comparison and nothing more. Otherwise the fields
+the batch set are read from Automerge's patches between the batch's base
+and its tips, and each is compared at three points: the base, the server's
+heads before the merge, and the batch's tips. (Automerge's own conflict
+markers in patches are not enough: a third concurrent value that does not
+change the winner produces no patch at all.)
 """
 
 from __future__ import annotations
@@ -50,22 +50,35 @@ def _scalar_at(doc: Document, path: Sequence[str | int], heads: list[bytes]) -> 
 
 
 def detect(merged: Document, server_heads: list[bytes], new: Sequence[Any]) -> list[Detected]:
-    """Same-field conflicts the batch ``new`` created against ``server_heads``."""
+    """Same-field conflicts the batch ``new`` created against ``server_heads``.
+
+    Three-way: the batch's base (its dependencies outside the batch), its tips, and the
+    server's heads before the merge. A field is in conflict when the batch set it, the
+    server's value differs from the base's (the server changed it concurrently), and
+    the batch's value differs from the server's."""
     tips = batch_tips(new)
     if set(merged.get_heads()) <= set(tips):
         return []  # the device had everything the server had: no concurrency
+    in_batch = {c.hash for c in new}
+    base = sorted({d for c in new for d in c.deps if d not in in_batch})
+    if not base:
+        return []
     found: list[Detected] = []
-    for patch in merged.diff(server_heads, merged.get_heads()):
-        text = repr(patch)
-        if "conflict: true" not in text and "action: Conflict" not in text:
-            continue
-        parsed = _parse(text)
-        if parsed is None or parsed[2] is None:
+    seen: set[tuple[str | int, ...]] = set()
+    for patch in merged.diff(base, tips):  # what the batch itself changed
+        parsed = _parse(repr(patch))
+        if parsed is None or parsed[1] != "PutMap" or parsed[2] is None:
             continue
         steps, _, key, _ = parsed
         path = (*steps, key)
-        has_server, server_value = _scalar_at(merged, path, server_heads)
+        if path in seen:
+            continue
+        seen.add(path)
         has_device, device_value = _scalar_at(merged, path, tips)
-        if has_server and has_device and server_value != device_value:
+        has_server, server_value = _scalar_at(merged, path, server_heads)
+        if not (has_device and has_server) or device_value == server_value:
+            continue
+        has_base, base_value = _scalar_at(merged, path, base)
+        if not has_base or base_value != server_value:
             found.append(Detected(path, server_value, device_value))
     return found

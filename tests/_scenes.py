@@ -5,12 +5,13 @@ from __future__ import annotations
 from client_sdk import SyncClient
 
 
-async def active_household(server, provision, *mates, notes: str | None = None):
+async def active_household(server, provision, *mates, notes: str | None = None,
+                           tablet_prefix: str = ""):
     """A household registered by tablet ``ana`` (user ``ana``), with a child, made active
     and synced; then every mate ``(name, provision.tablet kwargs)`` is enrolled, the
     workers among them put on the team, and each downloads it.
     Returns ``(household id, the child's person id, [ana, *mates' tablets])``."""
-    ana = await provision.tablet("ana")
+    ana = await provision.tablet(f"{tablet_prefix}ana", f"{tablet_prefix}ana")
     h = ana.create_household(locality="54975", county="CJ", address="Str. Lunga 3",
                              created_by="ana")
     hid = h.household_id
@@ -22,7 +23,7 @@ async def active_household(server, provision, *mates, notes: str | None = None):
     await SyncClient(ana, server.url).sync()
     tablets = [ana]
     for name, kw in mates:
-        tablets.append(await provision.tablet(name, **kw))
+        tablets.append(await provision.tablet(name, name, **kw))
     await provision.share(hid, *[t for t in tablets if t.credentials.role == "worker"])
     for t in tablets[1:]:
         t.track(hid)
