@@ -830,6 +830,38 @@ class Household:
                 tx.put(item, key, stype, value)
         return True
 
+    def apply_decided(self, request_id: str, at: datetime | str | None = None, *,
+                      as_server: bool = False) -> None:
+        """Apply the structural change of a request a supervisor already approved through
+        sync (its decision fields are written) — the server's path, like
+        :meth:`apply_request`; the server calls it once, when it sees the request move
+        from pending to approved. One change: the structural edit and an activity entry."""
+        base: Path = ("change_requests", request_id)
+        if not as_server:
+            raise ProtectedPathError((*base, "status"), policy.PolicyRule.DECISION_FIELD.value)
+        obj = self._entity("change_requests", "change request", request_id)
+        req = self._read((ObjType.Map, obj))
+        if req.get("status") != "approved":
+            raise InvalidValueError((*base, "status"), "decided")
+        kind, payload = req.get("kind"), req.get("payload")
+        if not isinstance(payload, dict):
+            raise InvalidValueError((*base, "payload"), "type")
+        violations = policy.payload_violations(kind, payload, base)
+        if violations:
+            raise InvalidValueError(violations[0].path, violations[0].rule)
+        write = self._structural(kind, payload)
+        entry = _record_values(s.ACTIVITY_ENTRY, ("activity", 0), {
+            "at": utc_instant(at), "by": str(req.get("decided_by") or "vatra"),
+            "kind": APPROVED_ACTIVITY,
+            "text": f"{kind} requested by {req.get('requested_by')}, approved by "
+                    f"{req.get('decided_by')}"})
+        activity = self._root_obj("activity")
+        with self.doc.transaction() as tx:
+            write(tx)
+            item = tx.insert_object(activity, tx.length(activity), ObjType.Map)
+            for key, stype, value in entry:
+                tx.put(item, key, stype, value)
+
     def reject_request(
         self,
         request_id: str,

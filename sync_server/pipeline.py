@@ -32,7 +32,15 @@ from typing import Any
 from automerge._automerge import DocumentId
 from automerge.core import ROOT, Document, Message, ObjType, ScalarType
 
-from conflict import Household, Violation, is_entity_id, policy, schema, validate
+from conflict import (
+    Household,
+    InvalidValueError,
+    Violation,
+    is_entity_id,
+    policy,
+    schema,
+    validate,
+)
 from conflict.validate import validate_paths
 
 from . import access, conflicts, wire
@@ -213,6 +221,9 @@ class Synchronizer:
                 raise
             regressions = (policy.status_regressions(actor.doc, fork)
                            if sections is None or "service_plan" in sections else [])
+            approved = (_newly_approved(actor.doc, fork, hid)
+                        if _user(conn).role == "supervisor"
+                        and (sections is None or "change_requests" in sections) else [])
             found = [c for c in conflicts.detect(fork, before, new)
                      if c.path[:1] != ("service_plan",) or c.path[-1] != "status"]
             # (a service's status has a domain merge policy instead: the lattice, above)
@@ -235,6 +246,8 @@ class Synchronizer:
             await self._restore_lattice(hid, regressions, _user(conn))
         if found:
             await self._record_conflicts(hid, found, _user(conn))
+        if approved:
+            await self._apply_approved(hid, approved, _user(conn))
 
     async def _create(self, conn: Connection, msg: wire.Sync) -> None:
         hid = msg.document_id
@@ -321,6 +334,25 @@ class Synchronizer:
             if m is not None:
                 target.send(wire.Sync(self.server_peer_id, target.peer_id or "", actor.id,
                                       m.encode()))
+
+    async def _apply_approved(self, hid: str, request_ids: list[str], user: User) -> None:
+        """A county supervisor approved requests through sync: apply their structural
+        changes as the server's own change (once: only a pending -> approved move)."""
+
+        def apply(h: Household) -> None:
+            for rid in request_ids:
+                try:
+                    h.apply_decided(rid, as_server=True)
+                except (InvalidValueError, ValueError, KeyError) as exc:
+                    log.warning("household %s: approved request could not be applied (%s)",
+                                hid, type(exc).__name__)
+                    h.append_activity("vatra", "change_not_applied",
+                                      f"request {rid}: approved, but it no longer applies")
+
+        try:
+            await self.server_change(hid, apply, author=Author("server", user.id))
+        except Exception:
+            log.exception("household %s: applying approved requests failed", hid)
 
     async def _record_conflicts(self, hid: str, found: list[conflicts.Detected],
                                 user: User) -> None:
@@ -420,6 +452,13 @@ def schema_violations(merged: Document, before: list[bytes] | None = None, *,
     except ValueError:  # a prefix the schema does not define: check everything
         return validate(merged)
     return list({(v.path, v.rule): v for v in found}.values())  # prefixes may overlap
+
+
+def _newly_approved(before: Document, after: Document, hid: str) -> list[str]:
+    """Requests that are approved in ``after`` and were pending (or absent) in ``before``."""
+    was = {r["request_id"]: r.get("status") for r in Household(before, hid).change_requests()}
+    return [r["request_id"] for r in Household(after, hid).change_requests()
+            if r.get("status") == "approved" and was.get(r["request_id"]) in (None, "pending")]
 
 
 def _check_schema(household_id: str, merged: Document,

@@ -138,3 +138,28 @@ async def test_same_field_conflicts_are_recorded_and_resolved(server, provision)
     await SyncClient(nurse, server.url).sync()
     await SyncClient(ana, server.url).sync()
     assert len(ana.household(hid).conflicts()) == 1  # still only the first one
+
+
+async def test_a_supervisor_approving_through_sync_gets_the_change_applied_once(
+        server, provision) -> None:
+    hid, pid, (ana, sup) = await active_household(
+        server, provision, ("sup-cj", {"role": "supervisor", "county": "CJ"}))
+    with ana.edit(hid) as h:
+        rid = h.request_change("change_presence", {"person_id": pid, "presence": "moved"},
+                               "moved to her grandmother", requested_by="ana")
+    await SyncClient(ana, server.url).sync()
+    await SyncClient(sup, server.url).sync()
+    sdoc = sup.household(hid).doc
+    srequest = sdoc.get(sdoc.get(ROOT, "change_requests")[1], rid)[1]
+    with sdoc.transaction() as tx:  # the supervisor's tablet decides (decision fields only)
+        tx.put(srequest, "status", ScalarType.Str, "approved")
+        tx.put(srequest, "decided_by", ScalarType.Str, "sup-cj")
+        tx.put(srequest, "decided_at", ScalarType.Str, "2026-11-22T12:00:00Z")
+    sup.save(hid)
+    assert (await SyncClient(sup, server.url).sync()).rejected == []
+    await SyncClient(sup, server.url).sync()  # once more: nothing is applied twice
+    await SyncClient(ana, server.url).sync()
+    h = ana.household(hid)
+    assert h.members()[pid]["presence"] == "moved"
+    applied = [e for e in h.activity() if e["kind"] == "change_approved"]
+    assert len(applied) == 1 and applied[0]["text"].endswith("approved by sup-cj")
