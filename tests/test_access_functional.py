@@ -243,6 +243,9 @@ async def test_refused_data_is_quarantined_sealed_and_can_be_reviewed(server, pr
     ("status", ScalarType.Str, "demolished", "enum"),          # not in the enumeration
     ("locality", ScalarType.Int, 54975, "type"),                # a number where a code is
     ("schema", ScalarType.Int, 2, "schema-version"),
+    ("county", ScalarType.Str, "cluj", "format"),               # not a county code
+    # an unknown key is client-chosen (it could be a name): the error masks it as "*"
+    ("favourite_colour", ScalarType.Str, "blue", "unknown-field"),
 ])
 async def test_a_batch_that_breaks_the_schema_is_refused_with_its_path(
         server, provision, field, stype, value, rule) -> None:
@@ -254,7 +257,8 @@ async def test_a_batch_that_breaks_the_schema_is_refused_with_its_path(
     summary = await SyncClient(ana, server.url).sync()
     [rejection] = summary.rejected
     assert rejection.code == "schema-violation"
-    assert f"{field}: {rule}" in rejection.message
+    shown = "*" if rule == "unknown-field" else field
+    assert f"{shown}: {rule}" in rejection.message
     actor = await server.app[SYNCHRONIZER].registry.get(hid)
     assert actor.doc.get(ROOT, "status")[0][1] == "registration"
     kept = await server.app[SYNCHRONIZER].quarantine.list()
@@ -319,3 +323,27 @@ async def test_the_server_writes_its_own_changes_through_the_pipeline(server, pr
     with pytest.raises(LookupError):
         await sync.server_change("2fiH6LVoDnXEUsYNHowu3UTBwJqk", lambda h: None,
                                  author=Author("server", "sup-cj"))
+
+
+
+@pytest.mark.parametrize("breakage", ["missing", "reference"])
+async def test_missing_fields_and_dangling_references_are_refused_with_their_path(
+        server, provision, breakage) -> None:
+    ana = await provision.tablet("ana")
+    hid = register(ana)
+    with ana.edit(hid) as h:
+        pid = h.add_member("Ana", "Pop", "2015-04-01", "F", "child")
+        sid = h.plan_service("counselling", pid, "school_absenteeism", "2026-12-20")
+    await SyncClient(ana, server.url).sync()
+    doc = ana.household(hid).doc
+    with doc.transaction() as tx:  # bypassing the typed API
+        if breakage == "missing":
+            tx.delete(doc.get(doc.get(ROOT, "members")[1], pid)[1], "last_name")
+            expected = f"members/{pid}/last_name: missing"
+        else:
+            service = doc.get(doc.get(ROOT, "service_plan")[1], sid)[1]
+            tx.put(service, "person_id", ScalarType.Str, "00000000-0000-4000-8000-000000000001")
+            expected = f"service_plan/{sid}/person_id: reference"
+    ana.save(hid)
+    [rejection] = (await SyncClient(ana, server.url).sync()).rejected
+    assert rejection.code == "schema-violation" and expected in rejection.message
