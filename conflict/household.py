@@ -801,33 +801,13 @@ class Household:
             return False
         if req.get("status") != "pending":
             raise InvalidValueError((*base, "status"), "decided")
-        kind, payload = req.get("kind"), req.get("payload")
-        if not isinstance(payload, dict):
-            raise InvalidValueError((*base, "payload"), "type")
-        violations = policy.payload_violations(kind, payload, base)
-        if violations:
-            raise InvalidValueError(violations[0].path, violations[0].rule)
-        write = self._structural(kind, payload)
-        requester = req.get("requested_by")
-        entry = _record_values(
-            s.ACTIVITY_ENTRY,
-            ("activity", 0),
-            {
-                "at": utc_instant(at),
-                "by": approver,
-                "kind": APPROVED_ACTIVITY,
-                "text": f"{kind} requested by {requester}, approved by {approver}",
-            },
-        )
-        activity = self._root_obj("activity")
-        with self.doc.transaction() as tx:
-            write(tx)
+
+        def decide(tx: Any) -> None:
             tx.put(obj, "status", ScalarType.Str, "approved")
             for key, stype, value in decision:
                 tx.put(obj, key, stype, value)
-            item = tx.insert_object(activity, tx.length(activity), ObjType.Map)
-            for key, stype, value in entry:
-                tx.put(item, key, stype, value)
+
+        self._apply_structural(base, req, approver, at, also=decide)
         return True
 
     def apply_decided(self, request_id: str, at: datetime | str | None = None, *,
@@ -843,6 +823,13 @@ class Household:
         req = self._read((ObjType.Map, obj))
         if req.get("status") != "approved":
             raise InvalidValueError((*base, "status"), "decided")
+        self._apply_structural(base, req, str(req.get("decided_by") or "vatra"), at)
+
+    def _apply_structural(self, base: Path, req: dict[str, Any], approver: str,
+                          at: datetime | str | None, also: Any = None) -> None:
+        """Check a request's payload against the household now, then write its structural
+        change, ``also(tx)`` if given, and an activity entry naming requester and approver,
+        in one change."""
         kind, payload = req.get("kind"), req.get("payload")
         if not isinstance(payload, dict):
             raise InvalidValueError((*base, "payload"), "type")
@@ -851,13 +838,13 @@ class Household:
             raise InvalidValueError(violations[0].path, violations[0].rule)
         write = self._structural(kind, payload)
         entry = _record_values(s.ACTIVITY_ENTRY, ("activity", 0), {
-            "at": utc_instant(at), "by": str(req.get("decided_by") or "vatra"),
-            "kind": APPROVED_ACTIVITY,
-            "text": f"{kind} requested by {req.get('requested_by')}, approved by "
-                    f"{req.get('decided_by')}"})
+            "at": utc_instant(at), "by": approver, "kind": APPROVED_ACTIVITY,
+            "text": f"{kind} requested by {req.get('requested_by')}, approved by {approver}"})
         activity = self._root_obj("activity")
         with self.doc.transaction() as tx:
             write(tx)
+            if also is not None:
+                also(tx)
             item = tx.insert_object(activity, tx.length(activity), ObjType.Map)
             for key, stype, value in entry:
                 tx.put(item, key, stype, value)
