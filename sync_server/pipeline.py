@@ -349,10 +349,7 @@ class Synchronizer:
                     h.append_activity("vatra", "change_not_applied",
                                       f"request {rid}: approved, but it no longer applies")
 
-        try:
-            await self.server_change(hid, apply, author=Author("server", user.id))
-        except Exception:
-            log.exception("household %s: applying approved requests failed", hid)
+        await self._follow_up(hid, apply, user, "applying approved requests")
 
     async def _record_conflicts(self, hid: str, found: list[conflicts.Detected],
                                 user: User) -> None:
@@ -366,10 +363,7 @@ class Synchronizer:
                                   f"{'/'.join(map(str, c.path))}: {user.id}'s value and the "
                                   f"server's differ; choose one to resolve")
 
-        try:
-            await self.server_change(hid, record, author=Author("server", user.id))
-        except Exception:
-            log.exception("household %s: recording conflicts failed", hid)
+        await self._follow_up(hid, record, user, "recording conflicts")
 
     async def _restore_lattice(self, hid: str, regressions: list[tuple[str, str, str]],
                                user: User) -> None:
@@ -391,10 +385,16 @@ class Synchronizer:
                                   f"{policy.lattice_max(before, after)} (status only moves "
                                   f"forward; a concurrent edit had moved it back)")
 
+        await self._follow_up(hid, restore, user, "restoring service statuses")
+
+    async def _follow_up(self, hid: str, edit: Callable[[Household], Any], user: User,
+                         what: str) -> None:
+        """A server change that follows a device's batch (caused by ``user``). The batch
+        is already stored and answered: a failure here is logged, not sent back."""
         try:
-            await self.server_change(hid, restore, author=Author("server", user.id))
+            await self.server_change(hid, edit, author=Author("server", user.id))
         except Exception:
-            log.exception("household %s: restoring service statuses failed", hid)
+            log.exception("household %s: %s failed", hid, what)
 
     async def server_change(self, household_id: str, edit: Callable[[Household], Any], *,
                             author: Author) -> Any:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from automerge.core import ROOT, ScalarType
+
 from client_sdk import SyncClient
 
 
@@ -29,3 +31,13 @@ async def active_household(server, provision, *mates, notes: str | None = None,
         t.track(hid)
         await SyncClient(t, server.url).sync()
     return hid, pid, tablets
+
+
+def forge_write(replica, hid: str, address: str) -> None:
+    """Write ``address`` into the replica's copy under an actor id no device registered
+    (what a tampered client would send): the server must refuse and quarantine it."""
+    doc = replica.household(hid).doc
+    doc.set_actor(bytes(16))
+    with doc.transaction() as tx:
+        tx.put(ROOT, "address", ScalarType.Str, address)
+    replica.save(hid)

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import sqlalchemy as sa
-from automerge.core import ROOT, ScalarType
+from _scenes import forge_write
 from conftest import TEST_MASTER_KEY
 from sqlalchemy.exc import DBAPIError
 
@@ -30,11 +30,7 @@ async def busy_day(server, provision) -> tuple[str, str]:
     hid = ana.create_household(locality="54975", county="CJ", address="Str. Lunga 3",
                                created_by="ana").household_id
     await SyncClient(ana, server.url).sync()
-    doc = ana.household(hid).doc
-    doc.set_actor(bytes(16))  # a forged actor id: this batch is refused
-    with doc.transaction() as tx:
-        tx.put(ROOT, "address", ScalarType.Str, "forged")
-    ana.save(hid)
+    forge_write(ana, hid, "forged")
     await SyncClient(ana, server.url).sync()
     device = ana.credentials.device_id
     await server.app[IDENTITY].revoke_device(device)
