@@ -36,7 +36,7 @@ def batch_tips(new: Sequence[Any]) -> list[bytes]:
     return [c.hash for c in new if c.hash not in deps]
 
 
-def _scalar_at(doc: Document, path: Sequence[str | int], heads: list[bytes]) -> tuple[bool, Any]:
+def scalar_at(doc: Document, path: Sequence[str | int], heads: list[bytes]) -> tuple[bool, Any]:
     obj = ROOT
     for seg in path[:-1]:
         got = doc.get(obj, seg, heads)
@@ -74,11 +74,11 @@ def detect(merged: Document, server_heads: list[bytes], new: Sequence[Any]) -> l
         if path in seen:
             continue
         seen.add(path)
-        has_device, device_value = _scalar_at(merged, path, tips)
-        has_server, server_value = _scalar_at(merged, path, server_heads)
+        has_device, device_value = scalar_at(merged, path, tips)
+        has_server, server_value = scalar_at(merged, path, server_heads)
         if not (has_device and has_server) or device_value == server_value:
             continue
-        has_base, base_value = _scalar_at(merged, path, base)
+        has_base, base_value = scalar_at(merged, path, base)
         if not has_base or base_value != server_value:
             found.append(Detected(path, server_value, device_value))
     return found

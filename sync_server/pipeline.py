@@ -219,7 +219,7 @@ class Synchronizer:
             except Refused:
                 conn.reset_sync_state(hid)  # the fork, and everything in it, is dropped
                 raise
-            regressions = (policy.status_regressions(actor.doc, fork)
+            regressions = (lattice_fixes(fork, before, conflicts.batch_tips(new))
                            if sections is None or "service_plan" in sections else [])
             approved = (_newly_approved(actor.doc, fork, hid)
                         if _user(conn).role == "supervisor"
@@ -452,6 +452,31 @@ def schema_violations(merged: Document, before: list[bytes] | None = None, *,
     except ValueError:  # a prefix the schema does not define: check everything
         return validate(merged)
     return list({(v.path, v.rule): v for v in found}.values())  # prefixes may overlap
+
+
+def lattice_fixes(merged: Document, server_heads: list[bytes],
+                  tips: list[bytes]) -> list[tuple[str, str, str]]:
+    """Services whose merged status is below the lattice maximum of the server's status
+    before the merge, the batch's own status, and the merged one: ``(service_id, maximum,
+    merged)``. Covers a device moving a status down, and a device's higher status losing
+    Automerge's tie-break to a concurrent lower one."""
+    plan = merged.get(ROOT, "service_plan")
+    if plan is None or plan[0] != ObjType.Map:
+        return []
+    out = []
+    for sid in merged.keys(plan[1]):
+        path = ("service_plan", sid, "status")
+        _, now = conflicts.scalar_at(merged, path, merged.get_heads())
+        if now not in policy.SERVICE_STATUS_RANK:
+            continue
+        top = now
+        for heads in (server_heads, tips):
+            found, value = conflicts.scalar_at(merged, path, heads)
+            if found and value in policy.SERVICE_STATUS_RANK:
+                top = policy.lattice_max(top, value)
+        if top != now:
+            out.append((sid, top, now))
+    return out
 
 
 def _newly_approved(before: Document, after: Document, hid: str) -> list[str]:
