@@ -7,9 +7,11 @@ the same changes would be refused forever, so :class:`~client_sdk.SyncClient`
 rebuilds the household instead: it downloads the server's copy and re-applies
 on it, as new changes of this device, every local edit that is allowed.
 
-The comparison is three-way, at the value level. ``base`` is the part of the
-local history the server also holds (what the device's edits started from);
-``local`` is the refused copy; the target is the server's copy. A path counts
+The comparison is three-way, at the value level. ``local`` is the device's own
+view: its changes the server lacks, with their ancestors (not the server changes
+received in the refused session, which could hide its values behind a tie-break);
+``base`` is the same without its own changes (what its edits started from); the
+target is the server's copy. A path counts
 as a local edit where ``local`` differs from ``base``, so a teammate's newer
 value on the server is never overwritten with a stale local one. Per path:
 
@@ -416,18 +418,40 @@ def _refusals(server: Document, result: Document, role: str | None) -> list[Path
     return out
 
 
-def _shared_base(local: Document, server: Document) -> Document:
-    """The local history the server also holds: where this device's edits started."""
+def _device_views(local: Document, server: Document) -> tuple[Document, Document]:
+    """What this device's unaccepted edits started from, and what it wrote on it.
+
+    The refused copy can also hold server changes received in the same session, which
+    the device never saw when it edited; merged in, they could hide its values behind
+    Automerge's tie-break (a concurrent ``in_progress`` shadowing its ``delivered``).
+    So both views are cut from the history: ``mine`` is the device's own changes (those
+    the server lacks) with their ancestors, ``base`` the same without the own changes.
+    """
+    changes = local.get_changes([])  # causal order
     known = {c.hash for c in server.get_changes([])}
-    shared = [c.bytes for c in local.get_changes([]) if c.hash in known]
-    return Document.load(b"".join(shared)) if shared else Document()
+    own = {c.hash for c in changes if c.hash not in known}
+    deps = {c.hash: c.deps for c in changes}
+    ancestors: set[bytes] = set()
+    stack = list(own)
+    while stack:
+        h = stack.pop()
+        if h not in ancestors:
+            ancestors.add(h)
+            stack.extend(deps.get(h, ()))
+
+    def load(hashes: set[bytes]) -> Document:
+        picked = [c.bytes for c in changes if c.hash in hashes]
+        return Document.load(b"".join(picked)) if picked else Document()
+
+    return load(ancestors - own), load(ancestors)
 
 
 def rebase(local: Document, server: Document, household_id: str, *, actor_id: bytes,
            user_id: str, role: str | None, code: str) -> tuple[Document, Recovery]:
     """The server's copy with this device's allowed edits of ``local`` re-applied as new
     changes by ``actor_id``; and what was re-applied, re-filed or dropped."""
-    planner = _Planner(_shared_base(local, server), local, server)
+    base, mine = _device_views(local, server)
+    planner = _Planner(base, mine, server)
     ops = planner.plan()
     dropped = list(planner.dropped)
     result = server

@@ -11,11 +11,16 @@ bytes would be refused again) but reported in the summary.
 
 A household whose batch the server refused for its content (``protected-path``,
 ``decision-field``, ``schema-violation``: :data:`RECOVERABLE_CODES`) is recovered
-in the same session: the client asks for the server's copy again (a ``request``
-from an empty document), re-applies on it every local edit that is allowed, as
-new changes of this device (protected edits become change requests; see
-:mod:`client_sdk._recovery`), keeps the result as the replica's copy and uploads
-it. ``SyncSummary.recovered`` says what was re-applied, re-filed and dropped.
+within the same ``sync()``: the client asks for the server's copy again (a
+``request`` from an empty document), re-applies on it every local edit that is
+allowed, as new changes of this device (protected edits become change requests;
+see :mod:`client_sdk._recovery`), and keeps the result as the replica's copy.
+It uploads the result in a second, short session for the recovered households
+only, where both peers start from fresh sync states. (Continuing on the fetch's
+state sometimes produced no message at all for the rebased copy, and the
+exchange stalled until the idle timeout.)
+``SyncSummary.recovered`` says what was re-applied, re-filed, dropped and
+uploaded.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -60,6 +65,14 @@ class SyncSummary:
     attempts: int = 1
     seconds: float = 0.0
 
+    def absorb(self, other: SyncSummary) -> None:
+        """Add a follow-up session's figures (the households are already counted)."""
+        for name in ("changes_sent", "changes_received", "bytes_sent", "bytes_received",
+                     "attempts", "seconds"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.unavailable += other.unavailable
+        self.rejected += other.rejected
+
 
 @dataclass
 class _DocSync:
@@ -71,7 +84,7 @@ class _DocSync:
     done: bool = False
     was_saved: bool = False
     rounds: int = 0
-    #: recovering a refused batch: "" (no), "fetching" the server's copy, "uploading"
+    #: recovering a refused batch: "" (no), "fetching" the server's copy, "rebased"
     phase: str = ""
     refused: Document | None = None  # the local copy the server refused
     code: str = ""
@@ -109,10 +122,22 @@ class SyncClient:
 
     async def sync(self, household_ids: list[str] | None = None) -> SyncSummary:
         """Upload and download every household of the caseload (or those given)."""
+        summary = await self._retrying(lambda: self._sync_once(household_ids, recover=True))
+        pending = sorted(hid for hid, r in summary.recovered.items() if not r.uploaded)
+        if pending:  # upload the recovered households, from fresh sync states
+            upload = await self._retrying(lambda: self._sync_once(pending, recover=False))
+            summary.absorb(upload)
+            for hid in pending:
+                summary.recovered[hid].uploaded = (
+                    hid not in {r.document_id for r in upload.rejected}
+                    and covers(self.replica.document(hid), self.replica.server_heads(hid)))
+        return summary
+
+    async def _retrying(self, once: Callable[[], Awaitable[SyncSummary]]) -> SyncSummary:
         last: BaseException | None = None
         for attempt in range(1, self.max_attempts + 1):
             try:
-                summary = await self._sync_once(household_ids)
+                summary = await once()
                 summary.attempts = attempt
                 return summary
             except (aiohttp.ClientError, OSError, TimeoutError, ConnectionError) as exc:
@@ -122,7 +147,8 @@ class SyncClient:
                     await asyncio.sleep(self.backoff_delay(attempt))
         raise SyncFailed(self.max_attempts, last)
 
-    async def _sync_once(self, household_ids: list[str] | None) -> SyncSummary:
+    async def _sync_once(self, household_ids: list[str] | None, *,
+                         recover: bool) -> SyncSummary:
         creds = self.replica.credentials
         if creds is None:
             raise NotEnrolled("enroll this replica before syncing (client_sdk.enroll)")
@@ -198,11 +224,11 @@ class SyncClient:
                             raise rejection
                         d = docs[hid]
                         d.done = True
-                        if (msg.code in RECOVERABLE_CODES and d.phase == ""
+                        if (msg.code in RECOVERABLE_CODES and d.phase == "" and recover
                                 and self.replica.has_local_copy(hid)):
                             docs[hid] = await self._start_recovery(hid, d, msg.code, send,
                                                                     peer_id, server_id)
-                        elif d.phase == "uploading":
+                        elif not recover:
                             log.warning("household %s: the re-applied edits were refused "
                                         "too (%s)", hid, msg.code)
 
@@ -271,9 +297,7 @@ class SyncClient:
         # Equal heads mean equal documents; any reply just sent is an acknowledgement.
         d.done = sorted(after) == sorted(d.server_heads)
         if d.done and d.phase == "fetching":
-            await self._finish_fetch(d, hid, send, peer_id, server_id, summary)
-        elif d.done and d.phase == "uploading" and d.recovery is not None:
-            d.recovery.uploaded = True
+            self._finish_fetch(d, hid, summary)
 
     async def _start_recovery(self, hid: str, refused: _DocSync, code: str, send,
                               peer_id: str, server_id: str) -> _DocSync:
@@ -289,10 +313,9 @@ class SyncClient:
         await send(wire.Request(peer_id, server_id, hid, m.encode()))
         return d
 
-    async def _finish_fetch(self, d: _DocSync, hid: str, send, peer_id: str, server_id: str,
-                            summary: SyncSummary) -> None:
-        """The server's copy is here: re-apply the refused copy's allowed edits on it,
-        keep the result as the replica's copy, and upload it in this session."""
+    def _finish_fetch(self, d: _DocSync, hid: str, summary: SyncSummary) -> None:
+        """The server's copy is here: re-apply the refused copy's allowed edits on it and
+        keep the result as the replica's copy (:meth:`sync` uploads it next)."""
         creds = self.replica.credentials
         assert creds is not None and d.refused is not None
         server_copy = d.doc
@@ -300,25 +323,17 @@ class SyncClient:
         local_hashes = {c.hash for c in d.refused.get_changes([])}
         result, recovery = rebase(d.refused, server_copy, hid, actor_id=self.replica.actor_id,
                                   user_id=creds.user_id, role=creds.role, code=d.code)
-        d.doc, d.refused, d.recovery, d.phase = result, None, recovery, "uploading"
-        d.hashes_before, d.was_saved = {c.hash for c in result.get_changes([])}, False
+        d.doc, d.refused, d.recovery, d.phase = result, None, recovery, "rebased"
         summary.recovered[hid] = recovery
         self.replica.adopt(hid, result)
-        new = len(result.get_changes(server_copy.get_heads()))
         received = len(server_hashes - local_hashes)
-        summary.changes_sent += new
         summary.changes_received += received
         if received and self.on_remote_change is not None:
             self.on_remote_change(hid, received)
         log.info("household %s: recovered; %d value(s) re-applied, %d re-filed as change "
                  "requests, %d dropped", hid, recovery.reapplied, len(recovery.refiled),
                  len(recovery.dropped))
-        reply = result.generate_sync_message(d.state)
-        if reply is not None:
-            await send(wire.Sync(peer_id, server_id, hid, reply.encode()))
-        d.done = sorted(result.get_heads()) == sorted(d.server_heads)
-        if d.done:
-            recovery.uploaded = True
+        recovery.uploaded = not result.get_changes(server_copy.get_heads())  # nothing new
 
     @staticmethod
     def _count(d: _DocSync, summary: SyncSummary) -> None:

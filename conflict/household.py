@@ -587,9 +587,13 @@ class Household:
     # --- same-field conflicts ---------------------------------------------
 
     def record_conflict(self, path: Sequence[str | int], values: Sequence[Any],
-                        at: datetime | str | None = None) -> str:
+                        at: datetime | str | None = None,
+                        written: Sequence[tuple[str, datetime | str]] | None = None) -> str:
         """Record that concurrent edits left ``values`` at ``path`` (the server does this
-        when it detects them); returns the conflict's id. One change."""
+        when it detects them); ``written[i]`` is ``(user id, when)`` for ``values[i]``.
+        Returns the conflict's id. One change."""
+        if written is not None and len(written) != len(values):
+            raise ValueError("one writer per value")
         cid = new_entity_id()
         conflicts = self._root_obj("conflicts")
         with self.doc.transaction() as tx:
@@ -600,17 +604,24 @@ class Household:
             v = tx.put_object(obj, "values", ObjType.List)
             for i, value in enumerate(values):
                 tx.insert(v, i, *_any_scalar(value))
+            if written is not None:
+                w = tx.put_object(obj, "written", ObjType.List)
+                for i, (by, when) in enumerate(written):
+                    entry = tx.insert_object(w, i, ObjType.Map)
+                    tx.put(entry, "by", ScalarType.Str, by)
+                    tx.put(entry, "at", ScalarType.Str, utc_instant(when))
             tx.put(obj, "detected_at", ScalarType.Str, utc_instant(at))
         return cid
 
     def conflicts(self, *, open_only: bool = False) -> list[dict[str, Any]]:
-        """Recorded conflicts (``conflict_id``, ``path``, ``values``, ``detected_at``,
+        """Recorded conflicts (``conflict_id``, ``path``, ``values``, ``written`` (who
+        wrote each value, when: a list of ``{"by", "at"}``, or None), ``detected_at``,
         ``resolved_by``, ``resolution``); ``open_only`` leaves out the resolved ones."""
         out = []
         for cid, c in (self._read_key(ROOT, "conflicts") or {}).items():
             if isinstance(c, dict) and not (open_only and c.get("resolved_by")):
                 out.append({"conflict_id": cid, "path": c.get("path"), "values": c.get("values"),
-                            "detected_at": c.get("detected_at"),
+                            "written": c.get("written"), "detected_at": c.get("detected_at"),
                             "resolved_by": c.get("resolved_by"),
                             "resolution": c.get("resolution")})
         return out

@@ -337,10 +337,15 @@ ACTIVITY_ENTRY = Record(
     }
 )
 
+WRITER = Record({"by": _s("user_id"), "at": _s("instant")})
+"""Who wrote one of a conflict's values, and when the server received it."""
+
 CONFLICT = Record(
     {
         "path": ListOf(Scalar(Kind.SEGMENT)),
         "values": ListOf(Scalar(Kind.SCALAR_OR_NULL)),
+        # written[i] is who wrote values[i] (optional: records made before it existed)
+        "written": ListOf(WRITER, required=False),
         "detected_at": _s("instant"),
         "resolved_by": _s("user_id", required=False),
         "resolution": _s(required=False),

@@ -28,6 +28,36 @@ class Detected:
     path: tuple[str | int, ...]
     server_value: Any
     device_value: Any
+    #: the change that wrote the server's value (to tell who wrote it), if found
+    server_change: bytes | None = None
+
+
+def op_change(exid: bytes, changes: Sequence[Any]) -> bytes | None:
+    """The hash of the change among ``changes`` holding the operation ``exid`` (an
+    Automerge ``ExId`` as the Python binding returns it: tag, actor length, actor,
+    actor index, counter — the last two as unsigned LEB128)."""
+    try:
+        n = exid[1]
+        actor = exid[2:2 + n]
+        i = 2 + n
+        numbers = []
+        for _ in range(2):
+            value, shift = 0, 0
+            while True:
+                byte = exid[i]
+                i += 1
+                value |= (byte & 0x7F) << shift
+                shift += 7
+                if not byte & 0x80:
+                    break
+            numbers.append(value)
+    except IndexError:
+        return None
+    counter = numbers[1]
+    for c in changes:
+        if c.actor_id == actor and c.start_op <= counter <= c.max_op:
+            return c.hash
+    return None
 
 
 def batch_tips(new: Sequence[Any]) -> list[bytes]:
@@ -37,16 +67,44 @@ def batch_tips(new: Sequence[Any]) -> list[bytes]:
 
 
 def scalar_at(doc: Document, path: Sequence[str | int], heads: list[bytes]) -> tuple[bool, Any]:
+    found, value, _ = _scalar_op(doc, path, heads)
+    return found, value
+
+
+def _scalar_op(doc: Document, path: Sequence[str | int],
+               heads: list[bytes]) -> tuple[bool, Any, bytes | None]:
+    """(found, value, the id of the operation that wrote it) at ``heads``."""
     obj = ROOT
     for seg in path[:-1]:
         got = doc.get(obj, seg, heads)
         if got is None or not isinstance(got[0], ObjType):
-            return False, None
+            return False, None, None
         obj = got[1]
     got = doc.get(obj, path[-1], heads)
     if got is None or isinstance(got[0], ObjType):
-        return False, None
-    return True, got[0][1]
+        return False, None, None
+    return True, got[0][1], got[1]
+
+
+def _put_path(patch: Any) -> tuple[str | int, ...] | None:
+    """The field a PutMap patch sets, or None for any other patch."""
+    parsed = _parse(repr(patch))
+    if parsed is None or parsed[1] != "PutMap" or parsed[2] is None:
+        return None
+    steps, _, key, _ = parsed
+    return (*steps, key)
+
+
+def _written_by(doc: Document, changes: Sequence[Any]) -> set[tuple[str | int, ...]]:
+    """The fields each of ``changes`` set, each read against its own dependencies (so a
+    write that later lost a tie-break still counts)."""
+    out: set[tuple[str | int, ...]] = set()
+    for c in changes:
+        for patch in doc.diff(list(c.deps), [c.hash]):
+            path = _put_path(patch)
+            if path is not None:
+                out.add(path)
+    return out
 
 
 def detect(merged: Document, server_heads: list[bytes], new: Sequence[Any]) -> list[Detected]:
@@ -54,8 +112,9 @@ def detect(merged: Document, server_heads: list[bytes], new: Sequence[Any]) -> l
 
     Three-way: the batch's base (its dependencies outside the batch), its tips, and the
     server's heads before the merge. A field is in conflict when the batch set it, the
-    server's value differs from the base's (the server changed it concurrently), and
-    the batch's value differs from the server's."""
+    server changed it concurrently (its value differs from the base's, or a change the
+    server had and the device had not set it), and the batch's value differs from the
+    server's."""
     tips = batch_tips(new)
     if set(merged.get_heads()) <= set(tips):
         return []  # the device had everything the server had: no concurrency
@@ -65,20 +124,31 @@ def detect(merged: Document, server_heads: list[bytes], new: Sequence[Any]) -> l
         return []
     found: list[Detected] = []
     seen: set[tuple[str | int, ...]] = set()
+    concurrent: list[Any] | None = None  # changes since the base, read on the first need
+    server_written: set[tuple[str | int, ...]] | None = None
     for patch in merged.diff(base, tips):  # what the batch itself changed
-        parsed = _parse(repr(patch))
-        if parsed is None or parsed[1] != "PutMap" or parsed[2] is None:
-            continue
-        steps, _, key, _ = parsed
-        path = (*steps, key)
-        if path in seen:
+        path = _put_path(patch)
+        if path is None or path in seen:
             continue
         seen.add(path)
         has_device, device_value = scalar_at(merged, path, tips)
-        has_server, server_value = scalar_at(merged, path, server_heads)
+        has_server, server_value, server_op = _scalar_op(merged, path, server_heads)
         if not (has_device and has_server) or device_value == server_value:
             continue
+        if concurrent is None:
+            concurrent = merged.get_changes(base)
         has_base, base_value = scalar_at(merged, path, base)
-        if not has_base or base_value != server_value:
-            found.append(Detected(path, server_value, device_value))
+        if has_base and base_value == server_value:
+            # The server's winner is the value the device saw; a concurrent server-side
+            # write may still have lost the tie-break to it (and is no less concurrent).
+            if server_written is None:
+                server_written = _written_by(merged, [c for c in concurrent
+                                                      if c.hash not in in_batch])
+            if path not in server_written:
+                continue
+        writer = None
+        if server_op:  # a winner older than the base is found in the whole history
+            writer = (op_change(server_op, concurrent)
+                      or op_change(server_op, merged.get_changes([])))
+        found.append(Detected(path, server_value, device_value, writer))
     return found

@@ -21,7 +21,7 @@ import logging
 from itertools import count
 from typing import TYPE_CHECKING
 
-from automerge.core import SyncState
+from automerge.core import Document, SyncState
 
 from . import wire
 from .channel import FrameChannel
@@ -53,6 +53,8 @@ class Connection:
         self.peer_id: str | None = None
         self.state = ConnectionState.AWAITING_JOIN
         self._sync_states: dict[str, SyncState] = {}
+        #: household -> a fork holding this peer's changes queued for a missing dependency
+        self.held: dict[str, Document] = {}
         self._outbox: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=outbox_frames)
         self._writer: asyncio.Task[None] | None = None
         self._sending = False  # the writer is inside channel.send (maybe stuck on a slow peer)
@@ -78,8 +80,10 @@ class Connection:
         return state
 
     def reset_sync_state(self, document_id: str) -> None:
-        """Forget what this peer is believed to have, after a failed or rejected sync."""
+        """Forget what this peer is believed to have, after a failed or rejected sync
+        (and any of its changes held back for a missing dependency)."""
         self._sync_states[document_id] = SyncState()
+        self.held.pop(document_id, None)
 
     @property
     def documents(self) -> list[str]:

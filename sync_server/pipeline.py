@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from datetime import UTC, datetime
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -191,7 +192,7 @@ class Synchronizer:
     async def _merge(self, actor: HouseholdActor, conn: Connection, msg: wire.Sync) -> None:
         hid = actor.id
         async with actor.lock:
-            fork = actor.doc.fork()
+            fork = _fork_for(conn, actor)
             before = actor.doc.get_heads()
             try:
                 fork.receive_sync_message(conn.sync_state(hid), Message.decode(msg.data))
@@ -204,11 +205,12 @@ class Synchronizer:
             if not new:
                 # Nothing applied, but the fork may hold changes queued for a missing
                 # dependency (a Bloom-filter false positive made the device hold that one
-                # back). Keep them: queued changes are not in the heads, so nothing is
-                # advertised, and they are persisted when the dependency arrives. Dropping
-                # the fork here left ~2% of syncs never converging.
-                actor.doc = fork
-                self._answer(actor, [conn])
+                # back; dropping them left ~2% of syncs never converging). They are this
+                # peer's alone, so the fork is kept for its next message, not made the
+                # household's copy: a batch refused later must leave nothing behind (its
+                # queued changes clashed with the device's re-applied ones).
+                conn.held[hid] = fork
+                self._answer_from(fork, hid, conn)
                 return
             try:
                 self._check_batch(conn, hid, new)
@@ -240,14 +242,21 @@ class Synchronizer:
             actor.doc = fork  # swap: only committed changes ever become visible
             actor.bytes_since_snapshot += result.inserted_bytes
             actor.last_seq = max(actor.last_seq, result.last_seq)
+            # Server changes the batch calls for are committed before anyone is answered,
+            # so the device sees them in this very exchange (it stops when heads match).
+            user = _user(conn)
+            if regressions:
+                await self._follow_up(actor, self._restore_lattice(regressions), user,
+                                      "restoring service statuses")
+            if found:
+                writers = await self._writers(hid, found, user)
+                await self._follow_up(actor, self._record_conflicts(found, writers, user),
+                                      user, "recording conflicts")
+            if approved:
+                await self._follow_up(actor, self._apply_approved(hid, approved), user,
+                                      "applying approved requests")
             self._answer(actor, list(actor.subscribers))
             await self._maybe_snapshot(actor)
-        if regressions:
-            await self._restore_lattice(hid, regressions, _user(conn))
-        if found:
-            await self._record_conflicts(hid, found, _user(conn))
-        if approved:
-            await self._apply_approved(hid, approved, _user(conn))
 
     async def _create(self, conn: Connection, msg: wire.Sync) -> None:
         hid = msg.document_id
@@ -330,12 +339,18 @@ class Synchronizer:
 
     def _answer(self, actor: HouseholdActor, targets: Sequence[Connection]) -> None:
         for target in targets:
-            m = actor.doc.generate_sync_message(target.sync_state(actor.id))
-            if m is not None:
-                target.send(wire.Sync(self.server_peer_id, target.peer_id or "", actor.id,
-                                      m.encode()))
+            held = target.held.get(actor.id)
+            if held is not None:  # a peer with queued changes is answered from its fork
+                held.merge(actor.doc)
+            self._answer_from(actor.doc if held is None else held, actor.id, target)
 
-    async def _apply_approved(self, hid: str, request_ids: list[str], user: User) -> None:
+    def _answer_from(self, doc: Document, hid: str, target: Connection) -> None:
+        m = doc.generate_sync_message(target.sync_state(hid))
+        if m is not None:
+            target.send(wire.Sync(self.server_peer_id, target.peer_id or "", hid, m.encode()))
+
+    @staticmethod
+    def _apply_approved(hid: str, request_ids: list[str]) -> Callable[[Household], None]:
         """A county supervisor approved requests through sync: apply their structural
         changes as the server's own change (once: only a pending -> approved move)."""
 
@@ -349,27 +364,58 @@ class Synchronizer:
                     h.append_activity("vatra", "change_not_applied",
                                       f"request {rid}: approved, but it no longer applies")
 
-        await self._follow_up(hid, apply, user, "applying approved requests")
+        return apply
 
-    async def _record_conflicts(self, hid: str, found: list[conflicts.Detected],
-                                user: User) -> None:
-        """Record same-field conflicts under ``conflicts`` (a server change), with an
-        activity entry saying whose edit met whose value."""
+    async def _writers(self, hid: str, found: list[conflicts.Detected], user: User
+                       ) -> list[list[tuple[str, datetime]]]:
+        """Who wrote each conflicting value, and when the server received it: the
+        server's value from the change log (the server's own changes are ``vatra``), the
+        device's value from this batch. A writer that cannot be told is ``unknown``."""
+        now = datetime.now(UTC)
+        try:
+            origins = await self.store.change_origins(
+                hid, {c.server_change for c in found if c.server_change is not None})
+        except Exception:
+            log.exception("household %s: reading who wrote conflicting values failed", hid)
+            origins = {}
+        users: dict[str, str] = {}
+        out = []
+        for c in found:
+            by, at = "unknown", now
+            origin = origins.get(c.server_change) if c.server_change else None
+            if origin is not None:
+                device_id, at = origin
+                if device_id is None:
+                    by = "vatra"
+                else:
+                    if device_id not in users:
+                        device = await self.identity.device(device_id)
+                        users[device_id] = device.user.id if device else "unknown"
+                    by = users[device_id]
+            out.append([(by, at), (user.id, now)])
+        return out
+
+    @staticmethod
+    def _record_conflicts(found: list[conflicts.Detected],
+                          writers: list[list[tuple[str, datetime]]],
+                          user: User) -> Callable[[Household], None]:
+        """Record same-field conflicts under ``conflicts`` (each value with who wrote it
+        and when), with an activity entry saying whose edit met whose value."""
 
         def record(h: Household) -> None:
-            for c in found:
-                h.record_conflict(c.path, [c.server_value, c.device_value])
+            for c, written in zip(found, writers, strict=True):
+                h.record_conflict(c.path, [c.server_value, c.device_value], written=written)
                 h.append_activity("vatra", "conflict",
-                                  f"{'/'.join(map(str, c.path))}: {user.id}'s value and the "
-                                  f"server's differ; choose one to resolve")
+                                  f"{'/'.join(map(str, c.path))}: {user.id}'s value and "
+                                  f"{written[0][0]}'s differ; choose one to resolve")
 
-        await self._follow_up(hid, record, user, "recording conflicts")
+        return record
 
-    async def _restore_lattice(self, hid: str, regressions: list[tuple[str, str, str]],
-                               user: User) -> None:
+    @staticmethod
+    def _restore_lattice(regressions: list[tuple[str, str, str]]) -> Callable[[Household], None]:
         """A merge let a service's status move down (Automerge's winner of a concurrent
-        write, e.g. ``in_progress`` over ``delivered``): write the lattice maximum back as
-        the server's own change, and say why in the activity feed."""
+        write, e.g. ``in_progress`` over ``delivered``): write the lattice maximum back,
+        and say why in the activity feed."""
 
         def restore(h: Household) -> None:
             plan = h.doc.get(ROOT, "service_plan")
@@ -385,16 +431,17 @@ class Synchronizer:
                                   f"{policy.lattice_max(before, after)} (status only moves "
                                   f"forward; a concurrent edit had moved it back)")
 
-        await self._follow_up(hid, restore, user, "restoring service statuses")
+        return restore
 
-    async def _follow_up(self, hid: str, edit: Callable[[Household], Any], user: User,
-                         what: str) -> None:
-        """A server change that follows a device's batch (caused by ``user``). The batch
-        is already stored and answered: a failure here is logged, not sent back."""
+    async def _follow_up(self, actor: HouseholdActor, edit: Callable[[Household], Any],
+                         user: User, what: str) -> None:
+        """A server change that follows a device's batch (caused by ``user``), made while
+        the batch's lock is held. The batch is already stored: a failure here is logged,
+        not sent back."""
         try:
-            await self.server_change(hid, edit, author=Author("server", user.id))
+            await self._commit_server_change(actor, edit, Author("server", user.id))
         except Exception:
-            log.exception("household %s: %s failed", hid, what)
+            log.exception("household %s: %s failed", actor.id, what)
 
     async def server_change(self, household_id: str, edit: Callable[[Household], Any], *,
                             author: Author) -> Any:
@@ -406,22 +453,31 @@ class Synchronizer:
         if actor is None:
             raise LookupError(f"no household {household_id}")
         async with actor.lock:
-            fork = actor.doc.fork()
-            fork.set_actor(self.server_actor)
-            before = actor.doc.get_heads()
-            result = edit(Household(fork, household_id))
-            new = fork.get_changes(before)
-            if not new:
-                return result
-            _check_schema(household_id, fork)
-            stored_result = await self.store.append_changes(household_id, stored(new), author)
-            self.changes_persisted += stored_result.inserted
-            actor.doc = fork
-            actor.bytes_since_snapshot += stored_result.inserted_bytes
-            actor.last_seq = max(actor.last_seq, stored_result.last_seq)
-            self._answer(actor, list(actor.subscribers))
-            await self._maybe_snapshot(actor)
+            result, changed = await self._commit_server_change(actor, edit, author)
+            if changed:
+                self._answer(actor, list(actor.subscribers))
+                await self._maybe_snapshot(actor)
             return result
+
+    async def _commit_server_change(self, actor: HouseholdActor,
+                                    edit: Callable[[Household], Any],
+                                    author: Author) -> tuple[Any, bool]:
+        """Fork, edit as the server, validate, persist, swap (the caller holds the lock
+        and answers). Returns what ``edit`` returned and whether anything changed."""
+        fork = actor.doc.fork()
+        fork.set_actor(self.server_actor)
+        before = actor.doc.get_heads()
+        result = edit(Household(fork, actor.id))
+        new = fork.get_changes(before)
+        if not new:
+            return result, False
+        _check_schema(actor.id, fork)
+        stored_result = await self.store.append_changes(actor.id, stored(new), author)
+        self.changes_persisted += stored_result.inserted
+        actor.doc = fork
+        actor.bytes_since_snapshot += stored_result.inserted_bytes
+        actor.last_seq = max(actor.last_seq, stored_result.last_seq)
+        return result, True
 
     async def _maybe_snapshot(self, actor: HouseholdActor) -> None:
         """Compact when the changes since the last snapshot outweigh it (and a floor)."""
@@ -435,6 +491,16 @@ class Synchronizer:
             return
         actor.snapshot_bytes = len(body)
         actor.bytes_since_snapshot = 0
+
+
+def _fork_for(conn: Connection, actor: HouseholdActor) -> Document:
+    """The copy a peer's next message is received into: the household's current one, or
+    the fork kept for this peer (its queued changes) brought up to date."""
+    held = conn.held.pop(actor.id, None)
+    if held is None:
+        return actor.doc.fork()
+    held.merge(actor.doc)
+    return held
 
 
 def schema_violations(merged: Document, before: list[bytes] | None = None, *,

@@ -182,6 +182,11 @@ class HouseholdStore(Protocol):
 
     async def change_count(self, household_id: str) -> int: ...
 
+    async def change_origins(self, household_id: str, hashes: Collection[bytes]
+                             ) -> dict[bytes, tuple[str | None, datetime]]:
+        """``hash -> (author device id or None for the server's own, received at)``."""
+        ...
+
 
 #: One statement for a whole batch, whatever its size and however many households it
 #: spans: the rows travel as five array parameters, so the statement is prepared once
@@ -530,6 +535,17 @@ class PostgresStore:
             return (await conn.execute(
                 sa.select(sa.func.count()).select_from(changes)
                 .where(changes.c.household_id == household_id))).scalar_one()
+
+    async def change_origins(self, household_id: str, hashes: Collection[bytes]
+                             ) -> dict[bytes, tuple[str | None, datetime]]:
+        if not hashes:
+            return {}
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(changes.c.hash, changes.c.device_id, changes.c.received_at)
+                .where(changes.c.household_id == household_id,
+                       changes.c.hash.in_(list(hashes))))
+            return {r.hash: (r.device_id, r.received_at) for r in rows}
 
     # -- erasure and rotation -------------------------------------------------------------
 

@@ -116,7 +116,10 @@ async def test_same_field_conflicts_are_recorded_and_resolved(server, provision)
     await SyncClient(ana, server.url).sync()
     [c] = ana.household(hid).conflicts(open_only=True)
     assert c["path"] == ["address"]
-    assert sorted(c["values"]) == ["Str. Morii 12A", "Strada Morii nr. 12"]
+    # the server's value first (ana's, synced first), then the value of the batch (nurse's)
+    assert c["values"] == ["Str. Morii 12A", "Strada Morii nr. 12"]
+    assert [w["by"] for w in c["written"]] == ["ana", "nurse"]
+    assert all(w["at"] <= c["detected_at"] for w in c["written"])
     assert ana.household(hid).activity()[-1]["kind"] == "conflict"
 
     with ana.edit(hid) as h:
@@ -163,3 +166,26 @@ async def test_a_supervisor_approving_through_sync_gets_the_change_applied_once(
     assert h.members()[pid]["presence"] == "moved"
     applied = [e for e in h.activity() if e["kind"] == "change_approved"]
     assert len(applied) == 1 and applied[0]["text"].endswith("approved by sup-cj")
+
+
+async def test_two_deliveries_of_one_service_conflict_on_who_delivered(server,
+                                                                      provision) -> None:
+    """Both teammates mark the same service delivered offline: the status agrees, but
+    ``delivered_by`` differs, and that is recorded as a conflict naming both writers."""
+    hid, pid, (ana, nurse) = await active_household(server, provision, ("nurse", {}))
+    with ana.edit(hid) as h:
+        sid = h.plan_service("counselling", pid, "school_absenteeism", "2026-12-20")
+    await SyncClient(ana, server.url).sync()
+    await SyncClient(nurse, server.url).sync()
+    at = "2026-11-20T10:00:00Z"
+    with ana.edit(hid) as h:
+        h.set_service_status(sid, "delivered", by="ana", at=at)
+    with nurse.edit(hid) as h:
+        h.set_service_status(sid, "delivered", by="nurse", at=at)
+    await SyncClient(ana, server.url).sync()
+    await SyncClient(nurse, server.url).sync()
+    [c] = nurse.household(hid).conflicts(open_only=True)
+    assert c["path"] == ["service_plan", sid, "delivered_by"]
+    assert c["values"] == ["ana", "nurse"]
+    assert [w["by"] for w in c["written"]] == ["ana", "nurse"]
+    assert nurse.household(hid).to_dict()["service_plan"][sid]["status"] == "delivered"
