@@ -26,8 +26,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from datetime import UTC, datetime
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from automerge._automerge import DocumentId
