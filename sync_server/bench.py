@@ -258,6 +258,7 @@ async def _workload_tablets(server: VatraServer, root: Path, n_tablets: int, n_h
         rows_before = await _count_changes(server)
         counter_before = sync.changes_persisted
         persist_before = sync.persist_seconds
+        checks_before, checked_before = sync.check_seconds, sync.batches_checked
         pg_before = pg_cpu()
         assert proc.stdin is not None
         with _profiled(profile_dir, "tablets_return", profiles):
@@ -309,6 +310,7 @@ async def _workload_tablets(server: VatraServer, root: Path, n_tablets: int, n_h
         "worker_wall_s": worker["wall_s"],
         "postgres_cpu_s": None if pg_before is None or pg_after is None else pg_after - pg_before,
         "persist_s": sync.persist_seconds - persist_before,
+        **_check_figures(sync, checks_before, checked_before, wall),
         "raw_changes": raw_changes,
         "raw_server_s": raw_server,
         "raw_tablet_s": raw_tablet,
@@ -348,6 +350,7 @@ async def _workload_live(server: VatraServer, root: Path, k: int, pg_cpu,
     rows_before = await _count_changes(server)
     counter_before = sync.changes_persisted
     persist_before = sync.persist_seconds
+    checks_before, checked_before = sync.check_seconds, sync.batches_checked
     async with aiohttp.ClientSession() as session, session.ws_connect(
             server.url, max_msg_size=server.settings.max_frame_bytes + 64 * 1024) as ws:
         # The session handshake (and its Ed25519/X25519 work) is outside the timed loop,
@@ -442,12 +445,25 @@ async def _workload_live(server: VatraServer, root: Path, k: int, pg_cpu,
         "process_cpu_s": cpu,
         "postgres_cpu_s": None if pg_before is None or pg_after is None else pg_after - pg_before,
         "persist_s": sync.persist_seconds - persist_before,
+        **_check_figures(sync, checks_before, checked_before, wall),
         "raw_changes": raw_changes,
         "raw_server_s": raw_s,
         "raw_changes_per_s": raw_rate,
         "ratio": e2e_rate / raw_rate if raw_rate > 0 else math.nan,
         "ok": rows == k and raw_changes == k,
     }
+
+
+def _check_figures(sync: Synchronizer, seconds_before: float, batches_before: int,
+                   wall: float) -> dict[str, Any]:
+    """What the per-batch checks (rules, schema, lattice, conflict detection) cost in a
+    timed phase: in total, per batch, and as a share of the phase's wall time. In (b)
+    one change is in flight at a time, so the share is the throughput the checks take."""
+    seconds = sync.check_seconds - seconds_before
+    batches = sync.batches_checked - batches_before
+    return {"checks_s": seconds, "checked_batches": batches,
+            "checks_per_batch_s": seconds / batches if batches else math.nan,
+            "checks_share_of_wall": seconds / wall if wall > 0 else math.nan}
 
 
 # -- output ---------------------------------------------------------------------------------
@@ -495,6 +511,11 @@ def _print_table(result: dict[str, Any]) -> None:
     table.add_row("PostgreSQL CPU", cpu(a["postgres_cpu_s"]), cpu(b["postgres_cpu_s"]))
     table.add_row("awaiting persist (summed)", f"{a['persist_s']:.3f} s",
                   f"{b['persist_s']:.3f} s")
+    table.add_row("batch checks per batch", _ms(a["checks_per_batch_s"]),
+                  _ms(b["checks_per_batch_s"]))
+    table.add_row("[bold]batch checks / wall time[/bold]",
+                  f"{a['checks_share_of_wall']:.1%}",
+                  f"[bold]{b['checks_share_of_wall']:.1%}[/bold]")
     console = Console()
     console.print(table)
     console.print("per tablet (a) / per change (b); timed phases only; raw = a fork of the "
