@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from automerge.core import Document
 
+from .change_ops import ObjectIndex
 from .storage import HouseholdErased, HouseholdRecord, HouseholdStore
 
 if TYPE_CHECKING:
@@ -41,6 +42,9 @@ class HouseholdActor:
         self.snapshot_bytes = snapshot_bytes
         self.bytes_since_snapshot = bytes_since_snapshot
         self.last_seq = last_seq
+        #: where each object of ``doc`` lives, to read what a batch touched from its
+        #: operations (built on the first batch; see :mod:`sync_server.change_ops`)
+        self.objects = ObjectIndex()
 
     @property
     def id(self) -> str:

@@ -219,7 +219,8 @@ class Synchronizer:
             checks_started = time.perf_counter()
             try:
                 self._check_batch(conn, hid, new)
-                touched = touched_prefixes(fork, before)
+                read = _read_touched(actor, fork, new)
+                touched = touched_prefixes(fork, before) if read is None else read[0]
                 sections = None if touched is None else {p[0] for p in touched}
                 _check_schema(hid, fork, touched=touched)
                 _check_policy(hid, actor.doc, fork, _user(conn), sections)
@@ -249,6 +250,10 @@ class Synchronizer:
             actor.doc = fork  # swap: only committed changes ever become visible
             actor.bytes_since_snapshot += result.inserted_bytes
             actor.last_seq = max(actor.last_seq, result.last_seq)
+            if read is None:
+                actor.objects.built = False  # rebuilt from the document on the next batch
+            else:
+                actor.objects.add(read[1])
             # Server changes the batch calls for are committed before anyone is answered,
             # so the device sees them in this very exchange (it stops when heads match).
             user = _user(conn)
@@ -484,6 +489,7 @@ class Synchronizer:
         actor.doc = fork
         actor.bytes_since_snapshot += stored_result.inserted_bytes
         actor.last_seq = max(actor.last_seq, stored_result.last_seq)
+        actor.objects.absorb(fork, new)
         return result, True
 
     async def _maybe_snapshot(self, actor: HouseholdActor) -> None:
@@ -498,6 +504,18 @@ class Synchronizer:
             return
         actor.snapshot_bytes = len(body)
         actor.bytes_since_snapshot = 0
+
+
+def _read_touched(actor: HouseholdActor, fork: Document, new: Sequence[Any]
+                  ) -> tuple[set[tuple[str | int, ...]], dict[Any, Any]] | None:
+    """What the batch touched, from its own operations (the household's object index),
+    or None to read it from a diff. The index costs one walk of the document to build,
+    more than one diff, so it is built on a household's second batch while loaded: a
+    household that gets one batch (a tablet's return) never pays for it."""
+    if not actor.objects.built and not actor.objects.wanted:
+        actor.objects.wanted = True
+        return None
+    return actor.objects.touched(fork, new, before=actor.doc)
 
 
 def _fork_for(conn: Connection, actor: HouseholdActor) -> Document:

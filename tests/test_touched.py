@@ -1,5 +1,6 @@
 """Validating only what a batch touched finds exactly what validating everything finds
-(on a household that was valid before the batch): property-based, pure logic."""
+(on a household that was valid before the batch), whether the touched parts are read
+from a document diff or from the batch's own operations: property-based, pure logic."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conflict import Household, validate
+from sync_server.change_ops import ObjectIndex, decode_ops
 from sync_server.pipeline import schema_violations
 from sync_server.touched import touched_prefixes
 
@@ -80,3 +82,59 @@ def test_an_unreadable_key_widens_the_check_to_its_whole_section() -> None:
     assert touched_prefixes(h.doc, before) in (None, {("members",)})  # never narrower
     assert {(v.path, v.rule) for v in schema_violations(h.doc, before)} == \
         {(v.path, v.rule) for v in validate(h.doc)} != set()
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 9), st.integers(0, 999)), min_size=1, max_size=4),
+       st.booleans())
+def test_the_batchs_operations_give_the_same_validation(edits, build_first) -> None:
+    """The object index (built before the batch, or on first use) reads
+    prefixes from the batch's operations; validating them equals validating everything,
+    and they never leave out a prefix the diff finds."""
+    h, pid, aid, sid = base()
+    index = ObjectIndex()
+    if build_first:
+        index.build(h.doc)
+    original = h.doc.fork()
+    before = h.doc.get_heads()
+    for kind, n in edits:
+        edit(h, pid, aid, sid, kind, n)
+    read = index.touched(h.doc, h.doc.get_changes(before), before=original)
+    assert read is not None  # every object of this household is known
+    prefixes, _ = read
+    diff = touched_prefixes(h.doc, before)
+    assert diff is not None
+    # each prefix the diff finds is covered by one read from the operations
+    assert all(any(p[:len(q)] == q for q in prefixes) for p in diff)
+    full = {(v.path, v.rule) for v in validate(h.doc)}
+    touched = {(v.path, v.rule) for v in schema_violations(h.doc, touched=prefixes)}
+    assert touched == full
+
+
+def test_objects_made_by_an_accepted_batch_are_known_to_the_next() -> None:
+    h, *_ = base()
+    index = ObjectIndex()
+    index.build(h.doc)
+    before = h.doc.get_heads()
+    h.append_activity("sw", "visit", "one more")  # a new map in the feed
+    read = index.touched(h.doc, h.doc.get_changes(before))
+    assert read is not None
+    prefixes, made = read
+    n = len(h.to_dict()["activity"]) - 1
+    assert prefixes == {("activity", n)}  # only the new entry is checked
+    index.add(made)
+    before = h.doc.get_heads()
+    pid2 = h.add_member("Ion", "Pop", "2012-02-02", "M", "child")
+    read = index.touched(h.doc, h.doc.get_changes(before))
+    assert read is not None and read[0] == {("members", pid2)}
+
+
+def test_unreadable_bytes_are_refused_not_guessed() -> None:
+    h, *_ = base()
+    raw = h.doc.get_changes([])[0].raw_bytes
+    for broken in (raw[:20], b"\x00" * 12, raw[:8] + b"\x02" + raw[9:]):
+        try:
+            decode_ops(broken)
+        except ValueError:
+            continue
+        raise AssertionError("decoded bytes it should not understand")
