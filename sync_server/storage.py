@@ -61,6 +61,19 @@ changes = sa.Table(
     sa.Index("changes_household_seq", "household_id", "seq"),
 )
 
+#: One row per household whose projection is behind its change log, written by the same
+#: statement (so the same transaction) as the changes. ``last_seq`` is the newest change
+#: logged; ``enqueued_at`` the time the oldest unprojected one arrived (the projection
+#: lag is measured from it). The projector deletes a row only if ``last_seq`` has not
+#: moved meanwhile, so a change logged during a projection is never lost.
+projection_outbox = sa.Table(
+    "projection_outbox", metadata,
+    sa.Column("household_id", sa.Text, sa.ForeignKey("households.id"), primary_key=True),
+    sa.Column("last_seq", sa.BigInteger, nullable=False),
+    sa.Column("enqueued_at", sa.DateTime(timezone=True), nullable=False,
+              server_default=sa.func.now()),
+)
+
 snapshots = sa.Table(
     "snapshots", metadata,
     sa.Column("household_id", sa.Text, sa.ForeignKey("households.id"), primary_key=True),
@@ -154,6 +167,15 @@ class LoadedHousehold:
         return self.snapshot + b"".join(self.later_changes)
 
 
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """A household whose projection is behind: up to which change, and since when."""
+
+    household_id: str
+    last_seq: int
+    enqueued_at: datetime
+
+
 class HouseholdStore(Protocol):
     """The storage contract the server relies on."""
 
@@ -194,17 +216,26 @@ class HouseholdStore(Protocol):
 #: ``deps`` arrive as comma-joined hex because PostgreSQL arrays cannot be ragged.
 #: Re-sent changes hit the primary key and are skipped. Bodies arrive sealed; nothing is
 #: written for a household whose data key was destroyed (erased by another process).
+#: The same statement queues each household that logged something for projection.
 _APPEND = sa.text("""
-    INSERT INTO changes (household_id, hash, deps, actor, body, device_id)
-    SELECT u.household_id, u.hash,
-           ARRAY(SELECT decode(d, 'hex') FROM unnest(string_to_array(u.deps, ',')) AS d),
-           u.actor, u.body, u.device_id
-    FROM unnest(:household_ids, :hashes, :deps, :actors, :bodies, :devices)
-         AS u(household_id, hash, deps, actor, body, device_id)
-    WHERE EXISTS (SELECT 1 FROM household_keys k
-                  WHERE k.household_id = u.household_id AND k.wrapped IS NOT NULL)
-    ON CONFLICT (household_id, hash) DO NOTHING
-    RETURNING household_id, seq, length(body), hash
+    WITH inserted AS (
+        INSERT INTO changes (household_id, hash, deps, actor, body, device_id)
+        SELECT u.household_id, u.hash,
+               ARRAY(SELECT decode(d, 'hex') FROM unnest(string_to_array(u.deps, ',')) AS d),
+               u.actor, u.body, u.device_id
+        FROM unnest(:household_ids, :hashes, :deps, :actors, :bodies, :devices)
+             AS u(household_id, hash, deps, actor, body, device_id)
+        WHERE EXISTS (SELECT 1 FROM household_keys k
+                      WHERE k.household_id = u.household_id AND k.wrapped IS NOT NULL)
+        ON CONFLICT (household_id, hash) DO NOTHING
+        RETURNING household_id, seq, length(body) AS size, hash
+    ), queued AS (
+        INSERT INTO projection_outbox (household_id, last_seq)
+        SELECT household_id, max(seq) FROM inserted GROUP BY household_id
+        ON CONFLICT (household_id) DO UPDATE
+            SET last_seq = GREATEST(projection_outbox.last_seq, EXCLUDED.last_seq)
+    )
+    SELECT household_id, seq, size, hash FROM inserted
 """).bindparams(
     sa.bindparam("household_ids", type_=postgresql.ARRAY(sa.Text)),
     sa.bindparam("hashes", type_=postgresql.ARRAY(sa.LargeBinary)),
@@ -546,6 +577,29 @@ class PostgresStore:
                 .where(changes.c.household_id == household_id,
                        changes.c.hash.in_(list(hashes))))
             return {r.hash: (r.device_id, r.received_at) for r in rows}
+
+    # -- the projection outbox ---------------------------------------------------------------
+
+    async def outbox_pending(self, limit: int = 100) -> list[OutboxEntry]:
+        """Households whose projection is behind, oldest first."""
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(projection_outbox).order_by(projection_outbox.c.enqueued_at)
+                .limit(limit))
+            return [OutboxEntry(r.household_id, r.last_seq, r.enqueued_at) for r in rows]
+
+    async def outbox_done(self, household_id: str, last_seq: int,
+                          conn: AsyncConnection | None = None) -> bool:
+        """Mark ``household_id`` projected up to ``last_seq``: its row goes, unless a later
+        change was logged meanwhile (then it stays, for the next pass). Pass ``conn`` to
+        do it in the transaction that wrote the projection."""
+        stmt = sa.delete(projection_outbox).where(
+            projection_outbox.c.household_id == household_id,
+            projection_outbox.c.last_seq == last_seq)
+        if conn is not None:
+            return (await conn.execute(stmt)).rowcount == 1
+        async with self._engine.begin() as own:
+            return (await own.execute(stmt)).rowcount == 1
 
     # -- erasure and rotation -------------------------------------------------------------
 
