@@ -120,11 +120,17 @@ class _Reader:
         return out
 
 
-def _rle(reader: _Reader, read_value) -> Iterator[Any]:
+def _rle(reader: _Reader, read_value, limit: int) -> Iterator[Any]:
     """Automerge's run-length encoding: a signed count n, then one value repeated n times
-    (n > 0), -n literal values (n < 0), or (n == 0) an unsigned count of nulls."""
+    (n > 0), -n literal values (n < 0), or (n == 0) an unsigned count of nulls. More
+    than ``limit`` values in all is refused (a run length is not trusted)."""
+    total = 0
     while not reader.done():
         n = reader.sleb()
+        count = abs(n) if n else reader.uleb()
+        total += count
+        if total > limit:
+            raise Unreadable("a column holds more values than the change has operations")
         if n > 0:
             value = read_value(reader)
             for _ in range(n):
@@ -133,7 +139,7 @@ def _rle(reader: _Reader, read_value) -> Iterator[Any]:
             for _ in range(-n):
                 yield read_value(reader)
         else:
-            for _ in range(reader.uleb()):
+            for _ in range(count):
                 yield None
 
 
@@ -144,18 +150,22 @@ def _string(reader: _Reader) -> str:
         raise Unreadable("bad UTF-8") from exc
 
 
-def _booleans(reader: _Reader) -> Iterator[bool]:
+def _booleans(reader: _Reader, limit: int) -> Iterator[bool]:
     """Alternating run lengths, starting with a run of false."""
-    value = False
+    value, total = False, 0
     while not reader.done():
-        for _ in range(reader.uleb()):
+        count = reader.uleb()
+        total += count
+        if total > limit:
+            raise Unreadable("a column holds more values than the change has operations")
+        for _ in range(count):
             yield value
         value = not value
 
 
-def _deltas(reader: _Reader) -> Iterator[int | None]:
+def _deltas(reader: _Reader, limit: int) -> Iterator[int | None]:
     total = 0
-    for delta in _rle(reader, _Reader.sleb):
+    for delta in _rle(reader, _Reader.sleb, limit):
         if delta is None:
             yield None
         else:
@@ -163,8 +173,10 @@ def _deltas(reader: _Reader) -> Iterator[int | None]:
             yield total
 
 
-def decode_ops(raw: bytes) -> DecodedChange:
-    """The operations of one uncompressed change chunk (``Change.raw_bytes``)."""
+def decode_ops(raw: bytes, max_ops: int = 1 << 20) -> DecodedChange:
+    """The operations of one uncompressed change chunk (``Change.raw_bytes``); a column
+    with more than ``max_ops`` values (the change's operation count, when known) is
+    refused."""
     r = _Reader(raw)
     if r.take(4) != _MAGIC:
         raise Unreadable("not an Automerge chunk")
@@ -204,7 +216,7 @@ def decode_ops(raw: bytes) -> DecodedChange:
             raise Unreadable("actor index out of range")
         return actors[index]
 
-    actions = list(_rle(column(_ACTION), _Reader.uleb))
+    actions = list(_rle(column(_ACTION), _Reader.uleb, max_ops))
     n = len(actions)
 
     def padded(values: Iterator[Any]) -> list[Any]:
@@ -213,12 +225,12 @@ def decode_ops(raw: bytes) -> DecodedChange:
             raise Unreadable("column longer than the actions")
         return out + [None] * (n - len(out))
 
-    obj_actor = padded(_rle(column(_OBJ_ACTOR), _Reader.uleb))
-    obj_ctr = padded(_rle(column(_OBJ_CTR), _Reader.uleb))
-    key_actor = padded(_rle(column(_KEY_ACTOR), _Reader.uleb))
-    key_ctr = padded(_deltas(column(_KEY_CTR)))
-    key_str = padded(_rle(column(_KEY_STR), _string))
-    insert = padded(_booleans(column(_INSERT)))
+    obj_actor = padded(_rle(column(_OBJ_ACTOR), _Reader.uleb, n))
+    obj_ctr = padded(_rle(column(_OBJ_CTR), _Reader.uleb, n))
+    key_actor = padded(_rle(column(_KEY_ACTOR), _Reader.uleb, n))
+    key_ctr = padded(_deltas(column(_KEY_CTR), n))
+    key_str = padded(_rle(column(_KEY_STR), _string, n))
+    insert = padded(_booleans(column(_INSERT), n))
     ops = []
     for i in range(n):
         if actions[i] is None:
@@ -311,7 +323,7 @@ class ObjectIndex:
         made: dict[OpId, Prefix] = {}
         out: set[Prefix] = set()
         try:
-            decoded = [decode_ops(c.raw_bytes) for c in changes]
+            decoded = [decode_ops(c.raw_bytes, c.max_op - c.start_op + 1) for c in changes]
         except Unreadable:
             return None
         for change in decoded:

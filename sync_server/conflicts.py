@@ -20,6 +20,7 @@ from typing import Any
 
 from automerge.core import ROOT, Document, ObjType
 
+from .change_ops import exid_op
 from .touched import _parse
 
 
@@ -34,26 +35,11 @@ class Detected:
 
 def op_change(exid: bytes, changes: Sequence[Any]) -> bytes | None:
     """The hash of the change among ``changes`` holding the operation ``exid`` (an
-    Automerge ``ExId`` as the Python binding returns it: tag, actor length, actor,
-    actor index, counter — the last two as unsigned LEB128)."""
-    try:
-        n = exid[1]
-        actor = exid[2:2 + n]
-        i = 2 + n
-        numbers = []
-        for _ in range(2):
-            value, shift = 0, 0
-            while True:
-                byte = exid[i]
-                i += 1
-                value |= (byte & 0x7F) << shift
-                shift += 7
-                if not byte & 0x80:
-                    break
-            numbers.append(value)
-    except IndexError:
+    Automerge object or value id as the Python binding returns it)."""
+    op = exid_op(exid)
+    if op is None:
         return None
-    counter = numbers[1]
+    actor, counter = op
     for c in changes:
         if c.actor_id == actor and c.start_op <= counter <= c.max_op:
             return c.hash
@@ -135,17 +121,19 @@ def detect(merged: Document, server_heads: list[bytes], new: Sequence[Any]) -> l
         has_server, server_value, server_op = _scalar_op(merged, path, server_heads)
         if not (has_device and has_server) or device_value == server_value:
             continue
-        if concurrent is None:
-            concurrent = merged.get_changes(base)
         has_base, base_value = scalar_at(merged, path, base)
         if has_base and base_value == server_value:
             # The server's winner is the value the device saw; a concurrent server-side
             # write may still have lost the tie-break to it (and is no less concurrent).
+            if concurrent is None:
+                concurrent = merged.get_changes(base)
             if server_written is None:
                 server_written = _written_by(merged, [c for c in concurrent
                                                       if c.hash not in in_batch])
             if path not in server_written:
                 continue
+        if concurrent is None:
+            concurrent = merged.get_changes(base)
         writer = None
         if server_op:  # a winner older than the base is found in the whole history
             writer = (op_change(server_op, concurrent)

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conflict import Household, validate
-from sync_server.change_ops import ObjectIndex, decode_ops
+from sync_server.change_ops import ObjectIndex, Unreadable, _Reader, _rle, decode_ops
 from sync_server.pipeline import schema_violations
 from sync_server.touched import touched_prefixes
 
@@ -138,3 +138,18 @@ def test_unreadable_bytes_are_refused_not_guessed() -> None:
         except ValueError:
             continue
         raise AssertionError("decoded bytes it should not understand")
+
+
+def test_a_run_length_is_not_trusted_beyond_the_operation_count() -> None:
+    """A null run claiming 2**40 values is refused at once, not expanded."""
+    huge_nulls = bytes([0x00]) + bytes([0x80, 0x80, 0x80, 0x80, 0x80, 0x20])  # 0, then 2**40
+    try:
+        list(_rle(_Reader(huge_nulls), _Reader.uleb, limit=10))
+    except Unreadable:
+        pass
+    else:
+        raise AssertionError("expanded an oversized run")
+    assert list(_rle(_Reader(bytes([0x00, 0x03])), _Reader.uleb, limit=3)) == [None] * 3
+    h, *_ = base()
+    c = h.doc.get_changes([])[0]
+    assert len(decode_ops(c.raw_bytes, c.max_op - c.start_op + 1).ops) == c.max_op - c.start_op + 1
