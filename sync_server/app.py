@@ -21,6 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 from aiohttp import web
 from nacl.signing import SigningKey, VerifyKey
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from . import approvals
@@ -34,6 +35,7 @@ from .errors import ErrorCode, ProtocolError, VatraError
 from .households import HouseholdRegistry
 from .identity import REVOCATIONS, Device, IdentityStore, load_server_identity
 from .pipeline import Synchronizer
+from .projector import Projector
 from .quarantine import Quarantine
 from .session import accept_session
 from .storage import PostgresStore
@@ -45,6 +47,7 @@ SETTINGS = web.AppKey("settings", Settings)
 ENGINE = web.AppKey("engine", AsyncEngine)
 CONNECTIONS = web.AppKey("connections", set)
 STORE = web.AppKey("store", PostgresStore)
+PROJECTOR = web.AppKey("projector", Projector)
 
 
 
@@ -129,6 +132,24 @@ async def _revocations(app: web.Application) -> AsyncIterator[None]:
                 task.cancel()
 
 
+async def _projecting(app: web.Application) -> AsyncIterator[None]:
+    """The in-process projector: woken by every commit of changes (sync_server/projector.py)."""
+    projector = app[PROJECTOR]
+    app[STORE].on_commit(projector.notify)
+    task = asyncio.create_task(projector.run(), name="vatra-projector")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def metrics(_: web.Request) -> web.Response:
+    """Prometheus metrics (no personal data in names or labels)."""
+    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
 async def healthz(_: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
@@ -163,6 +184,10 @@ def build_app(settings: Settings, engine: AsyncEngine, server_key: SigningKey) -
     approvals.add_routes(app)
     app.cleanup_ctx.append(_revocations)
     app[STORE] = store
+    app[PROJECTOR] = Projector(engine, store)
+    if settings.projector:
+        app.cleanup_ctx.append(_projecting)
+    app.router.add_get("/metrics", metrics)
     app.on_shutdown.append(_close_connections)
     app.on_cleanup.append(_close_store)
     return app

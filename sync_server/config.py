@@ -43,6 +43,7 @@ class Settings:
     master_key: str | None = field(default=None, repr=False)  # never in logs
     master_key_file: str | None = None
     server_key_file: str | None = None
+    projector: bool = True  # run the projector in the server process (VATRA_PROJECTOR=0: not)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -65,6 +66,7 @@ class Settings:
             master_key=e.get("VATRA_MASTER_KEY") or None,
             master_key_file=e.get("VATRA_MASTER_KEY_FILE") or None,
             server_key_file=e.get("VATRA_SERVER_KEY_FILE") or None,
+            projector=e.get("VATRA_PROJECTOR", "1") not in ("0", "false", "no", "off"),
         )
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -341,6 +341,7 @@ class _GroupCommit:
                         fut.set_exception(exc)
                 continue
             self.commits += 1
+            self._store.committed()
             for household_id, _, _, fut in group:
                 if fut.done():  # a caller cancelled meanwhile: its rows are stored anyway
                     continue
@@ -364,6 +365,16 @@ class PostgresStore:
         self._group = _GroupCommit(engine, self)
         self._verified: BaseException | bool = False
         self._verify_lock = asyncio.Lock()
+        self._on_commit: list[Callable[[], None]] = []
+
+    def on_commit(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` after every commit that may have logged changes (the
+        in-process projector wakes on it)."""
+        self._on_commit.append(callback)
+
+    def committed(self) -> None:
+        for callback in self._on_commit:
+            callback()
 
     @classmethod
     def from_settings(cls, engine: AsyncEngine, settings: Settings) -> PostgresStore:
@@ -484,6 +495,7 @@ class PostgresStore:
             result = (await _insert_changes(conn, [(record.id, first_changes, author)],
                                             {record.id: key}, self.audit))[record.id]
         self.keyring.remember(key)  # only once committed
+        self.committed()
         return result
 
     async def household(self, household_id: str) -> HouseholdRecord | None:

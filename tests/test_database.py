@@ -50,7 +50,8 @@ async def test_migrations_build_exactly_the_tables_the_code_uses(postgres_url: s
         await migrate(engine)  # a second run is a no-op
         async with engine.connect() as conn:
             diff = await conn.run_sync(
-                lambda sync: compare_metadata(MigrationContext.configure(sync), metadata))
+                lambda sync: compare_metadata(MigrationContext.configure(
+                    sync, opts={"include_schemas": True}), metadata))
         assert diff == []
     finally:
         await engine.dispose()

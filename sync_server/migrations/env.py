@@ -8,6 +8,6 @@ connection = context.config.attributes.get("connection")
 if connection is None:
     raise RuntimeError("run migrations through `vatra migrate` (sync_server.database.migrate)")
 
-context.configure(connection=connection, target_metadata=metadata)
+context.configure(connection=connection, target_metadata=metadata, include_schemas=True)
 with context.begin_transaction():
     context.run_migrations()
