@@ -7,6 +7,9 @@
     vatra user | household | device …   administration (see sync_server/admin.py)
     vatra quarantine list | show ID   refused sync data, from which device, why
     vatra keys …    master keys; `vatra household erase H` crypto-shreds (sync_server/keycmd.py)
+    vatra projector [--once]        project households for the web tier (sync_server/projectorcmd.py)
+    vatra projections rebuild [--household H]   re-project from the change log
+    vatra status    projection backlog and lag
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 from .admin import add_admin_commands, run_admin
 from .config import Settings
 from .keycmd import add_key_commands, run_erase, run_keys
+from .projectorcmd import add_projection_commands, run_projection_command
 from .quarantinecmd import add_quarantine_commands, run_quarantine
 
 
@@ -53,9 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     add_admin_commands(sub)
     add_key_commands(sub)
     add_quarantine_commands(sub)
+    add_projection_commands(sub)
 
     args = parser.parse_args(argv)
-    quiet = args.command in ("demo", "bench")  # their output is the report
+    quiet = args.command in ("demo", "bench", "status")  # their output is the report
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     for noisy in ("pgserver", "alembic"):
@@ -78,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "bench":
         from .bench import run_bench
         return asyncio.run(run_bench(settings, args))
+    if args.command in ("projector", "projections", "status"):
+        return asyncio.run(run_projection_command(settings, args))
     if args.command == "quarantine":
         return asyncio.run(run_quarantine(settings, args))
     if args.command == "keys":
