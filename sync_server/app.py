@@ -184,7 +184,7 @@ def build_app(settings: Settings, engine: AsyncEngine, server_key: SigningKey) -
     approvals.add_routes(app)
     app.cleanup_ctx.append(_revocations)
     app[STORE] = store
-    app[PROJECTOR] = Projector(engine, store)
+    app[PROJECTOR] = Projector(engine, store, registry=registry)
     if settings.projector:
         app.cleanup_ctx.append(_projecting)
     app.router.add_get("/metrics", metrics)

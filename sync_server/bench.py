@@ -65,7 +65,7 @@ from client_sdk import Replica, SyncClient
 from client_sdk._transport import ClientChannel
 
 from . import wire
-from .app import ENGINE, IDENTITY, SYNCHRONIZER, VatraServer
+from .app import ENGINE, IDENTITY, PROJECTOR, STORE, SYNCHRONIZER, VatraServer
 from .bench_tablets import MAX_ROUNDS_PER_HOUSEHOLD, PIN, tablet_dir, tablet_user
 from .config import Settings
 from .pipeline import Synchronizer
@@ -259,6 +259,7 @@ async def _workload_tablets(server: VatraServer, root: Path, n_tablets: int, n_h
         counter_before = sync.changes_persisted
         persist_before = sync.persist_seconds
         checks_before, checked_before = sync.check_seconds, sync.batches_checked
+        lags_before = len(server.app[PROJECTOR].lags)
         pg_before = pg_cpu()
         assert proc.stdin is not None
         with _profiled(profile_dir, "tablets_return", profiles):
@@ -311,6 +312,7 @@ async def _workload_tablets(server: VatraServer, root: Path, n_tablets: int, n_h
         "postgres_cpu_s": None if pg_before is None or pg_after is None else pg_after - pg_before,
         "persist_s": sync.persist_seconds - persist_before,
         **_check_figures(sync, checks_before, checked_before, wall),
+        **(await _projection_figures(server, lags_before)),
         "raw_changes": raw_changes,
         "raw_server_s": raw_server,
         "raw_tablet_s": raw_tablet,
@@ -351,6 +353,7 @@ async def _workload_live(server: VatraServer, root: Path, k: int, pg_cpu,
     counter_before = sync.changes_persisted
     persist_before = sync.persist_seconds
     checks_before, checked_before = sync.check_seconds, sync.batches_checked
+    lags_before = len(server.app[PROJECTOR].lags)
     async with aiohttp.ClientSession() as session, session.ws_connect(
             server.url, max_msg_size=server.settings.max_frame_bytes + 64 * 1024) as ws:
         # The session handshake (and its Ed25519/X25519 work) is outside the timed loop,
@@ -446,12 +449,34 @@ async def _workload_live(server: VatraServer, root: Path, k: int, pg_cpu,
         "postgres_cpu_s": None if pg_before is None or pg_after is None else pg_after - pg_before,
         "persist_s": sync.persist_seconds - persist_before,
         **_check_figures(sync, checks_before, checked_before, wall),
+        **(await _projection_figures(server, lags_before)),
         "raw_changes": raw_changes,
         "raw_server_s": raw_s,
         "raw_changes_per_s": raw_rate,
         "ratio": e2e_rate / raw_rate if raw_rate > 0 else math.nan,
         "ok": rows == k and raw_changes == k,
     }
+
+
+async def _projection_figures(server: VatraServer, lags_before: int) -> dict[str, Any]:
+    """Projection lag in a timed phase: wait (at most a minute) until the projector has
+    caught up, then the p50 / p99 of the lags of the households it projected since
+    ``lags_before`` (from a household's oldest pending change to its projection's commit),
+    and how long after the phase the last one was projected."""
+    assert server.app is not None
+    projector = server.app[PROJECTOR]
+    store = server.app[STORE]
+    t0 = time.perf_counter()
+    while await store.outbox_pending(1) and time.perf_counter() - t0 < 60:  # noqa: ASYNC110 (the database is the state)
+        await asyncio.sleep(0.02)
+    caught_up = time.perf_counter() - t0
+    lags = list(projector.lags)[lags_before:]
+    return {"projections": len(lags),
+            "projection_lag_p50_s": percentile(lags, 50),
+            "projection_lag_p99_s": percentile(lags, 99),
+            "projection_lag_max_s": max(lags) if lags else math.nan,
+            "projection_caught_up_after_s": caught_up,
+            "projection_pending_after": len(await store.outbox_pending(1000))}
 
 
 def _check_figures(sync: Synchronizer, seconds_before: float, batches_before: int,
@@ -516,6 +541,12 @@ def _print_table(result: dict[str, Any]) -> None:
     table.add_row("[bold]batch checks / wall time[/bold]",
                   f"{a['checks_share_of_wall']:.1%}",
                   f"[bold]{b['checks_share_of_wall']:.1%}[/bold]")
+    table.add_row("households projected", str(a["projections"]), str(b["projections"]))
+    table.add_row("[bold]projection lag p50 / p99[/bold] (target p99 < 1 s)",
+                  f"{_ms(a['projection_lag_p50_s'])} / {_ms(a['projection_lag_p99_s'])}",
+                  f"{_ms(b['projection_lag_p50_s'])} / {_ms(b['projection_lag_p99_s'])}")
+    table.add_row("projector caught up after the phase",
+                  _ms(a["projection_caught_up_after_s"]), _ms(b["projection_caught_up_after_s"]))
     console = Console()
     console.print(table)
     console.print("per tablet (a) / per change (b); timed phases only; raw = a fork of the "

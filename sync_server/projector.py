@@ -2,31 +2,37 @@
 the change log.
 
 It reads the projection outbox (one row per household whose projection is behind,
-written by the statement that logs the changes, :mod:`sync_server.storage`), loads
-each such household once however many batches it received meanwhile (bursts
-coalesce into that one row), and writes the household's rows in one transaction:
+written by the statement that logs the changes, :mod:`sync_server.storage`), takes up
+to ``batch`` households at a time, reads each once however many sync batches it
+received meanwhile (bursts coalesce into its one outbox row), and writes the whole
+batch in one transaction:
 
-1. take the household's advisory lock (two projectors, say the server's own and a
-   ``vatra projector`` process, never write one household at the same time; neither
-   blocks the sync path, which never takes it);
-2. read the outbox row and its version (``xmin``: the transaction that last wrote it);
-3. lock the household's data key row ``FOR SHARE`` (an erasure waits, or has won:
-   then the rows go instead of being written);
-4. load the household from the store (snapshot plus later changes), read it with
-   ``keys()`` / ``values()``, compute its rows;
-5. compare them with the rows stored: delete the ones gone, upsert the ones new or
-   changed, leave the rest;
-6. delete the outbox row only if its version is the one read in step 2. A batch
-   logged meanwhile changed it, so the row stays and the household is projected again.
+1. take each household's advisory lock, skipping the ones another projector holds
+   (the server's own and a ``vatra projector`` process may run side by side; the
+   sync path never takes these locks, so it never waits for a projector);
+2. read their outbox rows and each row's version (``xmin``: the transaction that
+   last wrote it);
+3. lock their data key rows ``FOR SHARE`` (an erasure waits, or has won: then the
+   household's rows are deleted instead of written);
+4. read each household: the server's resident copy when it holds every change
+   queued (it only ever holds committed changes), else snapshot plus later changes
+   from the store; walk it once with ``keys()`` / ``values()`` and compute its rows;
+5. compare them with the rows stored (one query per table for the batch): delete
+   the rows gone, upsert the rows new or changed, leave the rest;
+6. delete each outbox row whose version is still the one read in step 2. A row a
+   sync batch wrote meanwhile stays, with ``enqueued_at`` moved to the oldest change
+   not yet projected, and the household is projected again on the next pass.
 
-Every step is in the one transaction, so a projector killed anywhere leaves either
-the old rows and the outbox row, or the new rows and no outbox row: after a restart
-it resumes from the outbox with nothing lost and nothing applied twice (writing the
-same rows again changes nothing). ``rebuild`` runs the same code for households
-whether queued or not.
+Everything is in the one transaction, so a projector killed anywhere leaves either
+the old rows and the outbox rows, or the new rows and no outbox rows: after a
+restart it resumes from the outbox with nothing lost and nothing applied twice
+(writing the same rows again changes nothing). If a batch fails, its households are
+retried one per transaction, so one household that cannot be projected (logged,
+left queued) does not hold back the others. ``rebuild`` runs the same code for
+households whether queued or not.
 
-The lag of a household is the time from the oldest change it had pending (the
-outbox row's ``enqueued_at``) to the commit of its projection.
+The lag of a household is the time from the oldest change it had pending (its
+outbox row's ``enqueued_at``) to the end of the transaction that projected it.
 """
 
 from __future__ import annotations
@@ -49,9 +55,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from conflict import Household
 from conflict.catalogue import Catalogue, load_catalogue
 
-from .identity import devices
-from .projection import TABLES, LogFacts, primary_key, project
-from .storage import PostgresStore, changes, household_keys, households
+from .households import HouseholdRegistry
+from .projection import TABLES, LogFacts, Rows, primary_key, project
+from .storage import PostgresStore, household_keys, households
 from .storage import projection_outbox as outbox
 
 log = logging.getLogger(__name__)
@@ -90,10 +96,11 @@ class Projector:
     """
 
     def __init__(self, engine: AsyncEngine, store: PostgresStore,
-                 catalogue: Catalogue | None = None, *, batch: int = 64,
-                 coalesce: float = 0.02, poll: float = 0.25) -> None:
+                 catalogue: Catalogue | None = None, *, registry: HouseholdRegistry | None = None,
+                 batch: int = 64, coalesce: float = 0.02, poll: float = 0.25) -> None:
         self.engine = engine
         self.store = store
+        self.registry = registry  # the server's resident households, when in-process
         self.catalogue = catalogue if catalogue is not None else load_catalogue()
         self.batch = batch
         self.coalesce = coalesce
@@ -128,19 +135,23 @@ class Projector:
             await asyncio.sleep(self.coalesce)  # let a burst of commits gather
 
     async def drain(self, limit: int | None = None) -> int:
-        """Project every household pending now (up to ``limit``); how many were."""
+        """Project the households pending now (up to ``limit``, default ``batch``) in one
+        transaction; how many were projected."""
         entries = await self.store.outbox_pending(limit or self.batch)
-        count = 0
-        for entry in entries:
-            try:
-                if await self.project_household(entry.household_id) is not None:
-                    count += 1
-            except Exception:
-                self.failures += 1
-                log.exception("projection of household %s failed; it stays queued",
-                              entry.household_id)
+        ids = [e.household_id for e in entries]
+        try:
+            done = await self.project(ids)
+        except Exception:
+            log.warning("projection of a batch of %d households failed; one at a time", len(ids))
+            done = []
+            for hid in ids:
+                try:
+                    done += await self.project([hid])
+                except Exception:
+                    self.failures += 1
+                    log.exception("projection of household %s failed; it stays queued", hid)
         await self.refresh_gauges()
-        return count
+        return len(done)
 
     async def drain_all(self) -> int:
         """Project until the outbox is empty (tests, ``vatra projector --once``)."""
@@ -162,124 +173,203 @@ class Projector:
         LAG.set(status["lag_seconds"])
         PENDING.set(status["pending"])
 
-    # -- one household --------------------------------------------------------------------
+    # -- a batch of households --------------------------------------------------------------
+
+    async def project(self, household_ids: Sequence[str], *, force: bool = False
+                      ) -> list[Projected]:
+        """Project ``household_ids`` in one transaction (see the module docstring). Without
+        ``force`` only the ones queued in the outbox; households another projector holds
+        right now are skipped. What was projected, one entry per household."""
+        ids = list(dict.fromkeys(household_ids))
+        if not ids:
+            return []
+        async with self.engine.begin() as conn:
+            locked = set((await conn.execute(_LOCK, {"ids": ids})).scalars())
+            queued = {r.household_id: r for r in (await conn.execute(
+                sa.select(outbox.c.household_id, outbox.c.last_seq, outbox.c.enqueued_at,
+                          sa.literal_column("xmin::text").label("version"))
+                .where(outbox.c.household_id.in_(locked))))}
+            targets = [h for h in ids if h in locked and (force or h in queued)]
+            if not targets:
+                return []
+            keys = {r.household_id: r.wrapped for r in (await conn.execute(
+                sa.select(household_keys.c.household_id, household_keys.c.wrapped)
+                .where(household_keys.c.household_id.in_(targets))
+                .with_for_update(read=True)))}
+            results: dict[str, Projected] = {}
+            rows: dict[str, Rows] = {}
+            seqs: dict[str, int] = {}
+            docs = {}
+            for hid in targets:
+                if hid not in keys:  # no data key: nothing can be read (not a household)
+                    await conn.execute(sa.delete(outbox).where(outbox.c.household_id == hid))
+                    continue
+                if keys[hid] is None:  # erased: its rows go
+                    results[hid] = Projected(hid, 0, await delete_household_rows(conn, hid),
+                                             None, erased=True)
+                    continue
+                got = await self._read(hid, queued.get(hid))
+                if got is not None:
+                    docs[hid] = got
+                    seqs[hid] = got[3]
+            facts = await _log_facts(conn, seqs)
+            for hid, (doc, locality, county, _) in docs.items():
+                rows[hid] = project(hid, doc, locality=locality, county=county,
+                                    log=facts[hid], catalogue=self.catalogue)
+            written = await write_rows(conn, rows)
+            lags = await _settle_outbox(conn, {h: queued[h] for h in results.keys() | rows.keys()
+                                               if h in queued}, seqs)
+        for hid, (upserted, deleted) in written.items():
+            results[hid] = Projected(hid, upserted, deleted, lags.get(hid))
+        self.lags.extend(lags.values())
+        self.projected += len(results)
+        PROJECTED.inc(len(results))
+        return [results[h] for h in targets if h in results]
+
+    async def _read(self, household_id: str, queued: Any
+                    ) -> tuple[dict[str, Any], str, str, int] | None:
+        """(document as plain values, locality, county, last change seq it holds)."""
+        actor = self.registry.resident(household_id) if self.registry is not None else None
+        if actor is not None and queued is not None and actor.last_seq >= queued.last_seq:
+            doc = Household(actor.doc, household_id).to_dict()  # no await: no swap meanwhile
+            return doc, actor.record.locality, actor.record.county, actor.last_seq
+        loaded = await self.store.load(household_id)
+        if loaded is None:
+            return None
+        doc = Household(Document.load(loaded.document_bytes()), household_id).to_dict()
+        return doc, loaded.record.locality, loaded.record.county, loaded.last_seq
 
     async def project_household(self, household_id: str, *, force: bool = False
                                 ) -> Projected | None:
-        """Project one household. Without ``force`` only if it is queued in the outbox;
-        None if it was not, or another projector holds it right now."""
-        async with self.engine.begin() as conn:
-            got = (await conn.execute(
-                sa.select(sa.func.pg_try_advisory_xact_lock(
-                    _LOCK_SPACE, sa.func.hashtext(household_id))))).scalar_one()
-            if not got:
-                return None
-            queued = (await conn.execute(
-                sa.select(outbox.c.enqueued_at, sa.literal_column("xmin::text").label("version"))
-                .where(outbox.c.household_id == household_id))).first()
-            if queued is None and not force:
-                return None
-            key = (await conn.execute(
-                sa.select(household_keys.c.wrapped)
-                .where(household_keys.c.household_id == household_id)
-                .with_for_update(read=True))).first()
-            if key is None:
-                await _forget_outbox(conn, household_id)
-                return None
-            if key.wrapped is None:
-                deleted = await delete_household_rows(conn, household_id)
-                await _forget_outbox(conn, household_id)
-                return Projected(household_id, 0, deleted, None, erased=True)
-            # The key row is share-locked: an erasure cannot happen before the commit.
-            loaded = await self.store.load(household_id)
-            if loaded is None:
-                return None
-            doc = Household(Document.load(loaded.document_bytes()), household_id).to_dict()
-            facts = await _log_facts(conn, household_id, loaded.last_seq)
-            rows = project(household_id, doc, locality=loaded.record.locality,
-                           county=loaded.record.county, log=facts, catalogue=self.catalogue)
-            upserted, deleted = await write_rows(conn, household_id, rows)
-            lag = None
-            if queued is not None:
-                gone = (await conn.execute(
-                    sa.delete(outbox).where(outbox.c.household_id == household_id,
-                                            sa.literal_column("xmin::text") == queued.version)
-                    .returning(sa.func.clock_timestamp() - outbox.c.enqueued_at))).first()
-                if gone is not None:
-                    lag = gone[0].total_seconds()
-        if lag is not None:
-            self.lags.append(lag)
-        self.projected += 1
-        PROJECTED.inc()
-        return Projected(household_id, upserted, deleted, lag)
+        """Project one household (see :meth:`project`); None if it was not projected."""
+        done = await self.project([household_id], force=force)
+        return done[0] if done else None
 
     async def rebuild(self, household_ids: Iterable[str] | None = None) -> list[Projected]:
         """Re-project households from the change log, queued or not (every registered
-        household if none is given)."""
+        household if none is given), ``batch`` at a time."""
         if household_ids is None:
             async with self.engine.connect() as conn:
                 household_ids = (await conn.execute(
                     sa.select(households.c.id).order_by(households.c.id))).scalars().all()
-        done = []
-        for hid in household_ids:
-            while True:
-                got = await self.project_household(hid, force=True)
-                if got is not None:
-                    done.append(got)
-                    break
-                if await _registered(self.engine, hid) is False:
-                    break
-                await asyncio.sleep(self.coalesce)  # another projector holds it: wait
+        todo = list(household_ids)
+        done: list[Projected] = []
+        while todo:
+            chunk, todo = todo[:self.batch], todo[self.batch:]
+            got = await self.project(chunk, force=True)
+            done += got
+            held = [h for h in chunk if h not in {p.household_id for p in got}]
+            if held:  # held by another projector right now, or not registered
+                registered = await _registered(self.engine, held)
+                todo = [h for h in held if h in registered] + todo
+                if registered:
+                    await asyncio.sleep(self.coalesce)
         return done
 
 
-async def _registered(engine: AsyncEngine, household_id: str) -> bool:
+#: Try each household's projector lock; the ones obtained (held until the transaction ends).
+_LOCK = sa.text(f"""
+    SELECT h FROM unnest(CAST(:ids AS text[])) AS h
+    WHERE pg_try_advisory_xact_lock({_LOCK_SPACE}, hashtext(h))
+""")
+
+
+async def _registered(engine: AsyncEngine, household_ids: Sequence[str]) -> set[str]:
     async with engine.connect() as conn:
-        return (await conn.execute(sa.select(households.c.id)
-                                   .where(households.c.id == household_id))).first() is not None
+        return set((await conn.execute(sa.select(households.c.id)
+                                       .where(households.c.id.in_(household_ids)))).scalars())
 
 
-async def _forget_outbox(conn: AsyncConnection, household_id: str) -> None:
-    await conn.execute(sa.delete(outbox).where(outbox.c.household_id == household_id))
+#: When the newest change each document holds was received, and its author's user.
+_FACTS = sa.text("""
+    SELECT q.h AS household_id, c.received_at, c.device_id, d.user_id
+    FROM unnest(CAST(:ids AS text[]), CAST(:seqs AS bigint[])) AS q(h, seq)
+    LEFT JOIN LATERAL (
+        SELECT received_at, device_id FROM changes
+        WHERE household_id = q.h AND seq <= q.seq ORDER BY seq DESC LIMIT 1
+    ) AS c ON true
+    LEFT JOIN devices d ON d.id = c.device_id
+""")
 
 
-async def _log_facts(conn: AsyncConnection, household_id: str, last_seq: int) -> LogFacts:
-    """When the newest change the document holds was received, and from whom."""
-    row = (await conn.execute(
-        sa.select(changes.c.received_at, changes.c.device_id, devices.c.user_id)
-        .select_from(changes.outerjoin(devices, devices.c.id == changes.c.device_id))
-        .where(changes.c.household_id == household_id, changes.c.seq <= last_seq)
-        .order_by(changes.c.seq.desc()).limit(1))).first()
-    if row is None:
-        return LogFacts(last_seq, None, None)
-    by = SERVER_AUTHOR if row.device_id is None else row.user_id
-    return LogFacts(last_seq, row.received_at, by)
+async def _log_facts(conn: AsyncConnection, last_seqs: dict[str, int]) -> dict[str, LogFacts]:
+    if not last_seqs:
+        return {}
+    ids = list(last_seqs)
+    facts = {}
+    for r in await conn.execute(_FACTS, {"ids": ids, "seqs": [last_seqs[h] for h in ids]}):
+        by = None if r.received_at is None else \
+            SERVER_AUTHOR if r.device_id is None else r.user_id
+        facts[r.household_id] = LogFacts(last_seqs[r.household_id], r.received_at, by)
+    return facts
+
+
+#: Remove the outbox rows no sync batch wrote since they were read; for the others, move
+#: ``enqueued_at`` to the oldest change the projection did not include (never backwards).
+_DONE = sa.text("""
+    DELETE FROM projection_outbox o
+    USING unnest(CAST(:ids AS text[]), CAST(:versions AS text[])) AS v(h, version)
+    WHERE o.household_id = v.h AND o.xmin::text = v.version
+    RETURNING o.household_id
+""")
+_LEFT = sa.text("""
+    UPDATE projection_outbox o
+    SET enqueued_at = GREATEST(o.enqueued_at, COALESCE(
+        (SELECT min(c.received_at) FROM changes c
+         WHERE c.household_id = o.household_id AND c.seq > v.seq), o.enqueued_at))
+    FROM unnest(CAST(:ids AS text[]), CAST(:seqs AS bigint[])) AS v(h, seq)
+    WHERE o.household_id = v.h
+""")
+
+
+async def _settle_outbox(conn: AsyncConnection, queued: dict[str, Any],
+                         seqs: dict[str, int]) -> dict[str, float]:
+    """Settle the outbox rows of the households projected; their lags (seconds)."""
+    if not queued:
+        return {}
+    ids = list(queued)
+    gone = set((await conn.execute(
+        _DONE, {"ids": ids, "versions": [queued[h].version for h in ids]})).scalars())
+    left = [h for h in ids if h not in gone and h in seqs]
+    if left:
+        await conn.execute(_LEFT, {"ids": left, "seqs": [seqs[h] for h in left]})
+    now = (await conn.execute(sa.select(sa.func.clock_timestamp()))).scalar_one()
+    return {h: (now - queued[h].enqueued_at).total_seconds() for h in ids}
 
 
 def _comparable(row: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in row.items() if k != "projected_at"}
 
 
-async def write_rows(conn: AsyncConnection, household_id: str,
-                     rows: dict[str, list[dict[str, Any]]]) -> tuple[int, int]:
-    """Make the stored rows of ``household_id`` equal to ``rows``: delete the ones gone,
-    upsert the ones new or changed. (rows upserted, rows deleted)."""
-    upserted = deleted = 0
+#: Rows per upsert statement: PostgreSQL takes at most 32,767 parameters per statement.
+_MAX_PARAMS = 30_000
+
+
+async def write_rows(conn: AsyncConnection, rows: dict[str, Rows]) -> dict[str, tuple[int, int]]:
+    """Make the stored rows of each household in ``rows`` equal to its rows there: delete
+    the ones gone, upsert the ones new or changed. ``{household: (upserted, deleted)}``."""
+    counts = {hid: [0, 0] for hid in rows}
+    if not rows:
+        return {}
+    ids = list(rows)
     for table in TABLES:
         pk = primary_key(table)
-        wanted = {tuple(r[c] for c in pk): r for r in rows[table.name]}
         stored = {tuple(r[c] for c in pk): _comparable(dict(r)) for r in (await conn.execute(
-            sa.select(table).where(table.c.household_id == household_id))).mappings()}
+            sa.select(table).where(table.c.household_id.in_(ids)))).mappings()}
+        wanted = {tuple(r[c] for c in pk): r for hid in ids for r in rows[hid][table.name]}
         gone = [k for k in stored if k not in wanted]
         if gone:
-            deleted += (await conn.execute(sa.delete(table).where(
-                table.c.household_id == household_id,
-                sa.tuple_(*(table.c[c] for c in pk)).in_(gone)))).rowcount
+            await conn.execute(sa.delete(table).where(
+                sa.tuple_(*(table.c[c] for c in pk)).in_(gone)))
+            for k in gone:
+                counts[k[0]][1] += 1
         changed = [r for k, r in wanted.items() if stored.get(k) != r]
-        if changed:
-            await conn.execute(_upsert(table, changed))
-            upserted += len(changed)
-    return upserted, deleted
+        step = max(1, _MAX_PARAMS // len(table.columns))
+        for i in range(0, len(changed), step):
+            await conn.execute(_upsert(table, changed[i:i + step]))
+        for r in changed:
+            counts[r["household_id"]][0] += 1
+    return {hid: (u, d) for hid, (u, d) in counts.items()}
 
 
 def _upsert(table: sa.Table, rows: Sequence[dict[str, Any]]) -> sa.Executable:
