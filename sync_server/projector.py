@@ -42,6 +42,7 @@ import collections
 import contextlib
 import logging
 import math
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -71,6 +72,8 @@ LAG = Gauge("vatra_projection_lag_seconds",
             "Age of the oldest change not yet in the projection (0 when none is pending)")
 PENDING = Gauge("vatra_projection_pending_households",
                 "Households whose projection is behind their change log")
+#: Seconds between refreshes of the gauges by a busy projector.
+GAUGE_PERIOD = 1.0
 PROJECTED = Counter("vatra_projections_total", "Household projections committed")
 
 
@@ -91,13 +94,15 @@ class Projector:
 
     ``run()`` is the long-lived loop (the server runs one in-process; ``vatra
     projector`` runs one on its own). ``notify()`` wakes it early: the server calls it
-    after every commit of changes, so a quiet projector reacts within ``coalesce``
-    seconds; without notifications it polls every ``poll`` seconds.
+    after every commit of changes; the projector then waits ``coalesce`` seconds for
+    the burst to gather before it reads the outbox (fewer, larger passes: what this
+    costs the sync path is in docs/performance.md). Without notifications it polls
+    every ``poll`` seconds.
     """
 
     def __init__(self, engine: AsyncEngine, store: PostgresStore,
                  catalogue: Catalogue | None = None, *, registry: HouseholdRegistry | None = None,
-                 batch: int = 64, coalesce: float = 0.02, poll: float = 0.25) -> None:
+                 batch: int = 64, coalesce: float = 0.1, poll: float = 0.25) -> None:
         self.engine = engine
         self.store = store
         self.registry = registry  # the server's resident households, when in-process
@@ -109,6 +114,7 @@ class Projector:
         self.projected = 0
         self.failures = 0
         self._wake = asyncio.Event()
+        self._gauges_at = -math.inf
 
     def notify(self) -> None:
         self._wake.set()
@@ -150,7 +156,8 @@ class Projector:
                 except Exception:
                     self.failures += 1
                     log.exception("projection of household %s failed; it stays queued", hid)
-        await self.refresh_gauges()
+        if time.monotonic() - self._gauges_at >= GAUGE_PERIOD:
+            await self.refresh_gauges()
         return len(done)
 
     async def drain_all(self) -> int:
@@ -169,9 +176,11 @@ class Projector:
                 await asyncio.sleep(self.coalesce)  # another projector holds it
 
     async def refresh_gauges(self) -> None:
-        status = await projection_status(self.engine)
+        """Set the lag and backlog gauges (from the outbox only: a small table)."""
+        status = await projection_status(self.engine, projected=False)
         LAG.set(status["lag_seconds"])
         PENDING.set(status["pending"])
+        self._gauges_at = time.monotonic()
 
     # -- a batch of households --------------------------------------------------------------
 
@@ -391,25 +400,26 @@ async def delete_household_rows(conn: AsyncConnection, household_id: str) -> int
     return total
 
 
-async def projection_status(engine: AsyncEngine) -> dict[str, Any]:
-    """Households pending, the lag now (age of the oldest pending change, seconds), and
-    households projected (for ``vatra status`` and the gauges)."""
-    from .projection import households as projected
+async def projection_status(engine: AsyncEngine, *, projected: bool = True) -> dict[str, Any]:
+    """Households pending and the lag now (age of the oldest pending change, seconds);
+    with ``projected``, also households projected and the last projection's time (for
+    ``vatra status``: these read the whole ``proj.households`` table)."""
+    from .projection import households as proj_households
 
     async with engine.connect() as conn:
         row = (await conn.execute(sa.select(
-            sa.select(sa.func.count()).select_from(outbox).scalar_subquery().label("pending"),
-            sa.select(sa.func.extract("epoch", sa.func.clock_timestamp()
-                                      - sa.func.min(outbox.c.enqueued_at)))
-            .scalar_subquery().label("lag"),
-            sa.select(sa.func.count()).select_from(projected).scalar_subquery()
-            .label("projected"),
-            sa.select(sa.func.max(projected.c.projected_at)).scalar_subquery()
-            .label("last_projected_at")))).one()
-    return {"pending": row.pending, "lag_seconds": float(row.lag or 0.0),
-            "households_projected": row.projected,
-            "last_projected_at": row.last_projected_at.isoformat()
-            if row.last_projected_at else None}
+            sa.func.count().label("pending"),
+            sa.func.extract("epoch", sa.func.clock_timestamp()
+                            - sa.func.min(outbox.c.enqueued_at)).label("lag"))
+            .select_from(outbox))).one()
+        status: dict[str, Any] = {"pending": row.pending, "lag_seconds": float(row.lag or 0.0)}
+        if projected:
+            more = (await conn.execute(sa.select(
+                sa.func.count().label("n"), sa.func.max(proj_households.c.projected_at)
+                .label("last")).select_from(proj_households))).one()
+            status["households_projected"] = more.n
+            status["last_projected_at"] = more.last.isoformat() if more.last else None
+    return status
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
