@@ -600,19 +600,6 @@ class PostgresStore:
                 .limit(limit))
             return [OutboxEntry(r.household_id, r.last_seq, r.enqueued_at) for r in rows]
 
-    async def outbox_done(self, household_id: str, last_seq: int,
-                          conn: AsyncConnection | None = None) -> bool:
-        """Mark ``household_id`` projected up to ``last_seq``: its row goes, unless a later
-        change was logged meanwhile (then it stays, for the next pass). Pass ``conn`` to
-        do it in the transaction that wrote the projection."""
-        stmt = sa.delete(projection_outbox).where(
-            projection_outbox.c.household_id == household_id,
-            projection_outbox.c.last_seq == last_seq)
-        if conn is not None:
-            return (await conn.execute(stmt)).rowcount == 1
-        async with self._engine.begin() as own:
-            return (await own.execute(stmt)).rowcount == 1
-
     # -- erasure and rotation -------------------------------------------------------------
 
     async def erase_household(self, household_id: str, *, by: str | None = None) -> ErasureResult:

@@ -3,10 +3,15 @@ nothing logged while a projection runs (real PostgreSQL)."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
+import sqlalchemy as sa
 from test_storage_contract import HID, edits
 
-from sync_server.storage import HouseholdRecord
+from sync_server.projection import households as proj_households
+from sync_server.projector import Projector
+from sync_server.storage import HouseholdRecord, household_keys
 
 pytestmark = pytest.mark.functional
 
@@ -29,15 +34,36 @@ async def test_logged_changes_queue_their_household_once(store) -> None:
     assert (await store.outbox_pending())[0].last_seq == appended.last_seq
 
 
-async def test_done_removes_the_row_only_if_nothing_came_since(store) -> None:
+async def test_a_row_written_during_a_projection_stays_for_the_next_pass(store, engine) -> None:
+    """The projector removes an outbox row only if no batch wrote it since the projector
+    read it. Here a batch is logged while the projector waits (for the data key row, held
+    by this test): the row stays, and the next pass projects the household again."""
     doc, first = edits(2)
-    created = await store.create_household(HouseholdRecord(HID, "54975", "CJ"), first)
-    _, later = edits(1, doc)
-    appended = await store.append_changes(HID, later)  # logged while "projecting" created
-    assert await store.outbox_done(HID, created.last_seq) is False
-    assert [e.last_seq for e in await store.outbox_pending()] == [appended.last_seq]
-    assert await store.outbox_done(HID, appended.last_seq) is True
+    await store.create_household(HouseholdRecord(HID, "54975", "CJ"), first)
+    projector = Projector(engine, store)
+    async with engine.connect() as hold, hold.begin():
+        await hold.execute(sa.select(household_keys.c.household_id)
+                           .where(household_keys.c.household_id == HID).with_for_update())
+        first_pass = asyncio.create_task(projector.project([HID]))
+        while not await _waiting_for_a_lock(engine):  # the projector has read the outbox
+            await asyncio.sleep(0.01)
+        _, later = edits(1, doc)
+        appended = await store.append_changes(HID, later)  # logged while "projecting"
+    [done] = await first_pass
+    assert done.lag_seconds is not None
+    [entry] = await store.outbox_pending()  # still queued: its row changed meanwhile
+    assert entry.last_seq == appended.last_seq
+    [again] = await projector.project([HID])
     assert await store.outbox_pending() == []
+    async with engine.connect() as conn:
+        seq = (await conn.execute(sa.select(proj_households.c.projected_seq))).scalar_one()
+    assert seq == appended.last_seq and again.household_id == HID
+
+
+async def _waiting_for_a_lock(engine) -> bool:
+    async with engine.connect() as conn:
+        return (await conn.execute(sa.text(
+            "SELECT count(*) FROM pg_locks WHERE NOT granted"))).scalar_one() > 0
 
 
 async def test_erasing_a_household_removes_its_outbox_row(store) -> None:
