@@ -1,16 +1,27 @@
 """The projector fills the ``proj`` tables from the change log: after a sync, after a
-burst, after an erasure; and a rebuild gives the same rows (real server, PostgreSQL)."""
+burst, after an erasure; a rebuild gives the same rows; the operator's commands (real
+server, real PostgreSQL)."""
 
 from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
 
 import pytest
 import sqlalchemy as sa
 from _scenes import active_household
+from conftest import TEST_MASTER_KEY
 
 from client_sdk import SyncClient
+from conflict import Household
 from sync_server.app import ENGINE, PROJECTOR, STORE
+from sync_server.pipeline import stored
 from sync_server.projection import TABLES
 from sync_server.projector import projection_status
+from sync_server.storage import HouseholdRecord
 
 pytestmark = pytest.mark.functional
 
@@ -91,3 +102,31 @@ async def test_erasing_a_household_removes_its_projection(server, provision) -> 
     assert all(rows == [] for rows in (await rows_of(server.app[ENGINE], hid)).values())
     assert await server.app[PROJECTOR].rebuild([hid]) != []  # an erased one stays empty
     assert all(rows == [] for rows in (await rows_of(server.app[ENGINE], hid)).values())
+
+
+async def test_the_commands_project_report_and_rebuild(database_url, store) -> None:
+    """`vatra status`, `vatra projector --once` and `vatra projections rebuild` on a
+    database with queued households, as an operator runs them."""
+    ids = []
+    for i in range(3):
+        h = Household.create(locality="54975", county="CJ", address=f"Str. Noua {i}",
+                             created_by="ana")
+        await store.create_household(HouseholdRecord(h.household_id, "54975", "CJ"),
+                                     stored(h.doc.get_changes([])))
+        ids.append(h.household_id)
+    env = {**os.environ, "DATABASE_URL": database_url, "VATRA_MASTER_KEY": TEST_MASTER_KEY}
+
+    def vatra(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "sync_server.cli", *args], env=env,
+                              capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    before = json.loads(await asyncio.to_thread(vatra, "status", "--json"))
+    assert (before["pending"], before["households_projected"]) == (3, 0)
+    assert before["lag_seconds"] > 0
+    assert "projected 3 household(s)" in await asyncio.to_thread(vatra, "projector", "--once")
+    after = json.loads(await asyncio.to_thread(vatra, "status", "--json"))
+    assert (after["pending"], after["households_projected"], after["lag_seconds"]) == (0, 3, 0)
+    rebuilt = await asyncio.to_thread(vatra, "projections", "rebuild", "--household", ids[0])
+    assert rebuilt.strip() == "rebuilt 1 household(s): 0 changed, 0 row(s) written, 0 deleted"
