@@ -20,11 +20,12 @@ from typing import Any
 
 import sqlalchemy as sa
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 from nacl.signing import SigningKey, VerifyKey
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from . import approvals
+from . import approvals, webapi
 from .channel import WebSocketChannel
 from .config import Settings
 from .connection import Connection
@@ -182,6 +183,7 @@ def build_app(settings: Settings, engine: AsyncEngine, server_key: SigningKey) -
     app[LIMITER] = FailureLimiter()
     app.router.add_post("/v1/enroll", enroll)
     approvals.add_routes(app)
+    webapi.add_routes(app)
     app.cleanup_ctx.append(_revocations)
     app[STORE] = store
     app[PROJECTOR] = Projector(engine, store, registry=registry)
@@ -202,6 +204,15 @@ async def _close_connections(app: web.Application) -> None:
         conn.send_error(VatraError("server is shutting down; reconnect later",
                                    code=ErrorCode.SERVER_SHUTTING_DOWN))
         await conn.close(str(ErrorCode.SERVER_SHUTTING_DOWN))
+
+
+class AccessLogger(AbstractAccessLogger):
+    """One line per HTTP request: method, path without its query string (a list filter
+    may hold a name), status, duration. No headers, no client address."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info("%s %s %s %.1f ms", request.method, request.path, response.status,
+                         time * 1000)
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -263,7 +274,7 @@ class VatraServer:
                 self.app = build_app(self.settings, engine, server_key)
                 # A wrong master key must stop the server before it listens, not at first use.
                 await self.app[STORE].verify_master_key()
-                runner = web.AppRunner(self.app, handle_signals=False)
+                runner = web.AppRunner(self.app, handle_signals=False, access_log_class=AccessLogger)
                 await runner.setup()
                 try:
                     sock = bind_socket(self.settings.host, self.settings.port)

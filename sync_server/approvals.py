@@ -32,14 +32,19 @@ from .storage import Author, households
 REPLAY = web.AppKey("replay_guard", ReplayGuard)
 
 
-def _error(status: int, code: str, message: str) -> web.HTTPException:
+def error(status: int, code: str, message: str,
+          headers: dict[str, str] | None = None) -> web.HTTPException:
+    """An HTTP error with the JSON body every Vatra HTTP API answers: the rule and why."""
     cls = {400: web.HTTPBadRequest, 401: web.HTTPUnauthorized, 403: web.HTTPForbidden,
            404: web.HTTPNotFound, 409: web.HTTPConflict}[status]
     return cls(text=json.dumps({"code": code, "message": message}),
-               content_type="application/json")
+               content_type="application/json", headers=headers)
 
 
-async def _supervisor(request: web.Request) -> tuple[Device, bytes]:
+
+async def authenticate(request: web.Request) -> tuple[Device, bytes]:
+    """The enrolled, unrevoked device that signed this request, and the request's body
+    (``401`` otherwise). Shared by every device-signed HTTP API."""
     body = await request.read()
     try:
         device_id, ts, nonce, sig = parse(request.headers.get("Authorization"))
@@ -49,9 +54,14 @@ async def _supervisor(request: web.Request) -> tuple[Device, bytes]:
         verify(VerifyKey(device.signing_key), request.method, request.path_qs, ts, nonce, sig,
                body, request.app[REPLAY])
     except HttpAuthError as err:
-        raise _error(401, "unauthorized", str(err)) from err
+        raise error(401, "unauthorized", str(err)) from err
+    return device, body
+
+
+async def _supervisor(request: web.Request) -> tuple[Device, bytes]:
+    device, body = await authenticate(request)
     if device.user.role != "supervisor":
-        raise _error(403, "forbidden", "only supervisors decide change requests")
+        raise error(403, "forbidden", "only supervisors decide change requests")
     return device, body
 
 
@@ -61,7 +71,7 @@ async def _household_in_county(request: web.Request, device: Device) -> Househol
     hid = request.match_info["household_id"]
     actor = await request.app[SYNCHRONIZER].registry.get(hid)
     if actor is None or actor.record.county != device.user.county:
-        raise _error(404, "not-found", "no such household")
+        raise error(404, "not-found", "no such household")
     return Household(actor.doc, hid)
 
 
@@ -99,7 +109,7 @@ async def decide(request: web.Request) -> web.Response:
         if note is not None and not isinstance(note, str):
             raise ValueError("note")
     except (ValueError, AttributeError) as exc:
-        raise _error(400, "malformed-message", "expected JSON {\"note\": string}") from exc
+        raise error(400, "malformed-message", "expected JSON {\"note\": string}") from exc
     approve = request.match_info["decision"] == "approve"
     user = device.user.id
 
@@ -112,9 +122,9 @@ async def decide(request: web.Request) -> web.Response:
         changed = await request.app[SYNCHRONIZER].server_change(
             household.household_id, apply, author=Author(device.id, user))
     except UnknownEntityError as err:
-        raise _error(404, "not-found", "no such change request") from err
+        raise error(404, "not-found", "no such change request") from err
     except InvalidValueError as err:
-        raise _error(409, str(err.rule), f"cannot decide: {'/'.join(map(str, err.path))} "
+        raise error(409, str(err.rule), f"cannot decide: {'/'.join(map(str, err.path))} "
                                          f"({err.rule})") from err
     return web.json_response({"household_id": household.household_id, "request_id": rid,
                               "decision": "approved" if approve else "rejected",

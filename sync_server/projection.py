@@ -73,9 +73,12 @@ households = _scoped(
     sa.PrimaryKeyConstraint("household_id"),
     sa.Index("proj_households_county_locality_status", "county", "locality", "status"),
     sa.Index("proj_households_county_status", "county", "status"),
-    sa.Index("proj_households_county_updated", "county", "updated_at"),
-    sa.Index("proj_households_locality_updated", "locality", "updated_at"),
 )
+# The list's order (newest update first, ties by id), per county and per locality.
+sa.Index("proj_households_county_updated", households.c.county, households.c.updated_at.desc(),
+         households.c.household_id)
+sa.Index("proj_households_locality_updated", households.c.locality,
+         households.c.updated_at.desc(), households.c.household_id)
 
 persons = _scoped(
     "persons",

@@ -65,10 +65,10 @@ def upgrade() -> None:
     op.create_index("proj_households_county_locality_status", "households",
                     ["county", "locality", "status"], schema=S)
     op.create_index("proj_households_county_status", "households", ["county", "status"], schema=S)
-    op.create_index("proj_households_county_updated", "households", ["county", "updated_at"],
-                    schema=S)
+    op.create_index("proj_households_county_updated", "households",
+                    ["county", sa.text("updated_at DESC"), "household_id"], schema=S)
     op.create_index("proj_households_locality_updated", "households",
-                    ["locality", "updated_at"], schema=S)
+                    ["locality", sa.text("updated_at DESC"), "household_id"], schema=S)
 
     _scoped("persons", sa.Column("person_id", sa.Text, nullable=False),
             *_text("first_name", "last_name"), sa.Column("birth_date", sa.Date, nullable=True),
