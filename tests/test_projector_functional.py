@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 
+import aiohttp
 import pytest
 import sqlalchemy as sa
 from _scenes import active_household
@@ -130,3 +131,15 @@ async def test_the_commands_project_report_and_rebuild(database_url, store) -> N
     assert (after["pending"], after["households_projected"], after["lag_seconds"]) == (0, 3, 0)
     rebuilt = await asyncio.to_thread(vatra, "projections", "rebuild", "--household", ids[0])
     assert rebuilt.strip() == "rebuilt 1 household(s): 0 changed, 0 row(s) written, 0 deleted"
+
+
+async def test_the_lag_gauges_are_served_for_metrics(server, provision) -> None:
+    await active_household(server, provision)
+    await server.app[PROJECTOR].drain_all()
+    await server.app[PROJECTOR].refresh_gauges()
+    async with aiohttp.ClientSession() as http, http.get(f"{server.http_url}/metrics") as r:
+        assert r.status == 200
+        text = await r.text()
+    assert "vatra_projection_lag_seconds 0.0" in text
+    assert "vatra_projection_pending_households 0.0" in text
+    assert "vatra_projections_total" in text
