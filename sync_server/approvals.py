@@ -122,7 +122,11 @@ async def decide(request: web.Request) -> web.Response:
         changed = await request.app[SYNCHRONIZER].server_change(
             household.household_id, apply, author=Author(device.id, user))
     except UnknownEntityError as err:
-        raise error(404, "not-found", "no such change request") from err
+        if err.kind == "change request":
+            raise error(404, "not-found", "no such change request") from err
+        # The request names something removed since it was filed (e.g. a member).
+        raise error(409, "missing", f"cannot decide: the request refers to {err.kind} "
+                                    f"{err.entity_id}, which is no longer in the household") from err
     except InvalidValueError as err:
         raise error(409, str(err.rule), f"cannot decide: {'/'.join(map(str, err.path))} "
                                          f"({err.rule})") from err

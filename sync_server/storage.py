@@ -64,8 +64,9 @@ changes = sa.Table(
 #: One row per household whose projection is behind its change log, written by the same
 #: statement (so the same transaction) as the changes. ``last_seq`` is the newest change
 #: logged; ``enqueued_at`` the time the oldest unprojected one arrived (the projection
-#: lag is measured from it). The projector deletes a row only if ``last_seq`` has not
-#: moved meanwhile, so a change logged during a projection is never lost.
+#: lag is measured from it). The projector deletes a row only if no batch wrote it since
+#: the projector read it (its ``xmin``, sync_server/projector.py), so a change logged
+#: during a projection is never lost.
 projection_outbox = sa.Table(
     "projection_outbox", metadata,
     sa.Column("household_id", sa.Text, sa.ForeignKey("households.id"), primary_key=True),

@@ -70,6 +70,21 @@ async def test_rejection_changes_only_the_request(server, provision) -> None:
     assert info.value.code == "decided"
 
 
+async def test_a_request_about_a_removed_member_is_refused_as_missing(server, provision) -> None:
+    """Approving a request whose member was removed meanwhile names that rule (409), not
+    "no such change request" (the request exists)."""
+    hid, pid, presence, ana, _nurse, sup = await team_with_request(server, provision)
+    with ana.edit(hid) as e:
+        removal = e.request_change("remove_member", {"person_id": pid}, "duplicate",
+                                   requested_by="ana")
+    await SyncClient(ana, server.url).sync()
+    client = SupervisorClient(sup, server.http_url)
+    assert (await client.approve(hid, removal))["changed"] is True
+    with pytest.raises(ServerRejected) as info:
+        await client.approve(hid, presence)
+    assert info.value.code == "missing" and pid in str(info.value)
+
+
 async def test_other_counties_workers_and_strangers_are_refused(server, provision) -> None:
     hid, _pid, rid, ana, _nurse, sup = await team_with_request(server, provision)
     bv = await provision.tablet("sup-bv", role="supervisor", county="BV")

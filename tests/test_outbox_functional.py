@@ -45,7 +45,7 @@ async def test_a_row_written_during_a_projection_stays_for_the_next_pass(store, 
         await hold.execute(sa.select(household_keys.c.household_id)
                            .where(household_keys.c.household_id == HID).with_for_update())
         first_pass = asyncio.create_task(projector.project([HID]))
-        while not await _waiting_for_a_lock(engine):  # the projector has read the outbox
+        while not await _waiting_for_a_lock(engine):  # noqa: ASYNC110 (the state is in the database)
             await asyncio.sleep(0.01)
         _, later = edits(1, doc)
         appended = await store.append_changes(HID, later)  # logged while "projecting"
