@@ -26,6 +26,7 @@ from .config import Settings
 from .keycmd import _store
 from .keys import KeyRingError, load_keyring
 from .projector import Projector, projection_status
+from .storage import PostgresStore
 
 
 def add_projection_commands(sub: argparse._SubParsersAction) -> None:
@@ -46,43 +47,46 @@ def add_projection_commands(sub: argparse._SubParsersAction) -> None:
 
 async def run_projection_command(settings: Settings, args: argparse.Namespace) -> int:
     try:
-        keyring = load_keyring(settings)
-    except KeyRingError as err:
+        async with _store(settings, load_keyring(settings)) as store:
+            return await _run(store, args)
+    except KeyRingError as err:  # no master key, or not the one the data keys are under
         print(f"vatra: {err}", file=sys.stderr)
         return 1
-    async with _store(settings, keyring) as store:
-        engine = store._engine
-        if args.command == "status":
-            state = await projection_status(engine)
-            if args.json:
-                print(json.dumps(state))
-            else:
-                print(f"households pending projection: {state['pending']}\n"
-                      f"projection lag now:            {state['lag_seconds']:.3f} s\n"
-                      f"households projected:          {state['households_projected']}\n"
-                      f"last projection at:            {state['last_projected_at'] or '-'}")
-            return 0
-        projector = Projector(engine, store, poll=getattr(args, "poll", 0.25))
-        if args.command == "projections":
-            done = await projector.rebuild(args.household)
-            changed = [p for p in done if p.upserted or p.deleted]
-            print(f"rebuilt {len(done)} household(s): {len(changed)} changed, "
-                  f"{sum(p.upserted for p in done)} row(s) written, "
-                  f"{sum(p.deleted for p in done)} deleted")
-            return 0
-        if args.once:
-            n = await projector.drain_all()
-            print(f"projected {n} household(s); the outbox is empty", flush=True)
-            return 0
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        task = asyncio.create_task(projector.run())
-        print("Vatra projector running", flush=True)
-        await stop.wait()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        print(f"Vatra projector stopping ({projector.projected} projection(s))", flush=True)
+
+
+async def _run(store: PostgresStore, args: argparse.Namespace) -> int:
+    engine = store._engine
+    if args.command == "status":
+        state = await projection_status(engine)
+        if args.json:
+            print(json.dumps(state))
+        else:
+            print(f"households pending projection: {state['pending']}\n"
+                  f"projection lag now:            {state['lag_seconds']:.3f} s\n"
+                  f"households projected:          {state['households_projected']}\n"
+                  f"last projection at:            {state['last_projected_at'] or '-'}")
+        return 0
+    projector = Projector(engine, store, poll=getattr(args, "poll", 0.25))
+    if args.command == "projections":
+        done = await projector.rebuild(args.household)
+        changed = [p for p in done if p.upserted or p.deleted]
+        print(f"rebuilt {len(done)} household(s): {len(changed)} changed, "
+              f"{sum(p.upserted for p in done)} row(s) written, "
+              f"{sum(p.deleted for p in done)} deleted")
+        return 0
+    if args.once:
+        n = await projector.drain_all()
+        print(f"projected {n} household(s); the outbox is empty", flush=True)
+        return 0
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    task = asyncio.create_task(projector.run())
+    print("Vatra projector running", flush=True)
+    await stop.wait()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    print(f"Vatra projector stopping ({projector.projected} projection(s))", flush=True)
     return 0
