@@ -74,11 +74,16 @@ households = _scoped(
     sa.Index("proj_households_county_locality_status", "county", "locality", "status"),
     sa.Index("proj_households_county_status", "county", "status"),
 )
-# The list's order (newest update first, ties by id), per county and per locality.
+# The list's order (newest update first, ties by id), per county, per locality and for the
+# nation; the scope columns and status are included, so a page's ids come from the index
+# alone (the list then reads only those rows).
 sa.Index("proj_households_county_updated", households.c.county, households.c.updated_at.desc(),
-         households.c.household_id)
+         households.c.household_id, postgresql_include=["locality", "status"])
 sa.Index("proj_households_locality_updated", households.c.locality,
-         households.c.updated_at.desc(), households.c.household_id)
+         households.c.updated_at.desc(), households.c.household_id,
+         postgresql_include=["county", "status"])
+sa.Index("proj_households_updated", households.c.updated_at.desc(), households.c.household_id,
+         postgresql_include=["county", "locality", "status"])
 
 persons = _scoped(
     "persons",
@@ -103,8 +108,14 @@ answers = _scoped(
     sa.Column("age_at_assessment", sa.Integer, nullable=True),
     sa.Column("answers", postgresql.JSONB, nullable=False),
     sa.PrimaryKeyConstraint("household_id", "person_id"),
-    sa.Index("proj_answers_locality", "locality"),
-    sa.Index("proj_answers_county", "county"),
+    # Children assessed per locality / county (age second), and the (household, person)
+    # of the members of an age the summary matches with their vulnerabilities: every
+    # column a summary and the row-level security policies read is in the index, so
+    # these are index-only scans that never touch the answers' JSONB.
+    sa.Index("proj_answers_locality", "locality", "age_at_assessment",
+             postgresql_include=["county", "household_id", "person_id"]),
+    sa.Index("proj_answers_county", "county", "age_at_assessment",
+             postgresql_include=["locality", "household_id", "person_id"]),
     sa.Index("proj_answers_answers", "answers", postgresql_using="gin",
              postgresql_ops={"answers": "jsonb_path_ops"}),
 )
@@ -118,8 +129,12 @@ vulnerabilities = _scoped(
     sa.Column("assessment_id", sa.Text, nullable=False),
     sa.Column("identified_on", sa.Date, nullable=True),
     sa.PrimaryKeyConstraint("household_id", "vulnerability", "subject"),
-    sa.Index("proj_vulnerabilities_locality", "locality", "vulnerability"),
-    sa.Index("proj_vulnerabilities_county", "county", "vulnerability"),
+    # Counts per code of a locality / county: index-only, and already in the order of
+    # the summary's grouping and its count of distinct households (no sort).
+    sa.Index("proj_vulnerabilities_locality", "locality", "vulnerability", "household_id",
+             postgresql_include=["county", "person_id", "population"]),
+    sa.Index("proj_vulnerabilities_county", "county", "vulnerability", "household_id",
+             postgresql_include=["locality", "person_id", "population"]),
 )
 
 services = _scoped(
@@ -134,10 +149,13 @@ services = _scoped(
     sa.Column("delivered_by", sa.Text, nullable=True),
     sa.Column("note", sa.Text, nullable=True),
     sa.PrimaryKeyConstraint("household_id", "service_id"),
-    # Overdue services by locality: the open ones, by deadline.
+    # Overdue services by locality / county: the open ones, by deadline (index-only: the
+    # other scope column is included for the row-level security policies).
     sa.Index("proj_services_open_locality", "locality", "deadline",
+             postgresql_include=["county"],
              postgresql_where=sa.text("status IN ('planned', 'in_progress')")),
     sa.Index("proj_services_open_county", "county", "deadline",
+             postgresql_include=["locality"],
              postgresql_where=sa.text("status IN ('planned', 'in_progress')")),
 )
 

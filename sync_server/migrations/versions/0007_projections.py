@@ -66,9 +66,14 @@ def upgrade() -> None:
                     ["county", "locality", "status"], schema=S)
     op.create_index("proj_households_county_status", "households", ["county", "status"], schema=S)
     op.create_index("proj_households_county_updated", "households",
-                    ["county", sa.text("updated_at DESC"), "household_id"], schema=S)
+                    ["county", sa.text("updated_at DESC"), "household_id"], schema=S,
+                    postgresql_include=["locality", "status"])
     op.create_index("proj_households_locality_updated", "households",
-                    ["locality", sa.text("updated_at DESC"), "household_id"], schema=S)
+                    ["locality", sa.text("updated_at DESC"), "household_id"], schema=S,
+                    postgresql_include=["county", "status"])
+    op.create_index("proj_households_updated", "households",
+                    [sa.text("updated_at DESC"), "household_id"], schema=S,
+                    postgresql_include=["county", "locality", "status"])
 
     _scoped("persons", sa.Column("person_id", sa.Text, nullable=False),
             *_text("first_name", "last_name"), sa.Column("birth_date", sa.Date, nullable=True),
@@ -81,8 +86,10 @@ def upgrade() -> None:
             sa.Column("age_at_assessment", sa.Integer, nullable=True),
             sa.Column("answers", postgresql.JSONB, nullable=False),
             sa.PrimaryKeyConstraint("household_id", "person_id"))
-    op.create_index("proj_answers_locality", "answers", ["locality"], schema=S)
-    op.create_index("proj_answers_county", "answers", ["county"], schema=S)
+    op.create_index("proj_answers_locality", "answers", ["locality", "age_at_assessment"],
+                    schema=S, postgresql_include=["county", "household_id", "person_id"])
+    op.create_index("proj_answers_county", "answers", ["county", "age_at_assessment"],
+                    schema=S, postgresql_include=["locality", "household_id", "person_id"])
     op.create_index("proj_answers_answers", "answers", ["answers"], schema=S,
                     postgresql_using="gin", postgresql_ops={"answers": "jsonb_path_ops"})
 
@@ -94,9 +101,11 @@ def upgrade() -> None:
             sa.Column("identified_on", sa.Date, nullable=True),
             sa.PrimaryKeyConstraint("household_id", "vulnerability", "subject"))
     op.create_index("proj_vulnerabilities_locality", "vulnerabilities",
-                    ["locality", "vulnerability"], schema=S)
+                    ["locality", "vulnerability", "household_id"], schema=S,
+                    postgresql_include=["county", "person_id", "population"])
     op.create_index("proj_vulnerabilities_county", "vulnerabilities",
-                    ["county", "vulnerability"], schema=S)
+                    ["county", "vulnerability", "household_id"], schema=S,
+                    postgresql_include=["locality", "person_id", "population"])
 
     _scoped("services", sa.Column("service_id", sa.Text, nullable=False),
             *_text("code", "person_id", "vulnerability"),
@@ -104,9 +113,9 @@ def upgrade() -> None:
             _ts("delivered_at"), *_text("delivered_by", "note"),
             sa.PrimaryKeyConstraint("household_id", "service_id"))
     op.create_index("proj_services_open_locality", "services", ["locality", "deadline"],
-                    schema=S, postgresql_where=OPEN)
+                    schema=S, postgresql_include=["county"], postgresql_where=OPEN)
     op.create_index("proj_services_open_county", "services", ["county", "deadline"],
-                    schema=S, postgresql_where=OPEN)
+                    schema=S, postgresql_include=["locality"], postgresql_where=OPEN)
 
     _scoped("change_requests", sa.Column("request_id", sa.Text, nullable=False),
             *_text("kind"), sa.Column("payload", postgresql.JSONB, nullable=True),
