@@ -466,6 +466,11 @@ async def _projection_figures(server: VatraServer, lags_before: int) -> dict[str
     assert server.app is not None
     projector = server.app[PROJECTOR]
     store = server.app[STORE]
+    if not server.settings.projector:  # VATRA_PROJECTOR=0: nothing to wait for
+        return {"projections": 0, "projection_lag_p50_s": math.nan,
+                "projection_lag_p99_s": math.nan, "projection_lag_max_s": math.nan,
+                "projection_caught_up_after_s": math.nan,
+                "projection_pending_after": len(await store.outbox_pending(1000))}
     t0 = time.perf_counter()
     while await store.outbox_pending(1) and time.perf_counter() - t0 < 60:  # noqa: ASYNC110 (the database is the state)
         await asyncio.sleep(0.02)

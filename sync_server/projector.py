@@ -94,10 +94,10 @@ class Projector:
 
     ``run()`` is the long-lived loop (the server runs one in-process; ``vatra
     projector`` runs one on its own). ``notify()`` wakes it early: the server calls it
-    after every commit of changes; the projector then waits ``coalesce`` seconds for
-    the burst to gather before it reads the outbox (fewer, larger passes: what this
-    costs the sync path is in docs/performance.md). Without notifications it polls
-    every ``poll`` seconds.
+    after every commit of changes. Between passes the projector waits ``coalesce``
+    seconds for the next burst to gather (fewer, larger passes: what this costs the
+    sync path is in docs/performance.md), except while a backlog fills whole batches.
+    Without notifications it polls every ``poll`` seconds.
     """
 
     def __init__(self, engine: AsyncEngine, store: PostgresStore,
@@ -133,12 +133,15 @@ class Projector:
                 self.failures += 1
                 log.exception("projection pass failed; retrying")
                 done = 0
-            if done:
-                continue  # more may have arrived meanwhile
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll)
-            self._wake.clear()
-            await asyncio.sleep(self.coalesce)  # let a burst of commits gather
+            if done >= self.batch:
+                continue  # a backlog: the next batch at once
+            if done == 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.poll)
+                self._wake.clear()
+            # Let the next burst gather: a household written continuously is projected
+            # once per `coalesce`, not after every commit.
+            await asyncio.sleep(self.coalesce)
 
     async def drain(self, limit: int | None = None) -> int:
         """Project the households pending now (up to ``limit``, default ``batch``) in one
