@@ -141,9 +141,7 @@ async def _projecting(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await projector.stopped(task)  # the pass in progress ends; its commit is not cut
 
 
 async def metrics(_: web.Request) -> web.Response:

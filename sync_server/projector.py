@@ -72,6 +72,8 @@ LAG = Gauge("vatra_projection_lag_seconds",
             "Age of the oldest change not yet in the projection (0 when none is pending)")
 PENDING = Gauge("vatra_projection_pending_households",
                 "Households whose projection is behind their change log")
+#: Seconds a stopping projector's pass may take before it is cancelled.
+STOP_GRACE = 10.0
 #: Seconds between refreshes of the gauges by a busy projector.
 GAUGE_PERIOD = 1.0
 PROJECTED = Counter("vatra_projections_total", "Household projections committed")
@@ -114,6 +116,7 @@ class Projector:
         self.projected = 0
         self.failures = 0
         self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
         self._gauges_at = -math.inf
 
     def notify(self) -> None:
@@ -121,10 +124,16 @@ class Projector:
 
     # -- the loop -------------------------------------------------------------------------
 
+    def stop(self) -> None:
+        """Ask :meth:`run` to return after the pass in progress (its transaction is
+        never cut in the middle)."""
+        self._stop.set()
+        self._wake.set()
+
     async def run(self) -> None:
-        """Project until cancelled. An error on one household is logged and retried on
-        the next pass; the loop itself does not stop."""
-        while True:
+        """Project until :meth:`stop` (or cancelled). An error on one household is logged
+        and retried on the next pass; the loop itself does not stop."""
+        while not self._stop.is_set():
             try:
                 done = await self.drain()
             except asyncio.CancelledError:
@@ -141,7 +150,20 @@ class Projector:
                 self._wake.clear()
             # Let the next burst gather: a household written continuously is projected
             # once per `coalesce`, not after every commit.
-            await asyncio.sleep(self.coalesce)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.coalesce)
+
+    async def stopped(self, task: asyncio.Task[None]) -> None:
+        """Stop the projector running as ``task`` and wait for it; cancel it only if its
+        pass does not end within :data:`STOP_GRACE` seconds."""
+        self.stop()
+        try:
+            await asyncio.wait_for(asyncio.shield(task), STOP_GRACE)
+        except TimeoutError:
+            log.warning("projector did not stop within %.0f s; cancelling it", STOP_GRACE)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def drain(self, limit: int | None = None) -> int:
         """Project the households pending now (up to ``limit``, default ``batch``) in one

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import signal
 import sys
@@ -85,8 +84,6 @@ async def _run(store: PostgresStore, args: argparse.Namespace) -> int:
     task = asyncio.create_task(projector.run())
     print("Vatra projector running", flush=True)
     await stop.wait()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await projector.stopped(task)
     print(f"Vatra projector stopping ({projector.projected} projection(s))", flush=True)
     return 0
