@@ -8,7 +8,7 @@ import pytest
 
 from client_sdk import ServerRejected, SupervisorClient, SyncClient
 from conflict import Household
-from sync_server.app import SYNCHRONIZER
+from sync_server.app import PROJECTOR, SYNCHRONIZER
 from sync_server.http_auth import sign
 
 pytestmark = pytest.mark.functional
@@ -38,6 +38,7 @@ async def team_with_request(server, provision, kind="change_presence"):
 async def test_approval_reaches_every_team_tablet_and_applies_once(server, provision) -> None:
     hid, pid, rid, ana, nurse, sup = await team_with_request(server, provision)
     client = SupervisorClient(sup, server.http_url)
+    await server.app[PROJECTOR].drain_all()  # the list is read from the projection
     pending = await client.requests()
     assert [(r["household_id"], r["request_id"], r["kind"]) for r in pending] == \
         [(hid, rid, "change_presence")]
@@ -54,6 +55,7 @@ async def test_approval_reaches_every_team_tablet_and_applies_once(server, provi
         assert (req["status"], req["decided_by"], req["decision_note"]) == \
             ("approved", "sup-cj", "ok")
         assert h.activity()[-1]["text"].endswith("approved by sup-cj")
+    await server.app[PROJECTOR].drain_all()
     assert await client.requests() == []
 
 
@@ -91,7 +93,10 @@ async def test_other_counties_workers_and_strangers_are_refused(server, provisio
     with pytest.raises(ServerRejected) as info:
         await SupervisorClient(bv, server.http_url).approve(hid, rid)
     assert info.value.code == "not-found"  # same answer as a household that does not exist
-    assert await SupervisorClient(bv, server.http_url).requests() == []
+    await server.app[PROJECTOR].drain_all()
+    assert [r["request_id"] for r in await SupervisorClient(sup, server.http_url).requests()] \
+        == [rid]
+    assert await SupervisorClient(bv, server.http_url).requests() == []  # another county's
     with pytest.raises(ServerRejected) as info:
         await SupervisorClient(ana, server.http_url).approve(hid, rid)
     assert info.value.code == "forbidden"

@@ -208,6 +208,7 @@ async def test_projection_after_sync_is_the_projection_of_the_converged_document
         if kind == "sync":
             await SyncClient(tablet, server.url).sync()
         elif kind == "decide":  # a request the server has, of this household
+            await server.app[PROJECTOR].drain_all()  # the list is read from the projection
             pending = [r for r in await supervisor.requests() if r["household_id"] == household]
             if pending:
                 rid = pending[x % len(pending)]["request_id"]
