@@ -35,6 +35,7 @@ from .readmodel import Scope, reading
 from .storage import Author
 
 REPLAY = web.AppKey("replay_guard", ReplayGuard)
+REQUEST_STATUSES = ("pending", "approved", "rejected")
 
 
 def error(status: int, code: str, message: str,
@@ -89,6 +90,8 @@ async def list_requests(request: web.Request) -> web.Response:
 
     device, _ = await _supervisor(request)
     wanted = request.query.get("status", "pending")
+    if wanted not in REQUEST_STATUSES:
+        raise error(400, "status-enum", f"status must be one of {', '.join(REQUEST_STATUSES)}")
     r = proj_change_requests
     scope = Scope("county", county=device.user.county)
     async with reading(request.app[ENGINE], scope) as conn:

@@ -294,9 +294,9 @@ class Projector:
             done += got
             held = [h for h in chunk if h not in {p.household_id for p in got}]
             if held:  # held by another projector right now, or not registered
-                registered = await _registered(self.engine, held)
-                todo = [h for h in held if h in registered] + todo
-                if registered:
+                known = await registered(self.engine, held)
+                todo = [h for h in held if h in known] + todo
+                if known:
                     await asyncio.sleep(self.coalesce)
         return done
 
@@ -308,7 +308,8 @@ _LOCK = sa.text(f"""
 """)
 
 
-async def _registered(engine: AsyncEngine, household_ids: Sequence[str]) -> set[str]:
+async def registered(engine: AsyncEngine, household_ids: Sequence[str]) -> set[str]:
+    """Which of ``household_ids`` are registered households."""
     async with engine.connect() as conn:
         return set((await conn.execute(sa.select(households.c.id)
                                        .where(households.c.id.in_(household_ids)))).scalars())

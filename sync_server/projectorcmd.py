@@ -24,7 +24,7 @@ from pathlib import Path
 from .config import Settings
 from .keycmd import _store
 from .keys import KeyRingError, load_keyring
-from .projector import Projector, projection_status
+from .projector import Projector, projection_status, registered
 from .storage import PostgresStore
 
 
@@ -67,6 +67,11 @@ async def _run(store: PostgresStore, args: argparse.Namespace) -> int:
         return 0
     projector = Projector(engine, store, poll=getattr(args, "poll", 0.25))
     if args.command == "projections":
+        if args.household:
+            unknown = sorted(set(args.household) - await registered(engine, args.household))
+            if unknown:  # say so rather than report "rebuilt 0"
+                print(f"vatra: no such household: {', '.join(unknown)}", file=sys.stderr)
+                return 1
         done = await projector.rebuild(args.household)
         changed = [p for p in done if p.upserted or p.deleted]
         print(f"rebuilt {len(done)} household(s): {len(changed)} changed, "

@@ -97,6 +97,11 @@ async def test_other_counties_workers_and_strangers_are_refused(server, provisio
     assert [r["request_id"] for r in await SupervisorClient(sup, server.http_url).requests()] \
         == [rid]
     assert await SupervisorClient(bv, server.http_url).requests() == []  # another county's
+    creds = sup.credentials
+    async with aiohttp.ClientSession() as session, session.get(
+            f"{server.http_url}/v1/requests?status=bogus", headers={"Authorization": sign(
+                creds.device_id, creds.signing_key, "GET", "/v1/requests?status=bogus")}) as resp:
+        assert resp.status == 400 and (await resp.json())["code"] == "status-enum"
     with pytest.raises(ServerRejected) as info:
         await SupervisorClient(ana, server.http_url).approve(hid, rid)
     assert info.value.code == "forbidden"

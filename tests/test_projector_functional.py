@@ -117,11 +117,11 @@ async def test_the_commands_project_report_and_rebuild(database_url, store) -> N
         ids.append(h.household_id)
     env = {**os.environ, "DATABASE_URL": database_url, "VATRA_MASTER_KEY": TEST_MASTER_KEY}
 
-    def vatra(*args: str) -> str:
+    def vatra(*args: str, status: int = 0) -> str:
         done = subprocess.run([sys.executable, "-m", "sync_server.cli", *args], env=env,
                               capture_output=True, text=True, timeout=120, check=False)
-        assert done.returncode == 0, done.stderr
-        return done.stdout
+        assert done.returncode == status, done.stderr
+        return done.stdout + done.stderr
 
     before = json.loads(await asyncio.to_thread(vatra, "status", "--json"))
     assert (before["pending"], before["households_projected"]) == (3, 0)
@@ -131,6 +131,9 @@ async def test_the_commands_project_report_and_rebuild(database_url, store) -> N
     assert (after["pending"], after["households_projected"], after["lag_seconds"]) == (0, 3, 0)
     rebuilt = await asyncio.to_thread(vatra, "projections", "rebuild", "--household", ids[0])
     assert rebuilt.strip() == "rebuilt 1 household(s): 0 changed, 0 row(s) written, 0 deleted"
+    refused = await asyncio.to_thread(vatra, "projections", "rebuild", "--household", "nope",
+                                      status=1)
+    assert "no such household: nope" in refused
 
 
 async def test_the_lag_gauges_are_served_for_metrics(server, provision) -> None:
