@@ -25,7 +25,7 @@ value on the server is never overwritten with a stale local one. Per path:
   household is not in registration) is not written: it is filed as the change
   request that makes it (``add_member``, ``remove_member``,
   ``change_presence``, ``change_team``, ``close_household``,
-  ``reopen_household``; reason :data:`REFILE_REASON`), or dropped if no
+  ``reopen_household``, ``move_household``; reason :data:`REFILE_REASON`), or dropped if no
   request kind does;
 * decision fields, and any edit of a request already filed, are dropped.
 
@@ -181,7 +181,9 @@ class _Planner:
         if request and be is not None:
             self.dropped.append(p)  # a filed request is immutable; decisions are the server's
             return
-        protection = policy.protection_for(p) if self.protected else None
+        protection = policy.protection_for(p)
+        if protection is not None and not (self.protected or protection.always):
+            protection = None
         adds_or_removes = (le is None) != (se is None)
         if protection is not None and (protection.compare == "value" or adds_or_removes):
             self._refile(p, lv, bv, sv)
@@ -250,6 +252,16 @@ class _Planner:
             if sv == lv:
                 return
             request = ("change_team", {p[1]: "" if lv is None else _scalar(lv)})
+        elif p[0] in policy.PLACE_FIELDS and len(p) == 1 and isinstance(lv, tuple):
+            if sv == lv or any(op.path[:1] == ("locality",) and op.kind == "request"
+                               and op.value[0] == "move_household" for op in self.ops):
+                return  # unchanged, or one move request already carries both fields
+            place = {}
+            for key in policy.PLACE_FIELDS:
+                got = _get(self.local, ROOT, key)
+                place[key] = _scalar(got[0]) if got is not None else None
+            request = ("move_household", place)
+            p = ("locality",)
         elif p == ("status",) and isinstance(lv, tuple):
             transition = (_scalar(sv), _scalar(lv))
             kinds = [k for k, tr in policy.STATUS_REQUESTS.items() if tr == transition]

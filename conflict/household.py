@@ -290,10 +290,11 @@ class Household:
     def _guard(self, path: Path, request_kinds: tuple[str, ...] | None = None) -> None:
         """Raise :class:`ProtectedPathError` if the guard is on and ``path`` is
         protected in the household's current status."""
-        if not self.guard or not policy.is_protected_status(self.status):
+        if not self.guard:
             return
         protection = policy.protection_for(path)
-        if protection is not None:
+        if protection is not None and (protection.always
+                                       or policy.is_protected_status(self.status)):
             kinds = protection.request_kinds if request_kinds is None else request_kinds
             raise ProtectedPathError(path, policy.PolicyRule.PROTECTED_PATH.value, kinds)
 
@@ -700,7 +701,9 @@ class Household:
         * ``change_presence``: ``person_id``, ``presence``;
         * ``change_team``: one or more ``role=user_id`` (``None`` or ``""``
           unassigns the role);
-        * ``close_household``, ``reopen_household``: empty.
+        * ``close_household``, ``reopen_household``: empty;
+        * ``move_household``: ``locality`` (SIRUTA) and ``county``: the household
+          moves when the supervisor of its current county approves.
 
         The request is filed ``pending``; ``reason`` must not be empty.
         Raises :class:`InvalidValueError` (or :class:`UnknownEntityError` for
@@ -924,6 +927,15 @@ class Household:
             writes = self._team_writes({k: v or None for k, v in payload.items()})
             team = self._root_obj("team")
             return lambda tx: self._write_team(tx, team, writes)
+        if kind == "move_household":
+            place = [(key, *_scalar(s.HOUSEHOLD.fields[key], (key,), payload[key]))
+                     for key in policy.PLACE_FIELDS]
+
+            def move(tx: Any) -> None:
+                for key, stype, value in place:
+                    tx.put(ROOT, key, stype, value)
+
+            return move
         src, dst = policy.STATUS_REQUESTS[kind]
         current = self.status
         if current not in (src, dst):

@@ -18,7 +18,14 @@ path                        compare  request kind(s) that change it
 ``members.<id>.presence``   value    ``change_presence``
 ``team.<role>``             value    ``change_team``
 ``status``                  value    ``close_household``, ``reopen_household``
+``locality``, ``county``    value    ``move_household`` (in every status)
 ==========================  =======  =======================================
+
+A household's place (:data:`PLACE_FIELDS`) is protected from creation on, in
+every status and against every role, supervisors included: the server keeps
+the registry's copy of it (what access, approvals and the projections read) in
+step with the document, which only the server's own change applying an
+approved ``move_household`` can do (:func:`place_violations`).
 
 Every status change of a protected household is protected, not only
 ``active -> closed`` and ``closed -> active``: ``active -> registration``
@@ -64,6 +71,7 @@ __all__ = [
     "CANCEL_ROLES",
     "DECIDER_ROLES",
     "DECISION_FIELDS",
+    "PLACE_FIELDS",
     "PROTECTIONS",
     "REQUEST_PAYLOADS",
     "SERVICE_STATUS_RANK",
@@ -78,6 +86,7 @@ __all__ = [
     "lattice_max",
     "may_decide",
     "payload_violations",
+    "place_violations",
     "protected_violations",
     "protection_for",
     "status_regressions",
@@ -126,12 +135,14 @@ class Protection:
     ``path`` is protected; an :data:`ANY` segment before the last one expands
     over keys present in both documents (an added member's presence is part
     of adding the member), a last :data:`ANY` over keys present in either.
+    ``always``: protected in every status, registration included.
     """
 
     name: str
     path: tuple[str, ...]
     compare: str
     request_kinds: tuple[str, ...]
+    always: bool = False
 
 
 PROTECTIONS: tuple[Protection, ...] = (
@@ -139,7 +150,12 @@ PROTECTIONS: tuple[Protection, ...] = (
     Protection("presence", ("members", ANY, "presence"), "value", ("change_presence",)),
     Protection("team", ("team", ANY), "value", ("change_team",)),
     Protection("status", ("status",), "value", ("close_household", "reopen_household")),
+    Protection("locality", ("locality",), "value", ("move_household",), always=True),
+    Protection("county", ("county",), "value", ("move_household",), always=True),
 )
+
+PLACE_FIELDS: tuple[str, ...] = ("locality", "county")
+"""Where a household is: changed only by an approved ``move_household``."""
 
 STATUS_REQUESTS: Mapping[str, tuple[str, str]] = {
     "close_household": ("active", "closed"),
@@ -186,6 +202,7 @@ REQUEST_PAYLOADS: Mapping[str, PayloadSpec] = {
     "change_team": PayloadSpec(optional=s.TEAM_ROLES, at_least_one=True),
     "close_household": PayloadSpec(),
     "reopen_household": PayloadSpec(),
+    "move_household": PayloadSpec(required=PLACE_FIELDS),
 }
 """Request kind -> payload shape. In ``change_team`` a role maps to a user id,
 or to ``""`` to unassign it (payload values cannot be null)."""
@@ -193,6 +210,7 @@ or to ``""`` to unassign it (payload values cannot be null)."""
 _PAYLOAD_FIELD: Mapping[str, s.Scalar] = {
     "person_id": s.Scalar(s.Kind.STR, format="entity_id"),
     **{k: v for k, v in s.MEMBER.fields.items() if isinstance(v, s.Scalar)},
+    **{k: v for k, v in s.HOUSEHOLD.fields.items() if k in PLACE_FIELDS and isinstance(v, s.Scalar)},
 }
 
 
@@ -366,17 +384,27 @@ def _compare(
 def protected_violations(before: Document, after: Document) -> list[Violation]:
     """Protected paths that differ between ``before`` and ``after``.
 
-    Empty when ``before``'s status is ``registration``. Rule
-    ``protected-path``; paths ``("members", pid)``, ``("members", pid,
-    "presence")``, ``("team", role)``, ``("status",)``.
+    Only the place (``locality``, ``county``) when ``before``'s status is
+    ``registration``. Rule ``protected-path``; paths ``("members", pid)``,
+    ``("members", pid, "presence")``, ``("team", role)``, ``("status",)``,
+    ``("locality",)``, ``("county",)``.
     """
-    if not is_protected_status(_status(before)):
-        return []
+    protected = is_protected_status(_status(before))
     out = []
     for p in PROTECTIONS:
-        for path in _compare(before, after, p.path, p.compare):
-            out.append(_violation(path, PolicyRule.PROTECTED_PATH))
+        if protected or p.always:
+            for path in _compare(before, after, p.path, p.compare):
+                out.append(_violation(path, PolicyRule.PROTECTED_PATH))
     return out
+
+
+def place_violations(before: Document, after: Document) -> list[Violation]:
+    """``locality`` or ``county`` differing between ``before`` and ``after``: a move
+    that did not come from an approved ``move_household`` (whatever the status or
+    the writer's role)."""
+    return [_violation(path, PolicyRule.PROTECTED_PATH)
+            for p in PROTECTIONS if p.always
+            for path in _compare(before, after, p.path, p.compare)]
 
 
 def decision_violations(

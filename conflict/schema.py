@@ -38,7 +38,8 @@ One household is one Automerge document. Its root map::
         note              Text
     change_requests  Map      request_id -> request               required
         kind              Str   add_member | remove_member | change_presence |
-                                change_team | close_household | reopen_household
+                                change_team | close_household | reopen_household |
+                                move_household
         payload           Map   code -> Str | Int | F64 | Boolean (kind-specific,
                                 checked by the permission policy, not here)
         reason            Str
@@ -134,6 +135,7 @@ REQUEST_KINDS = (
     "change_team",
     "close_household",
     "reopen_household",
+    "move_household",
 )
 TEAM_ROLES = ("social_worker", "nurse", "counsellor", "case_responsible")
 

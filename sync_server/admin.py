@@ -103,10 +103,14 @@ async def run_admin(settings: Settings, args: argparse.Namespace) -> int:
                 print(f"enrollment code for {c.user_id}: {c.code} "
                       f"(single use, valid until {c.expires_at:%Y-%m-%d %H:%M} UTC)")
             elif args.command == "device" and args.action == "revoke":
-                if not await ids.revoke_device(args.device_id):
-                    print(f"no active device {args.device_id}")
+                if await ids.revoke_device(args.device_id):
+                    print(f"device {args.device_id} revoked; its live sessions are cut")
+                elif (at := await ids.revoked_at(args.device_id)) is not None:
+                    print(f"device {args.device_id} was revoked already "
+                          f"({at:%Y-%m-%d %H:%M} UTC); its live sessions are cut again")
+                else:
+                    print(f"no device {args.device_id}")
                     return 1
-                print(f"device {args.device_id} revoked")
     except IdentityError as err:
         print(f"refused ({err.code}): {err.message}")
         return 1

@@ -35,6 +35,7 @@ from .enrollment import IDENTITY, LIMITER, SERVER_KEY, FailureLimiter, enroll
 from .errors import ErrorCode, ProtocolError, VatraError
 from .households import HouseholdRegistry
 from .identity import REVOCATIONS, Device, IdentityStore, load_server_identity
+from .nonces import NonceStore
 from .pipeline import Synchronizer
 from .projector import Projector
 from .quarantine import Quarantine
@@ -79,21 +80,27 @@ async def sync_handler(request: web.Request) -> web.StreamResponse:
     conn = Connection(channel, server_peer_id=synchronizer.server_peer_id,
                       outbox_frames=settings.outbox_frames, device=device)
     conn.start()
-    if device.revoked:
-        # The device proved it holds the key: tell it (sealed), so its SDK wipes itself.
-        await _refuse_revoked(conn)
-        await synchronizer.record(conn, "session-refused", code=str(ErrorCode.DEVICE_REVOKED))
-        return ws
-    live = sum(1 for c in request.app[CONNECTIONS] if c.device and c.device.id == device.id)
-    if live >= settings.sessions_per_device:
-        log.warning("device %s: too many concurrent sessions", device.id)
-        conn.send_error(VatraError(f"at most {settings.sessions_per_device} sessions per device",
-                                   code=ErrorCode.TOO_MANY_SESSIONS))
-        await conn.close(str(ErrorCode.TOO_MANY_SESSIONS))
-        return ws
+    # Revocation is a barrier. The connection is where the revocation listener and sweep
+    # look before the flag is read again (the lookup at ``hello`` may be long past: a
+    # thief can hold back ``auth``), so a revocation committed at any moment either shows
+    # in this read or reaches the connection.
     request.app[CONNECTIONS].add(conn)
-    await synchronizer.record(conn, "session-opened")
     try:
+        if device.revoked or await identity.revoked_at(device.id) is not None:
+            # The device proved it holds the key: tell it (sealed), so its SDK wipes itself.
+            conn.revoke()
+            await _refuse_revoked(conn)
+            await synchronizer.record(conn, "session-refused",
+                                      code=str(ErrorCode.DEVICE_REVOKED))
+            return ws
+        live = sum(1 for c in request.app[CONNECTIONS] if c.device and c.device.id == device.id)
+        if live > settings.sessions_per_device:
+            log.warning("device %s: too many concurrent sessions", device.id)
+            conn.send_error(VatraError(f"at most {settings.sessions_per_device} sessions per "
+                                       f"device", code=ErrorCode.TOO_MANY_SESSIONS))
+            await conn.close(str(ErrorCode.TOO_MANY_SESSIONS))
+            return ws
+        await synchronizer.record(conn, "session-opened")
         await serve_connection(conn, synchronizer,
                                limit=TokenBucket(settings.messages_per_second,
                                                  settings.message_burst))
@@ -109,25 +116,52 @@ async def _refuse_revoked(conn: Connection) -> None:
     await conn.close(str(ErrorCode.DEVICE_REVOKED))
 
 
+def _cut(app: web.Application, device_ids: set[str], pending: set[asyncio.Task[None]]) -> None:
+    """Cut every live connection of ``device_ids``: at once nothing more is read, written
+    or sent (``Connection.revoke``), then the sealed notice and the close."""
+    for conn in list(app[CONNECTIONS]):
+        if conn.device is not None and conn.device.id in device_ids and not conn.revoked:
+            log.info("device %s revoked: closing connection %s", conn.device.id, conn.id)
+            conn.revoke()
+            task = asyncio.get_running_loop().create_task(_refuse_revoked(conn))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+
+
+#: Seconds between sweeps for revoked devices among live connections (the backstop of
+#: the NOTIFY listener: a notification lost with a database connection still cuts).
+REVOCATION_SWEEP_SECONDS = 0.5
+
+
 async def _revocations(app: web.Application) -> AsyncIterator[None]:
     """Listen for ``NOTIFY vatra_revocations`` (from any process on this database) and cut
-    the revoked device's live sessions at once."""
+    the revoked device's live sessions at once; sweep the live sessions for revoked devices
+    every :data:`REVOCATION_SWEEP_SECONDS` as well."""
     pending: set[asyncio.Task[None]] = set()
 
     def on_revoked(_conn: object, _pid: int, _channel: str, device_id: str) -> None:
-        for conn in list(app[CONNECTIONS]):
-            if conn.device is not None and conn.device.id == device_id:
-                log.info("device %s revoked: closing connection %s", device_id, conn.id)
-                task = asyncio.get_running_loop().create_task(_refuse_revoked(conn))
-                pending.add(task)
-                task.add_done_callback(pending.discard)
+        _cut(app, {device_id}, pending)
+
+    async def sweep() -> None:
+        identity = app[IDENTITY]
+        while True:
+            await asyncio.sleep(REVOCATION_SWEEP_SECONDS)
+            live = {c.device.id for c in app[CONNECTIONS] if c.device is not None}
+            try:
+                revoked = await identity.revoked_among(live)
+            except Exception:
+                log.warning("revocation sweep: the database did not answer; retrying")
+                continue
+            _cut(app, revoked, pending)
 
     async with app[ENGINE].connect() as sa_conn:
         raw = (await sa_conn.get_raw_connection()).driver_connection
         await raw.add_listener(REVOCATIONS, on_revoked)
+        sweeper = asyncio.create_task(sweep(), name="vatra-revocation-sweep")
         try:
             yield
         finally:
+            sweeper.cancel()
             await raw.remove_listener(REVOCATIONS, on_revoked)
             for task in pending:
                 task.cancel()
@@ -171,7 +205,8 @@ def build_app(settings: Settings, engine: AsyncEngine, server_key: SigningKey) -
     app[ENGINE] = engine
     identity = IdentityStore(engine, store.audit)
     app[SYNCHRONIZER] = Synchronizer(registry, store, f"vatra-{uuid.uuid4().hex[:12]}", identity,
-                                     store.audit, Quarantine(store))
+                                     store.audit, Quarantine(store, settings.quarantine),
+                                     limits=settings.limits)
     app[CONNECTIONS] = set()
     app.router.add_get("/v1/sync", sync_handler)
     app.router.add_get("/healthz", healthz)
@@ -180,7 +215,7 @@ def build_app(settings: Settings, engine: AsyncEngine, server_key: SigningKey) -
     app[SERVER_KEY] = server_key
     app[LIMITER] = FailureLimiter()
     app.router.add_post("/v1/enroll", enroll)
-    approvals.add_routes(app)
+    approvals.add_routes(app, NonceStore(engine))
     webapi.add_routes(app)
     app.cleanup_ctx.append(_revocations)
     app[STORE] = store

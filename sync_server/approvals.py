@@ -24,17 +24,18 @@ import sqlalchemy as sa
 from aiohttp import web
 from nacl.signing import VerifyKey
 
-from conflict import Household, InvalidValueError, UnknownEntityError
+from conflict import Household, InvalidValueError, UnknownEntityError, is_household_id
 from conflict.household import utc_instant
 
 from .enrollment import IDENTITY
-from .http_auth import HttpAuthError, ReplayGuard, parse, verify
+from .http_auth import HttpAuthError, parse, verify
 from .identity import Device
+from .nonces import NonceStore
 from .projection import change_requests as proj_change_requests
 from .readmodel import Scope, reading
 from .storage import Author
 
-REPLAY = web.AppKey("replay_guard", ReplayGuard)
+NONCES = web.AppKey("nonces", NonceStore)
 REQUEST_STATUSES = ("pending", "approved", "rejected")
 
 
@@ -58,7 +59,9 @@ async def authenticate(request: web.Request) -> tuple[Device, bytes]:
         if device is None or device.revoked:
             raise HttpAuthError("unknown or revoked device")
         verify(VerifyKey(device.signing_key), request.method, request.path_qs, ts, nonce, sig,
-               body, request.app[REPLAY])
+               body)
+        if not await request.app[NONCES].claim(device_id, nonce, ts):
+            raise HttpAuthError("replayed request")
     except HttpAuthError as err:
         raise error(401, "unauthorized", str(err)) from err
     return device, body
@@ -75,6 +78,8 @@ async def _household_in_county(request: web.Request, device: Device) -> Househol
     from .app import SYNCHRONIZER  # the app module imports this one
 
     hid = request.match_info["household_id"]
+    if not is_household_id(hid):  # e.g. a NUL, which no PostgreSQL text can hold
+        raise error(404, "not-found", "no such household")
     actor = await request.app[SYNCHRONIZER].registry.get(hid)
     if actor is None or actor.record.county != device.user.county:
         raise error(404, "not-found", "no such household")
@@ -148,8 +153,8 @@ async def openapi(_: web.Request) -> web.Response:
     return web.json_response(OPENAPI)
 
 
-def add_routes(app: web.Application) -> None:
-    app[REPLAY] = ReplayGuard()
+def add_routes(app: web.Application, nonces: NonceStore) -> None:
+    app[NONCES] = nonces
     app.router.add_get("/v1/requests", list_requests)
     app.router.add_post(r"/v1/households/{household_id}/requests/{request_id}/{decision:approve|reject}",
                         decide)

@@ -34,10 +34,11 @@ from typing import Any
 
 from automerge.core import ROOT, Document, ObjType
 
+from .preflight import MAGIC, FormatError, Reader
+
 Prefix = tuple[str | int, ...]
 OpId = tuple[bytes, int]  # (actor, counter)
 
-_MAGIC = bytes.fromhex("856f4a83")
 _CHANGE_CHUNK = 1
 
 # column specs (id << 4 | type) of the columns read here
@@ -51,8 +52,9 @@ _MAKE = frozenset({0, 2, 4, 6})
 _DELETE = 3
 
 
-class Unreadable(ValueError):
-    """Bytes this decoder does not understand (the caller falls back to the diff)."""
+#: Bytes this decoder does not understand (the caller falls back to the diff).
+Unreadable = FormatError
+_Reader = Reader
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,53 +73,6 @@ class DecodedChange:
 
 
 # --- decoding --------------------------------------------------------------------------
-
-
-class _Reader:
-    def __init__(self, data: bytes | memoryview, pos: int = 0, end: int | None = None) -> None:
-        self.data, self.pos = data, pos
-        self.end = len(data) if end is None else end
-
-    def done(self) -> bool:
-        return self.pos >= self.end
-
-    def byte(self) -> int:
-        if self.pos >= self.end:
-            raise Unreadable("truncated")
-        b = self.data[self.pos]
-        self.pos += 1
-        return b
-
-    def uleb(self) -> int:
-        value, shift = 0, 0
-        while True:
-            b = self.byte()
-            value |= (b & 0x7F) << shift
-            if not b & 0x80:
-                return value
-            shift += 7
-            if shift > 63:
-                raise Unreadable("LEB128 too long")
-
-    def sleb(self) -> int:
-        value, shift = 0, 0
-        while True:
-            b = self.byte()
-            value |= (b & 0x7F) << shift
-            shift += 7
-            if not b & 0x80:
-                if b & 0x40:
-                    value -= 1 << shift
-                return value
-            if shift > 63:
-                raise Unreadable("LEB128 too long")
-
-    def take(self, n: int) -> bytes:
-        if n < 0 or self.pos + n > self.end:
-            raise Unreadable("truncated")
-        out = bytes(self.data[self.pos:self.pos + n])
-        self.pos += n
-        return out
 
 
 def _rle(reader: _Reader, read_value, limit: int) -> Iterator[Any]:
@@ -178,7 +133,7 @@ def decode_ops(raw: bytes, max_ops: int = 1 << 20) -> DecodedChange:
     with more than ``max_ops`` values (the change's operation count, when known) is
     refused."""
     r = _Reader(raw)
-    if r.take(4) != _MAGIC:
+    if r.take(4) != MAGIC:
         raise Unreadable("not an Automerge chunk")
     r.take(4)  # checksum (Automerge verified the change when it applied it)
     if r.byte() != _CHANGE_CHUNK:

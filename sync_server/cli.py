@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import dataclasses
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -110,12 +111,25 @@ async def _serve(settings: Settings) -> int:
             where = "DATABASE_URL" if settings.database_url else \
                 f"embedded PostgreSQL in {(settings.data_dir / 'postgres').resolve()}"
             print(f"Vatra sync server listening on {server.url} (database: {where})", flush=True)
+            _quiet_native_stdout()
             await stop.wait()
             print("Vatra sync server stopping", flush=True)
     except KeyRingError as err:
         print(f"vatra: refusing to start: {err}", file=sys.stderr, flush=True)
         return 1
     return 0
+
+
+def _quiet_native_stdout() -> None:
+    """Automerge's Rust code prints diagnostics about malformed input, document keys
+    included, straight to file descriptor 1 (``println!``). The server's own lines keep
+    going to its stdout; file descriptor 1 goes to /dev/null."""
+    sys.stdout.flush()
+    own = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+    sys.stdout = os.fdopen(own, "w", buffering=1)
 
 
 async def _migrate(settings: Settings) -> int:

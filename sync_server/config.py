@@ -18,6 +18,13 @@
 |                            |                  | on first run); DATABASE_URL without a key is refused |
 | VATRA_SERVER_KEY_FILE      | (data dir)       | server identity key (32-byte Ed25519 seed); default  |
 |                            |                  | <data dir>/server_identity.key, created on first run |
+| VATRA_MAX_CHANGES_PER_MESSAGE | 10000         | changes one sync message may carry ...               |
+| VATRA_MAX_OPS_PER_MESSAGE  | 1000000          | ... operations in all of them ...                    |
+| VATRA_MAX_DELETES_PER_MESSAGE | 100000        | ... delete operations ...                            |
+| VATRA_MAX_INFLATED_BYTES   | 33554432         | ... and bytes once inflated (sync_server/preflight)  |
+| VATRA_QUARANTINE_DEVICE_BYTES | 67108864      | refused data kept per device (bytes) ...             |
+| VATRA_QUARANTINE_DEVICE_ROWS | 1000           | ... (refused inputs) ...                             |
+| VATRA_QUARANTINE_TOTAL_BYTES | 2147483648     | ... and in all (table size, sync_server/quarantine)  |
 """
 
 from __future__ import annotations
@@ -25,6 +32,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+from .preflight import Limits
+
+
+@dataclass(frozen=True, slots=True)
+class Quotas:
+    """How much refused data the quarantine keeps (sync_server/quarantine.py)."""
+
+    device_bytes: int = 64 * 1024 * 1024
+    device_rows: int = 1000
+    total_bytes: int = 2 * 1024 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +62,8 @@ class Settings:
     master_key_file: str | None = None
     server_key_file: str | None = None
     projector: bool = True  # run the projector in the server process (VATRA_PROJECTOR=0: not)
+    limits: Limits = field(default_factory=Limits)  # what one sync message may cost
+    quarantine: Quotas = field(default_factory=Quotas)  # how much refused data is kept
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -67,6 +87,18 @@ class Settings:
             master_key_file=e.get("VATRA_MASTER_KEY_FILE") or None,
             server_key_file=e.get("VATRA_SERVER_KEY_FILE") or None,
             projector=e.get("VATRA_PROJECTOR", "1") not in ("0", "false", "no", "off"),
+            limits=replace(
+                base.limits,
+                max_changes=_int(e, "VATRA_MAX_CHANGES_PER_MESSAGE", base.limits.max_changes),
+                max_ops=_int(e, "VATRA_MAX_OPS_PER_MESSAGE", base.limits.max_ops),
+                max_deletes=_int(e, "VATRA_MAX_DELETES_PER_MESSAGE", base.limits.max_deletes),
+                max_inflated_bytes=_int(e, "VATRA_MAX_INFLATED_BYTES",
+                                        base.limits.max_inflated_bytes)),
+            quarantine=Quotas(
+                device_bytes=_int(e, "VATRA_QUARANTINE_DEVICE_BYTES",
+                                  base.quarantine.device_bytes),
+                device_rows=_int(e, "VATRA_QUARANTINE_DEVICE_ROWS", base.quarantine.device_rows),
+                total_bytes=_int(e, "VATRA_QUARANTINE_TOTAL_BYTES", base.quarantine.total_bytes)),
         )
 
 

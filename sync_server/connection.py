@@ -33,6 +33,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 _ids = count(1)
 
+#: Households one session may sync (a worker's caseload is at most a few thousand;
+#: supervisors and national users open households one by one): each holds a SyncState.
+MAX_DOCUMENTS = 10_000
+
 
 class ConnectionState(enum.Enum):
     AWAITING_JOIN = "awaiting-join"
@@ -53,13 +57,17 @@ class Connection:
         self.peer_id: str | None = None
         self.state = ConnectionState.AWAITING_JOIN
         self._sync_states: dict[str, SyncState] = {}
-        #: household -> a fork holding this peer's changes queued for a missing dependency
+        #: household -> a fork holding this peer's changes queued for a missing dependency,
+        #: and the bytes of the messages it holds (bounded: HELD_BYTES)
         self.held: dict[str, Document] = {}
+        self.held_bytes: dict[str, int] = {}
         self._outbox: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=outbox_frames)
         self._writer: asyncio.Task[None] | None = None
         self._sending = False  # the writer is inside channel.send (maybe stuck on a slow peer)
         self._close_reason = ""
         self.closed = asyncio.Event()
+        #: the device was revoked: nothing of a household is read, written or sent any more
+        self.revoked = False
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} {self.state.value}>"
@@ -76,6 +84,10 @@ class Connection:
     def sync_state(self, document_id: str) -> SyncState:
         state = self._sync_states.get(document_id)
         if state is None:
+            if len(self._sync_states) >= MAX_DOCUMENTS:
+                raise VatraError(f"a session may sync at most {MAX_DOCUMENTS} households; "
+                                 f"reconnect for more", code=ErrorCode.LIMIT_EXCEEDED,
+                                 document_id=document_id)
             state = self._sync_states[document_id] = SyncState()
         return state
 
@@ -84,6 +96,7 @@ class Connection:
         (and any of its changes held back for a missing dependency)."""
         self._sync_states[document_id] = SyncState()
         self.held.pop(document_id, None)
+        self.held_bytes.pop(document_id, None)
 
     @property
     def documents(self) -> list[str]:
@@ -95,8 +108,12 @@ class Connection:
         self._writer = asyncio.create_task(self._drain(), name=f"conn-{self.id}-writer")
 
     def send(self, message: wire.Message) -> None:
-        """Queue ``message``; never blocks. A full outbox closes the connection."""
+        """Queue ``message``; never blocks. A full outbox closes the connection. Once the
+        device is revoked only the revocation notice is sent."""
         if self.state is ConnectionState.CLOSED:
+            return
+        if self.revoked and not (isinstance(message, wire.Error)
+                                 and message.code == ErrorCode.DEVICE_REVOKED):
             return
         try:
             self._outbox.put_nowait(wire.encode(message))
@@ -105,7 +122,17 @@ class Connection:
             self.abort(ErrorCode.OUTBOX_OVERFLOW)
 
     def send_error(self, err: VatraError) -> None:
-        self.send(wire.Error(self.server_peer_id, err.message, str(err.code), err.document_id))
+        self.send(wire.Error(self.server_peer_id, err.message[:wire.MAX_TEXT_CHARS], str(err.code),
+                             err.document_id))
+
+    def revoke(self) -> None:
+        """The device was revoked: drop what is queued for it (household data) and send
+        nothing more but the notice; the pipeline refuses its batches from now on."""
+        self.revoked = True
+        if self.state is ConnectionState.CLOSED:
+            return  # closing already: its close marker is queued, keep it
+        while not self._outbox.empty():
+            self._outbox.get_nowait()
 
     def abort(self, code: ErrorCode) -> None:
         """Close without waiting for queued frames (used when the outbox itself is the problem)."""

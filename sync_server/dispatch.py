@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 #: Message types a device may send once its connection is open.
 FROM_CLIENT_ALLOWED = (wire.Sync, wire.Request, wire.Ephemeral, wire.Error)
 
+#: What a message's task lets through; anything else it raises is answered and logged,
+#: so the messages queued behind it for the same household still run.
+_PASS_THROUGH = (asyncio.CancelledError, KeyboardInterrupt, SystemExit, GeneratorExit)
+
 #: Households of one connection being merged at the same time.
 MAX_IN_FLIGHT = 16
 
@@ -77,7 +81,9 @@ async def serve_connection(conn: Connection, synchronizer: Synchronizer, *,
                                           code=str(err.code))
         except VatraError as err:
             await fail(err)
-        except Exception:
+        except _PASS_THROUGH:
+            raise
+        except BaseException:  # a bug, or a Rust panic (a BaseException) out of the binding
             log.exception("connection %s: internal error", conn.id)
             await fail(VatraError("internal server error", code=ErrorCode.INTERNAL_ERROR))
         finally:

@@ -55,6 +55,7 @@ class ErrorCode(StrEnum):
     PROTECTED_PATH = "protected-path"
     DECISION_FIELD = "decision-field"
     TOO_MANY_SESSIONS = "too-many-sessions"
+    LIMIT_EXCEEDED = "limit-exceeded"
 
 
 class VatraError(Exception):

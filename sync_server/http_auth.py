@@ -9,8 +9,9 @@ nonce=<base64 of 16 random bytes>, sig=<base64>``, where ``sig`` signs::
 
 The server accepts it if the device is enrolled and not revoked, ``ts`` is
 within :data:`WINDOW` seconds of its clock, the signature verifies, and the
-same signature was not seen within the window (replay). Shared by the server
-and ``client_sdk`` (PyNaCl only).
+device never used the nonce before (a replay; the server keeps nonces in
+PostgreSQL, :mod:`sync_server.nonces`). Shared by the server and
+``client_sdk`` (PyNaCl only).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import base64
 import binascii
 import os
 import time
-from collections import OrderedDict
 
 import nacl.encoding
 import nacl.exceptions
@@ -28,6 +28,8 @@ from nacl.signing import SigningKey, VerifyKey
 
 SCHEME = "Vatra-Device"
 WINDOW = 300
+#: Longest device id and nonce a header may carry (a nonce is 24 characters).
+MAX_FIELD_CHARS = 64
 
 
 def _message(method: str, path_qs: str, ts: int, nonce: str, body: bytes) -> bytes:
@@ -55,31 +57,18 @@ def parse(header: str | None) -> tuple[str, int, str, bytes]:
     try:
         fields = dict(part.strip().split("=", 1)
                       for part in header[len(SCHEME) + 1:].split(","))
-        return (fields["id"], int(fields["ts"]), fields["nonce"],
-                base64.b64decode(fields["sig"], validate=True))
+        device_id, ts, nonce = fields["id"], int(fields["ts"]), fields["nonce"]
+        sig = base64.b64decode(fields["sig"], validate=True)
     except (KeyError, ValueError, binascii.Error) as exc:
         raise HttpAuthError("malformed authorization header") from exc
-
-
-class ReplayGuard:
-    """Signatures seen within the window (bounded): a replayed request is refused."""
-
-    def __init__(self, capacity: int = 100_000) -> None:
-        self._seen: OrderedDict[bytes, float] = OrderedDict()
-        self._capacity = capacity
-
-    def check(self, sig: bytes, now: float) -> None:
-        while self._seen and next(iter(self._seen.values())) < now - 2 * WINDOW:
-            self._seen.popitem(last=False)
-        if sig in self._seen:
-            raise HttpAuthError("replayed request")
-        self._seen[sig] = now
-        if len(self._seen) > self._capacity:
-            self._seen.popitem(last=False)
+    if not (0 < len(device_id) <= MAX_FIELD_CHARS and 0 < len(nonce) <= MAX_FIELD_CHARS):
+        raise HttpAuthError("malformed authorization header")
+    return device_id, ts, nonce, sig
 
 
 def verify(key: VerifyKey, method: str, path_qs: str, ts: int, nonce: str, sig: bytes,
-           body: bytes, guard: ReplayGuard, now: float | None = None) -> None:
+           body: bytes, now: float | None = None) -> None:
+    """Signature and timestamp; the caller refuses a nonce the device used before."""
     now = now if now is not None else time.time()
     if abs(now - ts) > WINDOW:
         raise HttpAuthError("request timestamp outside the accepted window")
@@ -87,4 +76,3 @@ def verify(key: VerifyKey, method: str, path_qs: str, ts: int, nonce: str, sig: 
         key.verify(_message(method, path_qs, ts, nonce, body), sig)
     except nacl.exceptions.BadSignatureError as exc:
         raise HttpAuthError("signature does not verify") from exc
-    guard.check(sig, now)

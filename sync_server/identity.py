@@ -18,7 +18,7 @@ from __future__ import annotations
 import base64
 import os
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -295,18 +295,33 @@ class IdentityStore:
         """Mark the device revoked; True if it existed and was active.
 
         Every server on this database hears it at commit (``NOTIFY vatra_revocations``)
-        and closes the device's live sessions."""
+        and closes the device's live sessions. Revoking a device revoked already says so
+        (False) and still tells every server to cut it."""
         async with self._engine.begin() as conn:
             done = await conn.execute(
                 sa.update(devices).where(devices.c.id == device_id,
                                          devices.c.revoked_at.is_(None))
                 .values(revoked_at=sa.func.now()))
-            if done.rowcount == 1:
-                await conn.execute(sa.select(sa.func.pg_notify(REVOCATIONS, device_id)))
-                if self.audit is not None:
-                    await self.audit.append(conn, [AuditEvent("device-revoked",
-                                                              device_id=device_id)])
+            if done.rowcount == 1 and self.audit is not None:
+                await self.audit.append(conn, [AuditEvent("device-revoked",
+                                                          device_id=device_id)])
+            await conn.execute(sa.select(sa.func.pg_notify(REVOCATIONS, device_id)))
         return done.rowcount == 1
+
+    async def revoked_at(self, device_id: str) -> datetime | None:
+        """When the device was revoked (None: active or unknown)."""
+        async with self._engine.connect() as conn:
+            return (await conn.execute(sa.select(devices.c.revoked_at)
+                                       .where(devices.c.id == device_id))).scalar()
+
+    async def revoked_among(self, device_ids: Collection[str]) -> set[str]:
+        """Which of ``device_ids`` are revoked (one query, for the periodic sweep)."""
+        if not device_ids:
+            return set()
+        async with self._engine.connect() as conn:
+            return set((await conn.execute(
+                sa.select(devices.c.id).where(devices.c.id.in_(list(device_ids)),
+                                              devices.c.revoked_at.is_not(None)))).scalars())
 
 
 async def _user(conn: sa.ext.asyncio.AsyncConnection, user_id: str) -> User | None:

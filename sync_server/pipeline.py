@@ -23,10 +23,12 @@ changes and its registry row are committed in one transaction.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -50,8 +52,16 @@ from .connection import Connection
 from .errors import DocumentError, ErrorCode, Refused, StorageError, VatraError
 from .households import HouseholdActor, HouseholdRegistry
 from .identity import Device, IdentityStore, User
+from .preflight import DEFAULT_LIMITS, Limits, check_sync_message
 from .quarantine import Quarantine
-from .storage import Author, HouseholdRecord, HouseholdStore, StoredChange
+from .storage import (
+    Author,
+    HouseholdErased,
+    HouseholdIdTaken,
+    HouseholdRecord,
+    HouseholdStore,
+    StoredChange,
+)
 from .touched import touched_prefixes
 
 log = logging.getLogger(__name__)
@@ -62,14 +72,29 @@ QUARANTINED = frozenset({ErrorCode.READ_ONLY, ErrorCode.ACTOR_NOT_REGISTERED,
                          ErrorCode.SCHEMA_VIOLATION, ErrorCode.PROTECTED_PATH,
                          ErrorCode.DECISION_FIELD,
                          ErrorCode.CREATION_REFUSED, ErrorCode.NOT_A_HOUSEHOLD,
-                         ErrorCode.MALFORMED_SYNC_DATA})
+                         ErrorCode.MALFORMED_SYNC_DATA, ErrorCode.LIMIT_EXCEEDED})
 
 #: Below this many bytes of changes since the last snapshot, loading them is cheaper than
 #: writing a snapshot (a young household: a few KiB). See docs/storage.md.
 SNAPSHOT_MIN_BYTES = 16 * 1024
 
 
+#: automerge-repo document ids: bs58check of 16 bytes and a 4-byte checksum (27-28
+#: characters). Length and alphabet are checked before the binding parses an id (its
+#: base58 decoding is quadratic in the length).
+_DOCUMENT_ID_CHARS = frozenset("123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz")
+MAX_DOCUMENT_ID_CHARS = 40
+
+#: Exceptions a binding call must let through; anything else it raises on a device's bytes
+#: (a Rust panic arrives as ``pyo3_runtime.PanicException``, a BaseException) refuses them.
+_PASS_THROUGH = (KeyboardInterrupt, SystemExit, GeneratorExit, asyncio.CancelledError)
+
+
 def check_document_id(document_id: str) -> None:
+    if not (0 < len(document_id) <= MAX_DOCUMENT_ID_CHARS
+            and _DOCUMENT_ID_CHARS.issuperset(document_id)):
+        raise DocumentError("documentId is not an automerge-repo document id",
+                            code=ErrorCode.INVALID_DOCUMENT_ID)
     # Canonical bs58check only: the UUID spellings DocumentId also parses would make one
     # document known under several ids (ids are compared as plain strings everywhere).
     try:
@@ -82,6 +107,44 @@ def check_document_id(document_id: str) -> None:
                             code=ErrorCode.INVALID_DOCUMENT_ID)
 
 
+def receive(doc: Document, state: Any, data: bytes, household_id: str) -> None:
+    """Apply a device's sync message (already bounded by :mod:`sync_server.preflight`) to
+    ``doc``, a fork or a new document the caller drops on failure. Whatever the binding
+    raises on the bytes, a Rust panic included, is a refusal of this message only."""
+    try:
+        doc.receive_sync_message(state, Message.decode(data))
+    except _PASS_THROUGH:
+        raise
+    except BaseException as exc:
+        if type(exc).__name__ == "PanicException":
+            log.warning("household %s: Automerge panicked on a device's sync message",
+                        household_id)
+        raise DocumentError("sync data is not a valid Automerge sync message",
+                            code=ErrorCode.MALFORMED_SYNC_DATA,
+                            document_id=household_id) from exc
+
+
+#: Bytes of a peer's messages that wait, per household, for a dependency it has not sent.
+HELD_BYTES = 8 * 1024 * 1024
+
+
+def check_encoding(before: Sequence[bytes], new: Sequence[Any], doc: Document,
+                   household_id: str) -> None:
+    """Refuse changes whose bytes Automerge would not write back the same way.
+
+    The binding accepts a change encoded in a valid but non-canonical form (a run written
+    as literals, say) and keeps the hash of the bytes it received as a head, while it
+    re-encodes the change canonically, with another hash, whenever it saves the document.
+    Such a household can no longer be saved and loaded ("mismatching heads"): a fresh
+    tablet, a snapshot, a restart all fail. ``get_changes`` returns the canonical forms,
+    so the heads they imply differ from the document's exactly then."""
+    implied = (set(before) | {c.hash for c in new}) - {d for c in new for d in c.deps}
+    if set(doc.get_heads()) != implied:
+        raise DocumentError("sync data holds a change Automerge would not save as it was sent "
+                            "(a non-canonical encoding); nothing of it was merged",
+                            code=ErrorCode.MALFORMED_SYNC_DATA, document_id=household_id)
+
+
 def stored(changes: Sequence[Any]) -> list[StoredChange]:
     return [StoredChange(c.hash, tuple(c.deps), c.actor_id, c.bytes) for c in changes]
 
@@ -91,8 +154,10 @@ class Synchronizer:
 
     def __init__(self, registry: HouseholdRegistry, store: HouseholdStore,
                  server_peer_id: str, identity: IdentityStore,
-                 audit: AuditLog | None = None, quarantine: Quarantine | None = None) -> None:
+                 audit: AuditLog | None = None, quarantine: Quarantine | None = None,
+                 limits: Limits = DEFAULT_LIMITS) -> None:
         self.registry = registry
+        self.limits = limits
         self.quarantine = quarantine
         self.store = store
         self.identity = identity
@@ -112,10 +177,14 @@ class Synchronizer:
         """Apply one ``sync``/``request`` from ``conn``. Raises DocumentError/StorageError;
         data refused by a rule is kept in the quarantine first."""
         check_document_id(msg.document_id)
+        _not_revoked(conn, msg.document_id)
         try:
+            # Before the binding or the database sees anything: what may this message cost?
+            check_sync_message(msg.data, self.limits, document_id=msg.document_id)
             await self._handle(conn, msg)
         except (Refused, DocumentError) as err:
-            if err.code in QUARANTINED and self.quarantine is not None:
+            if (err.code in QUARANTINED and self.quarantine is not None
+                    and msg.document_id not in self.registry.erased):  # erased stays erased
                 await self._keep(conn, msg, err)
             raise
 
@@ -130,18 +199,29 @@ class Synchronizer:
             log.exception("household %s: could not quarantine refused data", msg.document_id)
 
     async def _handle(self, conn: Connection, msg: wire.Sync) -> None:
-        actor = await self.registry.get(msg.document_id)
-        if actor is None:
-            if isinstance(msg, wire.Request) or msg.document_id in self.registry.erased:
-                self._unavailable(conn, msg.document_id)
+        hid = msg.document_id
+        # A household this device may not sync, or one erased, takes the path of an id the
+        # server does not know, answer for answer: nobody learns which ids exist. Access is
+        # decided on the registry's row, so a hidden household is never loaded for it.
+        record = await self._record(hid)
+        if record is not None and await self._may_sync(conn, record):
+            actor = await self.registry.get(hid)
+            if actor is not None:
+                actor.subscribers.add(conn)
+                await self._merge(actor, conn, msg)
                 return
-            await self._create(conn, msg)
-            return
-        if not await self._may_sync(conn, actor):
-            self._unavailable(conn, actor.id)  # byte for byte the answer for no such household
-            return
-        actor.subscribers.add(conn)
-        await self._merge(actor, conn, msg)
+        if isinstance(msg, wire.Request):
+            self._unavailable(conn, hid)
+        else:
+            await self._create(conn, msg, taken=record is not None or hid in self.registry.erased)
+
+    async def _record(self, household_id: str) -> HouseholdRecord | None:
+        """The household's registry row (from its resident copy when there is one); None
+        for an id never registered."""
+        actor = self.registry.resident(household_id)
+        if actor is not None:
+            return actor.record
+        return await self.store.household(household_id)
 
     async def record(self, conn: Connection, kind: str, household_id: str | None = None,
                      **detail: Any) -> None:
@@ -167,26 +247,30 @@ class Synchronizer:
     def _unavailable(self, conn: Connection, household_id: str) -> None:
         conn.send(wire.DocUnavailable(self.server_peer_id, conn.peer_id or "", household_id))
 
-    async def _may_sync(self, conn: Connection, actor: HouseholdActor) -> bool:
+    async def _may_sync(self, conn: Connection, record: HouseholdRecord) -> bool:
         """Decided once per connection and household (a team change applies from the next
         session; revoking a device cuts its sessions at once)."""
-        allowed = conn.access.get(actor.id)
+        allowed = conn.access.get(record.id)
         if allowed is None:
             user = _user(conn)
             team: tuple[str, ...] = ()
-            if user.role == "worker" and actor.id in await self.caseload(conn):
+            if user.role == "worker" and record.id in await self.caseload(conn):
                 team = (user.id,)  # the user is on the team; that is all may_* need to know
-            allowed = conn.access[actor.id] = access.may_sync(user, actor.record, team)
-            conn.writable[actor.id] = access.may_write(user, actor.record, team)
+            allowed = conn.access[record.id] = access.may_sync(user, record, team)
+            conn.writable[record.id] = access.may_write(user, record, team)
         return allowed
 
     @staticmethod
     def _check_batch(conn: Connection, household_id: str, new: Sequence[Any]) -> None:
         """Refuse a batch the device may not write, or whose changes are not its own."""
-        device = _device(conn)
         if not conn.writable.get(household_id, False):
             raise Refused("this device may read this household but not change it",
                           code=ErrorCode.READ_ONLY, document_id=household_id)
+        Synchronizer._check_actors(conn, household_id, new)
+
+    @staticmethod
+    def _check_actors(conn: Connection, household_id: str, new: Sequence[Any]) -> None:
+        device = _device(conn)
         foreign = [c for c in new if c.actor_id not in device.actor_ids]
         if foreign:
             raise Refused(f"{len(foreign)} change(s) carry an actor id not registered to this "
@@ -199,12 +283,10 @@ class Synchronizer:
             fork = _fork_for(conn, actor)
             before = actor.doc.get_heads()
             try:
-                fork.receive_sync_message(conn.sync_state(hid), Message.decode(msg.data))
-            except Exception as exc:  # malformed or truncated Automerge bytes
+                receive(fork, conn.sync_state(hid), msg.data, hid)
+            except DocumentError:
                 conn.reset_sync_state(hid)
-                raise DocumentError("sync data is not a valid Automerge sync message",
-                                    code=ErrorCode.MALFORMED_SYNC_DATA,
-                                    document_id=hid) from exc
+                raise
             new = fork.get_changes(before)
             if not new:
                 # Nothing applied, but the fork may hold changes queued for a missing
@@ -212,10 +294,23 @@ class Synchronizer:
                 # back; dropping them left ~2% of syncs never converging). They are this
                 # peer's alone, so the fork is kept for its next message, not made the
                 # household's copy: a batch refused later must leave nothing behind (its
-                # queued changes clashed with the device's re-applied ones).
-                conn.held[hid] = fork
+                # queued changes clashed with the device's re-applied ones). Bounded: a
+                # device cannot make the server keep messages that never apply.
+                held = conn.held_bytes.get(hid, 0) + len(msg.data)
+                if held > HELD_BYTES:
+                    conn.reset_sync_state(hid)
+                    raise DocumentError(f"more than {HELD_BYTES} bytes of changes wait for a "
+                                        f"dependency that never came; nothing of them was "
+                                        f"kept", code=ErrorCode.LIMIT_EXCEEDED, document_id=hid)
+                conn.held[hid], conn.held_bytes[hid] = fork, held
                 self._answer_from(fork, hid, conn)
                 return
+            conn.held_bytes.pop(hid, None)
+            try:
+                check_encoding(before, new, fork, hid)
+            except DocumentError:
+                conn.reset_sync_state(hid)
+                raise
             checks_started = time.perf_counter()
             try:
                 self._check_batch(conn, hid, new)
@@ -223,7 +318,7 @@ class Synchronizer:
                 touched = touched_prefixes(fork, before) if read is None else read[0]
                 sections = None if touched is None else {p[0] for p in touched}
                 _check_schema(hid, fork, touched=touched)
-                _check_policy(hid, actor.doc, fork, _user(conn), sections)
+                _check_policy(actor.record, actor.doc, fork, _user(conn), sections)
             except Refused:
                 conn.reset_sync_state(hid)  # the fork, and everything in it, is dropped
                 raise
@@ -238,6 +333,11 @@ class Synchronizer:
             started = time.perf_counter()
             self.check_seconds += started - checks_started
             self.batches_checked += 1
+            try:
+                _not_revoked(conn, hid)  # revoked while this batch was checked: not stored
+            except Refused:
+                conn.reset_sync_state(hid)
+                raise
             try:
                 result = await self.store.append_changes(hid, stored(new), _author(conn))
             except Exception as exc:
@@ -270,17 +370,26 @@ class Synchronizer:
             self._answer(actor, list(actor.subscribers))
             await self._maybe_snapshot(actor)
 
-    async def _create(self, conn: Connection, msg: wire.Sync) -> None:
+    async def _create(self, conn: Connection, msg: wire.Sync, *, taken: bool) -> None:
+        """A ``sync`` for an id this device sees no household under: a creation. ``taken``:
+        the id is in use (a household this device may not sync, or an erased one); every
+        answer up to the commit is then the one an unknown id gets, and the commit's place
+        is taken by ``doc-unavailable``."""
         hid = msg.document_id
         doc = Document()
         state = conn.sync_state(hid)
         try:
-            doc.receive_sync_message(state, Message.decode(msg.data))
-        except Exception as exc:
+            receive(doc, state, msg.data, hid)
+        except DocumentError:
             conn.reset_sync_state(hid)
-            raise DocumentError("sync data is not a valid Automerge sync message",
-                                code=ErrorCode.MALFORMED_SYNC_DATA, document_id=hid) from exc
+            raise
         new = doc.get_changes([])
+        if new:
+            try:
+                check_encoding([], new, doc, hid)
+            except DocumentError:
+                conn.reset_sync_state(hid)
+                raise
         if not new:
             # Handshake for a household the device has and the server does not (yet):
             # answer from the empty document so the device sends its changes.
@@ -301,53 +410,50 @@ class Synchronizer:
             conn.reset_sync_state(hid)
             raise Refused("this user may not register households in this locality",
                           code=ErrorCode.CREATION_REFUSED, document_id=hid)
-        conn.writable[hid] = True
         try:
-            self._check_batch(conn, hid, new)
+            self._check_actors(conn, hid, new)
         except Refused:
             conn.reset_sync_state(hid)
             raise
-        conn.access[hid] = True
+        if taken:
+            conn.reset_sync_state(hid)
+            self._unavailable(conn, hid)
+            return
+        _not_revoked(conn, hid)
         try:
-            result = await self.store.create_household(record, stored(new), _author(conn))
+            result = await self.store.create_household(
+                record, stored(new), _author(conn), team=[user.id, *team_user_ids(doc)])
+        except HouseholdErased:
+            self.registry.erased.add(hid)
+            conn.reset_sync_state(hid)
+            self._unavailable(conn, hid)
+            return
+        except HouseholdIdTaken:
+            # Registered by another connection since this message arrived: from here on it
+            # is an existing household, with its access check (on a caseload read anew: it
+            # may be this user's household, registered from another of its sessions).
+            conn.reset_sync_state(hid)
+            conn.team_households = None
+            conn.access.pop(hid, None)
+            await self._handle(conn, msg)
+            return
         except Exception as exc:
             conn.reset_sync_state(hid)
             log.exception("household %s: creating failed", hid)
             raise StorageError("the server could not store this household; retry later",
                                document_id=hid) from exc
+        conn.access[hid] = conn.writable[hid] = True
         self.changes_persisted += result.inserted
-        if result.inserted == len(new):
-            await self._initial_team(hid, user.id, doc)
-            if conn.team_households is not None:
-                conn.team_households.add(hid)
-        if result.inserted == len(new) and self.registry.resident(hid) is None:
+        if conn.team_households is not None:
+            conn.team_households.add(hid)
+        actor = self.registry.resident(hid)
+        if actor is None:
             actor = self.registry.admit_new(HouseholdActor(
                 record, doc, snapshot_bytes=0, bytes_since_snapshot=result.inserted_bytes,
                 last_seq=result.last_seq))
-            actor.subscribers.add(conn)
-            async with actor.lock:
-                self._answer(actor, list(actor.subscribers))
-            return
-        # The household existed already (another connection created it concurrently), so
-        # this document may be partial: continue from the stored one, the normal way.
-        conn.reset_sync_state(hid)
-        existing = await self.registry.get(hid)
-        if existing is None:  # just committed, so only a vanished database gets here
-            raise StorageError("the household could not be read back; retry later",
-                               document_id=hid)
-        existing.subscribers.add(conn)
-        await self._merge(existing, conn, msg)
-
-    async def _initial_team(self, hid: str, creator: str, doc: Document) -> None:
-        """The creator, plus the users the household's own ``team`` map names."""
-        members = {creator} | set(team_user_ids(doc))
-        known = [u for u in members if await self.identity.user(u) is not None]
-        try:
-            await self.identity.set_team(hid, known)
-        except Exception as exc:
-            log.exception("household %s: setting its first team failed", hid)
-            raise StorageError("the household was stored but its team was not; "
-                               "ask a supervisor to set it", document_id=hid) from exc
+        actor.subscribers.add(conn)
+        async with actor.lock:
+            self._answer(actor, list(actor.subscribers))
 
     def _answer(self, actor: HouseholdActor, targets: Sequence[Connection]) -> None:
         for target in targets:
@@ -484,7 +590,13 @@ class Synchronizer:
         if not new:
             return result, False
         _check_schema(actor.id, fork)
-        stored_result = await self.store.append_changes(actor.id, stored(new), author)
+        place = (_scalar(fork, "locality", actor.id), _scalar(fork, "county", actor.id))
+        if place != (actor.record.locality, actor.record.county):  # an approved move
+            record = replace(actor.record, locality=place[0], county=place[1])
+            stored_result = await self.store.move_household(record, stored(new), author)
+            actor.record = record
+        else:
+            stored_result = await self.store.append_changes(actor.id, stored(new), author)
         self.changes_persisted += stored_result.inserted
         actor.doc = fork
         actor.bytes_since_snapshot += stored_result.inserted_bytes
@@ -590,15 +702,26 @@ def _check_schema(household_id: str, merged: Document,
                       code=ErrorCode.SCHEMA_VIOLATION, document_id=household_id)
 
 
-def _check_policy(household_id: str, before: Document, after: Document, user: User,
+def _check_policy(record: HouseholdRecord, before: Document, after: Document, user: User,
                   sections: set[str | int] | None = None) -> None:
     """Structural paths of an active household change only through approved requests
-    (applied by the server); decision fields only by the county's supervisors.
+    (applied by the server); a household's place (locality, county) only that way, in
+    every status and for every role; decision fields only by the supervisors of the
+    household's county (the registry's, ``record``: the one place every check reads).
     ``sections``: the top-level sections the batch touched (None = unknown: check all);
     a rule whose sections were not touched cannot be broken and is not read."""
+    household_id = record.id
 
     def touched(*names: str) -> bool:
         return sections is None or any(n in sections for n in names)
+
+    if touched(*policy.PLACE_FIELDS):
+        moved = policy.place_violations(before, after)
+        if moved:
+            paths = ", ".join(_public_path(v.path) for v in moved)
+            raise Refused(f"protected path(s) changed without an approved change request: "
+                          f"{paths}; a household moves only by an approved move_household "
+                          f"request", code=ErrorCode.PROTECTED_PATH, document_id=household_id)
 
     if user.role == "worker" and touched("members", "team", "status"):
         violations = policy.protected_violations(before, after)
@@ -607,8 +730,7 @@ def _check_policy(household_id: str, before: Document, after: Document, user: Us
             raise Refused(f"protected path(s) changed without an approved change request: "
                           f"{paths}; file a change request instead",
                           code=ErrorCode.PROTECTED_PATH, document_id=household_id)
-    county = before.get(ROOT, "county")
-    same_county = county is not None and county[0][1] == user.county
+    same_county = record.county == user.county
     for check, section in ((policy.decision_violations, "change_requests"),
                            (policy.cancel_violations, "service_plan")):
         if not touched(section):
@@ -631,6 +753,12 @@ def _public_path(path: Sequence[str | int]) -> str:
         parts.append(str(seg) if known else "*")
         spec = schema.child_spec(spec, seg) if spec is not None else None
     return "/".join(parts) or "/"
+
+
+def _not_revoked(conn: Connection, household_id: str) -> None:
+    if conn.revoked:
+        raise Refused("this device was revoked; nothing of this batch was stored",
+                      code=ErrorCode.DEVICE_REVOKED, document_id=household_id)
 
 
 def _device(conn: Connection) -> Device:

@@ -13,12 +13,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from automerge.core import Document, Message, SyncState
+from automerge.core import Document, SyncState
 
 from .config import Settings
+from .errors import DocumentError
 from .identity import IdentityStore
 from .keycmd import _store
 from .keys import KeyRingError, load_keyring
+from .pipeline import receive
+from .preflight import DEFAULT_LIMITS, Limits, check_sync_message
 from .quarantine import Quarantine
 
 
@@ -31,12 +34,15 @@ def add_quarantine_commands(sub: argparse._SubParsersAction) -> None:
     show.add_argument("id", type=int)
 
 
-def changes_in(data: bytes, base: Document | None) -> list:
+def changes_in(data: bytes, base: Document | None, limits: Limits = DEFAULT_LIMITS) -> list:
     """The changes a sync message carries that ``base`` (the household as stored, or an
-    empty document for a refused creation) does not have: applied to a copy to read them."""
+    empty document for a refused creation) does not have: applied to a copy to read them.
+    Bounded first, as the server bounds it (a refused input may be built to exhaust
+    whoever reads it): raises DocumentError when it is over a limit or malformed."""
+    check_sync_message(data, limits)
     doc = base.fork() if base is not None else Document()
     before = doc.get_heads()
-    doc.receive_sync_message(SyncState(), Message.decode(data))
+    receive(doc, SyncState(), data, "quarantine")
     return doc.get_changes(before)
 
 
@@ -71,9 +77,9 @@ async def run_quarantine(settings: Settings, args: argparse.Namespace) -> int:
             loaded = await store.load(r.household_id)
             base = Document.load(loaded.document_bytes()) if loaded is not None else None
         try:
-            changes = changes_in(data, base)
-        except Exception:
-            print(f"content:    {len(data)} bytes that are not a valid Automerge sync message")
+            changes = changes_in(data, base, settings.limits)
+        except DocumentError as err:
+            print(f"content:    {len(data)} bytes, not read: {err.message}")
             return 0
         device = await IdentityStore(store._engine).device(r.device_id) if r.device_id else None
         print(f"content:    {len(data)} bytes, {len(changes)} change(s)")

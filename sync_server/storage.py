@@ -106,6 +106,14 @@ class HouseholdErased(LookupError):
         self.household_id = household_id
 
 
+class HouseholdIdTaken(LookupError):
+    """A creation named an id that is registered already: nothing was stored."""
+
+    def __init__(self, household_id: str) -> None:
+        super().__init__(f"household id {household_id} is registered already")
+        self.household_id = household_id
+
+
 @dataclass(frozen=True, slots=True)
 class ErasureResult:
     household_id: str
@@ -182,10 +190,18 @@ class HouseholdStore(Protocol):
 
     async def create_household(self, record: HouseholdRecord,
                                first_changes: Sequence[StoredChange],
-                               author: Author | None = None) -> AppendResult:
-        """Register ``record`` and log its first changes in one transaction.
+                               author: Author | None = None,
+                               team: Sequence[str] = ()) -> AppendResult:
+        """Register ``record``, log its first changes and put the existing users of
+        ``team`` on its team, in one transaction.
 
-        Registering an id that exists already only appends the changes (idempotent)."""
+        An id registered already stores nothing and raises :class:`HouseholdIdTaken`
+        (:class:`HouseholdErased` if it was erased)."""
+        ...
+
+    async def move_household(self, record: HouseholdRecord, new: Sequence[StoredChange],
+                             author: Author | None = None) -> AppendResult:
+        """Log ``new`` and set the household's locality and county, in one transaction."""
         ...
 
     async def household(self, household_id: str) -> HouseholdRecord | None: ...
@@ -245,6 +261,13 @@ _APPEND = sa.text("""
     sa.bindparam("bodies", type_=postgresql.ARRAY(sa.LargeBinary)),
     sa.bindparam("devices", type_=postgresql.ARRAY(sa.Text)),
 )
+
+
+#: A new household's first team: the named users that exist.
+_TEAM = sa.text("""
+    INSERT INTO household_team (household_id, user_id)
+    SELECT :household, u.id FROM users u WHERE u.id = ANY(:users)
+""").bindparams(sa.bindparam("users", type_=postgresql.ARRAY(sa.Text)))
 
 
 async def _insert_changes(conn: AsyncConnection,
@@ -467,35 +490,51 @@ class PostgresStore:
 
     async def create_household(self, record: HouseholdRecord,
                                first_changes: Sequence[StoredChange],
-                               author: Author | None = None) -> AppendResult:
-        """Register ``record``, its data key and its first changes in one transaction.
+                               author: Author | None = None,
+                               team: Sequence[str] = ()) -> AppendResult:
+        """Register ``record``, its data key, its first changes and its team (the users of
+        ``team`` that exist) in one transaction.
 
-        If the id is registered already, its stored key is used (or :class:`HouseholdErased`
-        raised: an erased household's id is never registered again)."""
+        An id registered already (by another connection a moment ago, or erased) stores
+        nothing and raises :class:`HouseholdIdTaken` (:class:`HouseholdErased` for an
+        erased one): a creation never writes into someone else's household."""
         await self.verify_master_key()
         new_key, wrapped = self.keyring.new_data_key(record.id)
         async with self._engine.begin() as conn:
-            await conn.execute(
+            registered = (await conn.execute(
                 postgresql.insert(households)
                 .values(id=record.id, locality=record.locality, county=record.county)
-                .on_conflict_do_nothing(index_elements=["id"]))
-            created = (await conn.execute(
-                postgresql.insert(household_keys)
-                .values(household_id=record.id, wrapped=wrapped.wrapped,
-                        master_version=wrapped.master_version)
-                .on_conflict_do_nothing(index_elements=["household_id"])
-                .returning(household_keys.c.household_id))).first()
-            if created is not None:
-                key = new_key
-            else:
+                .on_conflict_do_nothing(index_elements=["id"])
+                .returning(households.c.id))).first()
+            if registered is None:
                 self.keyring.forget(record.id)  # read what is stored now, not a cached copy
-                keys, errors = await self._data_keys(conn, [record.id])
-                if record.id in errors:
+                _, errors = await self._data_keys(conn, [record.id])
+                if isinstance(errors.get(record.id), HouseholdErased):
                     raise errors[record.id]
-                key = keys[record.id]
+                raise HouseholdIdTaken(record.id)
+            await conn.execute(household_keys.insert().values(
+                household_id=record.id, wrapped=wrapped.wrapped,
+                master_version=wrapped.master_version))
+            if team:  # who may sync it is known the moment it exists
+                await conn.execute(_TEAM, {"household": record.id, "users": sorted(set(team))})
             result = (await _insert_changes(conn, [(record.id, first_changes, author)],
+                                            {record.id: new_key}, self.audit))[record.id]
+        self.keyring.remember(new_key)  # only once committed
+        self.committed()
+        return result
+
+    async def move_household(self, record: HouseholdRecord, new: Sequence[StoredChange],
+                             author: Author | None = None) -> AppendResult:
+        """Log ``new`` (the server's change applying an approved ``move_household``) and
+        set the household's locality and county to ``record``'s, in one transaction: the
+        registry row and the document never disagree about where a household is."""
+        await self.verify_master_key()
+        key = await self.data_key(record.id)
+        async with self._engine.begin() as conn:
+            await conn.execute(sa.update(households).where(households.c.id == record.id)
+                               .values(locality=record.locality, county=record.county))
+            result = (await _insert_changes(conn, [(record.id, new, author)],
                                             {record.id: key}, self.audit))[record.id]
-        self.keyring.remember(key)  # only once committed
         self.committed()
         return result
 

@@ -28,6 +28,12 @@ from .errors import ErrorCode, ProtocolError
 
 PROTOCOL_VERSION = "1"
 
+#: Longest peer id or document id a message may carry (automerge-repo's are 20-40
+#: characters). Checked before anything parses an id: a longer one is ``limit-exceeded``.
+MAX_ID_CHARS = 128
+#: Longest free text (an ``error`` message) a message may carry.
+MAX_TEXT_CHARS = 4096
+
 
 @dataclass(frozen=True, slots=True)
 class Join:
@@ -140,8 +146,9 @@ class Error:
     @classmethod
     def from_wire(cls, m: dict[str, Any]) -> Error:
         doc = m.get("documentId")
-        return cls(_str(m, "senderId"), _str(m, "message"), str(m.get("code", "")),
-                   doc if isinstance(doc, str) else None)
+        return cls(_str(m, "senderId"), _str(m, "message", MAX_TEXT_CHARS),
+                   _str(m, "code", MAX_ID_CHARS) if "code" in m else "",
+                   doc if isinstance(doc, str) and len(doc) <= MAX_ID_CHARS else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,8 +188,9 @@ class Caseload:
     @classmethod
     def from_wire(cls, m: dict[str, Any]) -> Caseload:
         ids = m.get("documentIds")
-        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-            raise _bad("vatra-caseload.documentIds must be a list of strings")
+        if not isinstance(ids, list) or not all(isinstance(i, str) and len(i) <= MAX_ID_CHARS
+                                                for i in ids):
+            raise _bad("vatra-caseload.documentIds must be a list of document ids")
         return cls(_str(m, "senderId"), _str(m, "targetId"), tuple(ids))
 
 
@@ -247,10 +255,13 @@ def _bad(what: str) -> ProtocolError:
     return ProtocolError(what, code=ErrorCode.MALFORMED_MESSAGE)
 
 
-def _str(m: dict[str, Any], key: str) -> str:
+def _str(m: dict[str, Any], key: str, limit: int = MAX_ID_CHARS) -> str:
     value = m.get(key)
     if not isinstance(value, str):
         raise _bad(f"field {key!r} must be a string")
+    if len(value) > limit:
+        raise ProtocolError(f"field {key!r} is longer than {limit} characters",
+                            code=ErrorCode.LIMIT_EXCEEDED)
     return value
 
 

@@ -105,6 +105,7 @@ def test_enumerations():
         "change_team",
         "close_household",
         "reopen_household",
+        "move_household",
     }
     assert set(s.HOUSEHOLD.fields) == {
         "schema", "locality", "county", "address", "gps", "status", "team", "members",

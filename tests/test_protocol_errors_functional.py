@@ -341,12 +341,14 @@ async def test_a_client_that_skips_the_session_handshake_is_refused(server, team
 
 async def test_another_teams_household_is_answered_as_if_it_did_not_exist(
         server, provision, team: Team) -> None:
-    """A device of another team asking for a household gets ``doc-unavailable``, and the
-    decrypted frame is byte for byte the answer for a household that does not exist: the
-    same id asked for before and after the household was created on the server, for a
-    ``request`` and a ``sync``; and for the team's existing household, the answer for an
-    unknown id with the document id set to it. The connection stays open, and the
-    household's fan-out never reaches it."""
+    """A device of another team asking for a household gets, byte for byte, the answer
+    for a household that does not exist: the same id asked for before and after the
+    household was created on the server, and for the team's existing household the
+    answer for an unknown id with the document id set to it. For a ``request`` that is
+    ``doc-unavailable``; for a ``sync`` with nothing in it, the empty document's answer
+    (an unknown id's ``sync`` is the start of a creation; answering a hidden household's
+    with ``doc-unavailable`` instead told which ids exist). The connection stays open,
+    and the household's fan-out never reaches it."""
     outsider = await provision.tablet("outsider", "sw-9")
     own = outsider.create_household(locality="54975", county="CJ", address="Str. Alta 9",
                                     created_by="sw-9")
@@ -372,11 +374,21 @@ async def test_another_teams_household_is_answered_as_if_it_did_not_exist(
     summary = await SyncClient(team.replica, server.url).sync()
     assert summary.rejected == [] and team.replica.is_saved(later.household_id)
 
+    async def first_answer(hid: str) -> bytes:
+        msg = await peer.push(Document(actor_id=outsider.actor_id), hid, strict=False)
+        assert isinstance(msg, wire.Sync) and msg.document_id == hid, msg
+        return peer.last_frame
+
+    def with_id(frame: bytes, hid: str) -> bytes:
+        return cbor2.dumps({**cbor2.loads(frame), "documentId": hid})
+
     async with raw_peer(server.url, outsider, peer_id=peer_id) as peer:
         assert await ask(later.household_id) == absent
-        assert await ask(later.household_id, wire.Sync) == absent
         denied = await ask(team.hid)
-        assert await ask(team.hid, wire.Sync) == denied
+        unknown_sync = await first_answer(new_household_id())
+        assert await first_answer(later.household_id) == with_id(unknown_sync,
+                                                                 later.household_id)
+        assert await first_answer(team.hid) == with_id(unknown_sync, team.hid)
         template = wire.decode(absent_other)
         assert wire.encode(template) == absent_other
         assert denied == wire.encode(dataclasses.replace(template, document_id=team.hid))
