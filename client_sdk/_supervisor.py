@@ -7,7 +7,7 @@ from typing import Any
 
 import aiohttp
 
-from sync_server.http_auth import sign
+from sync_server.protocol.http_auth import sign
 
 from ._errors import NotEnrolled, ServerRejected
 from ._replica import Replica

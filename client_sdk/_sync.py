@@ -35,9 +35,9 @@ from dataclasses import dataclass, field
 import aiohttp
 from automerge.core import Document, Message, SyncState
 
-from sync_server import wire
-from sync_server.errors import ProtocolError
-from sync_server.session import SessionError, open_session
+from sync_server.protocol import wire
+from sync_server.protocol.errors import ProtocolError
+from sync_server.protocol.session import SessionError, open_session
 
 from ._errors import NotEnrolled, ServerRejected, SyncFailed, SyncStalled
 from ._recovery import RECOVERABLE_CODES, Recovery, rebase

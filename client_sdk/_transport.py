@@ -1,6 +1,6 @@
 """Frames to and from the server over an aiohttp client WebSocket.
 
-The same cut as the server's :mod:`sync_server.channel`: whole frames only,
+The same cut as the server's :mod:`sync_server.protocol.channel`: whole frames only,
 so an encrypting session can wrap it without changing the sync logic.
 """
 
@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import ClientWebSocketResponse, WSMsgType
 
-from sync_server.session import SecureChannel, open_session
+from sync_server.protocol.session import SecureChannel, open_session
 
 if TYPE_CHECKING:
     from ._enroll import Credentials

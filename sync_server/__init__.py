@@ -1,16 +1,18 @@
 """Vatra sync server: households as Automerge documents, merged, persisted and fanned out.
 
-The pipeline for one incoming ``sync`` message, one module per stage::
+The tree is the pipeline, in layers; a layer imports only the ones below it (checked by
+import-linter, ``pyproject.toml``)::
 
-    channel.py     frames in and out of one WebSocket (the E2E session layer slots in here)
-    wire.py        CBOR frames <-> automerge-repo messages
-    connection.py  one peer: handshake state, per-household SyncState, bounded outbox
-    dispatch.py    one peer's message loop: join, then households in order, several at once
-    households.py  resident household documents: load, evict, one lock each
-    pipeline.py    apply on a fork -> collect new changes -> persist -> swap -> fan out
-    storage.py     the store interface and its PostgreSQL implementation
-    app.py         the aiohttp application and the VatraServer service
+    cli/         the ``vatra`` command
+    app.py       builds and wires every service, owns the long-lived tasks
+    config.py    settings, read once from the environment
+    api/         HTTP faces: approvals, read API, enrollment, operations, OpenAPI
+    gateway/     one peer: WebSocket endpoint, connection, dispatch, revocation
+    projection/  rows for the web tier, the projector, the read model
+    sync/        the pipeline: households, fork -> check -> persist -> swap -> fan out
+    auth/        identity, enrollment, access rules, grants
+    store/       PostgreSQL: store contract, keys, audit, quarantine, tables, migrations
+    protocol/    the wire contract shared with the client (``client_sdk`` imports only this)
 
-This package's ``__init__`` imports nothing heavy: ``client_sdk`` imports
-``sync_server.wire`` and ``sync_server.errors`` only.
+See ARCHITECTURE.md. This ``__init__`` imports nothing.
 """

@@ -25,22 +25,23 @@ from nacl.signing import SigningKey, VerifyKey
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from . import approvals, webapi
-from .channel import WebSocketChannel
-from .config import Settings
-from .connection import Connection
-from .database import database_url, make_engine, migrate
-from .dispatch import TokenBucket, serve_connection
-from .enrollment import IDENTITY, LIMITER, SERVER_KEY, FailureLimiter, enroll
-from .errors import ErrorCode, ProtocolError, VatraError
-from .households import HouseholdRegistry
-from .identity import REVOCATIONS, Device, IdentityStore, load_server_identity
-from .nonces import NonceStore
-from .pipeline import Synchronizer
-from .projector import Projector
-from .quarantine import Quarantine
-from .session import accept_session
-from .storage import PostgresStore
+from sync_server.api import approvals
+from sync_server.api import read as webapi
+from sync_server.auth.enrollment import IDENTITY, LIMITER, SERVER_KEY, FailureLimiter, enroll
+from sync_server.auth.identity import REVOCATIONS, Device, IdentityStore, load_server_identity
+from sync_server.config import Settings
+from sync_server.gateway.connection import Connection
+from sync_server.gateway.dispatch import TokenBucket, serve_connection
+from sync_server.projection.projector import Projector
+from sync_server.protocol.channel import WebSocketChannel
+from sync_server.protocol.errors import ErrorCode, ProtocolError, VatraError
+from sync_server.protocol.session import accept_session
+from sync_server.store.database import database_url, make_engine, migrate
+from sync_server.store.nonces import NonceStore
+from sync_server.store.postgres import PostgresStore
+from sync_server.store.quarantine import Quarantine
+from sync_server.sync.households import HouseholdRegistry
+from sync_server.sync.pipeline import Synchronizer
 
 log = logging.getLogger(__name__)
 

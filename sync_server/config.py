@@ -33,7 +33,7 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .preflight import Limits
+from sync_server.protocol.preflight import Limits
 
 
 @dataclass(frozen=True, slots=True)

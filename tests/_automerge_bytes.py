@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 
-from sync_server.preflight import MAGIC, Reader
+from sync_server.protocol.preflight import MAGIC, Reader
 
 
 def uleb(n: int) -> bytes:

@@ -27,9 +27,9 @@ from automerge.core import Document, Message, SyncState
 
 from client_sdk import Replica
 from client_sdk._transport import ClientChannel
-from sync_server import wire
-from sync_server.channel import FrameChannel
-from sync_server.session import SecureChannel, open_session
+from sync_server.protocol import wire
+from sync_server.protocol.channel import FrameChannel
+from sync_server.protocol.session import SecureChannel, open_session
 
 TIMEOUT = 10.0
 

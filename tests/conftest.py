@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
-from sync_server.database import embedded_postgres, make_engine, migrate
-from sync_server.keys import KeyRing, parse_key
-from sync_server.storage import PostgresStore
+from sync_server.store.database import embedded_postgres, make_engine, migrate
+from sync_server.store.keys import KeyRing, parse_key
+from sync_server.store.postgres import PostgresStore
 
 TEMPLATE = "vatra_test_template"
 #: The master key of every test store and server (version 1; base64 of 32 bytes).
@@ -118,7 +118,7 @@ def provision(server, tmp_path: Path):
     """Users and enrolled tablets on the ``server`` fixture, made the way an admin and a
     tablet make them (enrollment code over HTTP). ``await provision.tablet("ana")``."""
     from sync_server.app import IDENTITY
-    from sync_server.provision import Provisioner
+    from vatra_devtools.provision import Provisioner
 
     class TestProvisioner(Provisioner):
         async def tablet(self, name: str, user_id: str | None = None, **kw):  # type: ignore[override]

@@ -12,10 +12,10 @@ from automerge.core import ROOT, ScalarType
 
 from client_sdk import ServerRejected, SyncClient
 from client_sdk._transport import ClientChannel
-from sync_server import wire
 from sync_server.app import ENGINE as ENGINE_KEY
 from sync_server.app import IDENTITY, SYNCHRONIZER
-from sync_server.session import open_session
+from sync_server.protocol import wire
+from sync_server.protocol.session import open_session
 
 pytestmark = pytest.mark.functional
 
@@ -134,7 +134,7 @@ async def test_revocation_cuts_the_live_session_and_wipes_the_tablet(server, pro
 
 
 def test_token_bucket_allows_a_burst_then_the_rate() -> None:
-    from sync_server.dispatch import TokenBucket
+    from sync_server.gateway.dispatch import TokenBucket
 
     now = [0.0]
     bucket = TokenBucket(rate=2, burst=3, clock=lambda: now[0])
@@ -157,7 +157,7 @@ async def test_a_flooding_session_is_closed_and_others_go_on(server, tmp_path) -
     import dataclasses
 
     from sync_server.app import VatraServer
-    from sync_server.provision import Provisioner
+    from vatra_devtools.provision import Provisioner
 
     strict = dataclasses.replace(server.settings, port=0, message_burst=5,
                                  messages_per_second=0.01)
@@ -185,7 +185,7 @@ async def test_concurrent_sessions_per_device_are_limited(server, tmp_path) -> N
     import dataclasses
 
     from sync_server.app import VatraServer
-    from sync_server.provision import Provisioner
+    from vatra_devtools.provision import Provisioner
 
     async with VatraServer(dataclasses.replace(server.settings, port=0,
                                                sessions_per_device=1)) as small:
@@ -290,7 +290,7 @@ async def test_vatra_quarantine_list_and_show(server, provision, database_url) -
 async def test_the_server_writes_its_own_changes_through_the_pipeline(server, provision) -> None:
     """A server change (as used for approvals) is validated, stored with its author,
     audited, and reaches the team's tablets by sync."""
-    from sync_server.storage import Author
+    from sync_server.store.postgres import Author
 
     ana = await provision.tablet("ana")
     hid = register(ana)
@@ -302,7 +302,7 @@ async def test_the_server_writes_its_own_changes_through_the_pipeline(server, pr
     assert [e["kind"] for e in ana.household(hid).activity()][-1] == "approval"
     import sqlalchemy as sa
 
-    from sync_server.audit import audit
+    from sync_server.store.audit import audit
 
     async with server.app[ENGINE_KEY].connect() as conn:
         authors = (await conn.execute(sa.select(audit.c.user_id, audit.c.device_id).where(

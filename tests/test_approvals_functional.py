@@ -9,7 +9,7 @@ import pytest
 from client_sdk import ServerRejected, SupervisorClient, SyncClient
 from conflict import Household
 from sync_server.app import PROJECTOR, SYNCHRONIZER
-from sync_server.http_auth import sign
+from sync_server.protocol.http_auth import sign
 
 pytestmark = pytest.mark.functional
 

@@ -14,7 +14,7 @@ from sqlalchemy.exc import DBAPIError
 
 from client_sdk import SyncClient
 from sync_server.app import ENGINE, IDENTITY, STORE
-from sync_server.audit import audit
+from sync_server.store.audit import audit
 
 pytestmark = pytest.mark.functional
 

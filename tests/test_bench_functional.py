@@ -3,7 +3,7 @@
 Not a timing test: it checks that every figure is reported and that the
 workloads did what they claim (the changes table grew by exactly the edits
 made, and the raw baseline absorbed the same changes). Workload (a)'s tablets
-run in the ``sync_server.bench_tablets`` child process; no sync may stall
+run in the ``vatra_devtools.bench_tablets`` child process; no sync may stall
 (the Bloom false-positive livelock is fixed, see
 ``test_changes_queued_behind_a_bloom_false_positive_are_kept``).
 """
@@ -20,9 +20,9 @@ import pytest
 import sqlalchemy as sa
 from conftest import TEST_MASTER_KEY
 
-from sync_server.bench import SETUP_CHANGES_PER_HOUSEHOLD
-from sync_server.database import make_engine
-from sync_server.storage import changes
+from sync_server.store.database import make_engine
+from sync_server.store.postgres import changes
+from vatra_devtools.bench import SETUP_CHANGES_PER_HOUSEHOLD
 
 pytestmark = pytest.mark.functional
 

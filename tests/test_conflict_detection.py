@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from automerge.core import ROOT, Document, ScalarType
 
-from sync_server import conflicts
+from sync_server.sync import conflicts
 
 SERVER, ANA, NURSE = bytes([1]) * 16, bytes([2]) * 16, bytes([3]) * 16
 

@@ -13,8 +13,8 @@ import pytest
 from conftest import TEST_MASTER_KEY
 
 from client_sdk import SyncClient, SyncFailed
-from sync_server.identity import IdentityStore
-from sync_server.provision import Provisioner
+from sync_server.auth.identity import IdentityStore
+from vatra_devtools.provision import Provisioner
 
 pytestmark = pytest.mark.functional
 

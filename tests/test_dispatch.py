@@ -9,10 +9,10 @@ import asyncio
 
 import cbor2
 
-from sync_server import wire
-from sync_server.connection import Connection, ConnectionState
-from sync_server.dispatch import serve_connection
-from sync_server.errors import DocumentError, ErrorCode
+from sync_server.gateway.connection import Connection, ConnectionState
+from sync_server.gateway.dispatch import serve_connection
+from sync_server.protocol import wire
+from sync_server.protocol.errors import DocumentError, ErrorCode
 
 A, B, C = "2fiH6LVoDnXEUsYNHowu3UTBwJqk", "28aAsRt3GrXQfsoyNe34HFwh2NPZ", "2Y2USbTKGw3Q6MpUr1iuXstdBAb4"
 

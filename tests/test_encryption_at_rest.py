@@ -18,8 +18,8 @@ from client_sdk import SyncClient
 from conflict import Household
 from sync_server.app import VatraServer
 from sync_server.config import Settings
-from sync_server.database import embedded_postgres, make_engine, migrate
-from sync_server.keys import (
+from sync_server.store.database import embedded_postgres, make_engine, migrate
+from sync_server.store.keys import (
     CHANGE,
     QUARANTINE,
     SEAL_OVERHEAD,
@@ -35,8 +35,7 @@ from sync_server.keys import (
     read_key_file,
     write_key_file,
 )
-from sync_server.pipeline import stored
-from sync_server.storage import (
+from sync_server.store.postgres import (
     HouseholdErased,
     HouseholdRecord,
     PostgresStore,
@@ -44,6 +43,7 @@ from sync_server.storage import (
     household_keys,
     snapshots,
 )
+from sync_server.sync.pipeline import stored
 
 NAMES = ("Zamfirescu", "Theodora")
 SECRET_NOTE = "Zamfirescu Theodora, gate code 4711"

@@ -58,12 +58,12 @@ from hypothesis import strategies as st
 
 from client_sdk import Replica, SyncClient
 from conflict import new_household_id
-from sync_server import wire
-from sync_server.database import make_engine
-from sync_server.errors import ErrorCode
-from sync_server.http_auth import sign
-from sync_server.identity import IdentityStore
-from sync_server.provision import Provisioner
+from sync_server.auth.identity import IdentityStore
+from sync_server.protocol import wire
+from sync_server.protocol.errors import ErrorCode
+from sync_server.protocol.http_auth import sign
+from sync_server.store.database import make_engine
+from vatra_devtools.provision import Provisioner
 
 pytestmark = pytest.mark.functional
 

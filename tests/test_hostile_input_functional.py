@@ -31,16 +31,16 @@ from conftest import TEST_MASTER_KEY
 from client_sdk import SupervisorClient, SyncClient
 from client_sdk._transport import ClientChannel
 from conflict import new_household_id
-from sync_server import wire
 from sync_server.app import IDENTITY, PROJECTOR, STORE, SYNCHRONIZER, VatraServer
 from sync_server.config import Quotas
-from sync_server.errors import ErrorCode
-from sync_server.http_auth import sign
-from sync_server.projection import households as proj_households
-from sync_server.provision import Provisioner
-from sync_server.quarantine import quarantine
-from sync_server.session import ClientHandshake, FrameOpener, SecureChannel, open_session
-from sync_server.storage import households
+from sync_server.projection.rows import households as proj_households
+from sync_server.protocol import wire
+from sync_server.protocol.errors import ErrorCode
+from sync_server.protocol.http_auth import sign
+from sync_server.protocol.session import ClientHandshake, FrameOpener, SecureChannel, open_session
+from sync_server.store.postgres import households
+from sync_server.store.quarantine import quarantine
+from vatra_devtools.provision import Provisioner
 
 pytestmark = pytest.mark.functional
 
@@ -597,7 +597,7 @@ async def test_changes_waiting_for_a_missing_dependency_are_bounded(server, prov
     86 MB, from a read-only device too (nothing applied, so no write check ran). Now a
     household's waiting messages are bounded (``HELD_BYTES``): past it they are dropped
     and the device told ``limit-exceeded``."""
-    from sync_server.pipeline import HELD_BYTES
+    from sync_server.sync.pipeline import HELD_BYTES
 
     hid, _, (_ana, nat) = await active_household(server, provision,
                                                   ("nat-1", {"role": "national"}))

@@ -12,8 +12,8 @@ from nacl.public import PrivateKey
 from nacl.signing import SigningKey
 
 from sync_server.app import ENGINE
-from sync_server.enrollment import MAX_FAILURES_PER_ADDRESS, SERVER_KEY, FailureLimiter
-from sync_server.identity import MAX_FAILED_ATTEMPTS, IdentityError, IdentityStore
+from sync_server.auth.enrollment import MAX_FAILURES_PER_ADDRESS, SERVER_KEY, FailureLimiter
+from sync_server.auth.identity import MAX_FAILED_ATTEMPTS, IdentityError, IdentityStore
 
 pytestmark = pytest.mark.functional
 
@@ -103,7 +103,7 @@ def test_failure_limiter_window_slides() -> None:
 
 
 async def test_teams_and_revocation(ids: IdentityStore, store) -> None:
-    from sync_server.storage import HouseholdRecord
+    from sync_server.store.postgres import HouseholdRecord
 
     await ids.add_user("sw-ana", "worker")
     await ids.add_user("nurse-ioana", "worker")

@@ -9,9 +9,9 @@ import pytest
 import sqlalchemy as sa
 from test_storage_contract import HID, edits
 
-from sync_server.projection import households as proj_households
-from sync_server.projector import Projector
-from sync_server.storage import HouseholdRecord, household_keys
+from sync_server.projection.projector import Projector
+from sync_server.projection.rows import households as proj_households
+from sync_server.store.postgres import HouseholdRecord, household_keys
 
 pytestmark = pytest.mark.functional
 

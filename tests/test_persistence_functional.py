@@ -2,7 +2,7 @@
 
 Real PostgreSQL and real servers on free ports throughout, reached by enrolled
 devices through the end-to-end session (raw peers: ``tests/_rawpeer.py``); only
-the outbox test at the end drives :class:`sync_server.connection.Connection`
+the outbox test at the end drives :class:`sync_server.gateway.connection.Connection`
 through a fake :class:`FrameChannel` (pure logic: whether a stuck peer gets closed).
 """
 
@@ -23,14 +23,14 @@ from conftest import TEST_MASTER_KEY
 
 from client_sdk import Replica, SyncClient
 from conflict import Household
-from sync_server import wire
 from sync_server.app import CONNECTIONS, SYNCHRONIZER, VatraServer
-from sync_server.connection import Connection, ConnectionState
-from sync_server.enrollment import IDENTITY
-from sync_server.errors import ErrorCode
-from sync_server.pipeline import stored
-from sync_server.provision import Provisioner
-from sync_server.storage import changes, snapshots
+from sync_server.auth.enrollment import IDENTITY
+from sync_server.gateway.connection import Connection, ConnectionState
+from sync_server.protocol import wire
+from sync_server.protocol.errors import ErrorCode
+from sync_server.store.postgres import changes, snapshots
+from sync_server.sync.pipeline import stored
+from vatra_devtools.provision import Provisioner
 
 pytestmark = pytest.mark.functional
 

@@ -13,8 +13,8 @@ from automerge.core import ROOT, Document, Message, ObjType, ScalarType, SyncSta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sync_server.errors import DocumentError, ErrorCode
-from sync_server.preflight import Limits, Reader, check_sync_message
+from sync_server.protocol.errors import DocumentError, ErrorCode
+from sync_server.protocol.preflight import Limits, Reader, check_sync_message
 
 
 def message(*, heads: int = 0, haves: tuple[bytes, ...] = (),

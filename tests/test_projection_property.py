@@ -8,7 +8,7 @@ note changed; activity; addresses, so conflicts are recorded; GPS; change reques
 which the county's supervisor approves or rejects over HTTP), syncing in a random
 order. Meanwhile the server's own projector projects whatever state it sees. Then
 every tablet syncs until all have converged, the projector drains, and every ``proj``
-row of each household must equal what :func:`sync_server.projection.project` gives
+row of each household must equal what :func:`sync_server.projection.rows.project` gives
 for a converged tablet's document, compared column by column, ``updated_at``,
 ``updated_by`` and ``projected_seq`` included (they are computed here with the
 projector's own ``_log_facts`` for the newest change the server logged, so a stale
@@ -38,9 +38,9 @@ from conflict import Household
 from conflict.catalogue import load_catalogue
 from conflict.household import InvalidValueError
 from sync_server.app import ENGINE, PROJECTOR, STORE, SYNCHRONIZER
-from sync_server.projection import TABLES, latest_assessment, primary_key, project
-from sync_server.projector import _log_facts
-from sync_server.storage import changes, projection_outbox
+from sync_server.projection.projector import _log_facts
+from sync_server.projection.rows import TABLES, latest_assessment, primary_key, project
+from sync_server.store.postgres import changes, projection_outbox
 
 pytestmark = pytest.mark.functional
 

@@ -19,9 +19,9 @@ from test_projection_property import expected_rows, keyed, last_seq_of
 from test_projector_functional import rows_of
 
 from conflict import Household
-from sync_server.projection import households as projected
-from sync_server.projector import Projector
-from sync_server.storage import HouseholdRecord, StoredChange, projection_outbox
+from sync_server.projection.projector import Projector
+from sync_server.projection.rows import households as projected
+from sync_server.store.postgres import HouseholdRecord, StoredChange, projection_outbox
 
 pytestmark = pytest.mark.functional
 

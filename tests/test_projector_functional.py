@@ -19,10 +19,10 @@ from conftest import TEST_MASTER_KEY
 from client_sdk import SyncClient
 from conflict import Household
 from sync_server.app import ENGINE, PROJECTOR, STORE
-from sync_server.pipeline import stored
-from sync_server.projection import TABLES
-from sync_server.projector import projection_status
-from sync_server.storage import HouseholdRecord
+from sync_server.projection.projector import projection_status
+from sync_server.projection.rows import TABLES
+from sync_server.store.postgres import HouseholdRecord
+from sync_server.sync.pipeline import stored
 
 pytestmark = pytest.mark.functional
 

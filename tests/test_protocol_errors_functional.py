@@ -28,8 +28,8 @@ from automerge.core import ROOT, Document, Message, ObjType, ScalarType, SyncSta
 
 from client_sdk import Replica, SyncClient
 from conflict import Household, new_household_id
-from sync_server import wire
-from sync_server.errors import ErrorCode
+from sync_server.protocol import wire
+from sync_server.protocol.errors import ErrorCode
 
 pytestmark = pytest.mark.functional
 

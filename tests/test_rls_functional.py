@@ -7,10 +7,10 @@ import pytest
 import sqlalchemy as sa
 
 from conflict import Household
-from sync_server.pipeline import stored
-from sync_server.projection import SCHEMA, TABLES, WEB_ROLE
-from sync_server.projector import Projector
-from sync_server.storage import HouseholdRecord
+from sync_server.projection.projector import Projector
+from sync_server.projection.rows import SCHEMA, TABLES, WEB_ROLE
+from sync_server.store.postgres import HouseholdRecord
+from sync_server.sync.pipeline import stored
 
 pytestmark = pytest.mark.functional
 

@@ -1,4 +1,4 @@
-"""The household generator (:mod:`sync_server.seed`): deterministic, plausible and valid
+"""The household generator (:mod:`vatra_devtools.seed`): deterministic, plausible and valid
 documents; and a seeded caseload stored and projected on a real PostgreSQL.
 
 ``VATRA_SEED_HOUSEHOLDS`` sets how many households the functional test seeds (default
@@ -18,10 +18,17 @@ import sqlalchemy as sa
 
 from conflict import Household, validate
 from conflict.catalogue import ADULT_AGE, age_on, derive, load_catalogue
-from sync_server.projection import TABLES
-from sync_server.projector import Projector
-from sync_server.readmodel import ListFilter, Scope, household_profile, list_households, reading, summary
-from sync_server.seed import COUNTIES, describe, generate, seed_store
+from sync_server.projection.projector import Projector
+from sync_server.projection.readmodel import (
+    ListFilter,
+    Scope,
+    household_profile,
+    list_households,
+    reading,
+    summary,
+)
+from sync_server.projection.rows import TABLES
+from vatra_devtools.seed import COUNTIES, describe, generate, seed_store
 
 TODAY = date(2026, 5, 1)
 SEEDED = int(os.environ.get("VATRA_SEED_HOUSEHOLDS", "1000"))

@@ -16,8 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
-from sync_server.errors import ErrorCode
-from sync_server.session import (
+from sync_server.protocol.errors import ErrorCode
+from sync_server.protocol.session import (
     ClientHandshake,
     Ephemeral,
     FrameOpener,
@@ -217,7 +217,7 @@ def test_the_documented_vectors_are_what_the_code_computes() -> None:
 
 
 def test_the_crypto_bench_runs_and_reports_every_figure(capsys) -> None:
-    from sync_server import bench_crypto
+    from vatra_devtools import bench_crypto
 
     bench_crypto.main()
     out = capsys.readouterr().out

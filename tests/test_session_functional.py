@@ -26,11 +26,11 @@ from nacl.signing import SigningKey
 
 from client_sdk import Replica, ServerRejected, SyncClient
 from client_sdk._transport import ClientChannel
-from sync_server import wire
 from sync_server.app import VatraServer
-from sync_server.enrollment import SERVER_KEY
-from sync_server.errors import ErrorCode
-from sync_server.session import SecureChannel, SessionError, open_session
+from sync_server.auth.enrollment import SERVER_KEY
+from sync_server.protocol import wire
+from sync_server.protocol.errors import ErrorCode
+from sync_server.protocol.session import SecureChannel, SessionError, open_session
 
 pytestmark = pytest.mark.functional
 

@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conflict import Household, validate
-from sync_server.change_ops import ObjectIndex, Unreadable, _Reader, _rle, decode_ops
-from sync_server.pipeline import schema_violations
-from sync_server.touched import touched_prefixes
+from sync_server.sync.change_ops import ObjectIndex, Unreadable, _Reader, _rle, decode_ops
+from sync_server.sync.pipeline import schema_violations
+from sync_server.sync.touched import touched_prefixes
 
 
 def base() -> tuple[Household, str, str, str]:

@@ -18,10 +18,10 @@ from yarl import URL
 
 from client_sdk import SyncClient
 from sync_server.app import ENGINE, PROJECTOR
-from sync_server.http_auth import sign
-from sync_server.identity import User
-from sync_server.projection import households as proj_households
-from sync_server.readmodel import NoReadScope, Scope, scoped
+from sync_server.auth.identity import User
+from sync_server.projection.readmodel import NoReadScope, Scope, scoped
+from sync_server.projection.rows import households as proj_households
+from sync_server.protocol.http_auth import sign
 
 pytestmark = pytest.mark.functional
 

@@ -23,7 +23,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from client_sdk import SyncClient
 from sync_server.app import PROJECTOR
-from sync_server.http_auth import sign
+from sync_server.protocol.http_auth import sign
 
 pytestmark = pytest.mark.functional
 

@@ -13,8 +13,8 @@ from automerge.core import ROOT, Document, ScalarType, SyncState
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sync_server import wire
-from sync_server.errors import ErrorCode, ProtocolError
+from sync_server.protocol import wire
+from sync_server.protocol.errors import ErrorCode, ProtocolError
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
 HID = "2fiH6LVoDnXEUsYNHowu3UTBwJqk"

@@ -1,0 +1,296 @@
+"""The web tier's read API: household lists, profiles and indicator summaries (JSON).
+
+    GET /v1/web/households                     county, locality, status, q, page, per_page
+    GET /v1/web/households/{household_id}      one household's profile
+    GET /v1/web/summary                        level (locality | county | national), code
+
+Every call is signed by an enrolled device (:mod:`sync_server.protocol.http_auth`; unsigned or
+badly signed: ``401``) and answered within the caller's scope (:class:`~sync_server.
+readmodel.Scope`): a national user reads the nation, a supervisor their county, a
+worker their localities; admins and ops read no household content (``403``). The
+database enforces the scope too (row-level security, see :mod:`sync_server.projection.readmodel`),
+so a filter naming another county finds nothing rather than failing, and a household
+outside the scope answers ``404`` exactly like one that does not exist. A parameter
+that breaks a rule answers ``400`` with ``{"code": <rule>, "message": …}``.
+
+Answers carry personal data: they are marked ``Cache-Control: no-store``, and nothing
+here logs a parameter or a row. The paths and their schemas are part of the OpenAPI
+document served at ``/v1/openapi.json`` (merged into :data:`approvals.OPENAPI` when
+this module is imported).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+import re
+from typing import Any, cast
+
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from conflict.ids import is_household_id
+from conflict.schema import HOUSEHOLD_STATUSES
+from sync_server.api import approvals
+from sync_server.projection import readmodel
+from sync_server.projection.readmodel import ListFilter, NoReadScope, Scope
+
+NO_STORE = {"Cache-Control": "no-store"}
+MAX_PER_PAGE = 100
+MAX_PAGE = 1_000_000
+MAX_QUERY = 100
+_LOCALITY = re.compile(r"[0-9]{1,6}")    # SIRUTA code
+_COUNTY = re.compile(r"[A-Z]{1,2}")      # county code
+_AREA = re.compile(r"[0-9]{1,6}|[A-Z]{1,2}")
+_NUMBER = re.compile(r"[0-9]{1,7}")
+_LOCALITY_RULE = "a SIRUTA code (1 to 6 digits)"
+_COUNTY_RULE = "a county code (1 or 2 capital letters)"
+
+
+def _error(status: int, code: str, message: str) -> web.HTTPException:
+    return approvals.error(status, code, message, headers=NO_STORE)
+
+
+def _iso(value: object) -> str:
+    if isinstance(value, dt.date | dt.datetime):
+        return value.isoformat()
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def _answer(data: dict[str, Any]) -> web.Response:
+    return web.json_response(data, headers=NO_STORE,
+                             dumps=functools.partial(json.dumps, default=_iso))
+
+
+async def _scope(request: web.Request) -> Scope:
+    device, _ = await approvals.authenticate(request)
+    try:
+        return Scope.of(device.user)
+    except NoReadScope as err:
+        raise _error(403, "forbidden", f"the {err} role does not read household content") from err
+
+
+def _engine(request: web.Request) -> AsyncEngine:
+    from sync_server.app import ENGINE  # the app module imports this one
+
+    return request.app[ENGINE]
+
+
+def _text(request: web.Request, name: str, pattern: re.Pattern[str], expected: str) -> str | None:
+    value = request.query.get(name)
+    if value is None:
+        return None
+    if not pattern.fullmatch(value):
+        raise _error(400, f"{name}-format", f"{name}: {expected}")
+    return value
+
+
+def _number(request: web.Request, name: str, default: int, maximum: int) -> int:
+    value = request.query.get(name)
+    if value is None:
+        return default
+    if not _NUMBER.fullmatch(value) or not 1 <= int(value) <= maximum:
+        raise _error(400, f"{name.replace('_', '-')}-range",
+                     f"{name}: a whole number from 1 to {maximum}")
+    return int(value)
+
+
+async def list_households(request: web.Request) -> web.Response:
+    scope = await _scope(request)
+    status = request.query.get("status")
+    if status is not None and status not in HOUSEHOLD_STATUSES:
+        raise _error(400, "status-enum", f"status: one of {', '.join(HOUSEHOLD_STATUSES)}")
+    q = request.query.get("q")
+    if q is not None and len(q) > MAX_QUERY:
+        raise _error(400, "q-length", f"q: at most {MAX_QUERY} characters")
+    wanted = ListFilter(county=_text(request, "county", _COUNTY, _COUNTY_RULE),
+                        locality=_text(request, "locality", _LOCALITY, _LOCALITY_RULE),
+                        status=status, q=q,
+                        page=_number(request, "page", 1, MAX_PAGE),
+                        per_page=_number(request, "per_page", 20, MAX_PER_PAGE))
+    async with readmodel.reading(_engine(request), scope) as conn:
+        return _answer(await readmodel.list_households(conn, scope, wanted))
+
+
+async def household_profile(request: web.Request) -> web.Response:
+    scope = await _scope(request)
+    hid = request.match_info["household_id"]
+    profile = None
+    if is_household_id(hid):
+        async with readmodel.reading(_engine(request), scope) as conn:
+            profile = await readmodel.household_profile(conn, scope, hid)
+    if profile is None:
+        raise _error(404, "not-found", "no such household")
+    return _answer(profile)
+
+
+async def summary(request: web.Request) -> web.Response:
+    scope = await _scope(request)
+    level = request.query.get("level")
+    if level not in readmodel.LEVELS:
+        raise _error(400, "level-enum", "level: one of locality, county, national")
+    code = _text(request, "code", _AREA, f"{_LOCALITY_RULE}, or {_COUNTY_RULE}")
+    if level != "national" and code is None:
+        raise _error(400, "code-required", f"code: the {level}'s code is required")
+    if level not in readmodel.LEVELS[scope.kind]:
+        raise _error(403, "level-outside-scope",
+                     f"a {scope.kind} scope has no {level} summary")
+    async with readmodel.reading(_engine(request), scope) as conn:
+        return _answer(await readmodel.summary(conn, scope, cast(readmodel.Level, level), code))
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/v1/web/households", list_households)
+    app.router.add_get("/v1/web/households/{household_id}", household_profile)
+    app.router.add_get("/v1/web/summary", summary)
+
+
+# --- OpenAPI --------------------------------------------------------------------------
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _object(**properties: Any) -> dict[str, Any]:
+    """A closed object whose properties are all required (nullable where they may be null)."""
+    return {"type": "object", "additionalProperties": False, "required": list(properties),
+            "properties": properties}
+
+
+def _s(fmt: str | None = None, nullable: bool = True) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string"}
+    if fmt is not None:
+        schema["format"] = fmt
+    if nullable:
+        schema["nullable"] = True
+    return schema
+
+
+_STR = {"type": "string"}
+_INT = {"type": "integer", "minimum": 0}
+_ANY: dict[str, Any] = {}  # any JSON value (a JSONB column)
+_ERR = {"description": "refused", "headers": {"Cache-Control": {"schema": {"type": "string"}}},
+        "content": {"application/json": {"schema": _ref("Error")}}}
+_SIGNED: list[dict[str, list[str]]] = [{"device": []}]
+_LOCALITY_SCHEMA = {"type": "string", "pattern": "^[0-9]{1,6}$"}
+_COUNTY_SCHEMA = {"type": "string", "pattern": "^[A-Z]{1,2}$"}
+
+
+def _ok(description: str, schema: str) -> dict[str, Any]:
+    return {"description": description,
+            "headers": {"Cache-Control": {"required": True, "schema": {
+                "type": "string", "enum": ["no-store"]}}},
+            "content": {"application/json": {"schema": _ref(schema)}}}
+
+
+def _query(name: str, schema: dict[str, Any], description: str,
+           required: bool = False) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": required, "description": description,
+            "schema": schema}
+
+
+_HOUSEHOLD_ITEM = dict(
+    id=_STR, locality=_STR, county=_STR, status=_s(), address=_s(),
+    members_present=_INT, members_total=_INT, vulnerabilities=_INT, services_open=_INT,
+    services_overdue=_INT, last_assessment_at=_s("date-time"), updated_at=_s("date-time"),
+    updated_by=_s())
+
+SCHEMAS: dict[str, Any] = {
+    "WebHouseholdItem": _object(**_HOUSEHOLD_ITEM),
+    "WebHouseholdList": _object(
+        total=_INT, page={"type": "integer", "minimum": 1},
+        per_page={"type": "integer", "minimum": 1, "maximum": MAX_PER_PAGE},
+        showing={"type": "string",
+                 "description": f'e.g. "21{readmodel.EN_DASH}40 of 134"; "0 of 134" past the end'},
+        items={"type": "array", "items": _ref("WebHouseholdItem")}),
+    "WebHousehold": _object(**{
+        **_HOUSEHOLD_ITEM, "lat": {"type": "number", "nullable": True},
+        "lon": {"type": "number", "nullable": True}, "next_deadline": _s("date"),
+        "last_assessment_id": _s(), "created_by": _s(), "created_at": _s("date-time"),
+        "projected_at": _s("date-time", nullable=False)}),
+    "WebPerson": _object(person_id=_STR, first_name=_s(), last_name=_s(),
+                         birth_date=_s("date"), sex=_s(), relation_to_head=_s(), presence=_s()),
+    "WebAnswers": _object(person_id=_STR, assessment_id=_STR, assessed_at=_s("date-time"),
+                          age_at_assessment={"type": "integer", "nullable": True},
+                          answers={"type": "object", "description": "indicator code -> answer"}),
+    "WebVulnerability": _object(
+        vulnerability=_STR, subject={"type": "string", "description": 'a person id or "household"'},
+        person_id=_s(), population={"type": "string",
+                                    "enum": ["child", "adult", "person", "household"]},
+        assessment_id=_STR, identified_on=_s("date")),
+    "WebService": _object(service_id=_STR, code=_s(), person_id=_s(), vulnerability=_s(),
+                          deadline=_s("date"), status=_s(), delivered_at=_s("date-time"),
+                          delivered_by=_s(), note=_s(),
+                          overdue={"type": "boolean",
+                                   "description": "open and its deadline is before today"}),
+    "WebActivity": _object(position=_INT, at=_s("date-time"), by=_s(), kind=_s(), text=_s()),
+    "WebChangeRequest": _object(request_id=_STR, kind=_s(), payload=_ANY, reason=_s(),
+                                requested_by=_s(), requested_at=_s("date-time"), status=_s(),
+                                decided_by=_s(), decided_at=_s("date-time"), decision_note=_s()),
+    "WebConflict": _object(conflict_id=_STR, path=_ANY, values=_ANY, written=_ANY,
+                           detected_at=_s("date-time"), resolved_by=_s(), resolution=_ANY),
+    "WebProfile": _object(
+        household=_ref("WebHousehold"),
+        **{name: {"type": "array", "items": _ref(item)} for name, item in (
+            ("members", "WebPerson"), ("answers", "WebAnswers"),
+            ("vulnerabilities", "WebVulnerability"), ("services", "WebService"),
+            ("activity", "WebActivity"), ("change_requests", "WebChangeRequest"),
+            ("conflicts", "WebConflict"))}),
+    "WebVulnerabilityCount": _object(
+        code=_STR, children=_INT, adults=_INT, households=_INT,
+        persons={**_INT, "description": "person subjects (children, adults, unknown age)"}),
+    "WebSummary": _object(
+        level={"type": "string", "enum": list(readmodel.LEVELS)}, code=_s(), as_of=_s("date", False),
+        households=_INT, children_assessed={**_INT, "description": "assessed under 18"},
+        vulnerable_children={**_INT, "description": "children with a child vulnerability"},
+        overdue_services=_INT,
+        vulnerabilities={"type": "array", "items": _ref("WebVulnerabilityCount")}),
+}
+
+PATHS: dict[str, Any] = {
+    "/v1/web/households": {"get": {
+        "summary": "households of the caller's scope, newest change first",
+        "security": _SIGNED,
+        "parameters": [
+            _query("county", _COUNTY_SCHEMA, "county code (another county than the scope's "
+                   "finds nothing)"),
+            _query("locality", _LOCALITY_SCHEMA, "SIRUTA locality code"),
+            _query("status", {"type": "string", "enum": list(HOUSEHOLD_STATUSES)}, "status"),
+            _query("q", {"type": "string", "maxLength": MAX_QUERY},
+                   "text in the address or a member's name (case-insensitive)"),
+            _query("page", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 1},
+                   "page number, from 1"),
+            _query("per_page", {"type": "integer", "minimum": 1, "maximum": MAX_PER_PAGE,
+                                "default": 20}, "households per page")],
+        "responses": {"200": _ok("a page of households", "WebHouseholdList"),
+                      "400": _ERR, "401": _ERR, "403": _ERR}}},
+    "/v1/web/households/{household_id}": {"get": {
+        "summary": "one household's profile (404 outside the caller's scope)",
+        "security": _SIGNED,
+        "parameters": [{"name": "household_id", "in": "path", "required": True, "schema": {
+            "type": "string", "pattern": "^[1-9A-HJ-NP-Za-km-z]{1,64}$"}}],
+        "responses": {"200": _ok("the profile", "WebProfile"),
+                      "401": _ERR, "403": _ERR, "404": _ERR}}},
+    "/v1/web/summary": {"get": {
+        "summary": "indicators of a locality, a county or the nation, within the caller's scope",
+        "description": "code is required for the locality and county levels and ignored for "
+                       "the national one; a code outside the scope counts nothing. A level "
+                       "wider than the scope (a worker's county) is refused (403).",
+        "security": _SIGNED,
+        "parameters": [
+            _query("level", {"type": "string", "enum": list(readmodel.LEVELS)}, "level",
+                   required=True),
+            _query("code", {"type": "string", "pattern": "^([0-9]{1,6}|[A-Z]{1,2})$"},
+                   "SIRUTA code (locality level) or county code (county level)")],
+        "responses": {"200": _ok("indicator counts", "WebSummary"),
+                      "400": _ERR, "401": _ERR, "403": _ERR}}},
+}
+
+
+def _register_openapi(document: dict[str, Any]) -> None:
+    document["components"]["schemas"].update(SCHEMAS)
+    document["paths"].update(PATHS)
+
+
+_register_openapi(approvals.OPENAPI)

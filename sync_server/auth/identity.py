@@ -1,0 +1,356 @@
+"""Who is who: users and their roles and places, household teams, devices, enrollment.
+
+Roles (DESIGN.md section 3): ``worker`` (member of household teams, creates
+households in the localities assigned to them), ``supervisor`` (of one
+county), ``national`` (reads everything), ``admin`` (users and devices),
+``ops`` (metrics only).
+
+A device enrolls with a one-time code an admin made for a user
+(``vatra device enroll-code --user U``). Codes look like ``K7Q2M9-…``: the
+first group names the code, the rest is its secret, stored only as a hash.
+Wrong secrets count against the code (it locks after
+:data:`MAX_FAILED_ATTEMPTS`); every refusal has the same wording, so a
+guesser learns nothing about which codes exist.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import nacl.encoding
+import nacl.hash
+import sqlalchemy as sa
+from nacl.bindings import sodium_memcmp
+from nacl.signing import SigningKey
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from sync_server.protocol.errors import ErrorCode, VatraError
+from sync_server.store.audit import AuditEvent, AuditLog
+from sync_server.store.postgres import metadata
+
+ROLES = ("worker", "supervisor", "national", "admin", "ops")
+MAX_FAILED_ATTEMPTS = 5
+REVOCATIONS = "vatra_revocations"  # NOTIFY channel: payload = the revoked device id
+_CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: read aloud over a phone
+
+users = sa.Table(
+    "users", metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("role", sa.Text, nullable=False),
+    sa.Column("county", sa.Text, nullable=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False,
+              server_default=sa.func.now()),
+    sa.CheckConstraint("role IN ('worker', 'supervisor', 'national', 'admin', 'ops')",
+                       name="users_role"),
+    sa.CheckConstraint("role <> 'supervisor' OR county IS NOT NULL",
+                       name="users_supervisor_county"),
+)
+user_localities = sa.Table(
+    "user_localities", metadata,
+    sa.Column("user_id", sa.Text, sa.ForeignKey("users.id"), nullable=False),
+    sa.Column("locality", sa.Text, nullable=False),
+    sa.Column("county", sa.Text, nullable=False),
+    sa.PrimaryKeyConstraint("user_id", "locality"),
+)
+household_team = sa.Table(
+    "household_team", metadata,
+    sa.Column("household_id", sa.Text, sa.ForeignKey("households.id"), nullable=False),
+    sa.Column("user_id", sa.Text, sa.ForeignKey("users.id"), nullable=False),
+    sa.PrimaryKeyConstraint("household_id", "user_id"),
+    sa.Index("household_team_user", "user_id"),
+)
+devices = sa.Table(
+    "devices", metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("user_id", sa.Text, sa.ForeignKey("users.id"), nullable=False),
+    sa.Column("signing_key", sa.LargeBinary, nullable=False, unique=True),
+    sa.Column("exchange_key", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False,
+              server_default=sa.func.now()),
+    sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
+)
+device_actors = sa.Table(
+    "device_actors", metadata,
+    sa.Column("actor_id", sa.LargeBinary, primary_key=True),
+    sa.Column("device_id", sa.Text, sa.ForeignKey("devices.id"), nullable=False),
+)
+enrollment_codes = sa.Table(
+    "enrollment_codes", metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("secret_hash", sa.LargeBinary, nullable=False),
+    sa.Column("user_id", sa.Text, sa.ForeignKey("users.id"), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("used_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("failed_attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False,
+              server_default=sa.func.now()),
+)
+
+
+class IdentityError(VatraError):
+    """A user, device or enrollment request was refused; the code names the rule."""
+
+    code = ErrorCode.ENROLLMENT_REFUSED
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: str
+    role: str
+    county: str | None
+    localities: tuple[tuple[str, str], ...] = ()  # (SIRUTA locality, county)
+
+    def may_create_in(self, locality: str, county: str) -> bool:
+        return self.role == "worker" and (locality, county) in self.localities
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    id: str
+    user: User
+    signing_key: bytes
+    exchange_key: bytes
+    actor_ids: frozenset[bytes]
+    revoked: bool
+
+
+@dataclass(frozen=True, slots=True)
+class EnrollmentCode:
+    code: str
+    user_id: str
+    expires_at: datetime
+
+
+def _hash_secret(secret: str) -> bytes:
+    return nacl.hash.blake2b(secret.encode(), digest_size=32, person=b"vatra-enroll",
+                             encoder=nacl.encoding.RawEncoder)
+
+
+def _random(n: int) -> str:
+    return "".join(secrets.choice(_CODE_ALPHABET) for _ in range(n))
+
+
+class IdentityStore:
+    def __init__(self, engine: AsyncEngine, audit: AuditLog | None = None) -> None:
+        self._engine = engine
+        self.audit = audit  # enrollments and revocations are audited when given
+
+    # -- users and places ------------------------------------------------------------------
+
+    async def add_user(self, user_id: str, role: str, *, county: str | None = None,
+                       localities: Iterable[tuple[str, str]] = ()) -> User:
+        if role not in ROLES:
+            raise IdentityError(f"role must be one of {', '.join(ROLES)}",
+                                code=ErrorCode.INVALID_ROLE)
+        if role == "supervisor" and not county:
+            raise IdentityError("a supervisor needs a county", code=ErrorCode.INVALID_ROLE)
+        if not user_id or len(user_id) > 64:
+            raise IdentityError("a user id is 1-64 characters", code=ErrorCode.INVALID_ROLE)
+        places = sorted(set(localities))
+        async with self._engine.begin() as conn:
+            await conn.execute(sa.insert(users).values(id=user_id, role=role, county=county))
+            if places:
+                await conn.execute(sa.insert(user_localities), [
+                    {"user_id": user_id, "locality": loc, "county": cty} for loc, cty in places])
+        return User(user_id, role, county, tuple(places))
+
+    async def user(self, user_id: str) -> User | None:
+        async with self._engine.connect() as conn:
+            return await _user(conn, user_id)
+
+    # -- teams -----------------------------------------------------------------------------
+
+    async def set_team(self, household_id: str, user_ids: Sequence[str]) -> None:
+        """Replace the household's team (the users whose devices may sync it)."""
+        async with self._engine.begin() as conn:
+            known = set((await conn.execute(
+                sa.select(users.c.id).where(users.c.id.in_(list(user_ids))))).scalars())
+            missing = sorted(set(user_ids) - known)
+            if missing:
+                raise IdentityError(f"unknown user(s): {', '.join(missing)}",
+                                    code=ErrorCode.UNKNOWN_USER)
+            await conn.execute(sa.delete(household_team)
+                               .where(household_team.c.household_id == household_id))
+            if user_ids:
+                await conn.execute(sa.insert(household_team), [
+                    {"household_id": household_id, "user_id": u} for u in sorted(set(user_ids))])
+
+    async def team(self, household_id: str) -> list[str]:
+        async with self._engine.connect() as conn:
+            return sorted((await conn.execute(
+                sa.select(household_team.c.user_id)
+                .where(household_team.c.household_id == household_id))).scalars())
+
+    async def caseload(self, user: User) -> list[str]:
+        """The households a user's devices keep: a worker's team households. Supervisors and
+        national users open households on demand (a county is ~48,000 households)."""
+        if user.role != "worker":
+            return []
+        async with self._engine.connect() as conn:
+            return sorted((await conn.execute(
+                sa.select(household_team.c.household_id)
+                .where(household_team.c.user_id == user.id))).scalars())
+
+    # -- enrollment ------------------------------------------------------------------------
+
+    async def create_enrollment_code(self, user_id: str, *,
+                                     ttl: timedelta = timedelta(hours=24)) -> EnrollmentCode:
+        code_id, secret = _random(6), _random(16)
+        expires = datetime.now(UTC) + ttl
+        async with self._engine.begin() as conn:
+            if await _user(conn, user_id) is None:
+                raise IdentityError(f"unknown user {user_id}", code=ErrorCode.UNKNOWN_USER)
+            await conn.execute(sa.insert(enrollment_codes).values(
+                id=code_id, secret_hash=_hash_secret(secret), user_id=user_id,
+                expires_at=expires))
+        readable = "-".join([code_id] + [secret[i:i + 4] for i in range(0, 16, 4)])
+        return EnrollmentCode(readable, user_id, expires)
+
+    async def enroll(self, code: str, *, signing_key: bytes, exchange_key: bytes,
+                     actor_ids: Sequence[bytes]) -> Device:
+        """Bind a device's public keys and actor ids to the code's user; use the code up."""
+        refused = IdentityError("enrollment code is invalid, expired or already used")
+        if len(signing_key) != 32 or len(exchange_key) != 32:
+            raise IdentityError("keys must be 32-byte public keys",
+                                code=ErrorCode.MALFORMED_MESSAGE)
+        if not actor_ids or any(len(a) != 16 for a in actor_ids):
+            raise IdentityError("actor ids must be 16 bytes each",
+                                code=ErrorCode.MALFORMED_MESSAGE)
+        code_id, _, secret = code.strip().upper().partition("-")
+        secret = secret.replace("-", "")
+        wrong_secret = False
+        async with self._engine.connect() as conn:
+            async with conn.begin():
+                row = (await conn.execute(
+                    sa.select(enrollment_codes).where(enrollment_codes.c.id == code_id)
+                    .with_for_update())).first()
+                if row is None or row.used_at is not None \
+                        or row.failed_attempts >= MAX_FAILED_ATTEMPTS \
+                        or row.expires_at <= datetime.now(UTC):
+                    raise refused
+                if not sodium_memcmp(_hash_secret(secret), row.secret_hash):
+                    # Counted (committed) before refusing: the code locks after a few guesses.
+                    await conn.execute(
+                        sa.update(enrollment_codes).where(enrollment_codes.c.id == code_id)
+                        .values(failed_attempts=enrollment_codes.c.failed_attempts + 1))
+                    wrong_secret = True
+                else:
+                    device_id = await self._register(conn, row.user_id, code_id, signing_key,
+                                                     exchange_key, actor_ids)
+                    user = await _user(conn, row.user_id)
+                    if self.audit is not None:
+                        await self.audit.append(conn, [AuditEvent(
+                            "device-enrolled", user_id=row.user_id, device_id=device_id,
+                            detail={"actor_ids": len(actor_ids)})])
+            if wrong_secret:
+                raise refused
+        assert user is not None
+        return Device(device_id, user, signing_key, exchange_key, frozenset(actor_ids), False)
+
+    @staticmethod
+    async def _register(conn: sa.ext.asyncio.AsyncConnection, user_id: str, code_id: str,
+                        signing_key: bytes, exchange_key: bytes,
+                        actor_ids: Sequence[bytes]) -> str:
+        clash = (await conn.execute(
+            sa.select(sa.func.count()).select_from(devices)
+            .where(devices.c.signing_key == signing_key))).scalar_one()
+        clash += (await conn.execute(
+            sa.select(sa.func.count()).select_from(device_actors)
+            .where(device_actors.c.actor_id.in_(list(actor_ids))))).scalar_one()
+        if clash:
+            raise IdentityError("this key or actor id is already registered to a device",
+                                code=ErrorCode.MALFORMED_MESSAGE)
+        device_id = "dev-" + base64.b32encode(os.urandom(10)).decode().lower()
+        await conn.execute(sa.insert(devices).values(
+            id=device_id, user_id=user_id, signing_key=signing_key, exchange_key=exchange_key))
+        await conn.execute(sa.insert(device_actors), [
+            {"actor_id": a, "device_id": device_id} for a in actor_ids])
+        await conn.execute(sa.update(enrollment_codes).where(enrollment_codes.c.id == code_id)
+                           .values(used_at=sa.func.now()))
+        return device_id
+
+    # -- devices ---------------------------------------------------------------------------
+
+    async def device(self, device_id: str) -> Device | None:
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(
+                sa.select(devices).where(devices.c.id == device_id))).first()
+            if row is None:
+                return None
+            user = await _user(conn, row.user_id)
+            actors = frozenset((await conn.execute(
+                sa.select(device_actors.c.actor_id)
+                .where(device_actors.c.device_id == device_id))).scalars())
+        assert user is not None
+        return Device(row.id, user, row.signing_key, row.exchange_key, actors,
+                      row.revoked_at is not None)
+
+    async def revoke_device(self, device_id: str) -> bool:
+        """Mark the device revoked; True if it existed and was active.
+
+        Every server on this database hears it at commit (``NOTIFY vatra_revocations``)
+        and closes the device's live sessions. Revoking a device revoked already says so
+        (False) and still tells every server to cut it."""
+        async with self._engine.begin() as conn:
+            done = await conn.execute(
+                sa.update(devices).where(devices.c.id == device_id,
+                                         devices.c.revoked_at.is_(None))
+                .values(revoked_at=sa.func.now()))
+            if done.rowcount == 1 and self.audit is not None:
+                await self.audit.append(conn, [AuditEvent("device-revoked",
+                                                          device_id=device_id)])
+            await conn.execute(sa.select(sa.func.pg_notify(REVOCATIONS, device_id)))
+        return done.rowcount == 1
+
+    async def revoked_at(self, device_id: str) -> datetime | None:
+        """When the device was revoked (None: active or unknown)."""
+        async with self._engine.connect() as conn:
+            return (await conn.execute(sa.select(devices.c.revoked_at)
+                                       .where(devices.c.id == device_id))).scalar()
+
+    async def revoked_among(self, device_ids: Collection[str]) -> set[str]:
+        """Which of ``device_ids`` are revoked (one query, for the periodic sweep)."""
+        if not device_ids:
+            return set()
+        async with self._engine.connect() as conn:
+            return set((await conn.execute(
+                sa.select(devices.c.id).where(devices.c.id.in_(list(device_ids)),
+                                              devices.c.revoked_at.is_not(None)))).scalars())
+
+
+async def _user(conn: sa.ext.asyncio.AsyncConnection, user_id: str) -> User | None:
+    row = (await conn.execute(sa.select(users).where(users.c.id == user_id))).first()
+    if row is None:
+        return None
+    places = (await conn.execute(
+        sa.select(user_localities.c.locality, user_localities.c.county)
+        .where(user_localities.c.user_id == user_id)
+        .order_by(user_localities.c.locality))).all()
+    return User(row.id, row.role, row.county, tuple((p[0], p[1]) for p in places))
+
+
+def load_server_identity(data_dir: Path, key_file: str | None = None) -> SigningKey:
+    """The server's Ed25519 identity: ``key_file`` if given, else ``<data dir>/server_identity.key``,
+    created on first run (mode 0600). Devices pin its public half at enrollment."""
+    path = Path(key_file) if key_file else data_dir / "server_identity.key"
+    if path.exists():
+        raw = path.read_bytes()
+        if len(raw) != 32:
+            raise SystemExit(f"{path}: a server identity key file holds exactly 32 bytes")
+        return SigningKey(raw)
+    if key_file:
+        raise SystemExit(f"{path}: server identity key file not found")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    seed = os.urandom(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(seed)
+    return SigningKey(seed)
+
+

@@ -1,0 +1,149 @@
+"""The ``vatra`` command.
+
+    vatra serve     run the sync server (embedded PostgreSQL unless DATABASE_URL is set)
+    vatra migrate   apply database migrations and exit
+    vatra demo      three team members edit one household offline, then sync
+    vatra bench     throughput and latency of the sync pipeline (docs/performance.md)
+    vatra user | household | device …   administration (see sync_server/admin.py)
+    vatra quarantine list | show ID   refused sync data, from which device, why
+    vatra keys …    master keys; `vatra household erase H` crypto-shreds (sync_server/keycmd.py)
+    vatra projector [--once]        project households for the web tier (sync_server/projectorcmd.py)
+    vatra projections rebuild [--household H]   re-project from the change log
+    vatra status    projection backlog and lag
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from sync_server.cli.admin import add_admin_commands, run_admin
+from sync_server.cli.keys import add_key_commands, run_erase, run_keys
+from sync_server.cli.projections import add_projection_commands, run_projection_command
+from sync_server.cli.quarantine import add_quarantine_commands, run_quarantine
+from sync_server.config import Settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vatra", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the sync server")
+    serve.add_argument("--host", help="listen address (VATRA_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="listen port (VATRA_PORT, default 8765; 0 = any)")
+    serve.add_argument("--data-dir", type=Path, help="data directory (VATRA_DATA_DIR, ./var)")
+
+    migrate = sub.add_parser("migrate", help="apply database migrations")
+    migrate.add_argument("--data-dir", type=Path)
+
+    demo = sub.add_parser("demo", help="three tablets, one household, offline edits, one sync")
+    demo.add_argument("--data-dir", type=Path, help="default: a temporary directory")
+
+    bench = sub.add_parser("bench", help="measure the sync pipeline")
+    bench.add_argument("--tablets", type=int, default=20)
+    bench.add_argument("--households", type=int, default=5)
+    bench.add_argument("--edits", type=int, default=10)
+    bench.add_argument("--live-changes", type=int, default=300)
+    bench.add_argument("--data-dir", type=Path, help="default: a temporary directory")
+    bench.add_argument("--profile", type=Path, metavar="DIR",
+                       help="cProfile the timed phases; write DIR/<workload>.prof")
+
+    add_admin_commands(sub)
+    add_key_commands(sub)
+    add_quarantine_commands(sub)
+    add_projection_commands(sub)
+
+    args = parser.parse_args(argv)
+    quiet = args.command in ("demo", "bench", "status")  # their output is the report
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    for noisy in ("pgserver", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    settings = Settings.from_env()
+    if getattr(args, "data_dir", None) is not None:
+        settings = dataclasses.replace(settings, data_dir=args.data_dir)
+
+    if args.command == "serve":
+        if args.host is not None:
+            settings = dataclasses.replace(settings, host=args.host)
+        if args.port is not None:
+            settings = dataclasses.replace(settings, port=args.port)
+        return asyncio.run(_serve(settings))
+    if args.command == "migrate":
+        return asyncio.run(_migrate(settings))
+    if args.command == "demo":
+        from vatra_devtools.demo import run_demo
+        return asyncio.run(run_demo(settings, args.data_dir))
+    if args.command == "bench":
+        from vatra_devtools.bench import run_bench
+        return asyncio.run(run_bench(settings, args))
+    if args.command in ("projector", "projections", "status"):
+        return asyncio.run(run_projection_command(settings, args))
+    if args.command == "quarantine":
+        return asyncio.run(run_quarantine(settings, args))
+    if args.command == "keys":
+        return asyncio.run(run_keys(settings, args))
+    if args.command == "household" and args.action == "erase":
+        return run_erase(settings, args)
+    if args.command in ("user", "household", "device", "audit"):
+        return asyncio.run(run_admin(settings, args))
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+async def _serve(settings: Settings) -> int:
+    from sync_server.app import VatraServer
+    from sync_server.store.keys import KeyRingError
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with VatraServer(settings) as server:  # checks the master key before listening
+            where = "DATABASE_URL" if settings.database_url else \
+                f"embedded PostgreSQL in {(settings.data_dir / 'postgres').resolve()}"
+            print(f"Vatra sync server listening on {server.url} (database: {where})", flush=True)
+            _quiet_native_stdout()
+            await stop.wait()
+            print("Vatra sync server stopping", flush=True)
+    except KeyRingError as err:
+        print(f"vatra: refusing to start: {err}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+def _quiet_native_stdout() -> None:
+    """Automerge's Rust code prints diagnostics about malformed input, document keys
+    included, straight to file descriptor 1 (``println!``). The server's own lines keep
+    going to its stdout; file descriptor 1 goes to /dev/null."""
+    sys.stdout.flush()
+    own = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+    sys.stdout = os.fdopen(own, "w", buffering=1)
+
+
+async def _migrate(settings: Settings) -> int:
+    from sync_server.store.database import database_url, make_engine, migrate
+
+    async with database_url(settings.database_url, settings.data_dir) as url:
+        engine = make_engine(url)
+        try:
+            await migrate(engine)
+        finally:
+            await engine.dispose()
+    print("database schema is up to date", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""One connection's message loop: handshake, then sync messages, per household in order.
+
+Messages for one household are handled strictly in arrival order (they share
+one SyncState); messages for different households run concurrently, at most
+``max_in_flight`` at a time, so a tablet returning with many changed
+households waits for one group commit, not for one commit per household. When
+the limit is reached the loop stops reading frames until a slot frees up:
+backpressure reaches the client through TCP, memory stays bounded.
+
+A rule broken by the peer (protocol or document error) sends an ``error``
+and closes this connection only; a storage failure sends ``error`` and keeps
+the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from sync_server.gateway.connection import Connection, ConnectionState
+from sync_server.protocol import wire
+from sync_server.protocol.errors import ErrorCode, ProtocolError, Refused, StorageError, VatraError
+from sync_server.sync.pipeline import Synchronizer
+
+log = logging.getLogger(__name__)
+
+#: Message types a device may send once its connection is open.
+FROM_CLIENT_ALLOWED = (wire.Sync, wire.Request, wire.Ephemeral, wire.Error)
+
+#: What a message's task lets through; anything else it raises is answered and logged,
+#: so the messages queued behind it for the same household still run.
+_PASS_THROUGH = (asyncio.CancelledError, KeyboardInterrupt, SystemExit, GeneratorExit)
+
+#: Households of one connection being merged at the same time.
+MAX_IN_FLIGHT = 16
+
+
+class TokenBucket:
+    """``rate`` messages per second on average, ``burst`` at once."""
+
+    def __init__(self, rate: float, burst: int, clock=time.monotonic) -> None:
+        self.rate, self.burst, self._clock = rate, burst, clock
+        self._tokens = float(burst)
+        self._at = clock()
+
+    def take(self) -> bool:
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+
+async def serve_connection(conn: Connection, synchronizer: Synchronizer, *,
+                           max_in_flight: int = MAX_IN_FLIGHT,
+                           limit: TokenBucket | None = None) -> None:
+    """Read frames until the peer leaves or breaks a rule; errors close only this peer."""
+    tails: dict[str, asyncio.Task[None]] = {}  # the latest task of each household
+    slots = asyncio.Semaphore(max_in_flight)
+
+    async def fail(err: VatraError) -> None:
+        log.info("connection %s: closing, %s", conn.id, err.code)
+        conn.send_error(err)
+        await conn.close(str(err.code))
+        await synchronizer.record(conn, "session-closed", err.document_id, code=str(err.code))
+
+    async def handle_in_order(previous: asyncio.Task[None] | None, msg: wire.Sync) -> None:
+        try:
+            if previous is not None:
+                await previous  # never raises: each task handles its own errors
+            if conn.state is ConnectionState.CLOSED:
+                return
+            await synchronizer.handle(conn, msg)
+        except (StorageError, Refused) as err:
+            conn.send_error(err)  # one batch refused (or not stored): tell, keep the connection
+            if isinstance(err, Refused):
+                await synchronizer.record(conn, "batch-refused", msg.document_id,
+                                          code=str(err.code))
+        except VatraError as err:
+            await fail(err)
+        except _PASS_THROUGH:
+            raise
+        except BaseException:  # a bug, or a Rust panic (a BaseException) out of the binding
+            log.exception("connection %s: internal error", conn.id)
+            await fail(VatraError("internal server error", code=ErrorCode.INTERNAL_ERROR))
+        finally:
+            slots.release()
+
+    def forget(hid: str, task: asyncio.Task[None]) -> None:
+        if tails.get(hid) is task:
+            del tails[hid]
+
+    try:
+        while conn.state is not ConnectionState.CLOSED:
+            frame = await conn.channel.receive()
+            if frame is None:
+                break
+            if limit is not None and not limit.take():
+                raise ProtocolError("too many messages; slow down and reconnect",
+                                    code=ErrorCode.RATE_LIMITED)
+            msg = wire.decode(frame)
+            if conn.state is ConnectionState.AWAITING_JOIN:
+                if not isinstance(msg, wire.Join):
+                    raise ProtocolError("the first message must be 'join'",
+                                        code=ErrorCode.HANDSHAKE_REQUIRED)
+                conn.opened(msg.sender_id)
+                conn.send(wire.Peer(synchronizer.server_peer_id, msg.sender_id,
+                                    metadata={"isEphemeral": False}))
+                if msg.metadata.get("vatraCaseload") is True:
+                    conn.send(wire.Caseload(synchronizer.server_peer_id, msg.sender_id,
+                                            tuple(await synchronizer.caseload(conn))))
+                continue
+            if not isinstance(msg, FROM_CLIENT_ALLOWED):
+                raise ProtocolError(f"'{msg.type}' is not a message a client may send",
+                                    code=ErrorCode.UNKNOWN_MESSAGE_TYPE)
+            if isinstance(msg, wire.Sync):  # Request is a Sync
+                await slots.acquire()
+                hid = msg.document_id
+                task = asyncio.create_task(handle_in_order(tails.get(hid), msg))
+                tails[hid] = task
+                task.add_done_callback(lambda t, hid=hid: forget(hid, t))
+            elif isinstance(msg, wire.Error):
+                log.info("connection %s: peer reported error code=%s", conn.id, msg.code[:40])
+            # Ephemeral: accepted and not relayed (docs/decisions.md).
+    except VatraError as err:
+        await asyncio.gather(*tails.values())  # let earlier messages finish, then refuse
+        await fail(err)
+        return
+    except asyncio.CancelledError:
+        for task in tails.values():
+            task.cancel()
+        conn.abort(ErrorCode.SERVER_SHUTTING_DOWN)
+        raise
+    # The peer left (or a task closed the connection): merges under way still commit;
+    # their answers to this peer are dropped.
+    await asyncio.gather(*tails.values())
+    await conn.close()

@@ -1,0 +1,295 @@
+"""The web tier's read model: queries over the ``proj`` tables, always inside a scope.
+
+A :class:`Scope` says which households a caller may read: the whole nation, one county,
+or a set of localities (:meth:`Scope.of` derives it from a user; admins and ops have
+none). Every query runs in a transaction that :func:`scoped` opened with::
+
+    SET LOCAL ROLE vatra_web;
+    SELECT set_config('vatra.scope', :scope, true),        -- national | county | locality
+           set_config('vatra.county', :county, true),      -- county scope: its code
+           set_config('vatra.localities', :localities, true);  -- locality scope: "54975,55000"
+
+so PostgreSQL's row-level security (migration 0007) hides every row outside the scope
+even from a query that forgot a filter; the queries *also* filter by the scope
+explicitly, which is what lets the planner use the ``(county, …)`` and
+``(locality, …)`` indexes. Both end with the transaction.
+
+The functions take an :class:`~sqlalchemy.ext.asyncio.AsyncConnection` in such a
+transaction and return plain dicts and lists (dates and timestamps as
+:mod:`datetime` values; the HTTP layer, :mod:`sync_server.api.read`, writes them as ISO
+strings). "Overdue" is computed when the query runs: an open service whose deadline
+is before ``current_date``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from conflict.catalogue import ADULT_AGE
+from sync_server.auth.identity import User
+from sync_server.projection.rows import (
+    OPEN_SERVICE,
+    WEB_ROLE,
+    activity,
+    answers,
+    change_requests,
+    conflicts,
+    persons,
+    services,
+    vulnerabilities,
+)
+from sync_server.projection.rows import households as proj_households
+
+EN_DASH = "\u2013"
+ScopeKind = Literal["national", "county", "locality"]
+Level = Literal["national", "county", "locality"]
+#: Which summary levels each scope may ask for (a narrower scope cannot see a whole area).
+LEVELS: dict[str, tuple[str, ...]] = {"national": ("national", "county", "locality"),
+                                      "county": ("county", "locality"),
+                                      "locality": ("locality",)}
+
+
+class NoReadScope(Exception):
+    """The user's role reads no household content (admin, ops)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    kind: ScopeKind
+    county: str | None = None
+    localities: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, user: User) -> Scope:
+        """national → the nation; supervisor → their county; worker → their localities."""
+        if user.role == "national":
+            return cls("national")
+        if user.role == "supervisor" and user.county is not None:
+            return cls("county", county=user.county)
+        if user.role == "worker":
+            return cls("locality", localities=tuple(sorted({loc for loc, _ in user.localities})))
+        raise NoReadScope(user.role)
+
+    def settings(self) -> dict[str, str]:
+        """The values of ``vatra.scope`` / ``vatra.county`` / ``vatra.localities``."""
+        return {"scope": self.kind, "county": self.county or "",
+                "localities": ",".join(self.localities)}
+
+    def where(self, table: sa.Table) -> sa.ColumnElement[bool]:
+        """The explicit filter that says what row-level security enforces."""
+        if self.kind == "national":
+            return sa.true()
+        if self.kind == "county":
+            return table.c.county == self.county
+        if not self.localities:
+            return sa.false()
+        return table.c.locality.in_(self.localities)
+
+
+_SET_ROLE = sa.text(f"SET LOCAL ROLE {WEB_ROLE}")
+_SET_SCOPE = sa.text("SELECT set_config('vatra.scope', :scope, true), "
+                     "set_config('vatra.county', :county, true), "
+                     "set_config('vatra.localities', :localities, true)")
+
+
+async def scoped(conn: AsyncConnection, scope: Scope) -> None:
+    """Take the web role and the scope for the rest of ``conn``'s current transaction
+    (SQLAlchemy begins one if none is open; both settings end with it)."""
+    await conn.execute(_SET_ROLE)
+    await conn.execute(_SET_SCOPE, scope.settings())
+
+
+@contextlib.asynccontextmanager
+async def reading(engine: AsyncEngine, scope: Scope) -> AsyncIterator[AsyncConnection]:
+    """A connection in a transaction that took ``scope`` (:func:`scoped`)."""
+    async with engine.connect() as conn, conn.begin():
+        await scoped(conn, scope)
+        yield conn
+
+
+# --- the household list ----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ListFilter:
+    county: str | None = None
+    locality: str | None = None
+    status: str | None = None
+    q: str | None = None  # matched against the lower-case address and member names
+    page: int = 1
+    per_page: int = 20
+
+
+def _overdue(service: sa.FromClause) -> sa.ColumnElement[bool]:
+    # The statuses are written into the SQL, not sent as parameters: a cached generic plan
+    # can then still prove the partial index's ``status IN (…)`` predicate and use it.
+    open_: sa.BindParameter[list[str]] = sa.bindparam(
+        "open_service", list(OPEN_SERVICE), expanding=True, literal_execute=True)
+    return sa.and_(service.c.status.in_(open_), service.c.deadline < sa.func.current_date())
+
+
+def _like_pattern(text: str) -> str:
+    escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def showing(first: int, count: int, total: int) -> str:
+    """The list's position line as the field platform writes it: first and last position
+    joined by an en dash, then the total (``"0 of 134"`` past the end)."""
+    if count == 0:
+        return f"0 of {total}"
+    return f"{first}{EN_DASH}{first + count - 1} of {total}"
+
+
+async def list_households(conn: AsyncConnection, scope: Scope, f: ListFilter) -> dict[str, Any]:
+    h = proj_households
+    s = services.alias("s")
+    conditions = [scope.where(h)]
+    if f.county is not None:
+        conditions.append(h.c.county == f.county)
+    if f.locality is not None:
+        conditions.append(h.c.locality == f.locality)
+    if f.status is not None:
+        conditions.append(h.c.status == f.status)
+    if f.q and "\x00" in f.q:  # no text in PostgreSQL holds NUL: nothing matches
+        conditions.append(sa.false())
+    elif f.q:
+        conditions.append(h.c.search.ilike(_like_pattern(f.q), escape="\\"))
+    where = sa.and_(*conditions)
+    total = (await conn.execute(sa.select(sa.func.count()).select_from(h).where(where))).scalar_one()
+    overdue = (sa.select(sa.func.count()).select_from(s)
+               .where(s.c.household_id == h.c.household_id, _overdue(s))
+               .scalar_subquery())
+    offset = (f.page - 1) * f.per_page
+    order = (h.c.updated_at.desc(), h.c.household_id)  # the *_updated indexes' order
+    # The page's ids first, walked in order from an index that holds every column the
+    # filters (but the text) and the row-level security read, then only those rows.
+    page = (sa.select(h.c.household_id).where(where).order_by(*order)
+            .limit(f.per_page).offset(offset).subquery("page"))
+    rows = (await conn.execute(
+        sa.select(h.c.household_id.label("id"), h.c.locality, h.c.county, h.c.status, h.c.address,
+                  h.c.members_present, h.c.members_total, h.c.vulnerabilities, h.c.services_open,
+                  overdue.label("services_overdue"), h.c.last_assessment_at, h.c.updated_at,
+                  h.c.updated_by)
+        .join_from(h, page, page.c.household_id == h.c.household_id)
+        .order_by(*order))).mappings().all()
+    return {"total": total, "page": f.page, "per_page": f.per_page,
+            "showing": showing(offset + 1, len(rows), total), "items": [dict(r) for r in rows]}
+
+
+# --- one household's profile ------------------------------------------------
+
+_HOUSEHOLD_COLUMNS = ("locality", "county", "status", "address", "lat", "lon", "members_present",
+                      "members_total", "vulnerabilities", "services_open", "next_deadline",
+                      "last_assessment_id", "last_assessment_at", "created_by", "created_at",
+                      "updated_by", "updated_at", "projected_at")
+
+
+def _columns(table: sa.Table, *skip: str) -> list[sa.Column[Any]]:
+    return [c for c in table.c if c.name not in {"household_id", "locality", "county", *skip}]
+
+
+async def _rows(conn: AsyncConnection, query: sa.Select[Any]) -> list[dict[str, Any]]:
+    return [dict(r) for r in (await conn.execute(query)).mappings()]
+
+
+async def household_profile(conn: AsyncConnection, scope: Scope,
+                            household_id: str) -> dict[str, Any] | None:
+    """Everything the web tier shows of one household, or None if it is not in the scope
+    (or not there: the caller cannot tell the two apart)."""
+    h = proj_households
+    s = services
+    overdue = (sa.select(sa.func.count()).select_from(s)
+               .where(s.c.household_id == h.c.household_id, _overdue(s)).scalar_subquery())
+    row = (await conn.execute(
+        sa.select(h.c.household_id.label("id"), *(h.c[name] for name in _HOUSEHOLD_COLUMNS),
+                  overdue.label("services_overdue"))
+        .where(h.c.household_id == household_id, scope.where(h)))).mappings().first()
+    if row is None:
+        return None
+
+    def of(table: sa.Table, *columns: Any, order: Any) -> sa.Select[Any]:
+        return (sa.select(*columns).where(table.c.household_id == household_id, scope.where(table))
+                .order_by(*order))
+
+    return {
+        "household": dict(row),
+        "members": await _rows(conn, of(persons, *_columns(persons), order=[
+            persons.c.last_name, persons.c.first_name, persons.c.person_id])),
+        "answers": await _rows(conn, of(answers, *_columns(answers), order=[answers.c.person_id])),
+        "vulnerabilities": await _rows(conn, of(vulnerabilities, *_columns(vulnerabilities), order=[
+            vulnerabilities.c.vulnerability, vulnerabilities.c.subject])),
+        "services": await _rows(conn, of(s, *_columns(s), _overdue(s).label("overdue"), order=[
+            s.c.deadline.nulls_last(), s.c.service_id])),
+        "activity": await _rows(conn, of(activity, *_columns(activity), order=[
+            activity.c.position])),
+        "change_requests": await _rows(conn, of(change_requests, *_columns(change_requests), order=[
+            change_requests.c.requested_at.nulls_last(), change_requests.c.request_id])),
+        "conflicts": await _rows(conn, of(conflicts, *_columns(conflicts), order=[
+            conflicts.c.detected_at.nulls_last(), conflicts.c.conflict_id])),
+    }
+
+
+# --- indicator summaries ------------------------------------------------------
+
+
+async def summary(conn: AsyncConnection, scope: Scope, level: Level,
+                  code: str | None) -> dict[str, Any]:
+    """Indicators of one locality, one county or the nation, counted over the households
+    of the scope (a county or locality outside it counts nothing)."""
+
+    def area(table: sa.Table) -> sa.ColumnElement[bool]:
+        if level == "locality":
+            return sa.and_(scope.where(table), table.c.locality == code)
+        if level == "county":
+            return sa.and_(scope.where(table), table.c.county == code)
+        return scope.where(table)
+
+    v, a, s = vulnerabilities, answers, services
+    age = a.c.age_at_assessment
+
+    def members(*where: sa.ColumnElement[bool]) -> sa.Select[Any]:
+        """(household, person) of the area's answer rows that match ``where``."""
+        return sa.select(a.c.household_id, a.c.person_id).where(area(a), *where)
+
+    # A vulnerable child: a member under 18 on the assessment's day with any vulnerability
+    # of their own (child-only ones, and "person" ones such as no health insurance).
+    # No joins: an answer row and its person's vulnerabilities are matched by a hashed
+    # ``IN (subquery)``, each table read once through its own area filter (all the rows of
+    # a household carry its locality and county, so both are in the same area). A join is
+    # planned from the row-level security's estimate (~0.5% of the rows): a nested loop,
+    # one index probe per row.
+    vulnerable = sa.tuple_(a.c.household_id, a.c.person_id).in_(
+        sa.select(v.c.household_id, v.c.person_id).where(area(v), v.c.person_id.is_not(None)))
+    children = (sa.select(sa.func.count().label("children_assessed"),
+                          sa.func.count().filter(vulnerable).label("vulnerable_children"))
+                .where(area(a), age < ADULT_AGE).subquery())
+    counts = (await conn.execute(sa.select(
+        sa.func.current_date().label("as_of"),
+        sa.select(sa.func.count()).select_from(proj_households).where(area(proj_households))
+        .scalar_subquery().label("households"),
+        children.c.children_assessed, children.c.vulnerable_children,
+        sa.select(sa.func.count()).select_from(s).where(area(s), _overdue(s))
+        .scalar_subquery().label("overdue_services")))).mappings().one()
+
+    # Only a "person" vulnerability needs its person's age at the assessment (answers).
+    # Read in the (area, code, household) index's order: no sort for the distinct count.
+    person = sa.tuple_(v.c.household_id, v.c.person_id)
+    per_code = await _rows(conn, sa.select(
+        v.c.vulnerability.label("code"),
+        sa.func.count().filter(sa.or_(v.c.population == "child", sa.and_(
+            v.c.population == "person", person.in_(members(age < ADULT_AGE))))).label("children"),
+        sa.func.count().filter(sa.or_(v.c.population == "adult", sa.and_(
+            v.c.population == "person", person.in_(members(age >= ADULT_AGE))))).label("adults"),
+        sa.func.count(sa.distinct(v.c.household_id)).label("households"),
+        sa.func.count(v.c.person_id).label("persons"))
+        .where(area(v))
+        .group_by(v.c.vulnerability).order_by(v.c.vulnerability))
+    return {"level": level, "code": code if level != "national" else None, **counts,
+            "vulnerabilities": per_code}

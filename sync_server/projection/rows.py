@@ -1,0 +1,406 @@
+"""The web tier's tables (schema ``proj``) and the pure function that fills them.
+
+The web platform never opens an Automerge document: it reads these tables. Each row
+carries its household's ``locality`` and ``county`` so that row-level security can
+scope a database session to a locality, a county or the nation without a join
+(docs/projections.md has the policies and the statements the web tier runs).
+
+:func:`project` turns one household (its document read once with ``keys()`` /
+``values()``, see DESIGN.md section 9, plus a few facts from the change log) into the
+rows of every table. It is deterministic: projecting the same document with the same
+log facts gives the same rows, which is what makes a rebuild comparable with the
+incremental projection. :mod:`sync_server.projection.projector` writes the rows.
+
+Nothing here depends on the current date: vulnerabilities are derived as of the latest
+assessment (a child is under 18 on the day they were assessed), and "overdue" is
+computed when a query runs (``deadline < current_date`` on an open service).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+
+from conflict.catalogue import ADULT_AGE, Catalogue, age_on, derive
+from sync_server.store.tables import metadata
+
+SCHEMA = "proj"
+#: The database role the web tier's sessions take (``SET LOCAL ROLE``); it may only read
+#: ``proj`` and only the rows its scope allows (migration 0007).
+WEB_ROLE = "vatra_web"
+#: Services still to be delivered: the ones that can be overdue.
+OPEN_SERVICE = ("planned", "in_progress")
+
+
+def _scoped(name: str, *columns: Any) -> sa.Table:
+    """A ``proj`` table: household id (a foreign key to the registry, so erasure finds it)
+    and the locality / county the row-level security policies read."""
+    return sa.Table(
+        name, metadata,
+        sa.Column("household_id", sa.Text, sa.ForeignKey("households.id"), nullable=False),
+        sa.Column("locality", sa.Text, nullable=False),
+        sa.Column("county", sa.Text, nullable=False),
+        *columns, schema=SCHEMA)
+
+
+households = _scoped(
+    "households",
+    sa.Column("status", sa.Text, nullable=True),
+    sa.Column("address", sa.Text, nullable=True),
+    sa.Column("lat", sa.Float, nullable=True),
+    sa.Column("lon", sa.Float, nullable=True),
+    sa.Column("members_present", sa.Integer, nullable=False),
+    sa.Column("members_total", sa.Integer, nullable=False),
+    sa.Column("vulnerabilities", sa.Integer, nullable=False),
+    sa.Column("services_open", sa.Integer, nullable=False),
+    sa.Column("next_deadline", sa.Date, nullable=True),  # earliest open service's deadline
+    sa.Column("last_assessment_id", sa.Text, nullable=True),
+    sa.Column("last_assessment_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("created_by", sa.Text, nullable=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("updated_by", sa.Text, nullable=True),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("search", sa.Text, nullable=False),  # lower-case address and member names
+    sa.Column("projected_seq", sa.BigInteger, nullable=False),  # change log position
+    sa.Column("projected_at", sa.DateTime(timezone=True), nullable=False,
+              server_default=sa.func.now()),
+    sa.PrimaryKeyConstraint("household_id"),
+    sa.Index("proj_households_county_locality_status", "county", "locality", "status"),
+    sa.Index("proj_households_county_status", "county", "status"),
+)
+# The list's order (newest update first, ties by id), per county, per locality and for the
+# nation; the scope columns and status are included, so a page's ids come from the index
+# alone (the list then reads only those rows).
+sa.Index("proj_households_county_updated", households.c.county, households.c.updated_at.desc(),
+         households.c.household_id, postgresql_include=["locality", "status"])
+sa.Index("proj_households_locality_updated", households.c.locality,
+         households.c.updated_at.desc(), households.c.household_id,
+         postgresql_include=["county", "status"])
+sa.Index("proj_households_updated", households.c.updated_at.desc(), households.c.household_id,
+         postgresql_include=["county", "locality", "status"])
+
+persons = _scoped(
+    "persons",
+    sa.Column("person_id", sa.Text, nullable=False),
+    sa.Column("first_name", sa.Text, nullable=True),
+    sa.Column("last_name", sa.Text, nullable=True),
+    sa.Column("birth_date", sa.Date, nullable=True),
+    sa.Column("sex", sa.Text, nullable=True),
+    sa.Column("relation_to_head", sa.Text, nullable=True),
+    sa.Column("presence", sa.Text, nullable=True),
+    sa.PrimaryKeyConstraint("household_id", "person_id"),
+    sa.Index("proj_persons_locality", "locality"),
+)
+
+#: One row per person assessed in the household's latest assessment, every answer in
+#: one JSONB object (docs/projections.md says why not one row per answer).
+answers = _scoped(
+    "answers",
+    sa.Column("person_id", sa.Text, nullable=False),
+    sa.Column("assessment_id", sa.Text, nullable=False),
+    sa.Column("assessed_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("age_at_assessment", sa.Integer, nullable=True),
+    sa.Column("answers", postgresql.JSONB, nullable=False),
+    sa.PrimaryKeyConstraint("household_id", "person_id"),
+    # Children assessed per locality / county (age second), and the (household, person)
+    # of the members of an age the summary matches with their vulnerabilities: every
+    # column a summary and the row-level security policies read is in the index, so
+    # these are index-only scans that never touch the answers' JSONB.
+    sa.Index("proj_answers_locality", "locality", "age_at_assessment",
+             postgresql_include=["county", "household_id", "person_id"]),
+    sa.Index("proj_answers_county", "county", "age_at_assessment",
+             postgresql_include=["locality", "household_id", "person_id"]),
+    sa.Index("proj_answers_answers", "answers", postgresql_using="gin",
+             postgresql_ops={"answers": "jsonb_path_ops"}),
+)
+
+vulnerabilities = _scoped(
+    "vulnerabilities",
+    sa.Column("vulnerability", sa.Text, nullable=False),
+    sa.Column("subject", sa.Text, nullable=False),  # a person id, or "household"
+    sa.Column("person_id", sa.Text, nullable=True),
+    sa.Column("population", sa.Text, nullable=False),  # child | adult | person | household
+    sa.Column("assessment_id", sa.Text, nullable=False),
+    sa.Column("identified_on", sa.Date, nullable=True),
+    sa.PrimaryKeyConstraint("household_id", "vulnerability", "subject"),
+    # Counts per code of a locality / county: index-only, and already in the order of
+    # the summary's grouping and its count of distinct households (no sort).
+    sa.Index("proj_vulnerabilities_locality", "locality", "vulnerability", "household_id",
+             postgresql_include=["county", "person_id", "population"]),
+    sa.Index("proj_vulnerabilities_county", "county", "vulnerability", "household_id",
+             postgresql_include=["locality", "person_id", "population"]),
+)
+
+services = _scoped(
+    "services",
+    sa.Column("service_id", sa.Text, nullable=False),
+    sa.Column("code", sa.Text, nullable=True),
+    sa.Column("person_id", sa.Text, nullable=True),
+    sa.Column("vulnerability", sa.Text, nullable=True),
+    sa.Column("deadline", sa.Date, nullable=True),
+    sa.Column("status", sa.Text, nullable=True),
+    sa.Column("delivered_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("delivered_by", sa.Text, nullable=True),
+    sa.Column("note", sa.Text, nullable=True),
+    sa.PrimaryKeyConstraint("household_id", "service_id"),
+    # Overdue services by locality / county: the open ones, by deadline (index-only: the
+    # other scope column is included for the row-level security policies).
+    sa.Index("proj_services_open_locality", "locality", "deadline",
+             postgresql_include=["county"],
+             postgresql_where=sa.text("status IN ('planned', 'in_progress')")),
+    sa.Index("proj_services_open_county", "county", "deadline",
+             postgresql_include=["locality"],
+             postgresql_where=sa.text("status IN ('planned', 'in_progress')")),
+)
+
+change_requests = _scoped(
+    "change_requests",
+    sa.Column("request_id", sa.Text, nullable=False),
+    sa.Column("kind", sa.Text, nullable=True),
+    sa.Column("payload", postgresql.JSONB, nullable=True),
+    sa.Column("reason", sa.Text, nullable=True),
+    sa.Column("requested_by", sa.Text, nullable=True),
+    sa.Column("requested_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("status", sa.Text, nullable=True),
+    sa.Column("decided_by", sa.Text, nullable=True),
+    sa.Column("decided_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("decision_note", sa.Text, nullable=True),
+    sa.PrimaryKeyConstraint("household_id", "request_id"),
+    sa.Index("proj_change_requests_county_status", "county", "status"),
+)
+
+conflicts = _scoped(
+    "conflicts",
+    sa.Column("conflict_id", sa.Text, nullable=False),
+    sa.Column("path", postgresql.JSONB, nullable=True),
+    sa.Column("values", postgresql.JSONB, nullable=True),
+    sa.Column("written", postgresql.JSONB, nullable=True),
+    sa.Column("detected_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("resolved_by", sa.Text, nullable=True),
+    sa.Column("resolution", postgresql.JSONB, nullable=True),
+    sa.PrimaryKeyConstraint("household_id", "conflict_id"),
+    sa.Index("proj_conflicts_county", "county"),
+)
+
+activity = _scoped(
+    "activity",
+    sa.Column("position", sa.Integer, nullable=False),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("by", sa.Text, nullable=True),
+    sa.Column("kind", sa.Text, nullable=True),
+    sa.Column("text", sa.Text, nullable=True),
+    sa.PrimaryKeyConstraint("household_id", "position"),
+)
+
+#: Every projection table, in the order the projector writes them.
+TABLES: tuple[sa.Table, ...] = (households, persons, answers, vulnerabilities, services,
+                                change_requests, conflicts, activity)
+
+
+def primary_key(table: sa.Table) -> tuple[str, ...]:
+    return tuple(c.name for c in table.primary_key.columns)
+
+
+@dataclass(frozen=True, slots=True)
+class LogFacts:
+    """What the projection takes from the change log rather than from the document."""
+
+    last_seq: int                       # the newest change the document holds
+    updated_at: dt.datetime | None      # when the newest change was received
+    updated_by: str | None              # its author (a user id; "vatra" for the server)
+
+
+Rows = dict[str, list[dict[str, Any]]]  # table name -> rows
+
+
+def _map(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _instant(value: object) -> dt.datetime | None:
+    """An ISO 8601 instant from the document, or None if it is missing or unreadable."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=dt.UTC)
+
+
+def _date(value: object) -> dt.date | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return dt.date.fromisoformat(value[:10])
+    except ValueError:
+        return None
+
+
+def _float(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _json(value: object) -> Any:
+    """A value as JSON can hold it (document scalars are str / int / float / bool / None)."""
+    if isinstance(value, Mapping):
+        return {str(k): _json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json(v) for v in value]
+    if isinstance(value, bytes):
+        return value.hex()
+    return value
+
+
+def latest_assessment(assessments: Mapping[str, Any]) -> tuple[str, Mapping[str, Any]] | None:
+    """The assessment completed (else started) last, ties broken by id: the one
+    :func:`conflict.catalogue.derive` reads, so answers and vulnerabilities agree."""
+    best: tuple[tuple[str, str], str, Mapping[str, Any]] | None = None
+    for aid, raw in assessments.items():
+        a = _map(raw)
+        if not isinstance(raw, Mapping):
+            continue
+        at = a.get("completed_at") or a.get("started_at")
+        key = (at if isinstance(at, str) else "", str(aid))
+        if best is None or key > best[0]:
+            best = (key, str(aid), a)
+    return None if best is None else (best[1], best[2])
+
+
+def project(household_id: str, doc: Mapping[str, Any], *, locality: str, county: str,
+            log: LogFacts, catalogue: Catalogue) -> Rows:
+    """Every projection row of one household.
+
+    ``doc`` is the household document as plain values (``Household.to_dict()``);
+    ``locality`` and ``county`` come from the registry (they are what the household was
+    registered under, and what row-level security trusts).
+    """
+    scope = {"household_id": household_id, "locality": locality, "county": county}
+    members = _map(doc.get("members"))
+    assessments = _map(doc.get("assessments"))
+    plan = _map(doc.get("service_plan"))
+    feed = doc.get("activity") if isinstance(doc.get("activity"), list) else []
+
+    persons_rows = []
+    for pid in sorted(members):
+        m = _map(members[pid])
+        persons_rows.append({**scope, "person_id": str(pid),
+                             "first_name": _str(m.get("first_name")),
+                             "last_name": _str(m.get("last_name")),
+                             "birth_date": _date(m.get("birth_date")),
+                             "sex": _str(m.get("sex")),
+                             "relation_to_head": _str(m.get("relation_to_head")),
+                             "presence": _str(m.get("presence"))})
+
+    latest = latest_assessment(assessments)
+    answers_rows: list[dict[str, Any]] = []
+    vulnerability_rows: list[dict[str, Any]] = []
+    assessed_at: dt.datetime | None = None
+    if latest is not None:
+        assessment_id, assessment = latest
+        assessed_at = _instant(assessment.get("completed_at") or assessment.get("started_at"))
+        on = assessed_at.date() if assessed_at is not None else None
+        for pid, given in sorted(_map(assessment.get("answers")).items()):
+            birth = _str(_map(members.get(pid)).get("birth_date"))
+            age = None
+            if birth is not None and on is not None:
+                try:
+                    age = age_on(birth, on)
+                except ValueError:
+                    age = None
+            answers_rows.append({**scope, "person_id": str(pid), "assessment_id": assessment_id,
+                                 "assessed_at": assessed_at, "age_at_assessment": age,
+                                 "answers": _json(_map(given))})
+        if on is not None:
+            for found in derive(doc, on=on, catalogue=catalogue):
+                population = catalogue.vulnerabilities[found.vulnerability].applies_to
+                vulnerability_rows.append({
+                    **scope, "vulnerability": found.vulnerability,
+                    "subject": found.person_id if found.person_id is not None else "household",
+                    "person_id": found.person_id, "population": population,
+                    "assessment_id": found.assessment_id, "identified_on": on})
+
+    service_rows = []
+    for sid in sorted(plan):
+        s = _map(plan[sid])
+        note = s.get("note")
+        service_rows.append({**scope, "service_id": str(sid), "code": _str(s.get("code")),
+                             "person_id": _str(s.get("person_id")),
+                             "vulnerability": _str(s.get("vulnerability")),
+                             "deadline": _date(s.get("deadline")),
+                             "status": _str(s.get("status")),
+                             "delivered_at": _instant(s.get("delivered_at")),
+                             "delivered_by": _str(s.get("delivered_by")),
+                             "note": note if isinstance(note, str) and note else None})
+
+    request_rows = []
+    for rid, raw in sorted(_map(doc.get("change_requests")).items()):
+        r = _map(raw)
+        request_rows.append({**scope, "request_id": str(rid), "kind": _str(r.get("kind")),
+                             "payload": _json(r.get("payload")),
+                             "reason": _str(r.get("reason")),
+                             "requested_by": _str(r.get("requested_by")),
+                             "requested_at": _instant(r.get("requested_at")),
+                             "status": _str(r.get("status")),
+                             "decided_by": _str(r.get("decided_by")),
+                             "decided_at": _instant(r.get("decided_at")),
+                             "decision_note": _str(r.get("decision_note"))})
+
+    conflict_rows = []
+    for cid, raw in sorted(_map(doc.get("conflicts")).items()):
+        c = _map(raw)
+        conflict_rows.append({**scope, "conflict_id": str(cid), "path": _json(c.get("path")),
+                              "values": _json(c.get("values")),
+                              "written": _json(c.get("written")),
+                              "detected_at": _instant(c.get("detected_at")),
+                              "resolved_by": _str(c.get("resolved_by")),
+                              "resolution": _json(c.get("resolution"))})
+
+    activity_rows = []
+    for position, raw in enumerate(feed):
+        a = _map(raw)
+        activity_rows.append({**scope, "position": position, "at": _instant(a.get("at")),
+                              "by": _str(a.get("by")), "kind": _str(a.get("kind")),
+                              "text": _str(a.get("text"))})
+
+    registered = next((_map(a) for a in feed if _map(a).get("kind") == "registered"), {})
+    gps = _map(doc.get("gps"))
+    open_deadlines = [r["deadline"] for r in service_rows
+                      if r["status"] in OPEN_SERVICE and r["deadline"] is not None]
+    address = _str(doc.get("address"))
+    names = [n for r in persons_rows for n in (r["first_name"], r["last_name"]) if n]
+    household_row = {
+        **scope, "status": _str(doc.get("status")), "address": address,
+        "lat": _float(gps.get("lat")), "lon": _float(gps.get("lon")),
+        "members_present": sum(1 for r in persons_rows if r["presence"] == "present"),
+        "members_total": len(persons_rows),
+        "vulnerabilities": len(vulnerability_rows),
+        "services_open": sum(1 for r in service_rows if r["status"] in OPEN_SERVICE),
+        "next_deadline": min(open_deadlines) if open_deadlines else None,
+        "last_assessment_id": latest[0] if latest is not None else None,
+        "last_assessment_at": assessed_at,
+        "created_by": _str(registered.get("by")),
+        "created_at": _instant(registered.get("at")),
+        "updated_by": log.updated_by, "updated_at": log.updated_at,
+        "search": " ".join([address or "", *names]).lower().strip(),
+        "projected_seq": log.last_seq,
+    }
+    return {"households": [household_row], "persons": persons_rows, "answers": answers_rows,
+            "vulnerabilities": vulnerability_rows, "services": service_rows,
+            "change_requests": request_rows, "conflicts": conflict_rows,
+            "activity": activity_rows}
+
+
+def is_child(age: int | None) -> bool:
+    return age is not None and age < ADULT_AGE

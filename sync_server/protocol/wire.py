@@ -1,0 +1,277 @@
+"""The wire vocabulary: automerge-repo messages, CBOR-encoded, one per frame.
+
+This module is shared by the server and the reference client (``client_sdk``)
+and depends only on ``cbor2``. Each message type is one class with
+``to_wire()`` / ``from_wire()``; :func:`decode` and :func:`encode` turn frames
+into messages and back. Field names and meanings follow automerge-repo's
+``packages/automerge-repo/src/network/messages.ts`` so that any automerge-repo
+peer (samod in the Python ``automerge`` package, JS ``automerge-repo``) can
+sync with Vatra.
+
+A ``sync`` frame, as CBOR diagnostic notation::
+
+    {"type": "sync", "senderId": "peer-1", "targetId": "vatra-server",
+     "documentId": "2fiH6LVoDnXEUsYNHowu3UTBwJqk", "data": h'42 01 ac7a…'}
+
+Vatra additions are marked in their docstrings; an automerge-repo peer that
+does not know them ignores the extra fields (``code`` on ``error``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import cbor2
+
+from sync_server.protocol.errors import ErrorCode, ProtocolError
+
+PROTOCOL_VERSION = "1"
+
+#: Longest peer id or document id a message may carry (automerge-repo's are 20-40
+#: characters). Checked before anything parses an id: a longer one is ``limit-exceeded``.
+MAX_ID_CHARS = 128
+#: Longest free text (an ``error`` message) a message may carry.
+MAX_TEXT_CHARS = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Join:
+    """Client → server, first message: ``{"type": "join", "senderId", "supportedProtocolVersions"}``."""
+
+    type: ClassVar[str] = "join"
+    sender_id: str
+    supported_protocol_versions: tuple[str, ...] = (PROTOCOL_VERSION,)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": self.type, "senderId": self.sender_id,
+                "supportedProtocolVersions": list(self.supported_protocol_versions),
+                "metadata": self.metadata}
+
+    @classmethod
+    def from_wire(cls, m: dict[str, Any]) -> Join:
+        versions = m.get("supportedProtocolVersions", [])
+        if not isinstance(versions, list) or not all(isinstance(v, str) for v in versions):
+            raise _bad("join.supportedProtocolVersions must be a list of strings")
+        return cls(_str(m, "senderId"), tuple(versions), _metadata(m))
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """Server → client answer to ``join``.
+
+    ``{"type": "peer", "senderId", "targetId", "selectedProtocolVersion"}``"""
+
+    type: ClassVar[str] = "peer"
+    sender_id: str
+    target_id: str
+    selected_protocol_version: str = PROTOCOL_VERSION
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": self.type, "senderId": self.sender_id, "targetId": self.target_id,
+                "selectedProtocolVersion": self.selected_protocol_version,
+                "metadata": self.metadata}
+
+    @classmethod
+    def from_wire(cls, m: dict[str, Any]) -> Peer:
+        return cls(_str(m, "senderId"), _str(m, "targetId"),
+                   _str(m, "selectedProtocolVersion"), _metadata(m))
+
+
+@dataclass(frozen=True, slots=True)
+class Sync:
+    """Either direction: one Automerge sync message for one document."""
+
+    type: ClassVar[str] = "sync"
+    sender_id: str
+    target_id: str
+    document_id: str
+    data: bytes
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": self.type, "senderId": self.sender_id, "targetId": self.target_id,
+                "documentId": self.document_id, "data": self.data}
+
+    @classmethod
+    def from_wire(cls, m: dict[str, Any]) -> Sync:
+        return cls(_str(m, "senderId"), _str(m, "targetId"), _str(m, "documentId"),
+                   _bytes(m, "data"))
+
+
+@dataclass(frozen=True, slots=True)
+class Request(Sync):
+    """Like ``sync``, but the sender does not have the document and asks for it."""
+
+    type: ClassVar[str] = "request"
+
+
+@dataclass(frozen=True, slots=True)
+class DocUnavailable:
+    """Server → client: no such document (or none this peer may see; the answer is the same)."""
+
+    type: ClassVar[str] = "doc-unavailable"
+    sender_id: str
+    target_id: str
+    document_id: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": self.type, "senderId": self.sender_id, "targetId": self.target_id,
+                "documentId": self.document_id}
+
+    @classmethod
+    def from_wire(cls, m: dict[str, Any]) -> DocUnavailable:
+        return cls(_str(m, "senderId"), _str(m, "targetId"), _str(m, "documentId"))
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    """``{"type": "error", "senderId", "message"}``; Vatra adds ``code`` (an :class:`ErrorCode`)
+    and, when one household is concerned, ``documentId``."""
+
+    type: ClassVar[str] = "error"
+    sender_id: str
+    message: str
+    code: str = ""
+    document_id: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        wire: dict[str, Any] = {"type": self.type, "senderId": self.sender_id,
+                                "message": self.message, "code": self.code}
+        if self.document_id is not None:
+            wire["documentId"] = self.document_id
+        return wire
+
+    @classmethod
+    def from_wire(cls, m: dict[str, Any]) -> Error:
+        doc = m.get("documentId")
+        return cls(_str(m, "senderId"), _str(m, "message", MAX_TEXT_CHARS),
+                   _str(m, "code", MAX_ID_CHARS) if "code" in m else "",
+                   doc if isinstance(doc, str) and len(doc) <= MAX_ID_CHARS else None)
+
+
+@dataclass(frozen=True, slots=True)
+class Ephemeral:
+    """Ephemeral (presence-like) data. Accepted and not relayed: Vatra keeps no ephemeral state."""
+
+    type: ClassVar[str] = "ephemeral"
+    sender_id: str
+    document_id: str
+    data: bytes
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": self.type, "senderId": self.sender_id, "documentId": self.document_id,
+                "data": self.data}
+
+    @classmethod
+    def from_wire(cls, m: dict[str, Any]) -> Ephemeral:
+        return cls(_str(m, "senderId"), _str(m, "documentId"), _bytes(m, "data"))
+
+
+@dataclass(frozen=True, slots=True)
+class Caseload:
+    """Vatra extension, server → client, right after ``peer``: the households this device's
+    user may hold. Sent only to clients whose ``join`` metadata has ``"vatraCaseload": true``
+    (other automerge-repo peers never see it). The client downloads the ones it lacks and
+    deletes local copies of households it synced before that are no longer listed."""
+
+    type: ClassVar[str] = "vatra-caseload"
+    sender_id: str
+    target_id: str
+    document_ids: tuple[str, ...]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": self.type, "senderId": self.sender_id, "targetId": self.target_id,
+                "documentIds": list(self.document_ids)}
+
+    @classmethod
+    def from_wire(cls, m: dict[str, Any]) -> Caseload:
+        ids = m.get("documentIds")
+        if not isinstance(ids, list) or not all(isinstance(i, str) and len(i) <= MAX_ID_CHARS
+                                                for i in ids):
+            raise _bad("vatra-caseload.documentIds must be a list of document ids")
+        return cls(_str(m, "senderId"), _str(m, "targetId"), tuple(ids))
+
+
+Message = Join | Peer | Sync | Request | DocUnavailable | Error | Ephemeral | Caseload
+
+MESSAGE_TYPES: dict[str, type[Message]] = {
+    cls.type: cls
+    for cls in (Join, Peer, Sync, Request, DocUnavailable, Error, Ephemeral, Caseload)
+}
+
+
+def encode(message: Message) -> bytes:
+    """One frame's bytes for ``message``."""
+    return cbor2.dumps(message.to_wire())
+
+
+def decode(frame: bytes) -> Message:
+    """Parse one frame; raise :class:`ProtocolError` naming what is wrong."""
+    try:
+        raw = cbor2.loads(frame)
+    except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError) as exc:
+        raise ProtocolError("frame is not valid CBOR", code=ErrorCode.MALFORMED_MESSAGE) from exc
+    if not isinstance(raw, dict):
+        raise _bad("a message must be a CBOR map")
+    kind = raw.get("type")
+    if not isinstance(kind, str):
+        raise _bad("a message needs a string 'type'")
+    cls = MESSAGE_TYPES.get(kind)
+    if cls is None:
+        raise ProtocolError(f"unknown message type {kind[:40]!r}",
+                            code=ErrorCode.UNKNOWN_MESSAGE_TYPE)
+    return cls.from_wire(raw)
+
+
+def sync_message_heads(data: bytes) -> list[bytes]:
+    """The heads an Automerge sync message advertises (its first field).
+
+    The binary sync message starts with a type byte (0x42, or 0x43 for the
+    version with capabilities), then a LEB128 count and that many 32-byte
+    change hashes. The Python binding does not expose them, and the client needs
+    them to know what the server holds ("saved to server").
+    """
+    if len(data) < 2 or data[0] not in (0x42, 0x43):
+        raise ValueError("not an Automerge sync message")
+    count, pos, shift = 0, 1, 0
+    while True:
+        if pos >= len(data) or shift > 28:
+            raise ValueError("truncated head count")
+        byte = data[pos]
+        pos += 1
+        count |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            break
+    end = pos + 32 * count
+    if end > len(data):
+        raise ValueError("truncated heads")
+    return [data[i:i + 32] for i in range(pos, end, 32)]
+
+
+def _bad(what: str) -> ProtocolError:
+    return ProtocolError(what, code=ErrorCode.MALFORMED_MESSAGE)
+
+
+def _str(m: dict[str, Any], key: str, limit: int = MAX_ID_CHARS) -> str:
+    value = m.get(key)
+    if not isinstance(value, str):
+        raise _bad(f"field {key!r} must be a string")
+    if len(value) > limit:
+        raise ProtocolError(f"field {key!r} is longer than {limit} characters",
+                            code=ErrorCode.LIMIT_EXCEEDED)
+    return value
+
+
+def _bytes(m: dict[str, Any], key: str) -> bytes:
+    value = m.get(key)
+    if not isinstance(value, bytes):
+        raise _bad(f"field {key!r} must be a byte string")
+    return value
+
+
+def _metadata(m: dict[str, Any]) -> dict[str, Any]:
+    value = m.get("metadata", {})
+    return value if isinstance(value, dict) else {}

@@ -1,0 +1,736 @@
+"""Where households live: the store interface and its PostgreSQL implementation.
+
+The contract (``HouseholdStore``) is small on purpose, like automerge-repo's
+storage adapters, and ``tests/test_storage_contract.py`` runs one contract
+suite against every implementation.
+
+- ``changes`` is the append-only log: one row per Automerge change, keyed by
+  (household, change hash), so re-sending a change is a no-op. Rows are never
+  updated or deleted (a trigger refuses it): the log is the audit trail.
+- ``snapshots`` holds one compacted ``save()`` per household with the heads
+  and the log position (``covers_seq``) it covers. A cold load is the snapshot
+  plus the changes logged after it, in one ``Document.load``.
+- ``household_keys`` holds each household's data key, wrapped by the master key.
+  Change and snapshot bodies are sealed with it (:mod:`sync_server.store.keys`);
+  hashes, deps, actors and log positions stay plaintext (they reveal no content).
+  Erasing a household destroys its data key: its log rows stay, unreadable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from sync_server.store.audit import AuditEvent, AuditLog
+from sync_server.store.keys import CHANGE, SEAL_OVERHEAD, SNAPSHOT, DataKey, KeyRing, KeyRingError, WrappedKey
+from sync_server.store.tables import metadata
+
+if TYPE_CHECKING:
+    from sync_server.config import Settings
+
+
+households = sa.Table(
+    "households", metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("locality", sa.Text, nullable=False),
+    sa.Column("county", sa.Text, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False,
+              server_default=sa.func.now()),
+)
+
+changes = sa.Table(
+    "changes", metadata,
+    sa.Column("household_id", sa.Text, sa.ForeignKey("households.id"), nullable=False),
+    sa.Column("hash", sa.LargeBinary, nullable=False),
+    sa.Column("seq", sa.BigInteger, sa.Identity(always=True), nullable=False),
+    sa.Column("deps", postgresql.ARRAY(sa.LargeBinary), nullable=False),
+    sa.Column("actor", sa.LargeBinary, nullable=False),
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False,
+              server_default=sa.func.now()),
+    sa.Column("body", sa.LargeBinary, nullable=False),
+    sa.Column("device_id", sa.Text, nullable=True),  # the author device (enrolled)
+    sa.PrimaryKeyConstraint("household_id", "hash"),
+    sa.Index("changes_household_seq", "household_id", "seq"),
+)
+
+#: One row per household whose projection is behind its change log, written by the same
+#: statement (so the same transaction) as the changes. ``last_seq`` is the newest change
+#: logged; ``enqueued_at`` the time the oldest unprojected one arrived (the projection
+#: lag is measured from it). The projector deletes a row only if no batch wrote it since
+#: the projector read it (its ``xmin``, sync_server/projector.py), so a change logged
+#: during a projection is never lost.
+projection_outbox = sa.Table(
+    "projection_outbox", metadata,
+    sa.Column("household_id", sa.Text, sa.ForeignKey("households.id"), primary_key=True),
+    sa.Column("last_seq", sa.BigInteger, nullable=False),
+    sa.Column("enqueued_at", sa.DateTime(timezone=True), nullable=False,
+              server_default=sa.func.now()),
+)
+
+snapshots = sa.Table(
+    "snapshots", metadata,
+    sa.Column("household_id", sa.Text, sa.ForeignKey("households.id"), primary_key=True),
+    sa.Column("heads", postgresql.ARRAY(sa.LargeBinary), nullable=False),
+    sa.Column("covers_seq", sa.BigInteger, nullable=False),
+    sa.Column("body", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False,
+              server_default=sa.func.now()),
+)
+
+household_keys = sa.Table(
+    "household_keys", metadata,
+    sa.Column("household_id", sa.Text, sa.ForeignKey("households.id"), primary_key=True),
+    sa.Column("wrapped", sa.LargeBinary, nullable=True),  # NULL = destroyed (erased)
+    sa.Column("master_version", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False,
+              server_default=sa.func.now()),
+    sa.Column("destroyed_at", sa.DateTime(timezone=True), nullable=True),
+    sa.CheckConstraint("(wrapped IS NULL) = (destroyed_at IS NOT NULL)",
+                       name="household_keys_destroyed"),
+)
+
+
+class HouseholdErased(LookupError):
+    """The household was erased: its data key is destroyed, its content unreadable."""
+
+    def __init__(self, household_id: str) -> None:
+        super().__init__(f"household {household_id} was erased (its data key is destroyed)")
+        self.household_id = household_id
+
+
+class HouseholdIdTaken(LookupError):
+    """A creation named an id that is registered already: nothing was stored."""
+
+    def __init__(self, household_id: str) -> None:
+        super().__init__(f"household id {household_id} is registered already")
+        self.household_id = household_id
+
+
+@dataclass(frozen=True, slots=True)
+class ErasureResult:
+    household_id: str
+    deleted: dict[str, int]  # table -> rows deleted (rows of the household outside the log)
+    log_rows_kept: int       # change-log rows kept, sealed with the destroyed key
+    already_erased: bool
+
+
+@dataclass(frozen=True, slots=True)
+class HouseholdRecord:
+    """A household in the registry (no content: that is in the change log)."""
+
+    id: str
+    locality: str
+    county: str
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredChange:
+    """One Automerge change as logged: its hash, dependencies, author actor and bytes."""
+
+    hash: bytes
+    deps: tuple[bytes, ...]
+    actor: bytes
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Author:
+    """Who sent a batch: recorded with each change and in the audit log."""
+
+    device_id: str
+    user_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    inserted: int        # rows new to the log (0 when everything was a re-send)
+    inserted_bytes: int  # their body bytes (plaintext)
+    last_seq: int        # highest log position among the inserted rows (0 if none inserted)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedHousehold:
+    """What a cold load reads: the latest snapshot and the changes logged after it."""
+
+    record: HouseholdRecord
+    snapshot: bytes
+    snapshot_heads: tuple[bytes, ...]
+    later_changes: tuple[bytes, ...]
+    last_seq: int
+
+    @property
+    def bytes_since_snapshot(self) -> int:
+        return sum(len(c) for c in self.later_changes)
+
+    def document_bytes(self) -> bytes:
+        """Input for one ``Document.load``: snapshot chunk followed by change chunks."""
+        return self.snapshot + b"".join(self.later_changes)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """A household whose projection is behind: up to which change, and since when."""
+
+    household_id: str
+    last_seq: int
+    enqueued_at: datetime
+
+
+class HouseholdStore(Protocol):
+    """The storage contract the server relies on."""
+
+    async def create_household(self, record: HouseholdRecord,
+                               first_changes: Sequence[StoredChange],
+                               author: Author | None = None,
+                               team: Sequence[str] = ()) -> AppendResult:
+        """Register ``record``, log its first changes and put the existing users of
+        ``team`` on its team, in one transaction.
+
+        An id registered already stores nothing and raises :class:`HouseholdIdTaken`
+        (:class:`HouseholdErased` if it was erased)."""
+        ...
+
+    async def move_household(self, record: HouseholdRecord, new: Sequence[StoredChange],
+                             author: Author | None = None) -> AppendResult:
+        """Log ``new`` and set the household's locality and county, in one transaction."""
+        ...
+
+    async def household(self, household_id: str) -> HouseholdRecord | None: ...
+
+    async def append_changes(self, household_id: str, new: Sequence[StoredChange],
+                             author: Author | None = None) -> AppendResult:
+        """Log ``new`` in one transaction; changes already logged are skipped. ``author``
+        is recorded with each change and in the audit log."""
+        ...
+
+    async def load(self, household_id: str) -> LoadedHousehold | None: ...
+
+    async def save_snapshot(self, household_id: str, body: bytes,
+                            heads: Sequence[bytes], covers_seq: int) -> None:
+        """Replace the household's snapshot with ``body``, covering the log up to ``covers_seq``."""
+        ...
+
+    async def change_count(self, household_id: str) -> int: ...
+
+    async def change_origins(self, household_id: str, hashes: Collection[bytes]
+                             ) -> dict[bytes, tuple[str | None, datetime]]:
+        """``hash -> (author device id or None for the server's own, received at)``."""
+        ...
+
+
+#: One statement for a whole batch, whatever its size and however many households it
+#: spans: the rows travel as five array parameters, so the statement is prepared once
+#: and cached (a multi-row VALUES list would be a new statement per batch size).
+#: ``deps`` arrive as comma-joined hex because PostgreSQL arrays cannot be ragged.
+#: Re-sent changes hit the primary key and are skipped. Bodies arrive sealed; nothing is
+#: written for a household whose data key was destroyed (erased by another process).
+#: The same statement queues each household that logged something for projection.
+_APPEND = sa.text("""
+    WITH inserted AS (
+        INSERT INTO changes (household_id, hash, deps, actor, body, device_id)
+        SELECT u.household_id, u.hash,
+               ARRAY(SELECT decode(d, 'hex') FROM unnest(string_to_array(u.deps, ',')) AS d),
+               u.actor, u.body, u.device_id
+        FROM unnest(:household_ids, :hashes, :deps, :actors, :bodies, :devices)
+             AS u(household_id, hash, deps, actor, body, device_id)
+        WHERE EXISTS (SELECT 1 FROM household_keys k
+                      WHERE k.household_id = u.household_id AND k.wrapped IS NOT NULL)
+        ON CONFLICT (household_id, hash) DO NOTHING
+        RETURNING household_id, seq, length(body) AS size, hash
+    ), queued AS (
+        INSERT INTO projection_outbox (household_id, last_seq)
+        SELECT household_id, max(seq) FROM inserted GROUP BY household_id
+        ON CONFLICT (household_id) DO UPDATE
+            SET last_seq = GREATEST(projection_outbox.last_seq, EXCLUDED.last_seq)
+    )
+    SELECT household_id, seq, size, hash FROM inserted
+""").bindparams(
+    sa.bindparam("household_ids", type_=postgresql.ARRAY(sa.Text)),
+    sa.bindparam("hashes", type_=postgresql.ARRAY(sa.LargeBinary)),
+    sa.bindparam("deps", type_=postgresql.ARRAY(sa.Text)),
+    sa.bindparam("actors", type_=postgresql.ARRAY(sa.LargeBinary)),
+    sa.bindparam("bodies", type_=postgresql.ARRAY(sa.LargeBinary)),
+    sa.bindparam("devices", type_=postgresql.ARRAY(sa.Text)),
+)
+
+
+#: A new household's first team: the named users that exist.
+_TEAM = sa.text("""
+    INSERT INTO household_team (household_id, user_id)
+    SELECT :household, u.id FROM users u WHERE u.id = ANY(:users)
+""").bindparams(sa.bindparam("users", type_=postgresql.ARRAY(sa.Text)))
+
+
+async def _insert_changes(conn: AsyncConnection,
+                          batches: Sequence[tuple[str, Sequence[StoredChange], Author | None]],
+                          keys: dict[str, DataKey], audit: AuditLog) -> dict[str, AppendResult]:
+    """Seal every body with its household's key, insert every batch with one statement,
+    and append one audit row per batch that logged something (same transaction); an
+    AppendResult per household."""
+    params: dict[str, list[Any]] = {k: [] for k in ("household_ids", "hashes", "deps",
+                                                    "actors", "bodies", "devices")}
+    for household_id, new, author in batches:
+        key = keys[household_id]
+        for c in new:
+            params["household_ids"].append(household_id)
+            params["hashes"].append(c.hash)
+            params["deps"].append(",".join(d.hex() for d in c.deps))
+            params["actors"].append(c.actor)
+            params["bodies"].append(key.seal(CHANGE, c.body))
+            params["devices"].append(author.device_id if author else None)
+    results = {household_id: AppendResult(0, 0, 0) for household_id, _, _ in batches}
+    if not params["hashes"]:
+        return results
+    logged: dict[str, list[str]] = {}
+    for household_id, seq, size, digest in (await conn.execute(_APPEND, params)).all():
+        r = results[household_id]
+        # length(body) is the sealed size; the overhead is fixed, so this is the plaintext's.
+        results[household_id] = AppendResult(r.inserted + 1,
+                                             r.inserted_bytes + size - SEAL_OVERHEAD,
+                                             max(r.last_seq, seq))
+        logged.setdefault(household_id, []).append(digest.hex())
+    authors = {household_id: author for household_id, _, author in batches}
+    await audit.append(conn, [
+        AuditEvent("changes-accepted", household_id,
+                   user_id=authors[household_id].user_id if authors[household_id] else None,
+                   device_id=authors[household_id].device_id if authors[household_id] else None,
+                   detail={"changes": len(hashes), "hashes": sorted(hashes)})
+        for household_id, hashes in sorted(logged.items())])
+    return results
+
+
+class _GroupCommit:
+    """Commits the appends of concurrent merges together: one transaction, one statement.
+
+    While one commit is in flight, the appends that arrive queue up and go into the next
+    one, so under load many households share each WAL flush; alone, an append waits for
+    exactly one commit, as before. Every caller still gets its result only after the
+    commit, so the pipeline's rule (advertise only what is committed) holds. If the
+    commit fails, every caller in it gets the error and nothing of it is stored.
+    """
+
+    def __init__(self, engine: AsyncEngine, store: PostgresStore) -> None:
+        self._engine = engine
+        self._store = store
+        self._queue: list[tuple[str, Sequence[StoredChange], Author | None,
+                                asyncio.Future[AppendResult]]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.commits = 0
+
+    async def append(self, household_id: str, new: Sequence[StoredChange],
+                     author: Author | None) -> AppendResult:
+        fut: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
+        self._queue.append((household_id, new, author, fut))
+        self._wake.set()
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="vatra-group-commit")
+        return await fut
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for _, _, fut in self._queue:
+            if not fut.done():
+                fut.set_exception(RuntimeError("store closed"))
+        self._queue.clear()
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            group, self._queue = self._queue, []
+            if not group:
+                continue
+            try:
+                async with self._engine.begin() as conn:
+                    keys, erased = await self._store._data_keys(conn, {g[0] for g in group})
+                    results = await _insert_changes(
+                        conn, [(h, new, author) for h, new, author, _ in group if h in keys],
+                        keys, self._store.audit)
+            except Exception as exc:
+                for *_, fut in group:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            self.commits += 1
+            self._store.committed()
+            for household_id, _, _, fut in group:
+                if fut.done():  # a caller cancelled meanwhile: its rows are stored anyway
+                    continue
+                if household_id in keys:
+                    fut.set_result(results[household_id])
+                else:  # one erased household fails only its own callers
+                    fut.set_exception(erased[household_id])
+
+
+class PostgresStore:
+    """:class:`HouseholdStore` on PostgreSQL through SQLAlchemy Core and asyncpg.
+
+    Every change body and snapshot body is sealed with its household's data key
+    (``keyring``) before it is written and opened when it is read.
+    """
+
+    def __init__(self, engine: AsyncEngine, keyring: KeyRing) -> None:
+        self._engine = engine
+        self.keyring = keyring
+        self.audit = AuditLog(engine, keyring)
+        self._group = _GroupCommit(engine, self)
+        self._verified: BaseException | bool = False
+        self._verify_lock = asyncio.Lock()
+        self._on_commit: list[Callable[[], None]] = []
+
+    def on_commit(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` after every commit that may have logged changes (the
+        in-process projector wakes on it)."""
+        self._on_commit.append(callback)
+
+    def committed(self) -> None:
+        for callback in self._on_commit:
+            callback()
+
+    @classmethod
+    def from_settings(cls, engine: AsyncEngine, settings: Settings) -> PostgresStore:
+        """A store with the master keys ``settings`` point at (:func:`keys.load_keyring`):
+        raises :class:`keys.MasterKeyError` when there is none to use."""
+        from sync_server.store.keys import load_keyring
+
+        # Cache at least every resident household's key: appends then never read the table.
+        return cls(engine, load_keyring(
+            settings, cache_size=max(4096, 2 * settings.resident_households)))
+
+    async def close(self) -> None:
+        """Stop the group-commit writer (pending appends fail with an error)."""
+        await self._group.close()
+
+    # -- keys -----------------------------------------------------------------------------
+
+    async def verify_master_key(self) -> None:
+        """Check that the configured master keys open the stored data keys: one per master
+        version in use. Raises :class:`keys.MasterKeyError` (wrong key, missing version).
+        Run once before the first read or write; a failure is remembered, so with a wrong
+        key the store returns no data at all."""
+        if self._verified is True:
+            return
+        async with self._verify_lock:
+            if isinstance(self._verified, BaseException):
+                raise self._verified
+            if self._verified:
+                return
+            async with self._engine.connect() as conn:
+                rows = (await conn.execute(
+                    sa.select(household_keys.c.household_id, household_keys.c.wrapped,
+                              household_keys.c.master_version)
+                    .where(household_keys.c.wrapped.is_not(None))
+                    .ext(postgresql.distinct_on(household_keys.c.master_version))
+                    .order_by(household_keys.c.master_version))).all()
+            try:
+                for row in rows:
+                    self.keyring.rewrap(row.household_id,
+                                        WrappedKey(row.wrapped, row.master_version))
+            except KeyRingError as exc:
+                self._verified = exc
+                raise
+            self._verified = True
+
+    async def _data_keys(self, conn: AsyncConnection, household_ids: Collection[str]
+                         ) -> tuple[dict[str, DataKey], dict[str, BaseException]]:
+        """The data keys of ``household_ids`` (cache, else unwrapped from the table), and an
+        error for each household that has none to use (erased, or not registered)."""
+        keys: dict[str, DataKey] = {}
+        errors: dict[str, BaseException] = {}
+        missing = []
+        for hid in household_ids:
+            key = self.keyring.cached(hid)
+            if key is not None:
+                keys[hid] = key
+            else:
+                missing.append(hid)
+        if missing:
+            rows = {r.household_id: r for r in (await conn.execute(
+                sa.select(household_keys.c.household_id, household_keys.c.wrapped,
+                          household_keys.c.master_version)
+                .where(household_keys.c.household_id.in_(missing)))).all()}
+            for hid in missing:
+                row = rows.get(hid)
+                if row is None:
+                    errors[hid] = LookupError(f"household {hid} has no data key")
+                elif row.wrapped is None:
+                    errors[hid] = HouseholdErased(hid)
+                else:
+                    keys[hid] = self.keyring.unwrap(hid, WrappedKey(row.wrapped,
+                                                                    row.master_version))
+        return keys, errors
+
+    async def data_key(self, household_id: str, conn: AsyncConnection | None = None) -> DataKey:
+        """The household's data key, to seal or open any household-scoped blob (purposes in
+        :mod:`sync_server.store.keys`). Raises :class:`HouseholdErased` or ``LookupError``."""
+        await self.verify_master_key()
+        if conn is None:
+            async with self._engine.connect() as own:
+                keys, errors = await self._data_keys(own, [household_id])
+        else:
+            keys, errors = await self._data_keys(conn, [household_id])
+        if household_id in errors:
+            raise errors[household_id]
+        return keys[household_id]
+
+    # -- the contract ---------------------------------------------------------------------
+
+    async def create_household(self, record: HouseholdRecord,
+                               first_changes: Sequence[StoredChange],
+                               author: Author | None = None,
+                               team: Sequence[str] = ()) -> AppendResult:
+        """Register ``record``, its data key, its first changes and its team (the users of
+        ``team`` that exist) in one transaction.
+
+        An id registered already (by another connection a moment ago, or erased) stores
+        nothing and raises :class:`HouseholdIdTaken` (:class:`HouseholdErased` for an
+        erased one): a creation never writes into someone else's household."""
+        await self.verify_master_key()
+        new_key, wrapped = self.keyring.new_data_key(record.id)
+        async with self._engine.begin() as conn:
+            registered = (await conn.execute(
+                postgresql.insert(households)
+                .values(id=record.id, locality=record.locality, county=record.county)
+                .on_conflict_do_nothing(index_elements=["id"])
+                .returning(households.c.id))).first()
+            if registered is None:
+                self.keyring.forget(record.id)  # read what is stored now, not a cached copy
+                _, errors = await self._data_keys(conn, [record.id])
+                if isinstance(errors.get(record.id), HouseholdErased):
+                    raise errors[record.id]
+                raise HouseholdIdTaken(record.id)
+            await conn.execute(household_keys.insert().values(
+                household_id=record.id, wrapped=wrapped.wrapped,
+                master_version=wrapped.master_version))
+            if team:  # who may sync it is known the moment it exists
+                await conn.execute(_TEAM, {"household": record.id, "users": sorted(set(team))})
+            result = (await _insert_changes(conn, [(record.id, first_changes, author)],
+                                            {record.id: new_key}, self.audit))[record.id]
+        self.keyring.remember(new_key)  # only once committed
+        self.committed()
+        return result
+
+    async def move_household(self, record: HouseholdRecord, new: Sequence[StoredChange],
+                             author: Author | None = None) -> AppendResult:
+        """Log ``new`` (the server's change applying an approved ``move_household``) and
+        set the household's locality and county to ``record``'s, in one transaction: the
+        registry row and the document never disagree about where a household is."""
+        await self.verify_master_key()
+        key = await self.data_key(record.id)
+        async with self._engine.begin() as conn:
+            await conn.execute(sa.update(households).where(households.c.id == record.id)
+                               .values(locality=record.locality, county=record.county))
+            result = (await _insert_changes(conn, [(record.id, new, author)],
+                                            {record.id: key}, self.audit))[record.id]
+        self.committed()
+        return result
+
+    async def household(self, household_id: str) -> HouseholdRecord | None:
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(
+                sa.select(households).where(households.c.id == household_id))).first()
+        if row is None:
+            return None
+        return HouseholdRecord(row.id, row.locality, row.county, row.created_at)
+
+    async def append_changes(self, household_id: str, new: Sequence[StoredChange],
+                             author: Author | None = None) -> AppendResult:
+        if not new:
+            return AppendResult(0, 0, 0)
+        await self.verify_master_key()
+        return await self._group.append(household_id, new, author)
+
+    async def load(self, household_id: str) -> LoadedHousehold | None:
+        """Snapshot and later changes, opened. ``None`` for an unknown household;
+        :class:`HouseholdErased` for an erased one."""
+        await self.verify_master_key()
+        async with self._engine.connect() as conn:
+            rec = (await conn.execute(
+                sa.select(households, household_keys.c.wrapped, household_keys.c.master_version)
+                .select_from(households.outerjoin(household_keys))
+                .where(households.c.id == household_id))).first()
+            if rec is None:
+                return None
+            if rec.wrapped is None:
+                self.keyring.forget(household_id)
+                if rec.master_version is None:
+                    raise LookupError(f"household {household_id} has no data key")
+                raise HouseholdErased(household_id)
+            key = self.keyring.unwrap(household_id, WrappedKey(rec.wrapped, rec.master_version))
+            snap = (await conn.execute(
+                sa.select(snapshots.c.body, snapshots.c.heads, snapshots.c.covers_seq)
+                .where(snapshots.c.household_id == household_id))).first()
+            covers = snap.covers_seq if snap is not None else 0
+            later = (await conn.execute(
+                sa.select(changes.c.body, changes.c.seq)
+                .where(changes.c.household_id == household_id, changes.c.seq > covers)
+                .order_by(changes.c.seq))).all()
+        return LoadedHousehold(
+            record=HouseholdRecord(rec.id, rec.locality, rec.county, rec.created_at),
+            snapshot=key.open(SNAPSHOT, snap.body) if snap is not None else b"",
+            snapshot_heads=tuple(snap.heads) if snap is not None else (),
+            later_changes=tuple(key.open(CHANGE, r.body) for r in later),
+            last_seq=later[-1].seq if later else covers,
+        )
+
+    async def save_snapshot(self, household_id: str, body: bytes,
+                            heads: Sequence[bytes], covers_seq: int) -> None:
+        await self.verify_master_key()
+        async with self._engine.begin() as conn:
+            # FOR SHARE: an erasure running now either finishes first (and this refuses)
+            # or waits for this snapshot and then deletes it.
+            row = (await conn.execute(
+                sa.select(household_keys.c.wrapped, household_keys.c.master_version)
+                .where(household_keys.c.household_id == household_id)
+                .with_for_update(read=True))).first()
+            if row is None:
+                raise LookupError(f"household {household_id} has no data key")
+            if row.wrapped is None:
+                self.keyring.forget(household_id)
+                raise HouseholdErased(household_id)
+            key = self.keyring.unwrap(household_id, WrappedKey(row.wrapped, row.master_version))
+            stmt = postgresql.insert(snapshots).values(
+                household_id=household_id, body=key.seal(SNAPSHOT, body), heads=list(heads),
+                covers_seq=covers_seq)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["household_id"],
+                set_={"body": stmt.excluded.body, "heads": stmt.excluded.heads,
+                      "covers_seq": stmt.excluded.covers_seq, "created_at": sa.func.now()},
+                # Never move a snapshot backwards (two writers racing: the newer wins).
+                where=snapshots.c.covers_seq < stmt.excluded.covers_seq)
+            await conn.execute(stmt)
+
+    async def change_count(self, household_id: str) -> int:
+        async with self._engine.connect() as conn:
+            return (await conn.execute(
+                sa.select(sa.func.count()).select_from(changes)
+                .where(changes.c.household_id == household_id))).scalar_one()
+
+    async def change_origins(self, household_id: str, hashes: Collection[bytes]
+                             ) -> dict[bytes, tuple[str | None, datetime]]:
+        if not hashes:
+            return {}
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(changes.c.hash, changes.c.device_id, changes.c.received_at)
+                .where(changes.c.household_id == household_id,
+                       changes.c.hash.in_(list(hashes))))
+            return {r.hash: (r.device_id, r.received_at) for r in rows}
+
+    # -- the projection outbox ---------------------------------------------------------------
+
+    async def outbox_pending(self, limit: int = 100) -> list[OutboxEntry]:
+        """Households whose projection is behind, oldest first."""
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(projection_outbox).order_by(projection_outbox.c.enqueued_at)
+                .limit(limit))
+            return [OutboxEntry(r.household_id, r.last_seq, r.enqueued_at) for r in rows]
+
+    # -- erasure and rotation -------------------------------------------------------------
+
+    async def erase_household(self, household_id: str, *, by: str | None = None) -> ErasureResult:
+        """Crypto-shred a household: destroy its data key and delete its rows outside the
+        change log (every table with a foreign key to ``households`` but ``changes`` and
+        ``household_keys``; the snapshot among them). The log keeps its rows, sealed with
+        the destroyed key; the ``households`` row stays as the tombstone the log refers to.
+        Idempotent. Raises ``LookupError`` for an unknown household."""
+        async with self._engine.begin() as conn:
+            if (await conn.execute(sa.select(households.c.id)
+                                   .where(households.c.id == household_id))).first() is None:
+                raise LookupError(f"no household {household_id}")
+            key = (await conn.execute(
+                sa.select(household_keys.c.wrapped)
+                .where(household_keys.c.household_id == household_id)
+                .with_for_update())).first()
+            already = key is not None and key.wrapped is None
+            if key is None:
+                await conn.execute(household_keys.insert().values(
+                    household_id=household_id, wrapped=None, master_version=0,
+                    destroyed_at=sa.func.now()))
+            elif not already:
+                await conn.execute(
+                    household_keys.update()
+                    .where(household_keys.c.household_id == household_id)
+                    .values(wrapped=None, destroyed_at=sa.func.now()))
+            deleted = {}
+            prep = conn.dialect.identifier_preparer
+            for schema, table, column in await _tables_referencing_households(conn):
+                if table in ("changes", "household_keys") and schema == "public":
+                    continue
+                done = await conn.execute(
+                    sa.text(f"DELETE FROM {prep.quote_schema(schema)}.{prep.quote(table)} "
+                            f"WHERE {prep.quote(column)} = :h"), {"h": household_id})
+                name = table if schema == "public" else f"{schema}.{table}"
+                deleted[name] = done.rowcount
+            kept = (await conn.execute(
+                sa.select(sa.func.count()).select_from(changes)
+                .where(changes.c.household_id == household_id))).scalar_one()
+            if not already:
+                await self.audit.append(conn, [AuditEvent(
+                    "household-erased", household_id, user_id=by,
+                    detail={"rows_deleted": sum(deleted.values()), "log_rows_kept": kept})])
+        self.keyring.forget(household_id)
+        return ErasureResult(household_id, deleted, kept, already)
+
+    async def rotate_master_key(self) -> int:
+        """Rewrap every live data key under the keyring's current master version, in one
+        transaction; the number of keys rewrapped. The data keys themselves (and so every
+        sealed body) are unchanged."""
+        target = self.keyring.current_version
+        async with self._engine.begin() as conn:
+            rows = (await conn.execute(
+                sa.select(household_keys.c.household_id, household_keys.c.wrapped,
+                          household_keys.c.master_version)
+                .where(household_keys.c.wrapped.is_not(None),
+                       household_keys.c.master_version != target)
+                .with_for_update())).all()
+            updates = []
+            for row in rows:
+                new = self.keyring.rewrap(row.household_id,
+                                          WrappedKey(row.wrapped, row.master_version), target)
+                updates.append({"h": row.household_id, "w": new.wrapped, "v": new.master_version})
+            if updates:
+                await conn.execute(
+                    household_keys.update()
+                    .where(household_keys.c.household_id == sa.bindparam("h"))
+                    .values(wrapped=sa.bindparam("w"), master_version=sa.bindparam("v")),
+                    updates)
+        return len(updates)
+
+    async def key_versions(self) -> dict[int, int]:
+        """Live data keys per master key version (destroyed keys are not counted)."""
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(
+                sa.select(household_keys.c.master_version, sa.func.count())
+                .where(household_keys.c.wrapped.is_not(None))
+                .group_by(household_keys.c.master_version))).all()
+        return {v: n for v, n in rows}
+
+
+async def _tables_referencing_households(conn: AsyncConnection) -> list[tuple[str, str, str]]:
+    """(schema, table, column) of every single-column foreign key to ``households.id``."""
+    rows = (await conn.execute(sa.text("""
+        SELECT n.nspname AS sch, t.relname AS tbl, a.attname AS col
+        FROM pg_constraint c
+        JOIN pg_class t ON t.oid = c.conrelid
+        JOIN pg_namespace n ON n.oid = t.relnamespace
+        JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]
+        WHERE c.contype = 'f' AND c.confrelid = 'households'::regclass
+          AND array_length(c.conkey, 1) = 1
+        ORDER BY 1, 2, 3
+    """))).all()
+    return [(r.sch, r.tbl, r.col) for r in rows]

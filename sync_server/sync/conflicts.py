@@ -1,0 +1,142 @@
+"""Same-field conflicts: two devices wrote different values to one field concurrently.
+
+Automerge converges by itself (one value wins everywhere), but such a
+conflict must not be silent. Three-way: the server's heads before the merge,
+the device's new heads (the tips of its batch), and the merged document. A
+batch with no concurrency — every head of the merged document is a tip of
+the batch — pays one set comparison and nothing more. Otherwise the fields
+the batch set are read from Automerge's patches between the batch's base
+and its tips, and each is compared at three points: the base, the server's
+heads before the merge, and the batch's tips. (Automerge's own conflict
+markers in patches are not enough: a third concurrent value that does not
+change the winner produces no patch at all.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from automerge.core import ROOT, Document, ObjType
+
+from sync_server.sync.change_ops import exid_op
+from sync_server.sync.touched import _parse
+
+
+@dataclass(frozen=True, slots=True)
+class Detected:
+    path: tuple[str | int, ...]
+    server_value: Any
+    device_value: Any
+    #: the change that wrote the server's value (to tell who wrote it), if found
+    server_change: bytes | None = None
+
+
+def op_change(exid: bytes, changes: Sequence[Any]) -> bytes | None:
+    """The hash of the change among ``changes`` holding the operation ``exid`` (an
+    Automerge object or value id as the Python binding returns it)."""
+    op = exid_op(exid)
+    if op is None:
+        return None
+    actor, counter = op
+    for c in changes:
+        if c.actor_id == actor and c.start_op <= counter <= c.max_op:
+            return c.hash
+    return None
+
+
+def batch_tips(new: Sequence[Any]) -> list[bytes]:
+    """The heads of a batch: its changes that no other change of the batch depends on."""
+    deps = {d for c in new for d in c.deps}
+    return [c.hash for c in new if c.hash not in deps]
+
+
+def scalar_at(doc: Document, path: Sequence[str | int], heads: list[bytes]) -> tuple[bool, Any]:
+    found, value, _ = _scalar_op(doc, path, heads)
+    return found, value
+
+
+def _scalar_op(doc: Document, path: Sequence[str | int],
+               heads: list[bytes]) -> tuple[bool, Any, bytes | None]:
+    """(found, value, the id of the operation that wrote it) at ``heads``."""
+    obj = ROOT
+    for seg in path[:-1]:
+        got = doc.get(obj, seg, heads)
+        if got is None or not isinstance(got[0], ObjType):
+            return False, None, None
+        obj = got[1]
+    got = doc.get(obj, path[-1], heads)
+    if got is None or isinstance(got[0], ObjType):
+        return False, None, None
+    return True, got[0][1], got[1]
+
+
+def _put_path(patch: Any) -> tuple[str | int, ...] | None:
+    """The field a PutMap patch sets, or None for any other patch."""
+    parsed = _parse(repr(patch))
+    if parsed is None or parsed[1] != "PutMap" or parsed[2] is None:
+        return None
+    steps, _, key, _ = parsed
+    return (*steps, key)
+
+
+def _written_by(doc: Document, changes: Sequence[Any]) -> set[tuple[str | int, ...]]:
+    """The fields each of ``changes`` set, each read against its own dependencies (so a
+    write that later lost a tie-break still counts)."""
+    out: set[tuple[str | int, ...]] = set()
+    for c in changes:
+        for patch in doc.diff(list(c.deps), [c.hash]):
+            path = _put_path(patch)
+            if path is not None:
+                out.add(path)
+    return out
+
+
+def detect(merged: Document, server_heads: list[bytes], new: Sequence[Any]) -> list[Detected]:
+    """Same-field conflicts the batch ``new`` created against ``server_heads``.
+
+    Three-way: the batch's base (its dependencies outside the batch), its tips, and the
+    server's heads before the merge. A field is in conflict when the batch set it, the
+    server changed it concurrently (its value differs from the base's, or a change the
+    server had and the device had not set it), and the batch's value differs from the
+    server's."""
+    tips = batch_tips(new)
+    if set(merged.get_heads()) <= set(tips):
+        return []  # the device had everything the server had: no concurrency
+    in_batch = {c.hash for c in new}
+    base = sorted({d for c in new for d in c.deps if d not in in_batch})
+    if not base:
+        return []
+    found: list[Detected] = []
+    seen: set[tuple[str | int, ...]] = set()
+    concurrent: list[Any] | None = None  # changes since the base, read on the first need
+    server_written: set[tuple[str | int, ...]] | None = None
+    for patch in merged.diff(base, tips):  # what the batch itself changed
+        path = _put_path(patch)
+        if path is None or path in seen:
+            continue
+        seen.add(path)
+        has_device, device_value = scalar_at(merged, path, tips)
+        has_server, server_value, server_op = _scalar_op(merged, path, server_heads)
+        if not (has_device and has_server) or device_value == server_value:
+            continue
+        has_base, base_value = scalar_at(merged, path, base)
+        if has_base and base_value == server_value:
+            # The server's winner is the value the device saw; a concurrent server-side
+            # write may still have lost the tie-break to it (and is no less concurrent).
+            if concurrent is None:
+                concurrent = merged.get_changes(base)
+            if server_written is None:
+                server_written = _written_by(merged, [c for c in concurrent
+                                                      if c.hash not in in_batch])
+            if path not in server_written:
+                continue
+        if concurrent is None:
+            concurrent = merged.get_changes(base)
+        writer = None
+        if server_op:  # a winner older than the base is found in the whole history
+            writer = (op_change(server_op, concurrent)
+                      or op_change(server_op, merged.get_changes([])))
+        found.append(Detected(path, server_value, device_value, writer))
+    return found

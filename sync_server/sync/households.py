@@ -1,0 +1,161 @@
+"""Resident households: one in-memory Automerge document per household, loaded on demand.
+
+Each :class:`HouseholdActor` owns its document and a lock; every merge into
+it happens under that lock, so changes to one household are applied one
+batch at a time while other households proceed in parallel.
+
+Only what is durable is ever in ``actor.doc``: it is loaded from the store,
+and replaced only by a fork whose new changes have been committed
+(:mod:`sync_server.sync.pipeline`). Sync messages are generated from ``actor.doc``
+alone, so no peer is ever told of heads the database does not hold.
+
+Idle households (no subscribed connection, lock free) are evicted, least
+recently used first, when the resident count or their stored bytes exceed
+the configured bounds; the next access reloads them transparently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from typing import TYPE_CHECKING
+
+from automerge.core import Document
+
+from sync_server.store.postgres import HouseholdErased, HouseholdRecord, HouseholdStore
+from sync_server.sync.change_ops import ObjectIndex
+
+if TYPE_CHECKING:
+    from sync_server.gateway.connection import Connection
+
+log = logging.getLogger(__name__)
+
+
+class HouseholdActor:
+    def __init__(self, record: HouseholdRecord, doc: Document, *, snapshot_bytes: int,
+                 bytes_since_snapshot: int, last_seq: int) -> None:
+        self.record = record
+        self.doc = doc
+        self.lock = asyncio.Lock()
+        self.subscribers: set[Connection] = set()
+        self.snapshot_bytes = snapshot_bytes
+        self.bytes_since_snapshot = bytes_since_snapshot
+        self.last_seq = last_seq
+        #: where each object of ``doc`` lives, to read what a batch touched from its
+        #: operations (built on the first batch; see :mod:`sync_server.sync.change_ops`)
+        self.objects = ObjectIndex()
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+    @property
+    def stored_bytes(self) -> int:
+        """Bytes of this household in the store: the measure used for residency bounds."""
+        return self.snapshot_bytes + self.bytes_since_snapshot
+
+    @property
+    def idle(self) -> bool:
+        return not self.subscribers and not self.lock.locked()
+
+
+class HouseholdRegistry:
+    def __init__(self, store: HouseholdStore, *, max_resident: int, max_bytes: int) -> None:
+        self.store = store
+        self.max_resident = max_resident
+        self.max_bytes = max_bytes
+        self._resident: OrderedDict[str, HouseholdActor] = OrderedDict()
+        self._loading: dict[str, asyncio.Future[HouseholdActor | None]] = {}
+        self.loads = 0
+        self.evictions = 0
+        #: Households found erased (crypto-shredded): answered like unknown ones, never recreated.
+        self.erased: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self._resident)
+
+    def resident(self, household_id: str) -> HouseholdActor | None:
+        return self._resident.get(household_id)
+
+    async def get(self, household_id: str) -> HouseholdActor | None:
+        """The household's actor, loading it if needed; ``None`` if no such household."""
+        actor = self._resident.get(household_id)
+        if actor is not None:
+            self._resident.move_to_end(household_id)
+            return actor
+        pending = self._loading.get(household_id)
+        if pending is not None:
+            loaded = await asyncio.shield(pending)
+            if loaded is None:
+                return None
+            # Other tasks ran while we waited: the household may have been evicted (or
+            # replaced) meanwhile. Hand out only the actor the registry tracks.
+            current = self._resident.get(household_id)
+            if current is None:
+                self._admit(loaded)
+                return loaded
+            return current
+        fut: asyncio.Future[HouseholdActor | None] = asyncio.get_running_loop().create_future()
+        self._loading[household_id] = fut
+        try:
+            actor = await self._load(household_id)
+            if actor is not None:
+                self._admit(actor)
+            fut.set_result(actor)
+            return actor
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # mark retrieved: the caller gets it raised below
+            raise
+        finally:
+            del self._loading[household_id]
+
+    async def _load(self, household_id: str) -> HouseholdActor | None:
+        try:
+            loaded = await self.store.load(household_id)
+        except HouseholdErased:
+            self.erased.add(household_id)
+            return None
+        if loaded is None:
+            return None
+        self.loads += 1
+        doc = Document.load(loaded.document_bytes())
+        return HouseholdActor(loaded.record, doc, snapshot_bytes=len(loaded.snapshot),
+                              bytes_since_snapshot=loaded.bytes_since_snapshot,
+                              last_seq=loaded.last_seq)
+
+    def admit_new(self, actor: HouseholdActor) -> HouseholdActor:
+        """Register an actor for a household just created (its first changes committed)."""
+        existing = self._resident.get(actor.id)
+        if existing is not None:
+            return existing
+        self._admit(actor)
+        return actor
+
+    def _admit(self, actor: HouseholdActor) -> None:
+        self._resident[actor.id] = actor
+        # Not the one being admitted: its caller is about to subscribe to it.
+        self.evict_idle(keep=actor.id)
+
+    def evict_idle(self, keep: str | None = None) -> int:
+        """Drop idle households (but ``keep``), least recently used first, until within bounds."""
+        total = sum(a.stored_bytes for a in self._resident.values())
+        evicted = 0
+        for hid in list(self._resident):
+            if len(self._resident) <= self.max_resident and total <= self.max_bytes:
+                break
+            actor = self._resident[hid]
+            if actor.idle and hid != keep:
+                del self._resident[hid]
+                total -= actor.stored_bytes
+                evicted += 1
+        self.evictions += evicted
+        return evicted
+
+    def unsubscribe(self, conn: Connection) -> None:
+        for hid in conn.documents:
+            actor = self._resident.get(hid)
+            if actor is not None:
+                actor.subscribers.discard(conn)
+        self.evict_idle()
