@@ -37,6 +37,7 @@ from sync_server.protocol.channel import WebSocketChannel
 from sync_server.protocol.errors import ErrorCode, ProtocolError, VatraError
 from sync_server.protocol.session import accept_session
 from sync_server.store.database import database_url, make_engine, migrate
+from sync_server.store.keys import load_keyring
 from sync_server.store.nonces import NonceStore
 from sync_server.store.postgres import PostgresStore
 from sync_server.store.quarantine import Quarantine
@@ -198,7 +199,9 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 def build_app(settings: Settings, engine: AsyncEngine, server_key: SigningKey) -> web.Application:
-    store = PostgresStore.from_settings(engine, settings)  # master key: sync_server/keys.py
+    # master keys: sync_server/store/keys.py; every resident household's data key cached
+    store = PostgresStore(engine, load_keyring(
+        settings, cache_size=max(4096, 2 * settings.resident_households)))
     registry = HouseholdRegistry(store, max_resident=settings.resident_households,
                                  max_bytes=settings.resident_bytes)
     app = web.Application(client_max_size=settings.max_frame_bytes)

@@ -34,15 +34,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from sync_server.protocol.preflight import Limits
-
-
-@dataclass(frozen=True, slots=True)
-class Quotas:
-    """How much refused data the quarantine keeps (sync_server/quarantine.py)."""
-
-    device_bytes: int = 64 * 1024 * 1024
-    device_rows: int = 1000
-    total_bytes: int = 2 * 1024 * 1024 * 1024
+from sync_server.store.quarantine import Quotas
 
 
 @dataclass(frozen=True, slots=True)

@@ -276,21 +276,21 @@ async def test_vatra_quarantine_list_and_show(server, provision, database_url) -
         return subprocess.run([sys.executable, "-m", "sync_server.cli", "quarantine", *args],
                               env=env, capture_output=True, text=True, timeout=60, check=False)
 
-    listing = vatra("list")
+    listing = await asyncio.to_thread(vatra, "list")  # the server runs on this loop
     assert listing.returncode == 0, listing.stderr
     assert hid in listing.stdout and "rule=actor-not-registered" in listing.stdout
     row_id = listing.stdout.split()[0]
-    shown = vatra("show", row_id)
+    shown = await asyncio.to_thread(vatra, "show", row_id)
     assert shown.returncode == 0, shown.stderr
     assert "NOT this device's actor" in shown.stdout and "1 change(s)" in shown.stdout
     assert "Zamfirescu" not in shown.stdout + listing.stdout
-    assert vatra("show", "999999").returncode == 1
+    assert (await asyncio.to_thread(vatra, "show", "999999")).returncode == 1
 
 
 async def test_the_server_writes_its_own_changes_through_the_pipeline(server, provision) -> None:
     """A server change (as used for approvals) is validated, stored with its author,
     audited, and reaches the team's tablets by sync."""
-    from sync_server.store.postgres import Author
+    from sync_server.store.contract import Author
 
     ana = await provision.tablet("ana")
     hid = register(ana)

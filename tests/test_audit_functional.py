@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -101,9 +102,9 @@ async def test_vatra_audit_verify_exit_codes(server, provision, database_url) ->
         return subprocess.run([sys.executable, "-m", "sync_server.cli", "audit", "verify"],
                               env=env, capture_output=True, text=True, timeout=60, check=False)
 
-    clean = verify()
+    clean = await asyncio.to_thread(verify)  # the server runs on this loop
     assert clean.returncode == 0, clean.stdout + clean.stderr
     assert "every chain intact" in clean.stdout
     await tamper(server.app[ENGINE], "DELETE FROM audit WHERE kind = 'session-opened'")
-    broken = verify()
+    broken = await asyncio.to_thread(verify)
     assert broken.returncode == 1 and "problem" in broken.stdout

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from conftest import TEST_MASTER_KEY
 
 from sync_server.store.database import make_engine
-from sync_server.store.postgres import changes
+from sync_server.store.tables import changes
 from vatra_devtools.bench import SETUP_CHANGES_PER_HOUSEHOLD
 
 pytestmark = pytest.mark.functional

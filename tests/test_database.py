@@ -12,9 +12,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy.engine import make_url
 
-import sync_server.app  # noqa: F401  (imports every module, so every table is in the metadata)
 from sync_server.store.database import async_url, make_engine, migrate
-from sync_server.store.postgres import metadata
+from sync_server.store.tables import metadata
 
 
 def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

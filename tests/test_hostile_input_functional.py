@@ -32,14 +32,12 @@ from client_sdk import SupervisorClient, SyncClient
 from client_sdk._transport import ClientChannel
 from conflict import new_household_id
 from sync_server.app import IDENTITY, PROJECTOR, STORE, SYNCHRONIZER, VatraServer
-from sync_server.config import Quotas
-from sync_server.projection.rows import households as proj_households
 from sync_server.protocol import wire
 from sync_server.protocol.errors import ErrorCode
 from sync_server.protocol.http_auth import sign
 from sync_server.protocol.session import ClientHandshake, FrameOpener, SecureChannel, open_session
-from sync_server.store.postgres import households
-from sync_server.store.quarantine import quarantine
+from sync_server.store.quarantine import Quotas
+from sync_server.store.tables import households, proj_households, quarantine
 from vatra_devtools.provision import Provisioner
 
 pytestmark = pytest.mark.functional
@@ -488,23 +486,24 @@ async def test_every_refusal_for_a_hidden_household_is_the_one_for_an_unknown_id
     other = await provision.tablet("sw-ag", "sw-ag", localities=[("13169", "AG")])
     unknown = new_household_id()
 
-    def not_a_household() -> Document:
-        doc = Document(actor_id=other.actor_id)
-        with doc.transaction() as tx:
-            tx.put(ROOT, "address", ScalarType.Str, "Str. Falsa 1")
-        return doc
-
-    def elsewhere(target: str) -> Document:  # a valid household in a locality not hers
-        from conflict import Household
-        return Household.create(locality="54975", county="CJ", address="Str. Alta 4",
-                                created_by="sw-ag", household_id=target,
-                                actor_id=other.actor_id).doc
+    # Each document is made once and loaded anew for every target: the same changes, the
+    # same hashes (a change records the second it was made), so the answers may differ
+    # only by what the server knows.
+    junk = Document(actor_id=other.actor_id)
+    with junk.transaction() as tx:
+        tx.put(ROOT, "address", ScalarType.Str, "Str. Falsa 1")
+    not_a_household = junk.save()
+    from conflict import Household
+    elsewhere = Household.create(locality="54975", county="CJ", address="Str. Alta 4",
+                                 created_by="sw-ag", actor_id=other.actor_id,
+                                 at="2026-01-01T00:00:00Z").doc.save()  # not her locality
 
     async def answers(target: str) -> list[list[bytes]]:
         """Every frame the server sends back, for each message kind, with the id masked."""
         out = []
         for kind, doc in ((wire.Request, Document()), (wire.Sync, Document()),
-                          (wire.Sync, not_a_household()), (wire.Sync, elsewhere(target))):
+                          (wire.Sync, Document.load(not_a_household)),
+                          (wire.Sync, Document.load(elsewhere))):
             frames = []
             async with raw_peer(server.url, other, peer_id="probe") as peer:
                 state = SyncState()

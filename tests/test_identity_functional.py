@@ -103,7 +103,7 @@ def test_failure_limiter_window_slides() -> None:
 
 
 async def test_teams_and_revocation(ids: IdentityStore, store) -> None:
-    from sync_server.store.postgres import HouseholdRecord
+    from sync_server.store.contract import HouseholdRecord
 
     await ids.add_user("sw-ana", "worker")
     await ids.add_user("nurse-ioana", "worker")

@@ -10,8 +10,8 @@ import sqlalchemy as sa
 from test_storage_contract import HID, edits
 
 from sync_server.projection.projector import Projector
-from sync_server.projection.rows import households as proj_households
-from sync_server.store.postgres import HouseholdRecord, household_keys
+from sync_server.store.contract import HouseholdRecord
+from sync_server.store.tables import household_keys, proj_households
 
 pytestmark = pytest.mark.functional
 

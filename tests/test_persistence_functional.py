@@ -28,7 +28,7 @@ from sync_server.auth.enrollment import IDENTITY
 from sync_server.gateway.connection import Connection, ConnectionState
 from sync_server.protocol import wire
 from sync_server.protocol.errors import ErrorCode
-from sync_server.store.postgres import changes, snapshots
+from sync_server.store.tables import changes, snapshots
 from sync_server.sync.pipeline import stored
 from vatra_devtools.provision import Provisioner
 

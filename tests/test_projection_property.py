@@ -39,8 +39,9 @@ from conflict.catalogue import load_catalogue
 from conflict.household import InvalidValueError
 from sync_server.app import ENGINE, PROJECTOR, STORE, SYNCHRONIZER
 from sync_server.projection.projector import _log_facts
-from sync_server.projection.rows import TABLES, latest_assessment, primary_key, project
-from sync_server.store.postgres import changes, projection_outbox
+from sync_server.projection.rows import latest_assessment, primary_key, project
+from sync_server.store.tables import PROJ_TABLES as TABLES
+from sync_server.store.tables import changes, projection_outbox
 
 pytestmark = pytest.mark.functional
 

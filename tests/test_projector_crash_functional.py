@@ -20,8 +20,9 @@ from test_projector_functional import rows_of
 
 from conflict import Household
 from sync_server.projection.projector import Projector
-from sync_server.projection.rows import households as projected
-from sync_server.store.postgres import HouseholdRecord, StoredChange, projection_outbox
+from sync_server.store.contract import HouseholdRecord, StoredChange
+from sync_server.store.tables import proj_households as projected
+from sync_server.store.tables import projection_outbox
 
 pytestmark = pytest.mark.functional
 

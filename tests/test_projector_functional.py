@@ -20,8 +20,8 @@ from client_sdk import SyncClient
 from conflict import Household
 from sync_server.app import ENGINE, PROJECTOR, STORE
 from sync_server.projection.projector import projection_status
-from sync_server.projection.rows import TABLES
-from sync_server.store.postgres import HouseholdRecord
+from sync_server.store.contract import HouseholdRecord
+from sync_server.store.tables import PROJ_TABLES as TABLES
 from sync_server.sync.pipeline import stored
 
 pytestmark = pytest.mark.functional

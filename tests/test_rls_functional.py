@@ -8,8 +8,9 @@ import sqlalchemy as sa
 
 from conflict import Household
 from sync_server.projection.projector import Projector
-from sync_server.projection.rows import SCHEMA, TABLES, WEB_ROLE
-from sync_server.store.postgres import HouseholdRecord
+from sync_server.store.contract import HouseholdRecord
+from sync_server.store.tables import PROJ_TABLES as TABLES
+from sync_server.store.tables import SCHEMA, WEB_ROLE
 from sync_server.sync.pipeline import stored
 
 pytestmark = pytest.mark.functional

@@ -27,7 +27,7 @@ from sync_server.projection.readmodel import (
     reading,
     summary,
 )
-from sync_server.projection.rows import TABLES
+from sync_server.store.tables import PROJ_TABLES as TABLES
 from vatra_devtools.seed import COUNTIES, describe, generate, seed_store
 
 TODAY = date(2026, 5, 1)

@@ -10,7 +10,7 @@ from automerge.core import ROOT, Document, ScalarType
 from sqlalchemy.exc import DBAPIError
 
 from conflict import new_household_id
-from sync_server.store.postgres import HouseholdRecord, HouseholdStore, StoredChange
+from sync_server.store.contract import HouseholdRecord, HouseholdStore, StoredChange
 
 HID = "2fiH6LVoDnXEUsYNHowu3UTBwJqk"
 _values = itertools.count(1)

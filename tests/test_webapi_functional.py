@@ -20,8 +20,8 @@ from client_sdk import SyncClient
 from sync_server.app import ENGINE, PROJECTOR
 from sync_server.auth.identity import User
 from sync_server.projection.readmodel import NoReadScope, Scope, scoped
-from sync_server.projection.rows import households as proj_households
 from sync_server.protocol.http_auth import sign
+from sync_server.store.tables import proj_households
 
 pytestmark = pytest.mark.functional
 

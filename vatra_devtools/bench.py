@@ -67,7 +67,7 @@ from sync_server.app import ENGINE, IDENTITY, PROJECTOR, STORE, SYNCHRONIZER, Va
 from sync_server.config import Settings
 from sync_server.protocol import wire
 from sync_server.protocol.session import open_session
-from sync_server.store.postgres import changes as changes_table
+from sync_server.store.tables import changes as changes_table
 from sync_server.sync.pipeline import Synchronizer
 from vatra_devtools.bench_tablets import MAX_ROUNDS_PER_HOUSEHOLD, PIN, tablet_dir, tablet_user
 from vatra_devtools.provision import Provisioner

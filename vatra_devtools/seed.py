@@ -42,7 +42,7 @@ from automerge._automerge import DocumentId
 
 from conflict import Household
 from conflict.catalogue import ADULT_AGE, Catalogue, age_on, derive, load_catalogue, recommended
-from sync_server.store.postgres import HouseholdRecord, HouseholdStore
+from sync_server.store.contract import HouseholdRecord, HouseholdStore
 from sync_server.sync.pipeline import stored
 
 __all__ = [

@@ -29,10 +29,10 @@ from conflict.household import utc_instant
 from sync_server.auth.enrollment import IDENTITY
 from sync_server.auth.identity import Device
 from sync_server.projection.readmodel import Scope, reading
-from sync_server.projection.rows import change_requests as proj_change_requests
 from sync_server.protocol.http_auth import HttpAuthError, parse, verify
+from sync_server.store.contract import Author
 from sync_server.store.nonces import NonceStore
-from sync_server.store.postgres import Author
+from sync_server.store.tables import proj_change_requests
 
 NONCES = web.AppKey("nonces", NonceStore)
 REQUEST_STATUSES = ("pending", "approved", "rejected")

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from sync_server.auth.identity import User
-from sync_server.store.postgres import HouseholdRecord
+from sync_server.store.contract import HouseholdRecord
 
 WRITERS = ("worker", "supervisor")
 

@@ -32,65 +32,20 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sync_server.protocol.errors import ErrorCode, VatraError
 from sync_server.store.audit import AuditEvent, AuditLog
-from sync_server.store.postgres import metadata
+from sync_server.store.tables import (
+    device_actors,
+    devices,
+    enrollment_codes,
+    household_team,
+    user_localities,
+    users,
+)
 
 ROLES = ("worker", "supervisor", "national", "admin", "ops")
 MAX_FAILED_ATTEMPTS = 5
 REVOCATIONS = "vatra_revocations"  # NOTIFY channel: payload = the revoked device id
 _CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: read aloud over a phone
 
-users = sa.Table(
-    "users", metadata,
-    sa.Column("id", sa.Text, primary_key=True),
-    sa.Column("role", sa.Text, nullable=False),
-    sa.Column("county", sa.Text, nullable=True),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False,
-              server_default=sa.func.now()),
-    sa.CheckConstraint("role IN ('worker', 'supervisor', 'national', 'admin', 'ops')",
-                       name="users_role"),
-    sa.CheckConstraint("role <> 'supervisor' OR county IS NOT NULL",
-                       name="users_supervisor_county"),
-)
-user_localities = sa.Table(
-    "user_localities", metadata,
-    sa.Column("user_id", sa.Text, sa.ForeignKey("users.id"), nullable=False),
-    sa.Column("locality", sa.Text, nullable=False),
-    sa.Column("county", sa.Text, nullable=False),
-    sa.PrimaryKeyConstraint("user_id", "locality"),
-)
-household_team = sa.Table(
-    "household_team", metadata,
-    sa.Column("household_id", sa.Text, sa.ForeignKey("households.id"), nullable=False),
-    sa.Column("user_id", sa.Text, sa.ForeignKey("users.id"), nullable=False),
-    sa.PrimaryKeyConstraint("household_id", "user_id"),
-    sa.Index("household_team_user", "user_id"),
-)
-devices = sa.Table(
-    "devices", metadata,
-    sa.Column("id", sa.Text, primary_key=True),
-    sa.Column("user_id", sa.Text, sa.ForeignKey("users.id"), nullable=False),
-    sa.Column("signing_key", sa.LargeBinary, nullable=False, unique=True),
-    sa.Column("exchange_key", sa.LargeBinary, nullable=False),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False,
-              server_default=sa.func.now()),
-    sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
-)
-device_actors = sa.Table(
-    "device_actors", metadata,
-    sa.Column("actor_id", sa.LargeBinary, primary_key=True),
-    sa.Column("device_id", sa.Text, sa.ForeignKey("devices.id"), nullable=False),
-)
-enrollment_codes = sa.Table(
-    "enrollment_codes", metadata,
-    sa.Column("id", sa.Text, primary_key=True),
-    sa.Column("secret_hash", sa.LargeBinary, nullable=False),
-    sa.Column("user_id", sa.Text, sa.ForeignKey("users.id"), nullable=False),
-    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("used_at", sa.DateTime(timezone=True), nullable=True),
-    sa.Column("failed_attempts", sa.Integer, nullable=False, server_default="0"),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False,
-              server_default=sa.func.now()),
-)
 
 
 class IdentityError(VatraError):

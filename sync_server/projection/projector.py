@@ -55,9 +55,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from conflict import Household
 from conflict.catalogue import Catalogue, load_catalogue
-from sync_server.projection.rows import TABLES, LogFacts, Rows, primary_key, project
-from sync_server.store.postgres import PostgresStore, household_keys, households
-from sync_server.store.postgres import projection_outbox as outbox
+from sync_server.projection.rows import LogFacts, Rows, primary_key, project
+from sync_server.store.postgres import PostgresStore
+from sync_server.store.tables import PROJ_TABLES as TABLES
+from sync_server.store.tables import household_keys, households, proj_households
+from sync_server.store.tables import projection_outbox as outbox
 from sync_server.sync.households import HouseholdRegistry
 
 log = logging.getLogger(__name__)
@@ -429,7 +431,6 @@ async def projection_status(engine: AsyncEngine, *, projected: bool = True) -> d
     """Households pending and the lag now (age of the oldest pending change, seconds);
     with ``projected``, also households projected and the last projection's time (for
     ``vatra status``: these read the whole ``proj.households`` table)."""
-    from sync_server.projection.rows import households as proj_households
 
     async with engine.connect() as conn:
         row = (await conn.execute(sa.select(

@@ -33,18 +33,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from conflict.catalogue import ADULT_AGE
 from sync_server.auth.identity import User
-from sync_server.projection.rows import (
-    OPEN_SERVICE,
-    WEB_ROLE,
-    activity,
-    answers,
-    change_requests,
-    conflicts,
-    persons,
-    services,
-    vulnerabilities,
-)
-from sync_server.projection.rows import households as proj_households
+from sync_server.projection.rows import OPEN_SERVICE
+from sync_server.store.tables import WEB_ROLE, proj_households
+from sync_server.store.tables import proj_activity as activity
+from sync_server.store.tables import proj_answers as answers
+from sync_server.store.tables import proj_change_requests as change_requests
+from sync_server.store.tables import proj_conflicts as conflicts
+from sync_server.store.tables import proj_persons as persons
+from sync_server.store.tables import proj_services as services
+from sync_server.store.tables import proj_vulnerabilities as vulnerabilities
 
 EN_DASH = "\u2013"
 ScopeKind = Literal["national", "county", "locality"]

@@ -24,182 +24,23 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
 
 from conflict.catalogue import ADULT_AGE, Catalogue, age_on, derive
-from sync_server.store.tables import metadata
 
-SCHEMA = "proj"
-#: The database role the web tier's sessions take (``SET LOCAL ROLE``); it may only read
-#: ``proj`` and only the rows its scope allows (migration 0007).
-WEB_ROLE = "vatra_web"
 #: Services still to be delivered: the ones that can be overdue.
 OPEN_SERVICE = ("planned", "in_progress")
 
 
-def _scoped(name: str, *columns: Any) -> sa.Table:
-    """A ``proj`` table: household id (a foreign key to the registry, so erasure finds it)
-    and the locality / county the row-level security policies read."""
-    return sa.Table(
-        name, metadata,
-        sa.Column("household_id", sa.Text, sa.ForeignKey("households.id"), nullable=False),
-        sa.Column("locality", sa.Text, nullable=False),
-        sa.Column("county", sa.Text, nullable=False),
-        *columns, schema=SCHEMA)
 
 
-households = _scoped(
-    "households",
-    sa.Column("status", sa.Text, nullable=True),
-    sa.Column("address", sa.Text, nullable=True),
-    sa.Column("lat", sa.Float, nullable=True),
-    sa.Column("lon", sa.Float, nullable=True),
-    sa.Column("members_present", sa.Integer, nullable=False),
-    sa.Column("members_total", sa.Integer, nullable=False),
-    sa.Column("vulnerabilities", sa.Integer, nullable=False),
-    sa.Column("services_open", sa.Integer, nullable=False),
-    sa.Column("next_deadline", sa.Date, nullable=True),  # earliest open service's deadline
-    sa.Column("last_assessment_id", sa.Text, nullable=True),
-    sa.Column("last_assessment_at", sa.DateTime(timezone=True), nullable=True),
-    sa.Column("created_by", sa.Text, nullable=True),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=True),
-    sa.Column("updated_by", sa.Text, nullable=True),
-    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=True),
-    sa.Column("search", sa.Text, nullable=False),  # lower-case address and member names
-    sa.Column("projected_seq", sa.BigInteger, nullable=False),  # change log position
-    sa.Column("projected_at", sa.DateTime(timezone=True), nullable=False,
-              server_default=sa.func.now()),
-    sa.PrimaryKeyConstraint("household_id"),
-    sa.Index("proj_households_county_locality_status", "county", "locality", "status"),
-    sa.Index("proj_households_county_status", "county", "status"),
-)
-# The list's order (newest update first, ties by id), per county, per locality and for the
-# nation; the scope columns and status are included, so a page's ids come from the index
-# alone (the list then reads only those rows).
-sa.Index("proj_households_county_updated", households.c.county, households.c.updated_at.desc(),
-         households.c.household_id, postgresql_include=["locality", "status"])
-sa.Index("proj_households_locality_updated", households.c.locality,
-         households.c.updated_at.desc(), households.c.household_id,
-         postgresql_include=["county", "status"])
-sa.Index("proj_households_updated", households.c.updated_at.desc(), households.c.household_id,
-         postgresql_include=["county", "locality", "status"])
 
-persons = _scoped(
-    "persons",
-    sa.Column("person_id", sa.Text, nullable=False),
-    sa.Column("first_name", sa.Text, nullable=True),
-    sa.Column("last_name", sa.Text, nullable=True),
-    sa.Column("birth_date", sa.Date, nullable=True),
-    sa.Column("sex", sa.Text, nullable=True),
-    sa.Column("relation_to_head", sa.Text, nullable=True),
-    sa.Column("presence", sa.Text, nullable=True),
-    sa.PrimaryKeyConstraint("household_id", "person_id"),
-    sa.Index("proj_persons_locality", "locality"),
-)
 
-#: One row per person assessed in the household's latest assessment, every answer in
-#: one JSONB object (docs/projections.md says why not one row per answer).
-answers = _scoped(
-    "answers",
-    sa.Column("person_id", sa.Text, nullable=False),
-    sa.Column("assessment_id", sa.Text, nullable=False),
-    sa.Column("assessed_at", sa.DateTime(timezone=True), nullable=True),
-    sa.Column("age_at_assessment", sa.Integer, nullable=True),
-    sa.Column("answers", postgresql.JSONB, nullable=False),
-    sa.PrimaryKeyConstraint("household_id", "person_id"),
-    # Children assessed per locality / county (age second), and the (household, person)
-    # of the members of an age the summary matches with their vulnerabilities: every
-    # column a summary and the row-level security policies read is in the index, so
-    # these are index-only scans that never touch the answers' JSONB.
-    sa.Index("proj_answers_locality", "locality", "age_at_assessment",
-             postgresql_include=["county", "household_id", "person_id"]),
-    sa.Index("proj_answers_county", "county", "age_at_assessment",
-             postgresql_include=["locality", "household_id", "person_id"]),
-    sa.Index("proj_answers_answers", "answers", postgresql_using="gin",
-             postgresql_ops={"answers": "jsonb_path_ops"}),
-)
 
-vulnerabilities = _scoped(
-    "vulnerabilities",
-    sa.Column("vulnerability", sa.Text, nullable=False),
-    sa.Column("subject", sa.Text, nullable=False),  # a person id, or "household"
-    sa.Column("person_id", sa.Text, nullable=True),
-    sa.Column("population", sa.Text, nullable=False),  # child | adult | person | household
-    sa.Column("assessment_id", sa.Text, nullable=False),
-    sa.Column("identified_on", sa.Date, nullable=True),
-    sa.PrimaryKeyConstraint("household_id", "vulnerability", "subject"),
-    # Counts per code of a locality / county: index-only, and already in the order of
-    # the summary's grouping and its count of distinct households (no sort).
-    sa.Index("proj_vulnerabilities_locality", "locality", "vulnerability", "household_id",
-             postgresql_include=["county", "person_id", "population"]),
-    sa.Index("proj_vulnerabilities_county", "county", "vulnerability", "household_id",
-             postgresql_include=["locality", "person_id", "population"]),
-)
 
-services = _scoped(
-    "services",
-    sa.Column("service_id", sa.Text, nullable=False),
-    sa.Column("code", sa.Text, nullable=True),
-    sa.Column("person_id", sa.Text, nullable=True),
-    sa.Column("vulnerability", sa.Text, nullable=True),
-    sa.Column("deadline", sa.Date, nullable=True),
-    sa.Column("status", sa.Text, nullable=True),
-    sa.Column("delivered_at", sa.DateTime(timezone=True), nullable=True),
-    sa.Column("delivered_by", sa.Text, nullable=True),
-    sa.Column("note", sa.Text, nullable=True),
-    sa.PrimaryKeyConstraint("household_id", "service_id"),
-    # Overdue services by locality / county: the open ones, by deadline (index-only: the
-    # other scope column is included for the row-level security policies).
-    sa.Index("proj_services_open_locality", "locality", "deadline",
-             postgresql_include=["county"],
-             postgresql_where=sa.text("status IN ('planned', 'in_progress')")),
-    sa.Index("proj_services_open_county", "county", "deadline",
-             postgresql_include=["locality"],
-             postgresql_where=sa.text("status IN ('planned', 'in_progress')")),
-)
 
-change_requests = _scoped(
-    "change_requests",
-    sa.Column("request_id", sa.Text, nullable=False),
-    sa.Column("kind", sa.Text, nullable=True),
-    sa.Column("payload", postgresql.JSONB, nullable=True),
-    sa.Column("reason", sa.Text, nullable=True),
-    sa.Column("requested_by", sa.Text, nullable=True),
-    sa.Column("requested_at", sa.DateTime(timezone=True), nullable=True),
-    sa.Column("status", sa.Text, nullable=True),
-    sa.Column("decided_by", sa.Text, nullable=True),
-    sa.Column("decided_at", sa.DateTime(timezone=True), nullable=True),
-    sa.Column("decision_note", sa.Text, nullable=True),
-    sa.PrimaryKeyConstraint("household_id", "request_id"),
-    sa.Index("proj_change_requests_county_status", "county", "status"),
-)
 
-conflicts = _scoped(
-    "conflicts",
-    sa.Column("conflict_id", sa.Text, nullable=False),
-    sa.Column("path", postgresql.JSONB, nullable=True),
-    sa.Column("values", postgresql.JSONB, nullable=True),
-    sa.Column("written", postgresql.JSONB, nullable=True),
-    sa.Column("detected_at", sa.DateTime(timezone=True), nullable=True),
-    sa.Column("resolved_by", sa.Text, nullable=True),
-    sa.Column("resolution", postgresql.JSONB, nullable=True),
-    sa.PrimaryKeyConstraint("household_id", "conflict_id"),
-    sa.Index("proj_conflicts_county", "county"),
-)
 
-activity = _scoped(
-    "activity",
-    sa.Column("position", sa.Integer, nullable=False),
-    sa.Column("at", sa.DateTime(timezone=True), nullable=True),
-    sa.Column("by", sa.Text, nullable=True),
-    sa.Column("kind", sa.Text, nullable=True),
-    sa.Column("text", sa.Text, nullable=True),
-    sa.PrimaryKeyConstraint("household_id", "position"),
-)
 
-#: Every projection table, in the order the projector writes them.
-TABLES: tuple[sa.Table, ...] = (households, persons, answers, vulnerabilities, services,
-                                change_requests, conflicts, activity)
 
 
 def primary_key(table: sa.Table) -> tuple[str, ...]:

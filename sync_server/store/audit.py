@@ -30,30 +30,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from sync_server.store.keys import KeyRing
-from sync_server.store.tables import metadata
-
-audit = sa.Table(
-    "audit", metadata,
-    sa.Column("id", sa.BigInteger, sa.Identity(always=True), primary_key=True),
-    sa.Column("chain", sa.Text, nullable=False),
-    sa.Column("seq", sa.BigInteger, nullable=False),
-    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("kind", sa.Text, nullable=False),
-    sa.Column("household_id", sa.Text, nullable=True),
-    sa.Column("user_id", sa.Text, nullable=True),
-    sa.Column("device_id", sa.Text, nullable=True),
-    sa.Column("detail", postgresql.JSONB, nullable=False),
-    sa.Column("key_version", sa.Integer, nullable=False),
-    sa.Column("prev_hash", sa.LargeBinary, nullable=False),
-    sa.Column("hash", sa.LargeBinary, nullable=False),
-    sa.UniqueConstraint("chain", "seq", name="audit_chain_seq"),
-)
-audit_heads = sa.Table(
-    "audit_heads", metadata,
-    sa.Column("chain", sa.Text, primary_key=True),
-    sa.Column("seq", sa.BigInteger, nullable=False),
-    sa.Column("hash", sa.LargeBinary, nullable=False),
-)
+from sync_server.store.tables import audit, audit_heads
 
 GENESIS = bytes(32)
 

@@ -45,7 +45,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import nacl.exceptions
 import nacl.utils
@@ -54,8 +54,18 @@ from nacl.bindings import (
     crypto_aead_xchacha20poly1305_ietf_encrypt,
 )
 
-if TYPE_CHECKING:
-    from sync_server.config import Settings
+
+class KeySources(Protocol):
+    """Where the master keys come from (``sync_server.config.Settings`` is one)."""
+
+    @property
+    def master_key(self) -> str | None: ...
+    @property
+    def master_key_file(self) -> str | None: ...
+    @property
+    def database_url(self) -> str | None: ...
+    @property
+    def data_dir(self) -> Path: ...
 
 KEY_BYTES = 32
 NONCE_BYTES = 24
@@ -329,7 +339,7 @@ def _merge(sources: Iterable[Mapping[int, bytes]], where: str = "master keys") -
     return merged
 
 
-def load_keyring(settings: Settings, *, cache_size: int = 4096) -> KeyRing:
+def load_keyring(settings: KeySources, *, cache_size: int = 4096) -> KeyRing:
     """The master keys the settings point at (see the module docstring for the rules)."""
     sources: list[Mapping[int, bytes]] = []
     if settings.master_key:

@@ -20,18 +20,10 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sync_server.protocol.http_auth import WINDOW
-from sync_server.store.tables import metadata
+from sync_server.store.tables import http_nonces
 
 log = logging.getLogger(__name__)
 
-http_nonces = sa.Table(
-    "http_nonces", metadata,
-    sa.Column("device_id", sa.Text, nullable=False),
-    sa.Column("nonce", sa.Text, nullable=False),
-    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
-    sa.PrimaryKeyConstraint("device_id", "nonce"),
-    sa.Index("http_nonces_expires", "expires_at"),
-)
 
 #: Claims pruned at most this often (by the request that finds the time has come).
 PRUNE_EVERY = timedelta(minutes=5)

@@ -1,8 +1,4 @@
-"""Where households live: the store interface and its PostgreSQL implementation.
-
-The contract (``HouseholdStore``) is small on purpose, like automerge-repo's
-storage adapters, and ``tests/test_storage_contract.py`` runs one contract
-suite against every implementation.
+"""Where households live: :class:`~sync_server.store.contract.HouseholdStore` on PostgreSQL.
 
 - ``changes`` is the append-only log: one row per Automerge change, keyed by
   (household, change hash), so re-sending a change is a no-op. Rows are never
@@ -19,360 +15,28 @@ suite against every implementation.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from sync_server.store.audit import AuditEvent, AuditLog
-from sync_server.store.keys import CHANGE, SEAL_OVERHEAD, SNAPSHOT, DataKey, KeyRing, KeyRingError, WrappedKey
-from sync_server.store.tables import metadata
-
-if TYPE_CHECKING:
-    from sync_server.config import Settings
-
-
-households = sa.Table(
-    "households", metadata,
-    sa.Column("id", sa.Text, primary_key=True),
-    sa.Column("locality", sa.Text, nullable=False),
-    sa.Column("county", sa.Text, nullable=False),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False,
-              server_default=sa.func.now()),
+from sync_server.store.contract import (
+    AppendResult,
+    Author,
+    ErasureResult,
+    HouseholdErased,
+    HouseholdIdTaken,
+    HouseholdRecord,
+    LoadedHousehold,
+    OutboxEntry,
+    StoredChange,
 )
-
-changes = sa.Table(
-    "changes", metadata,
-    sa.Column("household_id", sa.Text, sa.ForeignKey("households.id"), nullable=False),
-    sa.Column("hash", sa.LargeBinary, nullable=False),
-    sa.Column("seq", sa.BigInteger, sa.Identity(always=True), nullable=False),
-    sa.Column("deps", postgresql.ARRAY(sa.LargeBinary), nullable=False),
-    sa.Column("actor", sa.LargeBinary, nullable=False),
-    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False,
-              server_default=sa.func.now()),
-    sa.Column("body", sa.LargeBinary, nullable=False),
-    sa.Column("device_id", sa.Text, nullable=True),  # the author device (enrolled)
-    sa.PrimaryKeyConstraint("household_id", "hash"),
-    sa.Index("changes_household_seq", "household_id", "seq"),
-)
-
-#: One row per household whose projection is behind its change log, written by the same
-#: statement (so the same transaction) as the changes. ``last_seq`` is the newest change
-#: logged; ``enqueued_at`` the time the oldest unprojected one arrived (the projection
-#: lag is measured from it). The projector deletes a row only if no batch wrote it since
-#: the projector read it (its ``xmin``, sync_server/projector.py), so a change logged
-#: during a projection is never lost.
-projection_outbox = sa.Table(
-    "projection_outbox", metadata,
-    sa.Column("household_id", sa.Text, sa.ForeignKey("households.id"), primary_key=True),
-    sa.Column("last_seq", sa.BigInteger, nullable=False),
-    sa.Column("enqueued_at", sa.DateTime(timezone=True), nullable=False,
-              server_default=sa.func.now()),
-)
-
-snapshots = sa.Table(
-    "snapshots", metadata,
-    sa.Column("household_id", sa.Text, sa.ForeignKey("households.id"), primary_key=True),
-    sa.Column("heads", postgresql.ARRAY(sa.LargeBinary), nullable=False),
-    sa.Column("covers_seq", sa.BigInteger, nullable=False),
-    sa.Column("body", sa.LargeBinary, nullable=False),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False,
-              server_default=sa.func.now()),
-)
-
-household_keys = sa.Table(
-    "household_keys", metadata,
-    sa.Column("household_id", sa.Text, sa.ForeignKey("households.id"), primary_key=True),
-    sa.Column("wrapped", sa.LargeBinary, nullable=True),  # NULL = destroyed (erased)
-    sa.Column("master_version", sa.Integer, nullable=False),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False,
-              server_default=sa.func.now()),
-    sa.Column("destroyed_at", sa.DateTime(timezone=True), nullable=True),
-    sa.CheckConstraint("(wrapped IS NULL) = (destroyed_at IS NOT NULL)",
-                       name="household_keys_destroyed"),
-)
-
-
-class HouseholdErased(LookupError):
-    """The household was erased: its data key is destroyed, its content unreadable."""
-
-    def __init__(self, household_id: str) -> None:
-        super().__init__(f"household {household_id} was erased (its data key is destroyed)")
-        self.household_id = household_id
-
-
-class HouseholdIdTaken(LookupError):
-    """A creation named an id that is registered already: nothing was stored."""
-
-    def __init__(self, household_id: str) -> None:
-        super().__init__(f"household id {household_id} is registered already")
-        self.household_id = household_id
-
-
-@dataclass(frozen=True, slots=True)
-class ErasureResult:
-    household_id: str
-    deleted: dict[str, int]  # table -> rows deleted (rows of the household outside the log)
-    log_rows_kept: int       # change-log rows kept, sealed with the destroyed key
-    already_erased: bool
-
-
-@dataclass(frozen=True, slots=True)
-class HouseholdRecord:
-    """A household in the registry (no content: that is in the change log)."""
-
-    id: str
-    locality: str
-    county: str
-    created_at: datetime | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class StoredChange:
-    """One Automerge change as logged: its hash, dependencies, author actor and bytes."""
-
-    hash: bytes
-    deps: tuple[bytes, ...]
-    actor: bytes
-    body: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Author:
-    """Who sent a batch: recorded with each change and in the audit log."""
-
-    device_id: str
-    user_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class AppendResult:
-    inserted: int        # rows new to the log (0 when everything was a re-send)
-    inserted_bytes: int  # their body bytes (plaintext)
-    last_seq: int        # highest log position among the inserted rows (0 if none inserted)
-
-
-@dataclass(frozen=True, slots=True)
-class LoadedHousehold:
-    """What a cold load reads: the latest snapshot and the changes logged after it."""
-
-    record: HouseholdRecord
-    snapshot: bytes
-    snapshot_heads: tuple[bytes, ...]
-    later_changes: tuple[bytes, ...]
-    last_seq: int
-
-    @property
-    def bytes_since_snapshot(self) -> int:
-        return sum(len(c) for c in self.later_changes)
-
-    def document_bytes(self) -> bytes:
-        """Input for one ``Document.load``: snapshot chunk followed by change chunks."""
-        return self.snapshot + b"".join(self.later_changes)
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxEntry:
-    """A household whose projection is behind: up to which change, and since when."""
-
-    household_id: str
-    last_seq: int
-    enqueued_at: datetime
-
-
-class HouseholdStore(Protocol):
-    """The storage contract the server relies on."""
-
-    async def create_household(self, record: HouseholdRecord,
-                               first_changes: Sequence[StoredChange],
-                               author: Author | None = None,
-                               team: Sequence[str] = ()) -> AppendResult:
-        """Register ``record``, log its first changes and put the existing users of
-        ``team`` on its team, in one transaction.
-
-        An id registered already stores nothing and raises :class:`HouseholdIdTaken`
-        (:class:`HouseholdErased` if it was erased)."""
-        ...
-
-    async def move_household(self, record: HouseholdRecord, new: Sequence[StoredChange],
-                             author: Author | None = None) -> AppendResult:
-        """Log ``new`` and set the household's locality and county, in one transaction."""
-        ...
-
-    async def household(self, household_id: str) -> HouseholdRecord | None: ...
-
-    async def append_changes(self, household_id: str, new: Sequence[StoredChange],
-                             author: Author | None = None) -> AppendResult:
-        """Log ``new`` in one transaction; changes already logged are skipped. ``author``
-        is recorded with each change and in the audit log."""
-        ...
-
-    async def load(self, household_id: str) -> LoadedHousehold | None: ...
-
-    async def save_snapshot(self, household_id: str, body: bytes,
-                            heads: Sequence[bytes], covers_seq: int) -> None:
-        """Replace the household's snapshot with ``body``, covering the log up to ``covers_seq``."""
-        ...
-
-    async def change_count(self, household_id: str) -> int: ...
-
-    async def change_origins(self, household_id: str, hashes: Collection[bytes]
-                             ) -> dict[bytes, tuple[str | None, datetime]]:
-        """``hash -> (author device id or None for the server's own, received at)``."""
-        ...
-
-
-#: One statement for a whole batch, whatever its size and however many households it
-#: spans: the rows travel as five array parameters, so the statement is prepared once
-#: and cached (a multi-row VALUES list would be a new statement per batch size).
-#: ``deps`` arrive as comma-joined hex because PostgreSQL arrays cannot be ragged.
-#: Re-sent changes hit the primary key and are skipped. Bodies arrive sealed; nothing is
-#: written for a household whose data key was destroyed (erased by another process).
-#: The same statement queues each household that logged something for projection.
-_APPEND = sa.text("""
-    WITH inserted AS (
-        INSERT INTO changes (household_id, hash, deps, actor, body, device_id)
-        SELECT u.household_id, u.hash,
-               ARRAY(SELECT decode(d, 'hex') FROM unnest(string_to_array(u.deps, ',')) AS d),
-               u.actor, u.body, u.device_id
-        FROM unnest(:household_ids, :hashes, :deps, :actors, :bodies, :devices)
-             AS u(household_id, hash, deps, actor, body, device_id)
-        WHERE EXISTS (SELECT 1 FROM household_keys k
-                      WHERE k.household_id = u.household_id AND k.wrapped IS NOT NULL)
-        ON CONFLICT (household_id, hash) DO NOTHING
-        RETURNING household_id, seq, length(body) AS size, hash
-    ), queued AS (
-        INSERT INTO projection_outbox (household_id, last_seq)
-        SELECT household_id, max(seq) FROM inserted GROUP BY household_id
-        ON CONFLICT (household_id) DO UPDATE
-            SET last_seq = GREATEST(projection_outbox.last_seq, EXCLUDED.last_seq)
-    )
-    SELECT household_id, seq, size, hash FROM inserted
-""").bindparams(
-    sa.bindparam("household_ids", type_=postgresql.ARRAY(sa.Text)),
-    sa.bindparam("hashes", type_=postgresql.ARRAY(sa.LargeBinary)),
-    sa.bindparam("deps", type_=postgresql.ARRAY(sa.Text)),
-    sa.bindparam("actors", type_=postgresql.ARRAY(sa.LargeBinary)),
-    sa.bindparam("bodies", type_=postgresql.ARRAY(sa.LargeBinary)),
-    sa.bindparam("devices", type_=postgresql.ARRAY(sa.Text)),
-)
-
-
-#: A new household's first team: the named users that exist.
-_TEAM = sa.text("""
-    INSERT INTO household_team (household_id, user_id)
-    SELECT :household, u.id FROM users u WHERE u.id = ANY(:users)
-""").bindparams(sa.bindparam("users", type_=postgresql.ARRAY(sa.Text)))
-
-
-async def _insert_changes(conn: AsyncConnection,
-                          batches: Sequence[tuple[str, Sequence[StoredChange], Author | None]],
-                          keys: dict[str, DataKey], audit: AuditLog) -> dict[str, AppendResult]:
-    """Seal every body with its household's key, insert every batch with one statement,
-    and append one audit row per batch that logged something (same transaction); an
-    AppendResult per household."""
-    params: dict[str, list[Any]] = {k: [] for k in ("household_ids", "hashes", "deps",
-                                                    "actors", "bodies", "devices")}
-    for household_id, new, author in batches:
-        key = keys[household_id]
-        for c in new:
-            params["household_ids"].append(household_id)
-            params["hashes"].append(c.hash)
-            params["deps"].append(",".join(d.hex() for d in c.deps))
-            params["actors"].append(c.actor)
-            params["bodies"].append(key.seal(CHANGE, c.body))
-            params["devices"].append(author.device_id if author else None)
-    results = {household_id: AppendResult(0, 0, 0) for household_id, _, _ in batches}
-    if not params["hashes"]:
-        return results
-    logged: dict[str, list[str]] = {}
-    for household_id, seq, size, digest in (await conn.execute(_APPEND, params)).all():
-        r = results[household_id]
-        # length(body) is the sealed size; the overhead is fixed, so this is the plaintext's.
-        results[household_id] = AppendResult(r.inserted + 1,
-                                             r.inserted_bytes + size - SEAL_OVERHEAD,
-                                             max(r.last_seq, seq))
-        logged.setdefault(household_id, []).append(digest.hex())
-    authors = {household_id: author for household_id, _, author in batches}
-    await audit.append(conn, [
-        AuditEvent("changes-accepted", household_id,
-                   user_id=authors[household_id].user_id if authors[household_id] else None,
-                   device_id=authors[household_id].device_id if authors[household_id] else None,
-                   detail={"changes": len(hashes), "hashes": sorted(hashes)})
-        for household_id, hashes in sorted(logged.items())])
-    return results
-
-
-class _GroupCommit:
-    """Commits the appends of concurrent merges together: one transaction, one statement.
-
-    While one commit is in flight, the appends that arrive queue up and go into the next
-    one, so under load many households share each WAL flush; alone, an append waits for
-    exactly one commit, as before. Every caller still gets its result only after the
-    commit, so the pipeline's rule (advertise only what is committed) holds. If the
-    commit fails, every caller in it gets the error and nothing of it is stored.
-    """
-
-    def __init__(self, engine: AsyncEngine, store: PostgresStore) -> None:
-        self._engine = engine
-        self._store = store
-        self._queue: list[tuple[str, Sequence[StoredChange], Author | None,
-                                asyncio.Future[AppendResult]]] = []
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self.commits = 0
-
-    async def append(self, household_id: str, new: Sequence[StoredChange],
-                     author: Author | None) -> AppendResult:
-        fut: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
-        self._queue.append((household_id, new, author, fut))
-        self._wake.set()
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name="vatra-group-commit")
-        return await fut
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        for _, _, fut in self._queue:
-            if not fut.done():
-                fut.set_exception(RuntimeError("store closed"))
-        self._queue.clear()
-
-    async def _run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            group, self._queue = self._queue, []
-            if not group:
-                continue
-            try:
-                async with self._engine.begin() as conn:
-                    keys, erased = await self._store._data_keys(conn, {g[0] for g in group})
-                    results = await _insert_changes(
-                        conn, [(h, new, author) for h, new, author, _ in group if h in keys],
-                        keys, self._store.audit)
-            except Exception as exc:
-                for *_, fut in group:
-                    if not fut.done():
-                        fut.set_exception(exc)
-                continue
-            self.commits += 1
-            self._store.committed()
-            for household_id, _, _, fut in group:
-                if fut.done():  # a caller cancelled meanwhile: its rows are stored anyway
-                    continue
-                if household_id in keys:
-                    fut.set_result(results[household_id])
-                else:  # one erased household fails only its own callers
-                    fut.set_exception(erased[household_id])
+from sync_server.store.group_commit import TEAM, GroupCommit, insert_changes
+from sync_server.store.keys import CHANGE, SNAPSHOT, DataKey, KeyRing, KeyRingError, WrappedKey
+from sync_server.store.tables import changes, household_keys, households, projection_outbox, snapshots
 
 
 class PostgresStore:
@@ -386,7 +50,7 @@ class PostgresStore:
         self._engine = engine
         self.keyring = keyring
         self.audit = AuditLog(engine, keyring)
-        self._group = _GroupCommit(engine, self)
+        self._group = GroupCommit(engine, self.data_keys_in, self.audit, self.committed)
         self._verified: BaseException | bool = False
         self._verify_lock = asyncio.Lock()
         self._on_commit: list[Callable[[], None]] = []
@@ -400,18 +64,9 @@ class PostgresStore:
         for callback in self._on_commit:
             callback()
 
-    @classmethod
-    def from_settings(cls, engine: AsyncEngine, settings: Settings) -> PostgresStore:
-        """A store with the master keys ``settings`` point at (:func:`keys.load_keyring`):
-        raises :class:`keys.MasterKeyError` when there is none to use."""
-        from sync_server.store.keys import load_keyring
-
-        # Cache at least every resident household's key: appends then never read the table.
-        return cls(engine, load_keyring(
-            settings, cache_size=max(4096, 2 * settings.resident_households)))
-
     async def close(self) -> None:
-        """Stop the group-commit writer (pending appends fail with an error)."""
+        """Stop the group-commit writer: the commit in flight and what is queued are
+        committed, later appends refused (:class:`StoreClosed`)."""
         await self._group.close()
 
     # -- keys -----------------------------------------------------------------------------
@@ -444,7 +99,7 @@ class PostgresStore:
                 raise
             self._verified = True
 
-    async def _data_keys(self, conn: AsyncConnection, household_ids: Collection[str]
+    async def data_keys_in(self, conn: AsyncConnection, household_ids: Collection[str]
                          ) -> tuple[dict[str, DataKey], dict[str, BaseException]]:
         """The data keys of ``household_ids`` (cache, else unwrapped from the table), and an
         error for each household that has none to use (erased, or not registered)."""
@@ -479,9 +134,9 @@ class PostgresStore:
         await self.verify_master_key()
         if conn is None:
             async with self._engine.connect() as own:
-                keys, errors = await self._data_keys(own, [household_id])
+                keys, errors = await self.data_keys_in(own, [household_id])
         else:
-            keys, errors = await self._data_keys(conn, [household_id])
+            keys, errors = await self.data_keys_in(conn, [household_id])
         if household_id in errors:
             raise errors[household_id]
         return keys[household_id]
@@ -508,7 +163,7 @@ class PostgresStore:
                 .returning(households.c.id))).first()
             if registered is None:
                 self.keyring.forget(record.id)  # read what is stored now, not a cached copy
-                _, errors = await self._data_keys(conn, [record.id])
+                _, errors = await self.data_keys_in(conn, [record.id])
                 if isinstance(errors.get(record.id), HouseholdErased):
                     raise errors[record.id]
                 raise HouseholdIdTaken(record.id)
@@ -516,8 +171,8 @@ class PostgresStore:
                 household_id=record.id, wrapped=wrapped.wrapped,
                 master_version=wrapped.master_version))
             if team:  # who may sync it is known the moment it exists
-                await conn.execute(_TEAM, {"household": record.id, "users": sorted(set(team))})
-            result = (await _insert_changes(conn, [(record.id, first_changes, author)],
+                await conn.execute(TEAM, {"household": record.id, "users": sorted(set(team))})
+            result = (await insert_changes(conn, [(record.id, first_changes, author)],
                                             {record.id: new_key}, self.audit))[record.id]
         self.keyring.remember(new_key)  # only once committed
         self.committed()
@@ -533,7 +188,7 @@ class PostgresStore:
         async with self._engine.begin() as conn:
             await conn.execute(sa.update(households).where(households.c.id == record.id)
                                .values(locality=record.locality, county=record.county))
-            result = (await _insert_changes(conn, [(record.id, new, author)],
+            result = (await insert_changes(conn, [(record.id, new, author)],
                                             {record.id: key}, self.audit))[record.id]
         self.committed()
         return result

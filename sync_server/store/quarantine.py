@@ -30,30 +30,10 @@ import nacl.hash
 import sqlalchemy as sa
 from prometheus_client import Counter
 
-from sync_server.config import Quotas
+from sync_server.store.contract import HouseholdErased
 from sync_server.store.keys import QUARANTINE, DataKey
-from sync_server.store.postgres import HouseholdErased, PostgresStore
-from sync_server.store.tables import metadata
-
-quarantine = sa.Table(
-    "quarantine", metadata,
-    sa.Column("id", sa.BigInteger, sa.Identity(always=True), primary_key=True),
-    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False,
-              server_default=sa.func.now()),
-    sa.Column("document_id", sa.Text, nullable=False),
-    sa.Column("household_id", sa.Text, sa.ForeignKey("households.id"), nullable=True),
-    sa.Column("device_id", sa.Text, nullable=True),
-    sa.Column("user_id", sa.Text, nullable=True),
-    sa.Column("code", sa.Text, nullable=False),
-    sa.Column("reason", sa.Text, nullable=False),
-    sa.Column("key_version", sa.Integer, nullable=True),
-    sa.Column("body", sa.LargeBinary, nullable=False),
-    sa.Column("digest", sa.LargeBinary, nullable=True),  # unique: each input kept once
-    sa.Column("size", sa.Integer, nullable=True),  # bytes of body, for the quotas
-    sa.Index("quarantine_household", "household_id"),
-    sa.Index("quarantine_digest", "digest", unique=True),
-    sa.Index("quarantine_device", "device_id", postgresql_include=["size"]),
-)
+from sync_server.store.postgres import PostgresStore
+from sync_server.store.tables import quarantine
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +54,16 @@ class Quarantined:
     user_id: str | None
     code: str
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Quotas:
+    """How much refused data the quarantine keeps (settings ``VATRA_QUARANTINE_*``)."""
+
+    device_bytes: int = 64 * 1024 * 1024
+    device_rows: int = 1000
+    total_bytes: int = 2 * 1024 * 1024 * 1024
+
 
 
 class Quarantine:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from automerge.core import Document
 
-from sync_server.store.postgres import HouseholdErased, HouseholdRecord, HouseholdStore
+from sync_server.store.contract import HouseholdErased, HouseholdRecord, HouseholdStore
 from sync_server.sync.change_ops import ObjectIndex
 
 if TYPE_CHECKING:

@@ -52,7 +52,7 @@ from sync_server.protocol import wire
 from sync_server.protocol.errors import DocumentError, ErrorCode, Refused, StorageError, VatraError
 from sync_server.protocol.preflight import DEFAULT_LIMITS, Limits, check_sync_message
 from sync_server.store.audit import AuditEvent, AuditLog
-from sync_server.store.postgres import (
+from sync_server.store.contract import (
     Author,
     HouseholdErased,
     HouseholdIdTaken,

@@ -2,7 +2,7 @@
 
 from alembic import context
 
-from sync_server.store.postgres import metadata
+from sync_server.store.tables import metadata
 
 connection = context.config.attributes.get("connection")
 if connection is None:

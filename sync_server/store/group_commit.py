@@ -1,0 +1,190 @@
+"""Group commit: the appends of concurrent merges committed together, with the outbox.
+
+One statement inserts every change of a group (the rows travel as array parameters) and
+queues each household that logged something for projection; the audit rows go in the
+same transaction. The pipeline's rule holds: a caller learns its result only after the
+commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from sync_server.store.audit import AuditEvent, AuditLog
+from sync_server.store.contract import AppendResult, Author, StoreClosed, StoredChange
+from sync_server.store.keys import CHANGE, SEAL_OVERHEAD, DataKey
+
+#: What the group commit needs of the store: the data keys of some households, and an
+#: error for each one that has none (erased, or never registered).
+DataKeys = Callable[[AsyncConnection, Collection[str]],
+                    Awaitable[tuple[dict[str, DataKey], dict[str, BaseException]]]]
+
+
+#: One statement for a whole batch, whatever its size and however many households it
+#: spans: the rows travel as five array parameters, so the statement is prepared once
+#: and cached (a multi-row VALUES list would be a new statement per batch size).
+#: ``deps`` arrive as comma-joined hex because PostgreSQL arrays cannot be ragged.
+#: Re-sent changes hit the primary key and are skipped. Bodies arrive sealed; nothing is
+#: written for a household whose data key was destroyed (erased by another process).
+#: The same statement queues each household that logged something for projection.
+_APPEND = sa.text("""
+    WITH inserted AS (
+        INSERT INTO changes (household_id, hash, deps, actor, body, device_id)
+        SELECT u.household_id, u.hash,
+               ARRAY(SELECT decode(d, 'hex') FROM unnest(string_to_array(u.deps, ',')) AS d),
+               u.actor, u.body, u.device_id
+        FROM unnest(:household_ids, :hashes, :deps, :actors, :bodies, :devices)
+             AS u(household_id, hash, deps, actor, body, device_id)
+        WHERE EXISTS (SELECT 1 FROM household_keys k
+                      WHERE k.household_id = u.household_id AND k.wrapped IS NOT NULL)
+        ON CONFLICT (household_id, hash) DO NOTHING
+        RETURNING household_id, seq, length(body) AS size, hash
+    ), queued AS (
+        INSERT INTO projection_outbox (household_id, last_seq)
+        SELECT household_id, max(seq) FROM inserted GROUP BY household_id
+        ON CONFLICT (household_id) DO UPDATE
+            SET last_seq = GREATEST(projection_outbox.last_seq, EXCLUDED.last_seq)
+    )
+    SELECT household_id, seq, size, hash FROM inserted
+""").bindparams(
+    sa.bindparam("household_ids", type_=postgresql.ARRAY(sa.Text)),
+    sa.bindparam("hashes", type_=postgresql.ARRAY(sa.LargeBinary)),
+    sa.bindparam("deps", type_=postgresql.ARRAY(sa.Text)),
+    sa.bindparam("actors", type_=postgresql.ARRAY(sa.LargeBinary)),
+    sa.bindparam("bodies", type_=postgresql.ARRAY(sa.LargeBinary)),
+    sa.bindparam("devices", type_=postgresql.ARRAY(sa.Text)),
+)
+
+#: A new household's first team: the named users that exist.
+TEAM = sa.text("""
+    INSERT INTO household_team (household_id, user_id)
+    SELECT :household, u.id FROM users u WHERE u.id = ANY(:users)
+""").bindparams(sa.bindparam("users", type_=postgresql.ARRAY(sa.Text)))
+
+
+async def insert_changes(conn: AsyncConnection,
+                          batches: Sequence[tuple[str, Sequence[StoredChange], Author | None]],
+                          keys: dict[str, DataKey], audit: AuditLog) -> dict[str, AppendResult]:
+    """Seal every body with its household's key, insert every batch with one statement,
+    and append one audit row per batch that logged something (same transaction); an
+    AppendResult per household."""
+    params: dict[str, list[Any]] = {k: [] for k in ("household_ids", "hashes", "deps",
+                                                    "actors", "bodies", "devices")}
+    for household_id, new, author in batches:
+        key = keys[household_id]
+        for c in new:
+            params["household_ids"].append(household_id)
+            params["hashes"].append(c.hash)
+            params["deps"].append(",".join(d.hex() for d in c.deps))
+            params["actors"].append(c.actor)
+            params["bodies"].append(key.seal(CHANGE, c.body))
+            params["devices"].append(author.device_id if author else None)
+    results = {household_id: AppendResult(0, 0, 0) for household_id, _, _ in batches}
+    if not params["hashes"]:
+        return results
+    logged: dict[str, list[str]] = {}
+    for household_id, seq, size, digest in (await conn.execute(_APPEND, params)).all():
+        r = results[household_id]
+        # length(body) is the sealed size; the overhead is fixed, so this is the plaintext's.
+        results[household_id] = AppendResult(r.inserted + 1,
+                                             r.inserted_bytes + size - SEAL_OVERHEAD,
+                                             max(r.last_seq, seq))
+        logged.setdefault(household_id, []).append(digest.hex())
+    authors = {household_id: author for household_id, _, author in batches}
+    await audit.append(conn, [
+        AuditEvent("changes-accepted", household_id,
+                   user_id=authors[household_id].user_id if authors[household_id] else None,
+                   device_id=authors[household_id].device_id if authors[household_id] else None,
+                   detail={"changes": len(hashes), "hashes": sorted(hashes)})
+        for household_id, hashes in sorted(logged.items())])
+    return results
+
+
+class GroupCommit:
+    """Commits the appends of concurrent merges together: one transaction, one statement.
+
+    While one commit is in flight, the appends that arrive queue up and go into the next
+    one, so under load many households share each WAL flush; alone, an append waits for
+    exactly one commit. Every caller gets its result only after the commit, so the
+    pipeline's rule (advertise only what is committed) holds. If the commit fails, every
+    caller in it gets the error and nothing of it is stored.
+
+    :meth:`close` lets the commit in flight finish and commits what is queued, then
+    refuses new appends: no caller is left waiting, no commit is cut in half.
+    """
+
+    def __init__(self, engine: AsyncEngine, data_keys: DataKeys, audit: AuditLog,
+                 committed: Callable[[], None]) -> None:
+        self._engine = engine
+        self._data_keys = data_keys
+        self._audit = audit
+        self._committed = committed
+        self._queue: list[tuple[str, Sequence[StoredChange], Author | None,
+                                asyncio.Future[AppendResult]]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.commits = 0
+
+    async def append(self, household_id: str, new: Sequence[StoredChange],
+                     author: Author | None) -> AppendResult:
+        if self._closing:
+            raise StoreClosed("the store is closing; retry later")
+        fut: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
+        self._queue.append((household_id, new, author, fut))
+        self._wake.set()
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="vatra-group-commit")
+        return await fut
+
+    async def close(self) -> None:
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+        for *_, fut in self._queue:  # only if the writer itself died
+            if not fut.done():
+                fut.set_exception(StoreClosed("the store closed before this was stored"))
+        self._queue.clear()
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            group, self._queue = self._queue, []
+            if not group:
+                if self._closing:
+                    return
+                continue
+            await self._commit(group)
+            if self._closing and not self._queue:
+                return
+
+    async def _commit(self, group: list[tuple[str, Sequence[StoredChange], Author | None,
+                                              asyncio.Future[AppendResult]]]) -> None:
+        try:
+            async with self._engine.begin() as conn:
+                keys, erased = await self._data_keys(conn, {g[0] for g in group})
+                results = await insert_changes(
+                    conn, [(h, new, author) for h, new, author, _ in group if h in keys],
+                    keys, self._audit)
+        except Exception as exc:
+            for *_, fut in group:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        self.commits += 1
+        self._committed()
+        for household_id, _, _, fut in group:
+            if fut.done():  # a caller cancelled meanwhile: its rows are stored anyway
+                continue
+            if household_id in keys:
+                fut.set_result(results[household_id])
+            else:  # one erased household fails only its own callers
+                fut.set_exception(erased[household_id])
