@@ -9,7 +9,8 @@ the allowed local edits re-applied (:class:`Recovery`, ``SyncSummary.recovered``
 ``RepoTransport`` lets a stock ``automerge.repo.Repo`` talk to a Vatra server.
 """
 
-from ._enroll import Credentials, enroll
+from ._credentials import Credentials
+from ._enroll import enroll
 from ._errors import (
     HouseholdNotFound,
     NotEnrolled,

@@ -3,30 +3,20 @@
 The device makes its Ed25519 (identity) and X25519 (key exchange) key pairs
 with PyNaCl, posts the public halves and its Automerge actor id with the
 one-time code, and pins the server identity key it gets back. Every later
-session handshake proves both identities (see ``sync_server/session.py``).
+session handshake proves both identities (see ``sync_server/protocol/session.py``).
 """
 
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
 
 import aiohttp
 from nacl.public import PrivateKey
 from nacl.signing import SigningKey, VerifyKey
 
+from ._credentials import Credentials
 from ._errors import ServerRejected
 from ._replica import Replica
-
-
-@dataclass(frozen=True, slots=True)
-class Credentials:
-    device_id: str
-    user_id: str
-    role: str
-    signing_key: SigningKey
-    exchange_key: PrivateKey
-    server_key: VerifyKey
 
 
 async def enroll(replica: Replica, server_http_url: str, code: str) -> Credentials:

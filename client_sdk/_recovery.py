@@ -251,7 +251,7 @@ class _Planner:
         elif p[0] == "team" and len(p) == 2:
             if sv == lv:
                 return
-            request = ("change_team", {p[1]: "" if lv is None else _scalar(lv)})
+            request = ("change_team", {str(p[1]): "" if lv is None else _scalar(lv)})
         elif p[0] in policy.PLACE_FIELDS and len(p) == 1 and isinstance(lv, tuple):
             if sv == lv or any(op.path[:1] == ("locality",) and op.kind == "request"
                                and op.value[0] == "move_household" for op in self.ops):
@@ -355,7 +355,7 @@ def _apply(doc: Document, household_id: str, ops: list[_Op], user_id: str) -> li
                 try:
                     if op.kind == "append":
                         lst = tx.get(ROOT, "activity")
-                        if not _is(lst, ObjType.List):
+                        if lst is None or not _is(lst, ObjType.List):
                             raise _Skip
                         n = tx.length(lst[1])
                         _write(tx, lst[1], n, op.value, insert=True)
@@ -369,7 +369,7 @@ def _apply(doc: Document, household_id: str, ops: list[_Op], user_id: str) -> li
                             tx.delete(parent, key)
                     elif op.kind == "text":
                         got = tx.get(parent, key)
-                        if not _is(got, ObjType.Text):
+                        if got is None or not _is(got, ObjType.Text):
                             raise _Skip
                         _splice_three_way(tx, got[1], *op.value)
                     else:
@@ -406,7 +406,7 @@ def _prune(value: Any, rel: Path) -> bool:
         in_list = isinstance(value, list) and isinstance(seg, int) and 0 <= seg < len(value)
         if not (in_dict or in_list):
             return False
-        value = value[seg]
+        value = value[seg]  # type: ignore[index]  # a dict key or a list index: checked
     last = rel[-1]
     if isinstance(value, dict) and last in value:
         del value[last]

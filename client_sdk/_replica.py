@@ -21,7 +21,7 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from automerge.core import Document
 from nacl.public import PrivateKey
@@ -29,11 +29,9 @@ from nacl.signing import SigningKey, VerifyKey
 
 from conflict import Household, is_household_id
 
+from ._credentials import Credentials
 from ._errors import HouseholdNotFound, ReplicaError
 from ._vault import Vault
-
-if TYPE_CHECKING:
-    from ._enroll import Credentials
 
 
 class Replica:
@@ -61,7 +59,7 @@ class Replica:
 
     @property
     def peer_id(self) -> str:
-        return "device-" + self._meta["actor_id"][:16]
+        return "device-" + str(self._meta["actor_id"])[:16]
 
     @property
     def credentials(self) -> Credentials | None:
@@ -69,8 +67,6 @@ class Replica:
         d = self._meta.get("device")
         if d is None:
             return None
-        from ._enroll import Credentials
-
         return Credentials(d["device_id"], d["user_id"], d["role"],
                            SigningKey(bytes.fromhex(d["signing_seed"])),
                            PrivateKey(bytes.fromhex(d["exchange_secret"])),

@@ -34,11 +34,14 @@ class SupervisorClient:
         if resp.status >= 300:
             raise ServerRejected(str(answer.get("code", resp.status)),
                                  str(answer.get("message", "")))
-        return answer
+        result: dict[str, Any] = answer
+        return result
 
     async def requests(self, status: str = "pending") -> list[dict[str, Any]]:
         """Change requests of this supervisor's county (ids and kinds, no content)."""
-        return (await self._call("GET", f"/v1/requests?status={status}"))["requests"]
+        listed: list[dict[str, Any]] = (
+            await self._call("GET", f"/v1/requests?status={status}"))["requests"]
+        return listed
 
     async def approve(self, household_id: str, request_id: str,
                       note: str | None = None) -> dict[str, Any]:

@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 RemoteChangeCallback = Callable[[str, int], None]   # (household_id, changes received)
 SavedCallback = Callable[[str, list[bytes]], None]  # (household_id, server heads)
+_Send = Callable[[wire.Message], Awaitable[None]]
 
 
 @dataclass
@@ -208,10 +209,10 @@ class SyncClient:
                 while not all(d.done for d in docs.values()):
                     msg = await receive()
                     if isinstance(msg, wire.Sync):
-                        d = docs.get(msg.document_id)
-                        if d is None:
+                        known = docs.get(msg.document_id)
+                        if known is None:
                             continue  # a household we did not ask for in this session
-                        await self._on_sync(msg, d, send, peer_id, server_id, summary)
+                        await self._on_sync(msg, known, send, peer_id, server_id, summary)
                     elif isinstance(msg, wire.DocUnavailable):
                         if msg.document_id in docs:
                             docs[msg.document_id].done = True
@@ -219,9 +220,9 @@ class SyncClient:
                     elif isinstance(msg, wire.Error):
                         rejection = self._rejected(msg)
                         summary.rejected.append(rejection)
-                        hid = msg.document_id
-                        if hid not in docs:
+                        if msg.document_id is None or msg.document_id not in docs:
                             raise rejection
+                        hid = msg.document_id
                         d = docs[hid]
                         d.done = True
                         if (msg.code in RECOVERABLE_CODES and d.phase == "" and recover
@@ -271,8 +272,8 @@ class SyncClient:
             self.replica.track(hid)
         return sorted(local | caseload)
 
-    async def _on_sync(self, msg: wire.Sync, d: _DocSync, send, peer_id: str, server_id: str,
-                       summary: SyncSummary) -> None:
+    async def _on_sync(self, msg: wire.Sync, d: _DocSync, send: _Send, peer_id: str,
+                       server_id: str, summary: SyncSummary) -> None:
         hid = msg.document_id
         d.rounds += 1
         if d.rounds > self.max_rounds:
@@ -299,7 +300,7 @@ class SyncClient:
         if d.done and d.phase == "fetching":
             self._finish_fetch(d, hid, summary)
 
-    async def _start_recovery(self, hid: str, refused: _DocSync, code: str, send,
+    async def _start_recovery(self, hid: str, refused: _DocSync, code: str, send: _Send,
                               peer_id: str, server_id: str) -> _DocSync:
         """Ask for the server's copy of a household whose batch it refused, from scratch
         (the server dropped its sync state for it along with the batch)."""

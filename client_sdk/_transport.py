@@ -1,19 +1,16 @@
 """Frames to and from the server over an aiohttp client WebSocket.
 
-The same cut as the server's :mod:`sync_server.protocol.channel`: whole frames only,
+The same cut as the server's :mod:`sync_server.gateway.channel`: whole frames only,
 so an encrypting session can wrap it without changing the sync logic.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from aiohttp import ClientWebSocketResponse, WSMsgType
 
 from sync_server.protocol.session import SecureChannel, open_session
 
-if TYPE_CHECKING:
-    from ._enroll import Credentials
+from ._credentials import Credentials
 
 
 class ClientChannel:

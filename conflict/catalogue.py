@@ -303,7 +303,7 @@ def _label(value: object, owner: str) -> Label:
 def _choose(value: object, allowed: frozenset[str], owner: str, field: str) -> str:
     if value not in allowed:
         raise CatalogueError(f"{owner}: {field} must be one of {sorted(allowed)}")
-    return value  # type: ignore[return-value]
+    return str(value)
 
 
 def _indicator(item: object) -> Indicator:
@@ -500,8 +500,8 @@ def _test(rule: RuleTree, value: object) -> bool:
     if not _is_number(value):
         return False
     if "at_least" in rule:
-        return value >= rule["at_least"]  # type: ignore[operator]
-    return value <= rule["at_most"]  # type: ignore[operator]
+        return bool(value >= rule["at_least"])
+    return bool(value <= rule["at_most"])
 
 
 def _holds(rule: RuleTree, subject: _Subject) -> bool:
@@ -517,11 +517,11 @@ def _holds(rule: RuleTree, subject: _Subject) -> bool:
     if "not" in rule:
         return not _holds(rule["not"], subject)
     if "age_at_least" in rule:
-        return subject.age is not None and subject.age >= rule["age_at_least"]
+        return subject.age is not None and bool(subject.age >= rule["age_at_least"])
     if "age_under" in rule:
-        return subject.age is not None and subject.age < rule["age_under"]
+        return subject.age is not None and bool(subject.age < rule["age_under"])
     if "sex" in rule:
-        return subject.sex == rule["sex"]
+        return bool(subject.sex == rule["sex"])
     raise AssertionError("unreachable: rules are validated on load")
 
 

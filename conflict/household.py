@@ -160,7 +160,8 @@ def _scalar(spec: s.Spec, path: Path, value: Any) -> tuple[ScalarType, Any]:
     return stype, value
 
 
-def _record_values(spec: s.Record, path: Path, values: Mapping[str, Any]) -> list[tuple]:
+def _record_values(spec: s.Record, path: Path, values: Mapping[str, Any]
+                   ) -> list[tuple[str, ScalarType, Any]]:
     """Check a whole new record; return ``(key, ScalarType, value)`` to write.
 
     ``None`` values of optional fields are dropped; Text fields are skipped
@@ -298,7 +299,8 @@ class Household:
             kinds = protection.request_kinds if request_kinds is None else request_kinds
             raise ProtectedPathError(path, policy.PolicyRule.PROTECTED_PATH.value, kinds)
 
-    def _member_values(self, person_id: str, fields: Mapping[str, Any]) -> list[tuple]:
+    def _member_values(self, person_id: str, fields: Mapping[str, Any]
+                       ) -> list[tuple[str, ScalarType, Any]]:
         return _record_values(
             s.MEMBER,
             ("members", person_id),
@@ -490,10 +492,13 @@ class Household:
         obj = self._entity("assessments", "assessment", assessment_id)
         self._member(person_id)
         base: Path = ("assessments", assessment_id, "answers", person_id)
-        answer_spec = s.ASSESSMENT.fields["answers"].values  # type: ignore[union-attr]
+        answers_map = s.ASSESSMENT.fields["answers"]
+        assert isinstance(answers_map, s.MapOf)
+        answer_spec = answers_map.values
+        assert isinstance(answer_spec, s.MapOf)
         writes = []
         for code, value in answers.items():
-            if not s.FORMATS[answer_spec.key_format](code):
+            if answer_spec.key_format is not None and not s.FORMATS[answer_spec.key_format](code):
                 raise InvalidValueError((*base, code), "format")
             writes.append((code, *_scalar(answer_spec.values, (*base, code), value)))
         answers_obj = self._obj(obj, "answers")
@@ -504,6 +509,7 @@ class Household:
             if person_obj is None and writes:
                 person_obj = tx.put_object(answers_obj, person_id, ObjType.Map)
             for code, stype, value in writes:
+                assert person_obj is not None  # made above when there is a write
                 tx.put(person_obj, code, stype, value)
 
     def complete_assessment(self, assessment_id: str, at: datetime | str | None = None) -> None:
@@ -675,7 +681,7 @@ class Household:
             raise InvalidValueError(("notes",), "type")
         notes = self._root_obj("notes")
         with self.doc.transaction() as tx:
-            tx.splice_text(notes, tx.length(notes), 0, text)
+            tx.splice_text(notes, tx.length(notes), 0, text)  # type: ignore[attr-defined]
 
     # --- change requests ----------------------------------------------------
 
@@ -726,6 +732,7 @@ class Household:
             raise InvalidValueError(violations[0].path, violations[0].rule)
         pid = payload.get("person_id")
         if kind == "add_member":
+            assert isinstance(pid, str)  # set above, and checked by payload_violations
             if self._obj(self._root_obj("members"), pid) is not None:
                 raise ValueError(f"{format_path(('members', pid))}: already exists")
         elif pid is not None:
@@ -770,7 +777,7 @@ class Household:
     def _decision(
         self, request_id: str, as_server: bool, decided_by: str, at: datetime | str | None,
         note: str | None,
-    ) -> tuple[bytes, dict[str, Any], list[tuple]]:
+    ) -> tuple[bytes, dict[str, Any], list[tuple[str, ScalarType, Any]]]:
         """Checks shared by approve and reject: the request object, its fields,
         and the decision fields to write."""
         base: Path = ("change_requests", request_id)
@@ -847,6 +854,8 @@ class Household:
         kind, payload = req.get("kind"), req.get("payload")
         if not isinstance(payload, dict):
             raise InvalidValueError((*base, "payload"), "type")
+        if not isinstance(kind, str):
+            raise InvalidValueError((*base, "kind"), "type")
         violations = policy.payload_violations(kind, payload, base)
         if violations:
             raise InvalidValueError(violations[0].path, violations[0].rule)
@@ -961,7 +970,7 @@ class Household:
         if not isinstance(text, str):
             raise InvalidValueError(("notes",), "type")
         with self.doc.transaction() as tx:
-            tx.splice_text(obj, 0, tx.length(obj), text)
+            tx.splice_text(obj, 0, tx.length(obj), text)  # type: ignore[attr-defined]
 
     # --- reads ------------------------------------------------------------
 
@@ -984,7 +993,8 @@ class Household:
 
     def to_dict(self) -> dict[str, Any]:
         """The whole document as plain Python values (Text as ``str``)."""
-        return self._read((ObjType.Map, ROOT))
+        whole: dict[str, Any] = self._read((ObjType.Map, ROOT))
+        return whole
 
     def members(self) -> dict[str, dict[str, Any]]:
         """``{person_id: {field: value}}``."""
@@ -996,15 +1006,18 @@ class Household:
 
     @property
     def status(self) -> str | None:
-        return self._read_key(ROOT, "status")
+        value = self._read_key(ROOT, "status")
+        return value if isinstance(value, str) else None
 
     @property
     def locality(self) -> str | None:
-        return self._read_key(ROOT, "locality")
+        value = self._read_key(ROOT, "locality")
+        return value if isinstance(value, str) else None
 
     @property
     def county(self) -> str | None:
-        return self._read_key(ROOT, "county")
+        value = self._read_key(ROOT, "county")
+        return value if isinstance(value, str) else None
 
     @property
     def notes(self) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import uuid
 
-from automerge._automerge import DocumentId
+from automerge._automerge import DocumentId  # type: ignore[attr-defined]  # not in the stub
 
 __all__ = ["is_entity_id", "is_household_id", "new_entity_id", "new_household_id"]
 
@@ -23,7 +23,7 @@ _ENTITY_UUID_VERSIONS = frozenset({4, 7})
 
 def new_household_id() -> str:
     """Return a fresh household id (automerge-repo document id, bs58check)."""
-    return DocumentId.from_bytes(os.urandom(16)).to_string()
+    return str(DocumentId.from_bytes(os.urandom(16)).to_string())
 
 
 def is_household_id(s: object) -> bool:
@@ -35,7 +35,7 @@ def is_household_id(s: object) -> bool:
     if not isinstance(s, str) or not s:
         return False
     try:
-        return DocumentId.from_string(s).to_string() == s
+        return bool(DocumentId.from_string(s).to_string() == s)
     except Exception:
         return False
 

@@ -310,7 +310,7 @@ def _map_obj(doc: Document, parent: Any, key: str) -> Any | None:
 
 
 def _resolve(doc: Document, path: tuple[str, ...]) -> Any | None:
-    cur = ROOT
+    cur: Any | None = ROOT
     for seg in path:
         cur = _map_obj(doc, cur, seg)
         if cur is None:
@@ -339,7 +339,7 @@ def _str(doc: Document, obj: Any | None, key: str) -> str | None:
     v = _value(doc, obj, key)
     if v is None or isinstance(v[0], ObjType) or v[0] != ScalarType.Str:
         return None
-    return v[1]
+    return str(v[1])
 
 
 def _status(doc: Document) -> object:
@@ -481,8 +481,10 @@ def status_regressions(before: Document, after: Document) -> list[tuple[str, str
     out = []
     for sid in sorted(b.keys() & a.keys()):
         bs, as_ = b[sid], a[sid]
-        ranked = bs in SERVICE_STATUS_RANK and as_ in SERVICE_STATUS_RANK
-        if ranked and SERVICE_STATUS_RANK[as_] < SERVICE_STATUS_RANK[bs]:
+        if bs is None or as_ is None or bs not in SERVICE_STATUS_RANK \
+                or as_ not in SERVICE_STATUS_RANK:
+            continue
+        if SERVICE_STATUS_RANK[as_] < SERVICE_STATUS_RANK[bs]:
             out.append((sid, bs, as_))
     return out
 

@@ -219,7 +219,7 @@ def validate_paths(doc: Document, prefixes: Sequence[Sequence[str | int]]) -> li
     walker = _Walker(doc)
 
     version = doc.get(ROOT, "schema")
-    if version is not None and not _is_object(version):
+    if version is not None and not isinstance(version[0], ObjType):
         stype, value = version[0]
         if stype in _ACCEPTED[s.Kind.INT] and value != s.SCHEMA_VERSION:
             walker.report(("schema",), Rule.SCHEMA_VERSION)
@@ -230,7 +230,7 @@ def validate_paths(doc: Document, prefixes: Sequence[Sequence[str | int]]) -> li
         # does not reach it, so report a missing or mistyped version here.
         if version is None:
             walker.report(("schema",), Rule.MISSING)
-        elif _is_object(version) or version[0][0] not in _ACCEPTED[s.Kind.INT]:
+        elif isinstance(version[0], ObjType) or version[0][0] not in _ACCEPTED[s.Kind.INT]:
             walker.report(("schema",), Rule.TYPE)
 
     members = doc.get(ROOT, "members")

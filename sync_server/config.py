@@ -10,6 +10,8 @@
 | VATRA_MESSAGES_PER_SECOND  | 100              | sustained messages per session (token bucket) ...    |
 | VATRA_MESSAGE_BURST        | 2000             | ... and its burst (a tablet resyncing its caseload)  |
 | VATRA_SESSIONS_PER_DEVICE  | 4                | concurrent sessions of one device                    |
+| VATRA_HEARTBEAT_SECONDS    | 30               | a peer that answers no WebSocket ping for this long  |
+|                            |                  | is gone (its connection is closed)                   |
 | VATRA_RESIDENT_HOUSEHOLDS  | 2000             | idle households kept in memory (count)               |
 | VATRA_RESIDENT_BYTES       | 268435456        | idle households kept in memory (stored bytes)        |
 | VATRA_MASTER_KEY           | (none)           | master key: [<version>:]<base64 of 32 bytes>         |
@@ -33,6 +35,7 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from sync_server.protocol.errors import ConfigError
 from sync_server.protocol.preflight import Limits
 from sync_server.store.quarantine import Quotas
 
@@ -48,6 +51,7 @@ class Settings:
     messages_per_second: float = 100.0
     message_burst: int = 2000
     sessions_per_device: int = 4
+    heartbeat_seconds: float = 30.0  # a peer that answers no ping for this long is gone
     resident_households: int = 2000
     resident_bytes: int = 256 * 1024 * 1024
     master_key: str | None = field(default=None, repr=False)  # never in logs
@@ -73,6 +77,7 @@ class Settings:
                                      int(base.messages_per_second)),
             message_burst=_int(e, "VATRA_MESSAGE_BURST", base.message_burst),
             sessions_per_device=_int(e, "VATRA_SESSIONS_PER_DEVICE", base.sessions_per_device),
+            heartbeat_seconds=_int(e, "VATRA_HEARTBEAT_SECONDS", int(base.heartbeat_seconds)),
             resident_households=_int(e, "VATRA_RESIDENT_HOUSEHOLDS", base.resident_households),
             resident_bytes=_int(e, "VATRA_RESIDENT_BYTES", base.resident_bytes),
             master_key=e.get("VATRA_MASTER_KEY") or None,
@@ -101,4 +106,4 @@ def _int(env: os._Environ[str] | dict[str, str], name: str, default: int) -> int
     try:
         return int(raw)
     except ValueError:
-        raise SystemExit(f"{name} must be an integer, got {raw!r}") from None
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None

@@ -38,7 +38,7 @@ from sync_server.store.keys import (
     write_key_file,
 )
 from sync_server.store.postgres import PostgresStore, changes, household_keys, snapshots
-from sync_server.sync.pipeline import stored
+from sync_server.sync.apply import stored
 
 NAMES = ("Zamfirescu", "Theodora")
 SECRET_NOTE = "Zamfirescu Theodora, gate code 4711"

@@ -596,7 +596,7 @@ async def test_changes_waiting_for_a_missing_dependency_are_bounded(server, prov
     86 MB, from a read-only device too (nothing applied, so no write check ran). Now a
     household's waiting messages are bounded (``HELD_BYTES``): past it they are dropped
     and the device told ``limit-exceeded``."""
-    from sync_server.sync.pipeline import HELD_BYTES
+    from sync_server.sync.apply import HELD_BYTES
 
     hid, _, (_ana, nat) = await active_household(server, provision,
                                                   ("nat-1", {"role": "national"}))

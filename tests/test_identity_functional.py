@@ -11,8 +11,8 @@ import pytest
 from nacl.public import PrivateKey
 from nacl.signing import SigningKey
 
-from sync_server.app import ENGINE
-from sync_server.auth.enrollment import MAX_FAILURES_PER_ADDRESS, SERVER_KEY, FailureLimiter
+from sync_server.app import ENGINE, SERVER_KEY
+from sync_server.auth.enrollment import MAX_FAILURES_PER_ADDRESS, FailureLimiter
 from sync_server.auth.identity import MAX_FAILED_ATTEMPTS, IdentityError, IdentityStore
 
 pytestmark = pytest.mark.functional

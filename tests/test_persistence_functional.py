@@ -23,13 +23,12 @@ from conftest import TEST_MASTER_KEY
 
 from client_sdk import Replica, SyncClient
 from conflict import Household
-from sync_server.app import CONNECTIONS, SYNCHRONIZER, VatraServer
-from sync_server.auth.enrollment import IDENTITY
+from sync_server.app import CONNECTIONS, IDENTITY, SYNCHRONIZER, VatraServer
 from sync_server.gateway.connection import Connection, ConnectionState
 from sync_server.protocol import wire
 from sync_server.protocol.errors import ErrorCode
 from sync_server.store.tables import changes, snapshots
-from sync_server.sync.pipeline import stored
+from sync_server.sync.apply import stored
 from vatra_devtools.provision import Provisioner
 
 pytestmark = pytest.mark.functional

@@ -22,7 +22,7 @@ from sync_server.app import ENGINE, PROJECTOR, STORE
 from sync_server.projection.projector import projection_status
 from sync_server.store.contract import HouseholdRecord
 from sync_server.store.tables import PROJ_TABLES as TABLES
-from sync_server.sync.pipeline import stored
+from sync_server.sync.apply import stored
 
 pytestmark = pytest.mark.functional
 

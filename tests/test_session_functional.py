@@ -26,8 +26,7 @@ from nacl.signing import SigningKey
 
 from client_sdk import Replica, ServerRejected, SyncClient
 from client_sdk._transport import ClientChannel
-from sync_server.app import VatraServer
-from sync_server.auth.enrollment import SERVER_KEY
+from sync_server.app import SERVER_KEY, VatraServer
 from sync_server.protocol import wire
 from sync_server.protocol.errors import ErrorCode
 from sync_server.protocol.session import SecureChannel, SessionError, open_session
@@ -256,3 +255,49 @@ async def test_the_pinned_server_key_detects_an_impostor_server(server, provisio
     # The genuine server is still accepted, and nothing reached the impostor's side.
     summary = await SyncClient(ana, server.url, max_attempts=1).sync()
     assert summary.households_synced == 1 and not summary.rejected
+
+
+async def test_a_peer_that_stops_answering_pings_is_gone_not_oversized(
+        database_url, tmp_path, caplog) -> None:
+    """Before: ``channel.py`` reported every error aiohttp surfaced as ``frame-too-large``,
+    so a dead connection (no pong to the heartbeat) was logged, audited and answered as an
+    oversized frame. Reproduced with a one-second heartbeat and a client that answers no
+    ping. Now the server treats the peer as gone: it closes the connection without an
+    error frame and nothing says ``frame-too-large``."""
+    import logging
+
+    import sqlalchemy as sa
+    from conftest import TEST_MASTER_KEY
+
+    from sync_server.app import IDENTITY, STORE, VatraServer
+    from sync_server.config import Settings
+    from vatra_devtools.provision import Provisioner
+
+    settings = Settings(database_url=database_url, data_dir=tmp_path / "srv", port=0,
+                        master_key=TEST_MASTER_KEY, heartbeat_seconds=1)
+    caplog.set_level(logging.INFO)
+    async with VatraServer(settings) as server:
+        ana = await Provisioner(server.app[IDENTITY], server.http_url).tablet(
+            tmp_path / "ana", "ana")
+        creds = ana.credentials
+        async with aiohttp.ClientSession() as http, http.ws_connect(
+                server.url, autoping=False) as ws:
+            channel = await open_session(ClientChannel(ws), creds.device_id,
+                                         creds.signing_key, creds.server_key)
+            await channel.send(wire.encode(wire.Join("silent")))
+            assert isinstance(wire.decode(await channel.receive()), wire.Peer)
+            frames = []
+            while True:  # read (pings arrive, unanswered) until the server hangs up
+                msg = await asyncio.wait_for(ws.receive(), timeout=20)
+                if msg.type is aiohttp.WSMsgType.BINARY:
+                    frames.append(msg.data)
+                elif msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
+                                  aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.ERROR):
+                    break
+            assert frames == []  # no error frame: nobody is there to read it
+        async with server.app[STORE].engine.connect() as conn:
+            codes = (await conn.execute(sa.text(
+                "SELECT detail->>'code' FROM audit WHERE kind = 'session-closed'"))).scalars()
+            assert "frame-too-large" not in list(codes)
+    assert "frame-too-large" not in caplog.text
+    assert "peer connection lost" in caplog.text

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from conflict import Household, validate
 from sync_server.sync.change_ops import ObjectIndex, Unreadable, _Reader, _rle, decode_ops
-from sync_server.sync.pipeline import schema_violations
+from sync_server.sync.checks import schema_violations
 from sync_server.sync.touched import touched_prefixes
 
 

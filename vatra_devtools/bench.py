@@ -53,13 +53,14 @@ import pstats
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import sqlalchemy as sa
 from automerge.core import Document, Message, SyncState
+from prometheus_client import REGISTRY
 
 from client_sdk import Replica, SyncClient
 from client_sdk._transport import ClientChannel
@@ -239,7 +240,7 @@ async def _worker_line(proc: asyncio.subprocess.Process) -> str:
 
 
 async def _workload_tablets(server: VatraServer, root: Path, n_tablets: int, n_households: int,
-                            n_edits: int, pg_cpu, profile_dir: Path | None,
+                            n_edits: int, pg_cpu: Callable[[], float | None], profile_dir: Path | None,
                             profiles: dict[str, Any]) -> dict[str, Any]:
     assert server.app is not None
     sync: Synchronizer = server.app[SYNCHRONIZER]
@@ -255,9 +256,10 @@ async def _workload_tablets(server: VatraServer, root: Path, n_tablets: int, n_h
         server_before = {hid: await _server_doc(sync, hid) for hid in tablet_after}
 
         rows_before = await _count_changes(server)
-        counter_before = sync.changes_persisted
-        persist_before = sync.persist_seconds
-        checks_before, checked_before = sync.check_seconds, sync.batches_checked
+        counter_before = _metric("vatra_changes_persisted_total")
+        persist_before = _metric("vatra_persist_seconds_sum")
+        checks_before = _metric("vatra_check_seconds_sum")
+        checked_before = _metric("vatra_check_seconds_count")
         lags_before = len(server.app[PROJECTOR].lags)
         pg_before = pg_cpu()
         assert proc.stdin is not None
@@ -277,15 +279,15 @@ async def _workload_tablets(server: VatraServer, root: Path, n_tablets: int, n_h
             proc.kill()
             await proc.wait()
     rows = await _count_changes(server) - rows_before
-    counted = sync.changes_persisted - counter_before
+    counted = _metric("vatra_changes_persisted_total") - counter_before
     latencies, stalled = worker["latencies_s"], worker["stalled_households"]
 
     raw_server = raw_tablet = 0.0
     raw_changes = 0
     for hid, sdoc in server_before.items():
-        s, t, n = _raw_exchange(sdoc, tablet_after[hid])
-        raw_server += s
-        raw_tablet += t
+        server_s, tablet_s, n = _raw_exchange(sdoc, tablet_after[hid])
+        raw_server += server_s
+        raw_tablet += tablet_s
         raw_changes += n
 
     expected = n_tablets * n_households * n_edits
@@ -309,8 +311,8 @@ async def _workload_tablets(server: VatraServer, root: Path, n_tablets: int, n_h
         "worker_cpu_s": worker["cpu_s"],
         "worker_wall_s": worker["wall_s"],
         "postgres_cpu_s": None if pg_before is None or pg_after is None else pg_after - pg_before,
-        "persist_s": sync.persist_seconds - persist_before,
-        **_check_figures(sync, checks_before, checked_before, wall),
+        "persist_s": _metric("vatra_persist_seconds_sum") - persist_before,
+        **_check_figures(checks_before, checked_before, wall),
         **(await _projection_figures(server, lags_before)),
         "raw_changes": raw_changes,
         "raw_server_s": raw_server,
@@ -327,7 +329,8 @@ async def _workload_tablets(server: VatraServer, root: Path, n_tablets: int, n_h
 # -- workload (b): live session -------------------------------------------------------------
 
 
-async def _workload_live(server: VatraServer, root: Path, k: int, pg_cpu,
+async def _workload_live(server: VatraServer, root: Path, k: int,
+                         pg_cpu: Callable[[], float | None],
                          profile_dir: Path | None, profiles: dict[str, Any]) -> dict[str, Any]:
     assert server.app is not None
     sync: Synchronizer = server.app[SYNCHRONIZER]
@@ -349,9 +352,10 @@ async def _workload_live(server: VatraServer, root: Path, k: int, pg_cpu,
     latencies: list[float] = []
 
     rows_before = await _count_changes(server)
-    counter_before = sync.changes_persisted
-    persist_before = sync.persist_seconds
-    checks_before, checked_before = sync.check_seconds, sync.batches_checked
+    counter_before = _metric("vatra_changes_persisted_total")
+    persist_before = _metric("vatra_persist_seconds_sum")
+    checks_before = _metric("vatra_check_seconds_sum")
+    checked_before = _metric("vatra_check_seconds_count")
     lags_before = len(server.app[PROJECTOR].lags)
     async with aiohttp.ClientSession() as session, session.ws_connect(
             server.url, max_msg_size=server.settings.max_frame_bytes + 64 * 1024) as ws:
@@ -415,7 +419,7 @@ async def _workload_live(server: VatraServer, root: Path, k: int, pg_cpu,
             cpu = time.process_time() - cpu0
         pg_after = pg_cpu()
     rows = await _count_changes(server) - rows_before
-    counted = sync.changes_persisted - counter_before
+    counted = _metric("vatra_changes_persisted_total") - counter_before
 
     # Raw: replay exactly the frames this client sent into a fork of the server's
     # pre-session document, fresh SyncState, answering each as the pipeline does.
@@ -446,8 +450,8 @@ async def _workload_live(server: VatraServer, root: Path, k: int, pg_cpu,
         "latency_max_s": max(latencies) if latencies else math.nan,
         "process_cpu_s": cpu,
         "postgres_cpu_s": None if pg_before is None or pg_after is None else pg_after - pg_before,
-        "persist_s": sync.persist_seconds - persist_before,
-        **_check_figures(sync, checks_before, checked_before, wall),
+        "persist_s": _metric("vatra_persist_seconds_sum") - persist_before,
+        **_check_figures(checks_before, checked_before, wall),
         **(await _projection_figures(server, lags_before)),
         "raw_changes": raw_changes,
         "raw_server_s": raw_s,
@@ -483,13 +487,18 @@ async def _projection_figures(server: VatraServer, lags_before: int) -> dict[str
             "projection_pending_after": len(await store.outbox_pending(1000))}
 
 
-def _check_figures(sync: Synchronizer, seconds_before: float, batches_before: int,
+def _metric(name: str) -> float:
+    """A sample of the server's Prometheus metrics (the server runs in this process)."""
+    return REGISTRY.get_sample_value(name) or 0.0
+
+
+def _check_figures(seconds_before: float, batches_before: float,
                    wall: float) -> dict[str, Any]:
     """What the per-batch checks (rules, schema, lattice, conflict detection) cost in a
     timed phase: in total, per batch, and as a share of the phase's wall time. In (b)
     one change is in flight at a time, so the share is the throughput the checks take."""
-    seconds = sync.check_seconds - seconds_before
-    batches = sync.batches_checked - batches_before
+    seconds = _metric("vatra_check_seconds_sum") - seconds_before
+    batches = _metric("vatra_check_seconds_count") - batches_before
     return {"checks_s": seconds, "checked_batches": batches,
             "checks_per_batch_s": seconds / batches if batches else math.nan,
             "checks_share_of_wall": seconds / wall if wall > 0 else math.nan}

@@ -10,14 +10,21 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 
 from nacl.pwhash import argon2id
 from nacl.signing import SigningKey
 
-from sync_server.protocol.session import ClientHandshake, FrameOpener, FrameSealer, ServerHandshake
+from sync_server.protocol.session import (
+    ClientHandshake,
+    FrameOpener,
+    FrameSealer,
+    ServerHandshake,
+    SessionKeys,
+)
 
 
-def _median_seconds(fn, repeat: int) -> float:
+def _median_seconds(fn: Callable[[], object], repeat: int) -> float:
     samples = []
     for _ in range(repeat):
         t = time.perf_counter()
@@ -29,7 +36,7 @@ def _median_seconds(fn, repeat: int) -> float:
 def main() -> None:
     server, device = SigningKey.generate(), SigningKey.generate()
 
-    def handshake():
+    def handshake() -> tuple[SessionKeys, SessionKeys]:
         c, s = ClientHandshake("d", device, server.verify_key), ServerHandshake(server)
         auth, keys = c.on_welcome(s.on_hello(c.hello()))
         return keys, s.on_auth(auth, device.verify_key)
@@ -39,7 +46,11 @@ def main() -> None:
     seal, opener = FrameSealer(client_keys.send), FrameOpener(server_keys.receive)
     for size in (200, 2_000, 20_000):
         payload = bytes(size)
-        per = _median_seconds(lambda p=payload: opener.open(seal.seal(p)), 2000)
+
+        def round_trip(p: bytes = payload) -> bytes:
+            return opener.open(seal.seal(p))
+
+        per = _median_seconds(round_trip, 2000)
         print(f"seal + open {size:>6} B:       {per * 1e6:.1f} us")
     kdf = _median_seconds(lambda: argon2id.kdf(
         32, b"1234", bytes(16), opslimit=argon2id.OPSLIMIT_INTERACTIVE,

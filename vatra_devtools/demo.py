@@ -35,6 +35,7 @@ async def run_demo(settings: Settings, data_dir: Path | None) -> int:
         settings = dataclasses.replace(settings, data_dir=base / "server", port=0)
         async with VatraServer(settings) as server:
             console.print(f"[bold]Vatra demo[/] — server on {server.url}")
+            assert server.app is not None
             provision = Provisioner(server.app[IDENTITY], server.http_url)
             team = {"social worker": await provision.tablet(base / "tablet-sw", "sw-ana"),
                     "nurse": await provision.tablet(base / "tablet-nurse", "nurse-ioana"),
@@ -87,7 +88,9 @@ async def run_demo(settings: Settings, data_dir: Path | None) -> int:
             for r in team.values():
                 await SyncClient(r, server.url).sync()
 
-            server_doc = (await server.app[SYNCHRONIZER].registry.get(hid)).doc
+            resident = await server.app[SYNCHRONIZER].registry.get(hid)
+            assert resident is not None
+            server_doc = resident.doc
             final = sw.household(hid)
             data = final.to_dict()
             console.print()

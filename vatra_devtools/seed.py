@@ -38,12 +38,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from automerge._automerge import DocumentId
+from automerge._automerge import DocumentId  # type: ignore[attr-defined]  # not in the stub
 
 from conflict import Household
 from conflict.catalogue import ADULT_AGE, Catalogue, age_on, derive, load_catalogue, recommended
 from sync_server.store.contract import HouseholdRecord, HouseholdStore
-from sync_server.sync.pipeline import stored
+from sync_server.sync.apply import stored
 
 __all__ = [
     "COUNTIES",

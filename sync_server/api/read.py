@@ -4,9 +4,10 @@
     GET /v1/web/households/{household_id}      one household's profile
     GET /v1/web/summary                        level (locality | county | national), code
 
-Every call is signed by an enrolled device (:mod:`sync_server.protocol.http_auth`; unsigned or
-badly signed: ``401``) and answered within the caller's scope (:class:`~sync_server.
-readmodel.Scope`): a national user reads the nation, a supervisor their county, a
+Every call is signed by an enrolled device (:mod:`sync_server.api.auth`; unsigned or
+badly signed: ``401``) and answered within the caller's scope
+(:class:`~sync_server.projection.readmodel.Scope`): a national user reads the nation, a
+supervisor their county, a
 worker their localities; admins and ops read no household content (``403``). The
 database enforces the scope too (row-level security, see :mod:`sync_server.projection.readmodel`),
 so a filter naming another county finds nothing rather than failing, and a household
@@ -14,9 +15,8 @@ outside the scope answers ``404`` exactly like one that does not exist. A parame
 that breaks a rule answers ``400`` with ``{"code": <rule>, "message": …}``.
 
 Answers carry personal data: they are marked ``Cache-Control: no-store``, and nothing
-here logs a parameter or a row. The paths and their schemas are part of the OpenAPI
-document served at ``/v1/openapi.json`` (merged into :data:`approvals.OPENAPI` when
-this module is imported).
+here logs a parameter or a row. :data:`PATHS` and :data:`SCHEMAS` are this API's part
+of the OpenAPI document (sync_server/api/openapi.py).
 """
 
 from __future__ import annotations
@@ -32,9 +32,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from conflict.ids import is_household_id
 from conflict.schema import HOUSEHOLD_STATUSES
-from sync_server.api import approvals
+from sync_server.api.auth import SignedRequests
+from sync_server.api.errors import http_error
 from sync_server.projection import readmodel
 from sync_server.projection.readmodel import ListFilter, NoReadScope, Scope
+from sync_server.protocol.errors import ErrorCode
 
 NO_STORE = {"Cache-Control": "no-store"}
 MAX_PER_PAGE = 100
@@ -48,8 +50,8 @@ _LOCALITY_RULE = "a SIRUTA code (1 to 6 digits)"
 _COUNTY_RULE = "a county code (1 or 2 capital letters)"
 
 
-def _error(status: int, code: str, message: str) -> web.HTTPException:
-    return approvals.error(status, code, message, headers=NO_STORE)
+def _error(status: int, code: ErrorCode, message: str) -> web.HTTPException:
+    return http_error(status, code, message, headers=NO_STORE)
 
 
 def _iso(value: object) -> str:
@@ -63,26 +65,12 @@ def _answer(data: dict[str, Any]) -> web.Response:
                              dumps=functools.partial(json.dumps, default=_iso))
 
 
-async def _scope(request: web.Request) -> Scope:
-    device, _ = await approvals.authenticate(request)
-    try:
-        return Scope.of(device.user)
-    except NoReadScope as err:
-        raise _error(403, "forbidden", f"the {err} role does not read household content") from err
-
-
-def _engine(request: web.Request) -> AsyncEngine:
-    from sync_server.app import ENGINE  # the app module imports this one
-
-    return request.app[ENGINE]
-
-
 def _text(request: web.Request, name: str, pattern: re.Pattern[str], expected: str) -> str | None:
     value = request.query.get(name)
     if value is None:
         return None
     if not pattern.fullmatch(value):
-        raise _error(400, f"{name}-format", f"{name}: {expected}")
+        raise _error(400, ErrorCode(f"{name}-format"), f"{name}: {expected}")
     return value
 
 
@@ -91,59 +79,67 @@ def _number(request: web.Request, name: str, default: int, maximum: int) -> int:
     if value is None:
         return default
     if not _NUMBER.fullmatch(value) or not 1 <= int(value) <= maximum:
-        raise _error(400, f"{name.replace('_', '-')}-range",
+        raise _error(400, ErrorCode(f"{name.replace('_', '-')}-range"),
                      f"{name}: a whole number from 1 to {maximum}")
     return int(value)
 
 
-async def list_households(request: web.Request) -> web.Response:
-    scope = await _scope(request)
-    status = request.query.get("status")
-    if status is not None and status not in HOUSEHOLD_STATUSES:
-        raise _error(400, "status-enum", f"status: one of {', '.join(HOUSEHOLD_STATUSES)}")
-    q = request.query.get("q")
-    if q is not None and len(q) > MAX_QUERY:
-        raise _error(400, "q-length", f"q: at most {MAX_QUERY} characters")
-    wanted = ListFilter(county=_text(request, "county", _COUNTY, _COUNTY_RULE),
-                        locality=_text(request, "locality", _LOCALITY, _LOCALITY_RULE),
-                        status=status, q=q,
-                        page=_number(request, "page", 1, MAX_PAGE),
-                        per_page=_number(request, "per_page", 20, MAX_PER_PAGE))
-    async with readmodel.reading(_engine(request), scope) as conn:
-        return _answer(await readmodel.list_households(conn, scope, wanted))
+def routes(engine: AsyncEngine, signed: SignedRequests) -> list[web.RouteDef]:
+
+    async def _scope(request: web.Request) -> Scope:
+        device, _ = await signed.authenticate(request)
+        try:
+            return Scope.of(device.user)
+        except NoReadScope as err:
+            raise _error(403, ErrorCode.FORBIDDEN,
+                         f"the {err} role does not read household content") from err
+
+    async def list_households(request: web.Request) -> web.Response:
+        scope = await _scope(request)
+        status = request.query.get("status")
+        if status is not None and status not in HOUSEHOLD_STATUSES:
+            raise _error(400, ErrorCode.STATUS_ENUM, f"status: one of {', '.join(HOUSEHOLD_STATUSES)}")
+        q = request.query.get("q")
+        if q is not None and len(q) > MAX_QUERY:
+            raise _error(400, ErrorCode.Q_LENGTH, f"q: at most {MAX_QUERY} characters")
+        wanted = ListFilter(county=_text(request, "county", _COUNTY, _COUNTY_RULE),
+                            locality=_text(request, "locality", _LOCALITY, _LOCALITY_RULE),
+                            status=status, q=q,
+                            page=_number(request, "page", 1, MAX_PAGE),
+                            per_page=_number(request, "per_page", 20, MAX_PER_PAGE))
+        async with readmodel.reading(engine, scope) as conn:
+            return _answer(await readmodel.list_households(conn, scope, wanted))
 
 
-async def household_profile(request: web.Request) -> web.Response:
-    scope = await _scope(request)
-    hid = request.match_info["household_id"]
-    profile = None
-    if is_household_id(hid):
-        async with readmodel.reading(_engine(request), scope) as conn:
-            profile = await readmodel.household_profile(conn, scope, hid)
-    if profile is None:
-        raise _error(404, "not-found", "no such household")
-    return _answer(profile)
+    async def household_profile(request: web.Request) -> web.Response:
+        scope = await _scope(request)
+        hid = request.match_info["household_id"]
+        profile = None
+        if is_household_id(hid):
+            async with readmodel.reading(engine, scope) as conn:
+                profile = await readmodel.household_profile(conn, scope, hid)
+        if profile is None:
+            raise _error(404, ErrorCode.NOT_FOUND, "no such household")
+        return _answer(profile)
 
 
-async def summary(request: web.Request) -> web.Response:
-    scope = await _scope(request)
-    level = request.query.get("level")
-    if level not in readmodel.LEVELS:
-        raise _error(400, "level-enum", "level: one of locality, county, national")
-    code = _text(request, "code", _AREA, f"{_LOCALITY_RULE}, or {_COUNTY_RULE}")
-    if level != "national" and code is None:
-        raise _error(400, "code-required", f"code: the {level}'s code is required")
-    if level not in readmodel.LEVELS[scope.kind]:
-        raise _error(403, "level-outside-scope",
-                     f"a {scope.kind} scope has no {level} summary")
-    async with readmodel.reading(_engine(request), scope) as conn:
-        return _answer(await readmodel.summary(conn, scope, cast(readmodel.Level, level), code))
+    async def summary(request: web.Request) -> web.Response:
+        scope = await _scope(request)
+        level = request.query.get("level")
+        if level not in readmodel.LEVELS:
+            raise _error(400, ErrorCode.LEVEL_ENUM, "level: one of locality, county, national")
+        code = _text(request, "code", _AREA, f"{_LOCALITY_RULE}, or {_COUNTY_RULE}")
+        if level != "national" and code is None:
+            raise _error(400, ErrorCode.CODE_REQUIRED, f"code: the {level}'s code is required")
+        if level not in readmodel.LEVELS[scope.kind]:
+            raise _error(403, ErrorCode.LEVEL_OUTSIDE_SCOPE,
+                         f"a {scope.kind} scope has no {level} summary")
+        async with readmodel.reading(engine, scope) as conn:
+            return _answer(await readmodel.summary(conn, scope, cast(readmodel.Level, level), code))
 
-
-def add_routes(app: web.Application) -> None:
-    app.router.add_get("/v1/web/households", list_households)
-    app.router.add_get("/v1/web/households/{household_id}", household_profile)
-    app.router.add_get("/v1/web/summary", summary)
+    return [web.get("/v1/web/households", list_households),
+            web.get("/v1/web/households/{household_id}", household_profile),
+            web.get("/v1/web/summary", summary)]
 
 
 # --- OpenAPI --------------------------------------------------------------------------
@@ -286,11 +282,3 @@ PATHS: dict[str, Any] = {
         "responses": {"200": _ok("indicator counts", "WebSummary"),
                       "400": _ERR, "401": _ERR, "403": _ERR}}},
 }
-
-
-def _register_openapi(document: dict[str, Any]) -> None:
-    document["components"]["schemas"].update(SCHEMAS)
-    document["paths"].update(PATHS)
-
-
-_register_openapi(approvals.OPENAPI)

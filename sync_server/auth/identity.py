@@ -28,9 +28,9 @@ import nacl.hash
 import sqlalchemy as sa
 from nacl.bindings import sodium_memcmp
 from nacl.signing import SigningKey
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from sync_server.protocol.errors import ErrorCode, VatraError
+from sync_server.protocol.errors import ConfigError, ErrorCode, VatraError
 from sync_server.store.audit import AuditEvent, AuditLog
 from sync_server.store.tables import (
     device_actors,
@@ -209,7 +209,7 @@ class IdentityStore:
         return Device(device_id, user, signing_key, exchange_key, frozenset(actor_ids), False)
 
     @staticmethod
-    async def _register(conn: sa.ext.asyncio.AsyncConnection, user_id: str, code_id: str,
+    async def _register(conn: AsyncConnection, user_id: str, code_id: str,
                         signing_key: bytes, exchange_key: bytes,
                         actor_ids: Sequence[bytes]) -> str:
         clash = (await conn.execute(
@@ -279,7 +279,7 @@ class IdentityStore:
                                               devices.c.revoked_at.is_not(None)))).scalars())
 
 
-async def _user(conn: sa.ext.asyncio.AsyncConnection, user_id: str) -> User | None:
+async def _user(conn: AsyncConnection, user_id: str) -> User | None:
     row = (await conn.execute(sa.select(users).where(users.c.id == user_id))).first()
     if row is None:
         return None
@@ -297,10 +297,10 @@ def load_server_identity(data_dir: Path, key_file: str | None = None) -> Signing
     if path.exists():
         raw = path.read_bytes()
         if len(raw) != 32:
-            raise SystemExit(f"{path}: a server identity key file holds exactly 32 bytes")
+            raise ConfigError(f"{path}: a server identity key file holds exactly 32 bytes")
         return SigningKey(raw)
     if key_file:
-        raise SystemExit(f"{path}: server identity key file not found")
+        raise ConfigError(f"{path}: server identity key file not found")
     path.parent.mkdir(parents=True, exist_ok=True)
     seed = os.urandom(32)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -4,10 +4,11 @@
     vatra migrate   apply database migrations and exit
     vatra demo      three team members edit one household offline, then sync
     vatra bench     throughput and latency of the sync pipeline (docs/performance.md)
-    vatra user | household | device …   administration (see sync_server/admin.py)
+    vatra user | household | device …   administration (sync_server/cli/admin.py)
     vatra quarantine list | show ID   refused sync data, from which device, why
-    vatra keys …    master keys; `vatra household erase H` crypto-shreds (sync_server/keycmd.py)
-    vatra projector [--once]        project households for the web tier (sync_server/projectorcmd.py)
+    vatra keys …    master keys; `vatra household erase H` crypto-shreds (sync_server/cli/keys.py)
+    vatra projector [--once]        project households for the web tier
+                                    (sync_server/cli/projections.py)
     vatra projections rebuild [--household H]   re-project from the change log
     vatra status    projection backlog and lag
 """
@@ -23,11 +24,17 @@ import signal
 import sys
 from pathlib import Path
 
+from sync_server.app import VatraServer
 from sync_server.cli.admin import add_admin_commands, run_admin
 from sync_server.cli.keys import add_key_commands, run_erase, run_keys
 from sync_server.cli.projections import add_projection_commands, run_projection_command
 from sync_server.cli.quarantine import add_quarantine_commands, run_quarantine
 from sync_server.config import Settings
+from sync_server.protocol.errors import ConfigError, VatraError
+from sync_server.store.database import open_database
+from sync_server.store.keys import KeyRingError
+from vatra_devtools.bench import run_bench
+from vatra_devtools.demo import run_demo
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,6 +73,14 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     for noisy in ("pgserver", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return _run(parser, args)
+    except VatraError as err:  # a setting, a key, a refusal: said in one line, exit 1
+        print(f"vatra: {err.message} ({err.code})", file=sys.stderr, flush=True)
+        return 1
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     if getattr(args, "data_dir", None) is not None:
         settings = dataclasses.replace(settings, data_dir=args.data_dir)
@@ -79,10 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "migrate":
         return asyncio.run(_migrate(settings))
     if args.command == "demo":
-        from vatra_devtools.demo import run_demo
         return asyncio.run(run_demo(settings, args.data_dir))
     if args.command == "bench":
-        from vatra_devtools.bench import run_bench
         return asyncio.run(run_bench(settings, args))
     if args.command in ("projector", "projections", "status"):
         return asyncio.run(run_projection_command(settings, args))
@@ -99,9 +112,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _serve(settings: Settings) -> int:
-    from sync_server.app import VatraServer
-    from sync_server.store.keys import KeyRingError
-
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -114,7 +124,7 @@ async def _serve(settings: Settings) -> int:
             _quiet_native_stdout()
             await stop.wait()
             print("Vatra sync server stopping", flush=True)
-    except KeyRingError as err:
+    except (KeyRingError, ConfigError) as err:
         print(f"vatra: refusing to start: {err}", file=sys.stderr, flush=True)
         return 1
     return 0
@@ -133,14 +143,8 @@ def _quiet_native_stdout() -> None:
 
 
 async def _migrate(settings: Settings) -> int:
-    from sync_server.store.database import database_url, make_engine, migrate
-
-    async with database_url(settings.database_url, settings.data_dir) as url:
-        engine = make_engine(url)
-        try:
-            await migrate(engine)
-        finally:
-            await engine.dispose()
+    async with open_database(settings.database_url, settings.data_dir):
+        pass
     print("database schema is up to date", flush=True)
     return 0
 

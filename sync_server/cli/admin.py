@@ -20,14 +20,13 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 
 from sync_server.auth.identity import IdentityError, IdentityStore
+from sync_server.cli.common import open_store
 from sync_server.cli.keys import add_erase_command
 from sync_server.config import Settings
-from sync_server.store.audit import AuditLog
-from sync_server.store.database import database_url, make_engine, migrate
-from sync_server.store.keys import KeyRingError, load_keyring
+from sync_server.store.keys import KeyRingError
 
 
-def add_admin_commands(sub: argparse._SubParsersAction) -> None:
+def add_admin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     user = sub.add_parser("user", help="manage users").add_subparsers(dest="action", required=True)
     add = user.add_parser("add", help="add a user")
     add.add_argument("user_id")
@@ -61,13 +60,9 @@ def add_admin_commands(sub: argparse._SubParsersAction) -> None:
 
 @contextlib.asynccontextmanager
 async def identity_store(settings: Settings) -> AsyncIterator[IdentityStore]:
-    async with database_url(settings.database_url, settings.data_dir) as url:
-        engine = make_engine(url)
-        try:
-            await migrate(engine)
-            yield IdentityStore(engine, AuditLog(engine, load_keyring(settings)))
-        finally:
-            await engine.dispose()
+    """Users and devices need no data key; the audit log needs the master key."""
+    async with open_store(settings, verified=False) as store:
+        yield IdentityStore(store.engine, store.audit)
 
 
 async def run_admin(settings: Settings, args: argparse.Namespace) -> int:

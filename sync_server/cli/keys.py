@@ -13,25 +13,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
+from sync_server.cli.common import open_store
 from sync_server.config import Settings
-from sync_server.store.database import database_url, make_engine, migrate
 from sync_server.store.keys import (
-    KeyRing,
     KeyRingError,
     generate_master_key,
     load_keyring,
     read_key_file,
     write_key_file,
 )
-from sync_server.store.postgres import PostgresStore
 
 
-def add_key_commands(sub: argparse._SubParsersAction) -> None:
+def add_key_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     keys = sub.add_parser("keys", help="master keys (encryption at rest, docs/keys.md)")
     ksub = keys.add_subparsers(dest="action", required=True)
     gen = ksub.add_parser("generate", help="write a new master key file (mode 0600)")
@@ -49,26 +45,12 @@ def add_key_commands(sub: argparse._SubParsersAction) -> None:
     rotate.add_argument("--data-dir", type=Path)
 
 
-def add_erase_command(household_subparsers: argparse._SubParsersAction) -> None:
+def add_erase_command(household_subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     erase = household_subparsers.add_parser(
         "erase", help="crypto-shred a household: destroy its data key, delete its rows")
     erase.add_argument("household_id")
     erase.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     erase.add_argument("--data-dir", type=Path)
-
-
-@contextlib.asynccontextmanager
-async def _store(settings: Settings, keyring: KeyRing) -> AsyncIterator[PostgresStore]:
-    async with database_url(settings.database_url, settings.data_dir) as url:
-        engine = make_engine(url)
-        store = PostgresStore(engine, keyring)
-        try:
-            await migrate(engine)
-            await store.verify_master_key()
-            yield store
-        finally:
-            await store.close()
-            await engine.dispose()
 
 
 async def run_keys(settings: Settings, args: argparse.Namespace) -> int:
@@ -79,7 +61,7 @@ async def run_keys(settings: Settings, args: argparse.Namespace) -> int:
             return 0
         keyring = load_keyring(settings)
         if args.action == "status":
-            async with _store(settings, keyring) as store:
+            async with open_store(settings, keyring) as store:
                 counts = await store.key_versions()
             print(f"configured master key versions: {', '.join(map(str, keyring.versions))} "
                   f"(current {keyring.current_version})")
@@ -89,7 +71,7 @@ async def run_keys(settings: Settings, args: argparse.Namespace) -> int:
         # rotate-master
         if args.new_key_file is not None:
             keyring = keyring.with_keys(read_key_file(args.new_key_file))
-        async with _store(settings, keyring) as store:
+        async with open_store(settings, keyring) as store:
             n = await store.rotate_master_key()
             counts = await store.key_versions()
         print(f"rewrapped {n} data keys under master key version {keyring.current_version}; "
@@ -122,7 +104,7 @@ def run_erase(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _erase(settings: Settings, hid: str) -> int:
     try:
-        async with _store(settings, load_keyring(settings)) as store:
+        async with open_store(settings, load_keyring(settings)) as store:
             result = await store.erase_household(hid)
     except KeyRingError as err:
         print(f"refused: {err}", file=sys.stderr)

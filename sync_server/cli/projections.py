@@ -21,14 +21,14 @@ import signal
 import sys
 from pathlib import Path
 
-from sync_server.cli.keys import _store
+from sync_server.cli.common import open_store
 from sync_server.config import Settings
 from sync_server.projection.projector import Projector, projection_status, registered
 from sync_server.store.keys import KeyRingError, load_keyring
 from sync_server.store.postgres import PostgresStore
 
 
-def add_projection_commands(sub: argparse._SubParsersAction) -> None:
+def add_projection_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run = sub.add_parser("projector", help="keep the web tier's tables (schema proj) up to date")
     run.add_argument("--once", action="store_true", help="drain the outbox, then exit")
     run.add_argument("--poll", type=float, default=0.25, help="seconds between outbox polls")
@@ -46,7 +46,7 @@ def add_projection_commands(sub: argparse._SubParsersAction) -> None:
 
 async def run_projection_command(settings: Settings, args: argparse.Namespace) -> int:
     try:
-        async with _store(settings, load_keyring(settings)) as store:
+        async with open_store(settings, load_keyring(settings)) as store:
             return await _run(store, args)
     except KeyRingError as err:  # no master key, or not the one the data keys are under
         print(f"vatra: {err}", file=sys.stderr)
@@ -54,7 +54,7 @@ async def run_projection_command(settings: Settings, args: argparse.Namespace) -
 
 
 async def _run(store: PostgresStore, args: argparse.Namespace) -> int:
-    engine = store._engine
+    engine = store.engine
     if args.command == "status":
         state = await projection_status(engine)
         if args.json:

@@ -12,20 +12,24 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from automerge.core import Document, SyncState
 
 from sync_server.auth.identity import IdentityStore
-from sync_server.cli.keys import _store
+from sync_server.cli.common import open_store
 from sync_server.config import Settings
 from sync_server.protocol.errors import DocumentError
 from sync_server.protocol.preflight import DEFAULT_LIMITS, Limits, check_sync_message
 from sync_server.store.keys import KeyRingError, load_keyring
 from sync_server.store.quarantine import Quarantine
-from sync_server.sync.pipeline import receive
+
+if TYPE_CHECKING:
+    from automerge._automerge import Change  # in the stub only
+from sync_server.sync.apply import receive
 
 
-def add_quarantine_commands(sub: argparse._SubParsersAction) -> None:
+def add_quarantine_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     q = sub.add_parser("quarantine", help="refused sync data kept for review")
     qsub = q.add_subparsers(dest="action", required=True)
     listing = qsub.add_parser("list", help="the latest refused batches")
@@ -34,7 +38,8 @@ def add_quarantine_commands(sub: argparse._SubParsersAction) -> None:
     show.add_argument("id", type=int)
 
 
-def changes_in(data: bytes, base: Document | None, limits: Limits = DEFAULT_LIMITS) -> list:
+def changes_in(data: bytes, base: Document | None,
+               limits: Limits = DEFAULT_LIMITS) -> list[Change]:
     """The changes a sync message carries that ``base`` (the household as stored, or an
     empty document for a refused creation) does not have: applied to a copy to read them.
     Bounded first, as the server bounds it (a refused input may be built to exhaust
@@ -52,7 +57,7 @@ async def run_quarantine(settings: Settings, args: argparse.Namespace) -> int:
     except KeyRingError as err:
         print(f"vatra: {err}", file=sys.stderr)
         return 1
-    async with _store(settings, keyring) as store:
+    async with open_store(settings, keyring) as store:
         quarantine = Quarantine(store)
         if args.action == "list":
             rows = await quarantine.list(args.limit)
@@ -81,7 +86,7 @@ async def run_quarantine(settings: Settings, args: argparse.Namespace) -> int:
         except DocumentError as err:
             print(f"content:    {len(data)} bytes, not read: {err.message}")
             return 0
-        device = await IdentityStore(store._engine).device(r.device_id) if r.device_id else None
+        device = await IdentityStore(store.engine).device(r.device_id) if r.device_id else None
         print(f"content:    {len(data)} bytes, {len(changes)} change(s)")
         for c in changes:
             own = "" if device is None else (

@@ -1,4 +1,8 @@
-"""One connected peer: handshake state, per-household sync state, bounded outbox.
+"""One connected peer: handshake state, grants, sync state, bounded outbox.
+
+A :class:`Connection` is the pipeline's :class:`~sync_server.sync.peer.Peer`: the
+authenticated device, what it may do (its grants), the pipeline's per-household sync
+state, and a way to send it messages.
 
 A connection moves through explicit states; illegal transitions raise::
 
@@ -19,23 +23,16 @@ import contextlib
 import enum
 import logging
 from itertools import count
-from typing import TYPE_CHECKING
 
-from automerge.core import Document, SyncState
-
+from sync_server.auth.grants import Grants
+from sync_server.auth.identity import Device
 from sync_server.protocol import wire
 from sync_server.protocol.channel import FrameChannel
 from sync_server.protocol.errors import ErrorCode, VatraError
-
-if TYPE_CHECKING:
-    from sync_server.auth.identity import Device
+from sync_server.sync.peer import PeerSync
 
 log = logging.getLogger(__name__)
 _ids = count(1)
-
-#: Households one session may sync (a worker's caseload is at most a few thousand;
-#: supervisors and national users open households one by one): each holds a SyncState.
-MAX_DOCUMENTS = 10_000
 
 
 class ConnectionState(enum.Enum):
@@ -50,17 +47,13 @@ class Connection:
         self.id = next(_ids)
         self.channel = channel
         self.device = device  # who is on the other end (set by the session handshake)
-        self.access: dict[str, bool] = {}  # household -> may sync, decided once per connection
-        self.writable: dict[str, bool] = {}  # household -> may change it
-        self.team_households: set[str] | None = None  # a worker's team households, read once
+        #: what the device may do (authorization state, sync_server/auth/grants.py)
+        self.grants: Grants | None = None
         self.server_peer_id = server_peer_id
         self.peer_id: str | None = None
         self.state = ConnectionState.AWAITING_JOIN
-        self._sync_states: dict[str, SyncState] = {}
-        #: household -> a fork holding this peer's changes queued for a missing dependency,
-        #: and the bytes of the messages it holds (bounded: HELD_BYTES)
-        self.held: dict[str, Document] = {}
-        self.held_bytes: dict[str, int] = {}
+        #: the pipeline's state for this peer: SyncStates, changes waiting for a dependency
+        self.sync = PeerSync()
         self._outbox: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=outbox_frames)
         self._writer: asyncio.Task[None] | None = None
         self._sending = False  # the writer is inside channel.send (maybe stuck on a slow peer)
@@ -80,27 +73,6 @@ class Connection:
                              code=ErrorCode.HANDSHAKE_REQUIRED)
         self.peer_id = peer_id
         self.state = ConnectionState.OPEN
-
-    def sync_state(self, document_id: str) -> SyncState:
-        state = self._sync_states.get(document_id)
-        if state is None:
-            if len(self._sync_states) >= MAX_DOCUMENTS:
-                raise VatraError(f"a session may sync at most {MAX_DOCUMENTS} households; "
-                                 f"reconnect for more", code=ErrorCode.LIMIT_EXCEEDED,
-                                 document_id=document_id)
-            state = self._sync_states[document_id] = SyncState()
-        return state
-
-    def reset_sync_state(self, document_id: str) -> None:
-        """Forget what this peer is believed to have, after a failed or rejected sync
-        (and any of its changes held back for a missing dependency)."""
-        self._sync_states[document_id] = SyncState()
-        self.held.pop(document_id, None)
-        self.held_bytes.pop(document_id, None)
-
-    @property
-    def documents(self) -> list[str]:
-        return list(self._sync_states)
 
     # -- outbox --------------------------------------------------------------------------
 

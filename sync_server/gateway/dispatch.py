@@ -15,8 +15,10 @@ the connection.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
+from collections.abc import Callable
 
 from sync_server.gateway.connection import Connection, ConnectionState
 from sync_server.protocol import wire
@@ -39,7 +41,8 @@ MAX_IN_FLIGHT = 16
 class TokenBucket:
     """``rate`` messages per second on average, ``burst`` at once."""
 
-    def __init__(self, rate: float, burst: int, clock=time.monotonic) -> None:
+    def __init__(self, rate: float, burst: int,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.rate, self.burst, self._clock = rate, burst, clock
         self._tokens = float(burst)
         self._at = clock()
@@ -111,7 +114,7 @@ async def serve_connection(conn: Connection, synchronizer: Synchronizer, *,
                                     metadata={"isEphemeral": False}))
                 if msg.metadata.get("vatraCaseload") is True:
                     conn.send(wire.Caseload(synchronizer.server_peer_id, msg.sender_id,
-                                            tuple(await synchronizer.caseload(conn))))
+                                            tuple(await _caseload(conn))))
                 continue
             if not isinstance(msg, FROM_CLIENT_ALLOWED):
                 raise ProtocolError(f"'{msg.type}' is not a message a client may send",
@@ -121,7 +124,7 @@ async def serve_connection(conn: Connection, synchronizer: Synchronizer, *,
                 hid = msg.document_id
                 task = asyncio.create_task(handle_in_order(tails.get(hid), msg))
                 tails[hid] = task
-                task.add_done_callback(lambda t, hid=hid: forget(hid, t))
+                task.add_done_callback(functools.partial(forget, hid))
             elif isinstance(msg, wire.Error):
                 log.info("connection %s: peer reported error code=%s", conn.id, msg.code[:40])
             # Ephemeral: accepted and not relayed (docs/decisions.md).
@@ -138,3 +141,10 @@ async def serve_connection(conn: Connection, synchronizer: Synchronizer, *,
     # their answers to this peer are dropped.
     await asyncio.gather(*tails.values())
     await conn.close()
+
+
+async def _caseload(conn: Connection) -> list[str]:
+    if conn.grants is None:  # the endpoint makes the grants before serving
+        raise ProtocolError("no authenticated device on this connection",
+                            code=ErrorCode.HANDSHAKE_REQUIRED)
+    return await conn.grants.caseload()

@@ -411,8 +411,8 @@ async def write_rows(conn: AsyncConnection, rows: dict[str, Rows]) -> dict[str, 
 def _upsert(table: sa.Table, rows: Sequence[dict[str, Any]]) -> sa.Executable:
     stmt = postgresql.insert(table).values(list(rows))
     pk = primary_key(table)
-    update = {c.name: stmt.excluded[c.name] for c in table.columns
-              if c.name not in pk and c.name != "projected_at"}
+    update: dict[str, Any] = {c.name: stmt.excluded[c.name] for c in table.columns
+                              if c.name not in pk and c.name != "projected_at"}
     if "projected_at" in table.c:
         update["projected_at"] = sa.func.now()
     return stmt.on_conflict_do_update(index_elements=list(pk), set_=update)

@@ -34,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from conflict.catalogue import ADULT_AGE
 from sync_server.auth.identity import User
 from sync_server.projection.rows import OPEN_SERVICE
+from sync_server.protocol.errors import ErrorCode, VatraError
 from sync_server.store.tables import WEB_ROLE, proj_households
 from sync_server.store.tables import proj_activity as activity
 from sync_server.store.tables import proj_answers as answers
@@ -52,8 +53,10 @@ LEVELS: dict[str, tuple[str, ...]] = {"national": ("national", "county", "locali
                                       "locality": ("locality",)}
 
 
-class NoReadScope(Exception):
+class NoReadScope(VatraError):
     """The user's role reads no household content (admin, ops)."""
+
+    code = ErrorCode.FORBIDDEN
 
 
 @dataclass(frozen=True, slots=True)

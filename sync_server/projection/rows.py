@@ -131,7 +131,8 @@ def project(household_id: str, doc: Mapping[str, Any], *, locality: str, county:
     members = _map(doc.get("members"))
     assessments = _map(doc.get("assessments"))
     plan = _map(doc.get("service_plan"))
-    feed = doc.get("activity") if isinstance(doc.get("activity"), list) else []
+    raw_feed = doc.get("activity")
+    feed: list[Any] = raw_feed if isinstance(raw_feed, list) else []
 
     persons_rows = []
     for pid in sorted(members):
@@ -220,7 +221,7 @@ def project(household_id: str, doc: Mapping[str, Any], *, locality: str, county:
     open_deadlines = [r["deadline"] for r in service_rows
                       if r["status"] in OPEN_SERVICE and r["deadline"] is not None]
     address = _str(doc.get("address"))
-    names = [n for r in persons_rows for n in (r["first_name"], r["last_name"]) if n]
+    names = [str(n) for r in persons_rows for n in (r["first_name"], r["last_name"]) if n]
     household_row = {
         **scope, "status": _str(doc.get("status")), "address": address,
         "lat": _float(gps.get("lat")), "lon": _float(gps.get("lon")),

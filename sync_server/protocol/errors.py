@@ -5,14 +5,27 @@ carrying a stable :class:`ErrorCode`. The code names the rule that was broken;
 the message says what happened in words, and never contains household
 content (names, answers, addresses) so that errors can be logged.
 
-Tree::
+Every error the server raises on purpose derives from :class:`VatraError` (the SDK's
+derive from ``client_sdk.VatraClientError``). The tree, with where each lives::
 
     VatraError
-    ├── ProtocolError      the peer broke the wire protocol (bad CBOR, unknown type, oversized frame)
-    ├── DocumentError      a sync for a household failed (unknown, malformed Automerge bytes, invalid)
-    ├── Refused            a rule refused one batch (read-only, foreign actor id, creation);
-    │                      the connection stays open
-    └── StorageError       the database refused or failed a write
+    ├── ProtocolError        the peer broke the wire protocol (bad CBOR, unknown type,
+    │   │                    oversized frame)
+    │   └── SessionError     the handshake failed or a sealed frame was refused (session.py)
+    ├── DocumentError        a sync for a household failed (unknown, malformed Automerge
+    │                        bytes, invalid)
+    ├── FormatError          bytes that are not Automerge's format (preflight.py)
+    ├── Refused              a rule refused one batch (read-only, foreign actor id,
+    │                        creation); the connection stays open
+    ├── StorageError         the database refused or failed a write
+    │   └── StoreClosed      the store is closing (store/contract.py)
+    ├── HouseholdErased      the household's data key is destroyed (store/contract.py)
+    ├── HouseholdIdTaken     a creation named a registered id (store/contract.py)
+    ├── KeyRingError         a master or data key is missing or does not open (store/keys.py)
+    ├── IdentityError        a user, device or enrollment was refused (auth/identity.py)
+    ├── HttpAuthError        a signed HTTP request was refused (http_auth.py)
+    ├── NoReadScope          the user's role reads no household content (readmodel.py)
+    └── ConfigError          a setting or a key file is unusable (config.py, auth/identity.py)
 
 ``to_wire()`` returns the fields of the automerge-repo ``error`` message;
 internal details (stack traces, SQL) never leave the server.
@@ -56,6 +69,33 @@ class ErrorCode(StrEnum):
     DECISION_FIELD = "decision-field"
     TOO_MANY_SESSIONS = "too-many-sessions"
     LIMIT_EXCEEDED = "limit-exceeded"
+    # -- the HTTP faces (sync_server/api): a refused request names one of these
+    UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
+    NOT_FOUND = "not-found"
+    STATUS_ENUM = "status-enum"
+    LEVEL_ENUM = "level-enum"
+    LEVEL_OUTSIDE_SCOPE = "level-outside-scope"
+    CODE_REQUIRED = "code-required"
+    COUNTY_FORMAT = "county-format"
+    LOCALITY_FORMAT = "locality-format"
+    CODE_FORMAT = "code-format"
+    PAGE_RANGE = "page-range"
+    PER_PAGE_RANGE = "per-page-range"
+    Q_LENGTH = "q-length"
+    # -- a decision the household no longer allows (409): the household model's rule
+    MISSING = "missing"
+    DECIDED = "decided"
+    TRANSITION = "transition"
+    REFERENCE = "reference"
+    TYPE = "type"
+    ENUM = "enum"
+    FORMAT = "format"
+    UNKNOWN_FIELD = "unknown-field"
+    SCHEMA_VERSION = "schema-version"
+    # -- operating the server
+    INVALID_SETTING = "invalid-setting"
+    MASTER_KEY = "master-key"
 
 
 class VatraError(Exception):
@@ -97,3 +137,9 @@ class StorageError(VatraError):
     """Persisting changes failed; nothing was advertised, the device will resend."""
 
     code = ErrorCode.STORAGE_FAILURE
+
+
+class ConfigError(VatraError):
+    """A setting or a key file is unusable; the command that needs it stops and says why."""
+
+    code = ErrorCode.INVALID_SETTING

@@ -26,6 +26,8 @@ import nacl.exceptions
 import nacl.hash
 from nacl.signing import SigningKey, VerifyKey
 
+from sync_server.protocol.errors import ErrorCode, VatraError
+
 SCHEME = "Vatra-Device"
 WINDOW = 300
 #: Longest device id and nonce a header may carry (a nonce is 24 characters).
@@ -47,8 +49,10 @@ def sign(device_id: str, key: SigningKey, method: str, path_qs: str, body: bytes
             f"sig={base64.b64encode(sig).decode()}")
 
 
-class HttpAuthError(Exception):
+class HttpAuthError(VatraError):
     """Why a signed request was refused (said to the client as 401)."""
+
+    code = ErrorCode.UNAUTHORIZED
 
 
 def parse(header: str | None) -> tuple[str, int, str, bytes]:

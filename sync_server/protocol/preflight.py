@@ -45,7 +45,7 @@ import re
 import zlib
 from dataclasses import dataclass
 
-from sync_server.protocol.errors import DocumentError, ErrorCode
+from sync_server.protocol.errors import DocumentError, ErrorCode, VatraError
 
 MAGIC = bytes.fromhex("856f4a83")
 _HASH = 32
@@ -113,12 +113,14 @@ class Cost:
     steps: int = 0
 
 
-class FormatError(ValueError):
+class FormatError(VatraError, ValueError):
     """Bytes that are not the format (also raised by :mod:`sync_server.sync.change_ops`)."""
 
+    code = ErrorCode.MALFORMED_SYNC_DATA
 
-class _Exceeded(Exception):
-    pass
+
+class _Exceeded(VatraError):
+    code = ErrorCode.LIMIT_EXCEEDED
 
 
 def check_sync_message(data: bytes, limits: Limits = DEFAULT_LIMITS, *,
@@ -403,7 +405,7 @@ class _Walk:
         op_cols = self._lay_out(op_specs, r)
         # head indexes follow; the binding checks them against the heads
         for cols, changes in ((change_cols, True), (op_cols, False)):
-            data: bytes = r.data  # type: ignore[assignment]
+            data: bytes = r.data
             if any(c.spec & _DEFLATE for c in cols):
                 data, cols = self._inflate_columns(r.data, cols)
             rows = self._walk_columns(data, cols)

@@ -22,19 +22,25 @@ class StoreClosed(VatraError):
     code = ErrorCode.STORAGE_FAILURE
 
 
-class HouseholdErased(LookupError):
+class HouseholdErased(VatraError, LookupError):
     """The household was erased: its data key is destroyed, its content unreadable."""
 
+    code = ErrorCode.NOT_FOUND
+
     def __init__(self, household_id: str) -> None:
-        super().__init__(f"household {household_id} was erased (its data key is destroyed)")
+        super().__init__(f"household {household_id} was erased (its data key is destroyed)",
+                         document_id=household_id)
         self.household_id = household_id
 
 
-class HouseholdIdTaken(LookupError):
+class HouseholdIdTaken(VatraError, LookupError):
     """A creation named an id that is registered already: nothing was stored."""
 
+    code = ErrorCode.CREATION_REFUSED
+
     def __init__(self, household_id: str) -> None:
-        super().__init__(f"household id {household_id} is registered already")
+        super().__init__(f"household id {household_id} is registered already",
+                         document_id=household_id)
         self.household_id = household_id
 
 

@@ -36,7 +36,8 @@ def embedded_postgres(data_dir: Path) -> Iterator[str]:
     pgdata.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        server = pgserver.get_server(pgdata, cleanup_mode="stop")
+        server = pgserver.get_server(  # type: ignore[attr-defined]  # not re-exported by name
+            pgdata, cleanup_mode="stop")
     try:
         yield server.get_uri()
     finally:
@@ -66,6 +67,22 @@ async def database_url(explicit: str | None, data_dir: Path) -> AsyncIterator[st
     with embedded_postgres(data_dir) as url:
         log.info("embedded PostgreSQL running in %s", data_dir / "postgres")
         yield url
+
+
+@contextlib.asynccontextmanager
+async def open_database(explicit_url: str | None, data_dir: Path, *,
+                        migrated: bool = True) -> AsyncIterator[AsyncEngine]:
+    """An engine on the database (``explicit_url``, or the embedded server in ``data_dir``
+    for the block's duration), migrated to the newest schema unless ``migrated`` is
+    False; disposed on the way out. Every command and the server open it this way."""
+    async with database_url(explicit_url, data_dir) as url:
+        engine = make_engine(url)
+        try:
+            if migrated:
+                await migrate(engine)
+            yield engine
+        finally:
+            await engine.dispose()
 
 
 def alembic_config() -> Config:

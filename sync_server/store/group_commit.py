@@ -97,12 +97,15 @@ async def insert_changes(conn: AsyncConnection,
                                              max(r.last_seq, seq))
         logged.setdefault(household_id, []).append(digest.hex())
     authors = {household_id: author for household_id, _, author in batches}
-    await audit.append(conn, [
-        AuditEvent("changes-accepted", household_id,
-                   user_id=authors[household_id].user_id if authors[household_id] else None,
-                   device_id=authors[household_id].device_id if authors[household_id] else None,
-                   detail={"changes": len(hashes), "hashes": sorted(hashes)})
-        for household_id, hashes in sorted(logged.items())])
+    events = []
+    for household_id, hashes in sorted(logged.items()):
+        author = authors[household_id]
+        events.append(AuditEvent(
+            "changes-accepted", household_id,
+            user_id=author.user_id if author is not None else None,
+            device_id=author.device_id if author is not None else None,
+            detail={"changes": len(hashes), "hashes": sorted(hashes)}))
+    await audit.append(conn, events)
     return results
 
 

@@ -54,6 +54,8 @@ from nacl.bindings import (
     crypto_aead_xchacha20poly1305_ietf_encrypt,
 )
 
+from sync_server.protocol.errors import ErrorCode, VatraError
+
 
 class KeySources(Protocol):
     """Where the master keys come from (``sync_server.config.Settings`` is one)."""
@@ -84,8 +86,10 @@ _WRAP_AD = b"vatra/data-key/v1\x00"
 _BLOB_AD = b"vatra/blob/v1\x00"
 
 
-class KeyRingError(Exception):
+class KeyRingError(VatraError):
     """Root of the key errors. Messages never contain key material or content."""
+
+    code = ErrorCode.MASTER_KEY
 
 
 class MasterKeyError(KeyRingError):

@@ -55,6 +55,10 @@ class PostgresStore:
         self._verify_lock = asyncio.Lock()
         self._on_commit: list[Callable[[], None]] = []
 
+    @property
+    def engine(self) -> AsyncEngine:
+        return self._engine
+
     def on_commit(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` after every commit that may have logged changes (the
         in-process projector wakes on it)."""

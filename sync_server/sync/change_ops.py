@@ -28,7 +28,7 @@ falls back to the diff: this path may only ever skip work, never a check.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +37,8 @@ from automerge.core import ROOT, Document, ObjType
 from sync_server.protocol.preflight import MAGIC, FormatError, Reader
 
 Prefix = tuple[str | int, ...]
+#: where an object lives: a prefix, or ``(section, None)`` inside a list section's entry
+Where = tuple[str | int | None, ...]
 OpId = tuple[bytes, int]  # (actor, counter)
 
 _CHANGE_CHUNK = 1
@@ -75,7 +77,7 @@ class DecodedChange:
 # --- decoding --------------------------------------------------------------------------
 
 
-def _rle(reader: _Reader, read_value, limit: int) -> Iterator[Any]:
+def _rle(reader: _Reader, read_value: Callable[[_Reader], Any], limit: int) -> Iterator[Any]:
     """Automerge's run-length encoding: a signed count n, then one value repeated n times
     (n > 0), -n literal values (n < 0), or (n == 0) an unsigned count of nulls. More
     than ``limit`` values in all is refused (a run length is not trusted)."""
@@ -232,7 +234,7 @@ class ObjectIndex:
     batch to the diff, never to a narrower check."""
 
     def __init__(self) -> None:
-        self._where: dict[OpId, Prefix] = {}
+        self._where: dict[OpId, Where] = {}
         self.built = False
         self.wanted = False  # the caller's note that the index is worth building
 
@@ -253,21 +255,21 @@ class ObjectIndex:
                     self._walk(doc, entry[1], entry[0], prefix)
         self.built = True
 
-    def _walk(self, doc: Document, obj: Any, kind: ObjType, prefix: Prefix) -> None:
+    def _walk(self, doc: Document, obj: Any, kind: ObjType, prefix: Where) -> None:
         self._note(obj, prefix)
         if kind in (ObjType.Map, ObjType.List):
             for entry in doc.values(obj):
                 if isinstance(entry[0], ObjType):
                     self._walk(doc, entry[1], entry[0], prefix)
 
-    def _note(self, exid: bytes, prefix: Prefix) -> None:
+    def _note(self, exid: bytes, prefix: Where) -> None:
         op = exid_op(exid)
         if op is not None:
             self._where[op] = prefix
 
     def touched(self, doc: Document, changes: Sequence[Any], *,
                 before: Document | None = None
-                ) -> tuple[set[Prefix], dict[OpId, Prefix]] | None:
+                ) -> tuple[set[Prefix], dict[OpId, Where]] | None:
         """The prefixes ``changes`` touched in ``doc`` (which holds them), in the form of
         :func:`sync_server.sync.touched.touched_prefixes`, and the objects they made; or
         None when something is not understood. An index not built yet is built from
@@ -275,7 +277,7 @@ class ObjectIndex:
         still there), else from ``doc``."""
         if not self.built:
             self.build(doc if before is None else before)
-        made: dict[OpId, Prefix] = {}
+        made: dict[OpId, Where] = {}
         out: set[Prefix] = set()
         try:
             decoded = [decode_ops(c.raw_bytes, c.max_op - c.start_op + 1) for c in changes]
@@ -290,7 +292,7 @@ class ObjectIndex:
         return out, made
 
     def _prefix_of(self, doc: Document, op: Op, op_id: OpId,
-                   made: dict[OpId, Prefix]) -> list[Prefix] | None:
+                   made: dict[OpId, Where]) -> list[Prefix] | None:
         if op.obj is None:  # a root field
             if not isinstance(op.key, str):
                 return None
@@ -304,8 +306,10 @@ class ObjectIndex:
         if len(where) >= 2:  # inside an entry
             if op.action in _MAKE:
                 made[op_id] = where
-            return [where if where[1] is not None else where[:1]]
+            return [_prefix(where if where[1] is not None else where[:1])]
         section = where[0]
+        if section is None:
+            return None
         got = doc.get(ROOT, section)
         kind = got[0] if got is not None else None
         if kind == ObjType.Map and isinstance(op.key, str):
@@ -316,14 +320,14 @@ class ObjectIndex:
             if op.action in _MAKE:
                 made[op_id] = entry
             return [entry]
-        if kind == ObjType.List and op.insert:
+        if kind == ObjType.List and op.insert and got is not None:
             index = _index_of(doc, got[1], op_id)
             if op.action in _MAKE:  # this batch may fill it in: checked at its index
                 made[op_id] = (section, index)
             return [(section,) if index is None else (section, index)]
         return [(section,)]  # list edits in place, deletions, text splices: the section
 
-    def add(self, made: dict[OpId, Prefix]) -> None:
+    def add(self, made: dict[OpId, Where]) -> None:
         """Objects made by a change the server accepted (an index into a list section
         holds for one batch only: kept as ``(section, None)``)."""
         for op_id, prefix in made.items():
@@ -341,6 +345,11 @@ class ObjectIndex:
             self.build(doc)
         else:
             self.add(found[1])
+
+
+def _prefix(where: Where) -> Prefix:
+    """A place known to the segment (no ``None`` in it) as a prefix."""
+    return tuple(seg for seg in where if seg is not None)
 
 
 def _index_of(doc: Document, lst: Any, op_id: OpId) -> int | None:

@@ -42,7 +42,7 @@ def op_change(exid: bytes, changes: Sequence[Any]) -> bytes | None:
     actor, counter = op
     for c in changes:
         if c.actor_id == actor and c.start_op <= counter <= c.max_op:
-            return c.hash
+            return bytes(c.hash)
     return None
 
 
@@ -78,6 +78,7 @@ def _put_path(patch: Any) -> tuple[str | int, ...] | None:
     if parsed is None or parsed[1] != "PutMap" or parsed[2] is None:
         return None
     steps, _, key, _ = parsed
+    assert key is not None  # checked above
     return (*steps, key)
 
 

@@ -27,7 +27,8 @@ from sync_server.store.contract import HouseholdErased, HouseholdRecord, Househo
 from sync_server.sync.change_ops import ObjectIndex
 
 if TYPE_CHECKING:
-    from sync_server.gateway.connection import Connection
+    from sync_server.store.contract import AppendResult
+    from sync_server.sync.peer import Peer
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ class HouseholdActor:
         self.record = record
         self.doc = doc
         self.lock = asyncio.Lock()
-        self.subscribers: set[Connection] = set()
+        self.subscribers: set[Peer] = set()
         self.snapshot_bytes = snapshot_bytes
         self.bytes_since_snapshot = bytes_since_snapshot
         self.last_seq = last_seq
@@ -49,6 +50,13 @@ class HouseholdActor:
     @property
     def id(self) -> str:
         return self.record.id
+
+    def swap(self, fork: Document, stored: AppendResult) -> None:
+        """Make ``fork`` the household's copy, once its new changes are committed
+        (``stored``): only committed changes ever become visible to a peer."""
+        self.doc = fork
+        self.bytes_since_snapshot += stored.inserted_bytes
+        self.last_seq = max(self.last_seq, stored.last_seq)
 
     @property
     def stored_bytes(self) -> int:
@@ -153,8 +161,8 @@ class HouseholdRegistry:
         self.evictions += evicted
         return evicted
 
-    def unsubscribe(self, conn: Connection) -> None:
-        for hid in conn.documents:
+    def unsubscribe(self, conn: Peer) -> None:
+        for hid in conn.sync.documents:
             actor = self._resident.get(hid)
             if actor is not None:
                 actor.subscribers.discard(conn)

@@ -33,11 +33,11 @@ def _scoped(name: str, *items: Any) -> None:
         *items, schema=S)
 
 
-def _ts(name: str) -> sa.Column:
+def _ts(name: str) -> sa.Column[Any]:
     return sa.Column(name, sa.DateTime(timezone=True), nullable=True)
 
 
-def _text(*names: str) -> list[sa.Column]:
+def _text(*names: str) -> list[sa.Column[Any]]:
     return [sa.Column(n, sa.Text, nullable=True) for n in names]
 
 

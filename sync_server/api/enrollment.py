@@ -1,0 +1,82 @@
+"""``POST /v1/enroll``: a device trades a one-time code for its place in Vatra.
+
+Request (JSON)::
+
+    {"code": "K7Q2M9-ABCD-EFGH-JKLM-NPQR",
+     "signing_key": "<base64 Ed25519 public key>",
+     "exchange_key": "<base64 X25519 public key>",
+     "actor_ids": ["<32 hex chars>", ...]}
+
+Answer ``201``: ``{"device_id", "user_id", "role", "server_signing_key"}`` —
+the device pins ``server_signing_key`` and checks it in every session
+handshake. Refusals: ``400`` (malformed), ``403`` ``enrollment-refused``
+(same answer for an unknown, wrong, expired, used or locked code), ``429``
+``too-many-attempts`` after :data:`MAX_FAILURES_PER_ADDRESS` refusals from
+one client address within :data:`WINDOW_SECONDS`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+
+from aiohttp import web
+from nacl.signing import SigningKey
+
+from sync_server.api.errors import http_error
+from sync_server.auth.enrollment import MAX_FAILURES_PER_ADDRESS, FailureLimiter
+from sync_server.auth.identity import IdentityError, IdentityStore
+from sync_server.protocol.errors import ErrorCode
+
+log = logging.getLogger(__name__)
+
+__all__ = ["MAX_FAILURES_PER_ADDRESS", "routes"]
+
+
+def routes(identity: IdentityStore, server_key: SigningKey,
+           limiter: FailureLimiter) -> list[web.RouteDef]:
+
+    async def enroll(request: web.Request) -> web.Response:
+        address = request.remote or "unknown"
+        if limiter.blocked(address):
+            log.warning("enrollment: too many refusals from one address")
+            raise http_error(429, ErrorCode.TOO_MANY_ATTEMPTS,
+                             "too many failed enrollment attempts; wait and try again")
+        try:
+            body = await request.json()
+            code = body["code"]
+            signing_key = base64.b64decode(body["signing_key"], validate=True)
+            exchange_key = base64.b64decode(body["exchange_key"], validate=True)
+            actor_ids = [bytes.fromhex(a) for a in body["actor_ids"]]
+            if not isinstance(code, str):
+                raise TypeError("code")
+        except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+            limiter.failed(address)
+            raise http_error(400, ErrorCode.MALFORMED_MESSAGE,
+                             "expected JSON {code, signing_key, exchange_key, actor_ids}") from exc
+        try:
+            device = await identity.enroll(code, signing_key=signing_key,
+                                           exchange_key=exchange_key, actor_ids=actor_ids)
+        except IdentityError as err:
+            limiter.failed(address)
+            log.info("enrollment refused: %s", err.code)
+            status = 403 if err.code is ErrorCode.ENROLLMENT_REFUSED else 400
+            raise http_error(status, err.code, err.message) from err
+        log.info("device %s enrolled", device.id)
+        return web.json_response({
+            "device_id": device.id, "user_id": device.user.id, "role": device.user.role,
+            "server_signing_key": base64.b64encode(bytes(server_key.verify_key)).decode(),
+        }, status=201)
+
+    return [web.post("/v1/enroll", enroll)]
+
+
+PATHS = {
+    "/v1/enroll": {"post": {
+        "summary": "enroll a device with a one-time code (sync_server/api/enrollment.py)",
+        "responses": {"201": {"description": "enrolled"},
+                      **{s: {"description": "refused", "content": {"application/json": {
+                          "schema": {"$ref": "#/components/schemas/Error"}}}}
+                         for s in ("400", "403", "429")}}}},
+}

@@ -1,0 +1,59 @@
+"""What one session's device may do: the authorization state of a connection.
+
+A :class:`Grants` is made for each session once its device is authenticated, and the
+pipeline asks it before it reads or writes a household. Decisions are taken once per
+household and session (a team change applies from the device's next session; revoking
+the device cuts the session instead), from the rules in :mod:`sync_server.auth.access`
+and, for a worker, the user's team households, read once from the database.
+"""
+
+from __future__ import annotations
+
+from sync_server.auth import access
+from sync_server.auth.identity import IdentityStore, User
+from sync_server.store.contract import HouseholdRecord
+
+
+class Grants:
+    def __init__(self, user: User, identity: IdentityStore) -> None:
+        self.user = user
+        self._identity = identity
+        self._team: set[str] | None = None  # a worker's team households, read once
+        self._sync: dict[str, bool] = {}
+        self._write: dict[str, bool] = {}
+
+    async def caseload(self) -> list[str]:
+        """The households this device should hold (its user's team households)."""
+        if self._team is None:
+            self._team = set(await self._identity.caseload(self.user))
+        return sorted(self._team)
+
+    async def may_sync(self, record: HouseholdRecord) -> bool:
+        allowed = self._sync.get(record.id)
+        if allowed is None:
+            team: tuple[str, ...] = ()
+            if self.user.role == "worker" and record.id in await self.caseload():
+                team = (self.user.id,)  # the user is on the team: all may_* need to know
+            allowed = self._sync[record.id] = access.may_sync(self.user, record, team)
+            self._write[record.id] = access.may_write(self.user, record, team)
+        return allowed
+
+    def may_write(self, household_id: str) -> bool:
+        """Decided with :meth:`may_sync` (False before it)."""
+        return self._write.get(household_id, False)
+
+    def may_create(self, locality: str, county: str) -> bool:
+        return access.may_create(self.user, locality, county)
+
+    def created(self, household_id: str) -> None:
+        """This device registered the household: it may sync and write it."""
+        self._sync[household_id] = self._write[household_id] = True
+        if self._team is not None:
+            self._team.add(household_id)
+
+    def reconsider(self, household_id: str) -> None:
+        """Decide again for this household, on a caseload read anew (it was registered a
+        moment ago, perhaps from another session of this user)."""
+        self._team = None
+        self._sync.pop(household_id, None)
+        self._write.pop(household_id, None)

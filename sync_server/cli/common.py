@@ -1,0 +1,27 @@
+"""What every command needs: the store, opened the one way."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from sync_server.config import Settings
+from sync_server.store.database import open_database
+from sync_server.store.keys import KeyRing, load_keyring
+from sync_server.store.postgres import PostgresStore
+
+
+@contextlib.asynccontextmanager
+async def open_store(settings: Settings, keyring: KeyRing | None = None,
+                     *, verified: bool = True) -> AsyncIterator[PostgresStore]:
+    """The store on the settings' database (migrated), with ``keyring`` or the master keys
+    the settings point at; the master key checked against the stored data keys unless
+    ``verified`` is False. Raises :class:`~sync_server.store.keys.KeyRingError`."""
+    async with open_database(settings.database_url, settings.data_dir) as engine:
+        store = PostgresStore(engine, keyring if keyring is not None else load_keyring(settings))
+        try:
+            if verified:
+                await store.verify_master_key()
+            yield store
+        finally:
+            await store.close()

@@ -1,0 +1,114 @@
+"""``GET /v1/sync``: one peer from its socket to the pipeline.
+
+The WebSocket is upgraded, the end-to-end session is run (sync_server/protocol/session.py;
+an unknown device and a bad signature get the same refusal), the device is checked
+against revocation again and against its session limit, its grants are made, and its
+frames are handed to the dispatch loop (sync_server/gateway/dispatch.py) until it leaves.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from nacl.signing import SigningKey, VerifyKey
+
+from sync_server.auth.identity import Device, IdentityStore
+from sync_server.gateway.channel import WebSocketChannel
+from sync_server.gateway.connection import Connection
+from sync_server.gateway.dispatch import TokenBucket, serve_connection
+from sync_server.gateway.revocations import refuse_revoked
+from sync_server.protocol.errors import ErrorCode, ProtocolError, VatraError
+from sync_server.protocol.session import accept_session
+from sync_server.sync.pipeline import Synchronizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class PeerLimits:
+    """What one peer may use (settings: ``VATRA_MAX_FRAME_BYTES`` …, sync_server/config.py)."""
+
+    max_frame_bytes: int
+    outbox_frames: int
+    messages_per_second: float
+    message_burst: int
+    sessions_per_device: int
+    heartbeat_seconds: float = 30.0
+
+
+@dataclass
+class Gateway:
+    """The sync endpoint and the set of live connections (revocation and shutdown reach
+    them through it)."""
+
+    pipeline: Synchronizer
+    identity: IdentityStore
+    server_key: SigningKey
+    limits: PeerLimits
+    connections: set[Connection] = field(default_factory=set)
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.get("/v1/sync", self.handle)]
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        lim = self.limits
+        ws = web.WebSocketResponse(max_msg_size=lim.max_frame_bytes + 64 * 1024,
+                                   heartbeat=lim.heartbeat_seconds)
+        await ws.prepare(request)
+        plain = WebSocketChannel(ws, lim.max_frame_bytes)
+        devices: dict[str, Device] = {}
+
+        async def lookup(device_id: str) -> VerifyKey | None:
+            device = await self.identity.device(device_id)
+            if device is None:
+                return None
+            devices[device_id] = device
+            return VerifyKey(device.signing_key)
+
+        try:
+            channel, device_id = await accept_session(plain, self.server_key, lookup)
+        except ProtocolError as err:  # a refused handshake (SessionError), or a text frame
+            log.info("session refused: %s", err.code)
+            await plain.close(str(err.code))
+            return ws
+        device = devices[device_id]
+        conn = Connection(channel, server_peer_id=self.pipeline.server_peer_id,
+                          outbox_frames=lim.outbox_frames, device=device)
+        conn.start()
+        # Revocation is a barrier. The connection is where revocations are delivered
+        # before the flag is read again (the lookup at ``hello`` may be long past: a thief
+        # can hold back ``auth``), so a revocation committed at any moment either shows in
+        # this read or reaches the connection.
+        self.connections.add(conn)
+        try:
+            if device.revoked or await self.identity.revoked_at(device.id) is not None:
+                # The device proved it holds the key: tell it (sealed), so its SDK wipes.
+                conn.revoke()
+                await refuse_revoked(conn)
+                await self.pipeline.record(conn, "session-refused",
+                                           code=str(ErrorCode.DEVICE_REVOKED))
+                return ws
+            live = sum(1 for c in self.connections if c.device and c.device.id == device.id)
+            if live > lim.sessions_per_device:
+                log.warning("device %s: too many concurrent sessions", device.id)
+                conn.send_error(VatraError(f"at most {lim.sessions_per_device} sessions per "
+                                           f"device", code=ErrorCode.TOO_MANY_SESSIONS))
+                await conn.close(str(ErrorCode.TOO_MANY_SESSIONS))
+                return ws
+            conn.grants = self.pipeline.grants(device)
+            await self.pipeline.record(conn, "session-opened")
+            await serve_connection(conn, self.pipeline,
+                                   limit=TokenBucket(lim.messages_per_second, lim.message_burst))
+        finally:
+            self.connections.discard(conn)
+            self.pipeline.registry.unsubscribe(conn)
+        return ws
+
+    async def close_all(self) -> None:
+        """Tell every live peer the server is stopping, and close it."""
+        for conn in list(self.connections):
+            conn.send_error(VatraError("server is shutting down; reconnect later",
+                                       code=ErrorCode.SERVER_SHUTTING_DOWN))
+            await conn.close(str(ErrorCode.SERVER_SHUTTING_DOWN))

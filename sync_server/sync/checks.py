@@ -1,0 +1,189 @@
+"""Stage 4, check: the rules a batch must keep before it is stored.
+
+Each check reads the household before the batch (``before``, the committed copy) and the
+fork that holds it (``after``), and refuses with the rule's code, naming paths and rules,
+never a value. Who may write at all, whose changes they are, schema v1, protected paths
+and the household's place, decision fields and cancellations; then what the merge calls
+for: services whose status a merge moved down (the lattice), and requests a supervisor
+just approved. The rules themselves are data in ``conflict/``; this module applies them
+to a batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from automerge.core import ROOT, Document, ObjType, ScalarType
+
+from conflict import Household, Violation, is_entity_id, policy, schema, validate
+from conflict.validate import validate_paths
+from sync_server.auth.identity import Device, User
+from sync_server.protocol.errors import DocumentError, ErrorCode, Refused
+from sync_server.store.contract import HouseholdRecord
+from sync_server.sync import conflicts
+from sync_server.sync.change_ops import OpId, Prefix, Where
+from sync_server.sync.households import HouseholdActor
+from sync_server.sync.touched import touched_prefixes
+
+
+def check_writer(device: Device, may_write: bool, household_id: str,
+                 new: Sequence[Any]) -> None:
+    """Refuse a batch the device may not write, or whose changes are not its own."""
+    if not may_write:
+        raise Refused("this device may read this household but not change it",
+                      code=ErrorCode.READ_ONLY, document_id=household_id)
+    check_actors(device, household_id, new)
+
+
+def check_actors(device: Device, household_id: str, new: Sequence[Any]) -> None:
+    foreign = [c for c in new if c.actor_id not in device.actor_ids]
+    if foreign:
+        raise Refused(f"{len(foreign)} change(s) carry an actor id not registered to this "
+                      f"device; nothing of this batch was merged",
+                      code=ErrorCode.ACTOR_NOT_REGISTERED, document_id=household_id)
+
+
+def read_touched(actor: HouseholdActor, fork: Document, new: Sequence[Any]
+                 ) -> tuple[set[Prefix], dict[OpId, Where]] | None:
+    """What the batch touched, from its own operations (the household's object index),
+    or None to read it from a diff. The index costs one walk of the document to build,
+    more than one diff, so it is built on a household's second batch while loaded: a
+    household that gets one batch (a tablet's return) never pays for it."""
+    if not actor.objects.built and not actor.objects.wanted:
+        actor.objects.wanted = True
+        return None
+    return actor.objects.touched(fork, new, before=actor.doc)
+
+
+
+def schema_violations(merged: Document, before: list[bytes] | None = None, *,
+                      touched: set[tuple[str | int, ...]] | None = None) -> list[Violation]:
+    """Schema v1 violations of ``merged``: of the parts touched since ``before`` when the
+    patches can be read (the rest was valid already), else of the whole household.
+    ``touched`` passes prefixes already read (:func:`touched_prefixes`)."""
+    prefixes = touched
+    if prefixes is None and before is not None:
+        prefixes = touched_prefixes(merged, before)
+    if prefixes is None:
+        return validate(merged)
+    try:
+        found = validate_paths(merged, sorted(prefixes, key=repr))
+    except ValueError:  # a prefix the schema does not define: check everything
+        return validate(merged)
+    return list({(v.path, v.rule): v for v in found}.values())  # prefixes may overlap
+
+
+def lattice_fixes(merged: Document, server_heads: list[bytes],
+                  tips: list[bytes]) -> list[tuple[str, str, str]]:
+    """Services whose merged status is below the lattice maximum of the server's status
+    before the merge, the batch's own status, and the merged one: ``(service_id, maximum,
+    merged)``. Covers a device moving a status down, and a device's higher status losing
+    Automerge's tie-break to a concurrent lower one."""
+    plan = merged.get(ROOT, "service_plan")
+    if plan is None or plan[0] != ObjType.Map:
+        return []
+    out = []
+    for sid in merged.keys(plan[1]):
+        path = ("service_plan", sid, "status")
+        _, now = conflicts.scalar_at(merged, path, merged.get_heads())
+        if now not in policy.SERVICE_STATUS_RANK:
+            continue
+        top = now
+        for heads in (server_heads, tips):
+            found, value = conflicts.scalar_at(merged, path, heads)
+            if found and value in policy.SERVICE_STATUS_RANK:
+                top = policy.lattice_max(top, value)
+        if top != now:
+            out.append((sid, top, now))
+    return out
+
+
+def newly_approved(before: Document, after: Document, hid: str) -> list[str]:
+    """Requests that are approved in ``after`` and were pending (or absent) in ``before``."""
+    was = {r["request_id"]: r.get("status") for r in Household(before, hid).change_requests()}
+    return [r["request_id"] for r in Household(after, hid).change_requests()
+            if r.get("status") == "approved" and was.get(r["request_id"]) in (None, "pending")]
+
+
+def check_schema(household_id: str, merged: Document,
+                  before: list[bytes] | None = None, *,
+                  touched: set[tuple[str | int, ...]] | None = None) -> None:
+    """The merged document must still be a valid household (schema v1); otherwise the
+    batch is refused, naming every violation's path and rule (never a value)."""
+    violations = schema_violations(merged, before, touched=touched)
+    if violations:
+        listed = "; ".join(f"{public_path(v.path)}: {v.rule}" for v in violations[:20])
+        more = f" (and {len(violations) - 20} more)" if len(violations) > 20 else ""
+        raise Refused(f"the batch breaks schema v1: {listed}{more}",
+                      code=ErrorCode.SCHEMA_VIOLATION, document_id=household_id)
+
+
+def check_policy(record: HouseholdRecord, before: Document, after: Document, user: User,
+                  sections: set[str | int] | None = None) -> None:
+    """Structural paths of an active household change only through approved requests
+    (applied by the server); a household's place (locality, county) only that way, in
+    every status and for every role; decision fields only by the supervisors of the
+    household's county (the registry's, ``record``: the one place every check reads).
+    ``sections``: the top-level sections the batch touched (None = unknown: check all);
+    a rule whose sections were not touched cannot be broken and is not read."""
+    household_id = record.id
+
+    def touched(*names: str) -> bool:
+        return sections is None or any(n in sections for n in names)
+
+    if touched(*policy.PLACE_FIELDS):
+        moved = policy.place_violations(before, after)
+        if moved:
+            paths = ", ".join(public_path(v.path) for v in moved)
+            raise Refused(f"protected path(s) changed without an approved change request: "
+                          f"{paths}; a household moves only by an approved move_household "
+                          f"request", code=ErrorCode.PROTECTED_PATH, document_id=household_id)
+
+    if user.role == "worker" and touched("members", "team", "status"):
+        violations = policy.protected_violations(before, after)
+        if violations:
+            paths = ", ".join(public_path(v.path) for v in violations[:20])
+            raise Refused(f"protected path(s) changed without an approved change request: "
+                          f"{paths}; file a change request instead",
+                          code=ErrorCode.PROTECTED_PATH, document_id=household_id)
+    same_county = record.county == user.county
+    for check, section in ((policy.decision_violations, "change_requests"),
+                           (policy.cancel_violations, "service_plan")):
+        if not touched(section):
+            continue
+        violations = check(before, after, user.role, same_county)
+        if violations:
+            paths = ", ".join(f"{public_path(v.path)} ({v.rule})" for v in violations[:20])
+            raise Refused(f"only a supervisor of the household's county may write: {paths}",
+                          code=ErrorCode.DECISION_FIELD, document_id=household_id)
+
+
+def public_path(path: Sequence[str | int]) -> str:
+    """A violation's path for an error reply: schema field names, indexes and entity ids
+    stay; any other key (client-chosen, may be a name or an address) becomes ``*``."""
+    spec: schema.Spec | None = schema.HOUSEHOLD
+    parts = []
+    for seg in path:
+        known = (isinstance(seg, int) or is_entity_id(seg)
+                 or (isinstance(spec, schema.Record) and seg in spec.fields))
+        parts.append(str(seg) if known else "*")
+        spec = schema.child_spec(spec, seg) if spec is not None else None
+    return "/".join(parts) or "/"
+
+
+def team_user_ids(doc: Document) -> list[str]:
+    got = doc.get(ROOT, "team")
+    if got is None or got[0] != ObjType.Map:
+        return []
+    return [str(v[1]) for v, _ in doc.values(got[1])
+            if isinstance(v, tuple) and v[0] == ScalarType.Str]
+
+
+def root_str(doc: Document, key: str, document_id: str) -> str:
+    """A household's root string field (``locality``, ``county``)."""
+    got = doc.get(ROOT, key)
+    if got is None or not isinstance(got[0], tuple) or got[0][0] != ScalarType.Str:
+        raise DocumentError(f"household field {key!r} must be a string",
+                            code=ErrorCode.NOT_A_HOUSEHOLD, document_id=document_id)
+    return str(got[0][1])
