@@ -1,6 +1,6 @@
 """Automerge's binary formats by hand, for tests that must send what no honest client
 would: LEB128 numbers, chunks, sync messages, and a change taken apart into its columns
-and put back together (sync_server/preflight.py documents the formats)."""
+and put back together (sync_server/protocol/preflight.py documents the formats)."""
 
 from __future__ import annotations
 

@@ -36,7 +36,7 @@ def test_migrate_on_the_embedded_default_starts_and_stops_postgres(tmp_path) -> 
 
 
 async def test_migrations_build_exactly_the_tables_the_code_uses(postgres_url: str) -> None:
-    """No drift between sync_server/migrations and the SQLAlchemy tables in storage.py."""
+    """No drift between sync_server/store/migrations and the SQLAlchemy tables in store/tables.py."""
     name = "vatra_m_" + uuid.uuid4().hex[:10]
     admin = make_engine(postgres_url)
     async with admin.connect() as conn:

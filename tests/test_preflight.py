@@ -1,4 +1,4 @@
-"""The preflight walk of a device's sync message (sync_server/preflight.py), as pure logic.
+"""The preflight walk of a device's sync message (sync_server/protocol/preflight.py), as pure logic.
 
 Every message the binding itself produces must pass; every bomb must be refused with the
 limit it breaks, and before anything of it is inflated or allocated."""

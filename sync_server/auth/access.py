@@ -1,4 +1,4 @@
-"""Who may sync, write and create which household (DESIGN.md section 3).
+"""Who may sync, write and create which household (docs/security.md, "Authorization").
 
 - sync (read): the user is on the household's team, supervises its county,
   or is ``national``;

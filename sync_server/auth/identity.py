@@ -1,6 +1,6 @@
 """Who is who: users and their roles and places, household teams, devices, enrollment.
 
-Roles (DESIGN.md section 3): ``worker`` (member of household teams, creates
+Roles (docs/security.md, "Authorization"): ``worker`` (member of household teams, creates
 households in the localities assigned to them), ``supervisor`` (of one
 county), ``national`` (reads everything), ``admin`` (users and devices),
 ``ops`` (metrics only).

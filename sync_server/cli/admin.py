@@ -43,7 +43,7 @@ def add_admin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     team_set = team.add_parser("set", help="replace the team of a household")
     team_set.add_argument("household_id")
     team_set.add_argument("--user", action="append", default=[], required=True)
-    add_erase_command(hsub)  # vatra household erase H (sync_server/keycmd.py)
+    add_erase_command(hsub)  # vatra household erase H (sync_server/cli/keys.py)
 
     device = sub.add_parser("device", help="manage devices").add_subparsers(dest="action",
                                                                             required=True)

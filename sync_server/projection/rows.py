@@ -6,7 +6,8 @@ scope a database session to a locality, a county or the nation without a join
 (docs/projections.md has the policies and the statements the web tier runs).
 
 :func:`project` turns one household (its document read once with ``keys()`` /
-``values()``, see DESIGN.md section 9, plus a few facts from the change log) into the
+``values()``, about six times cheaper than ``extract``, docs/projections.md, plus a
+few facts from the change log) into the
 rows of every table. It is deterministic: projecting the same document with the same
 log facts gives the same rows, which is what makes a rebuild comparable with the
 incremental projection. :mod:`sync_server.projection.projector` writes the rows.

@@ -11,10 +11,10 @@ derive from ``client_sdk.VatraClientError``). The tree, with where each lives::
     VatraError
     ├── ProtocolError        the peer broke the wire protocol (bad CBOR, unknown type,
     │   │                    oversized frame)
-    │   └── SessionError     the handshake failed or a sealed frame was refused (session.py)
+    │   └── SessionError     the handshake failed or a sealed frame was refused (protocol/session.py)
     ├── DocumentError        a sync for a household failed (unknown, malformed Automerge
     │                        bytes, invalid)
-    ├── FormatError          bytes that are not Automerge's format (preflight.py)
+    ├── FormatError          bytes that are not Automerge's format (protocol/preflight.py)
     ├── Refused              a rule refused one batch (read-only, foreign actor id,
     │                        creation); the connection stays open
     ├── StorageError         the database refused or failed a write
@@ -23,8 +23,8 @@ derive from ``client_sdk.VatraClientError``). The tree, with where each lives::
     ├── HouseholdIdTaken     a creation named a registered id (store/contract.py)
     ├── KeyRingError         a master or data key is missing or does not open (store/keys.py)
     ├── IdentityError        a user, device or enrollment was refused (auth/identity.py)
-    ├── HttpAuthError        a signed HTTP request was refused (http_auth.py)
-    ├── NoReadScope          the user's role reads no household content (readmodel.py)
+    ├── HttpAuthError        a signed HTTP request was refused (protocol/http_auth.py)
+    ├── NoReadScope          the user's role reads no household content (projection/readmodel.py)
     └── ConfigError          a setting or a key file is unusable (config.py, auth/identity.py)
 
 ``to_wire()`` returns the fields of the automerge-repo ``error`` message;

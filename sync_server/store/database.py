@@ -9,6 +9,7 @@ on start and by ``vatra migrate``.
 from __future__ import annotations
 
 import contextlib
+import importlib.resources
 import logging
 import warnings
 from collections.abc import AsyncIterator, Iterator
@@ -21,7 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 log = logging.getLogger(__name__)
 
-MIGRATIONS = Path(__file__).with_name("migrations")
+#: The Alembic scripts, read as package data (they ship in the wheel, tests/test_packaging.py).
+MIGRATIONS = importlib.resources.files("sync_server.store") / "migrations"
 
 
 @contextlib.contextmanager

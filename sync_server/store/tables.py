@@ -45,7 +45,7 @@ changes = sa.Table(
 #: statement (so the same transaction) as the changes. ``last_seq`` is the newest change
 #: logged; ``enqueued_at`` the time the oldest unprojected one arrived (the projection
 #: lag is measured from it). The projector deletes a row only if no batch wrote it since
-#: the projector read it (its ``xmin``, sync_server/projector.py), so a change logged
+#: the projector read it (its ``xmin``, sync_server/projection/projector.py), so a change logged
 #: during a projection is never lost.
 projection_outbox = sa.Table(
     "projection_outbox", metadata,

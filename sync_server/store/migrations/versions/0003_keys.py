@@ -4,7 +4,7 @@ Revision ID: 0003
 Revises: 0002
 
 Change and snapshot bodies are sealed with the household's data key from this
-revision on (sync_server/keys.py). An append-only log cannot be re-encrypted in
+revision on (sync_server/store/keys.py). An append-only log cannot be re-encrypted in
 place, so upgrading a database that already holds households is refused.
 """
 
