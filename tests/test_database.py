@@ -12,6 +12,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy.engine import make_url
 
+from sync_server.protocol.errors import ConfigError, ErrorCode
 from sync_server.store.database import async_url, make_engine, migrate
 from sync_server.store.tables import metadata
 
@@ -71,5 +72,7 @@ def test_async_url(given: str, expected: str) -> None:
 
 
 def test_a_non_postgres_url_is_refused() -> None:
-    with pytest.raises(ValueError, match="postgresql://"):
+    """A setting error, named as one: the CLI prints it in one line and exits 1."""
+    with pytest.raises(ConfigError, match="postgresql://") as err:
         async_url("sqlite:///vatra.db")
+    assert err.value.code is ErrorCode.INVALID_SETTING

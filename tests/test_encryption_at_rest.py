@@ -256,6 +256,38 @@ async def test_erasure_shreds_the_household(store, engine) -> None:
     assert Document.load(loaded.document_bytes()).get_heads() == kept.doc.get_heads()
 
 
+async def test_an_erasure_by_another_process_is_not_acknowledged_as_stored(
+        store, engine) -> None:
+    """Before: when another process (``vatra household erase``) erased a household whose
+    data key this process still held in its cache, the next append was filtered out by
+    the insert's key check and reported success with nothing written: the server would
+    have acknowledged changes it did not store. Reproduced with two stores on one
+    database, one erasing, the other appending and moving. Now both raise
+    ``HouseholdErased``, nothing is written, and the stale key is dropped."""
+    h = household_with_names()
+    await create(store, h)
+    key = await store.data_key(h.household_id)  # cached here
+    other = PostgresStore(engine, ring(TEST_MASTER_KEY))
+    try:
+        await other.erase_household(h.household_id)
+    finally:
+        await other.close()
+    before = await store.change_count(h.household_id)
+    heads = h.doc.get_heads()
+    h.set_address("Str. Dupa Stergere 1")
+    new = stored(h.doc.get_changes(heads))
+    with pytest.raises(HouseholdErased):
+        await store.append_changes(h.household_id, new)
+    assert store.keyring.cached(h.household_id) is None
+    store.keyring.remember(key)  # stale again, for the move's path
+    with pytest.raises(HouseholdErased):
+        await store.move_household(HouseholdRecord(h.household_id, "13169", "AG"), new)
+    assert store.keyring.cached(h.household_id) is None
+    assert await store.change_count(h.household_id) == before
+    record = await store.household(h.household_id)
+    assert (record.locality, record.county) == ("54975", "CJ")  # the move rolled back
+
+
 async def test_wrong_master_key_returns_no_data(store, engine) -> None:
     h = household_with_names()
     await create(store, h)
@@ -340,6 +372,9 @@ async def test_a_synced_household_leaves_no_plaintext_and_erasure_is_final(
         e.set_notes(SECRET_NOTE)
     summary = await SyncClient(a, server.url).sync()
     assert summary.rejected == [] and a.is_saved(hid)
+    sup = await provision.tablet("sup", role="supervisor", county="CJ")
+    sup.track(hid)
+    assert (await SyncClient(sup, server.url).sync([hid])).rejected == []
     loaded = await store.load(hid)  # positive control: the content is really on the server
     assert b"Zamfirescu" in loaded.document_bytes()
     assert await plaintext_anywhere(engine, but=("proj",)) == []
@@ -355,6 +390,17 @@ async def test_a_synced_household_leaves_no_plaintext_and_erasure_is_final(
 
     with pytest.raises(HouseholdErased):
         await store.load(hid)
+    # The running server still holds the household and its data key. Its supervisor
+    # (whose access does not go through the team the erasure deleted) edits it: the edit
+    # is answered "not stored" (before, it was acknowledged and silently not written),
+    # and from then on this server answers it as an unknown id: for a supervisor's copy,
+    # a registration she may not make.
+    with sup.edit(hid) as e:
+        e.set_address("Str. Dupa Stergere 1")
+    late = await SyncClient(sup, server.url).sync([hid])
+    assert [r.code for r in late.rejected] == ["storage-failure"], late
+    again = await SyncClient(sup, server.url).sync([hid])
+    assert [r.code for r in again.rejected] == ["creation-refused"], again
     assert await plaintext_anywhere(engine) == []
     assert await store.change_count(hid) == summary.changes_sent  # the log keeps its rows
     # A server loading it now answers as for an unknown household, to a teammate asking

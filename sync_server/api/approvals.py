@@ -27,8 +27,8 @@ from sync_server.api.auth import SignedRequests
 from sync_server.api.errors import http_error
 from sync_server.auth.identity import Device
 from sync_server.projection.readmodel import Scope, reading
-from sync_server.protocol.errors import ErrorCode
-from sync_server.store.contract import Author
+from sync_server.protocol.errors import ErrorCode, StorageError
+from sync_server.store.contract import Author, HouseholdErased, UnknownHousehold
 from sync_server.store.tables import proj_change_requests
 from sync_server.sync.pipeline import Synchronizer
 
@@ -109,6 +109,11 @@ def routes(pipeline: Synchronizer, engine: AsyncEngine,
         except InvalidValueError as err:
             raise http_error(409, _rule(err.rule), f"cannot decide: "
                              f"{'/'.join(map(str, err.path))} ({err.rule})") from err
+        except (UnknownHousehold, HouseholdErased) as err:  # erased since it was listed
+            raise http_error(404, ErrorCode.NOT_FOUND, "no such household") from err
+        except StorageError as err:  # nothing was stored: the same decision may be retried
+            raise http_error(503, err.code, "the decision could not be stored; retry later",
+                             headers={"Retry-After": "5"}) from err
         return web.json_response({"household_id": household.household_id, "request_id": rid,
                                   "decision": "approved" if approve else "rejected",
                                   "changed": changed})

@@ -15,7 +15,8 @@ from sync_server.protocol.errors import ErrorCode
 
 _STATUS: dict[int, type[web.HTTPException]] = {
     400: web.HTTPBadRequest, 401: web.HTTPUnauthorized, 403: web.HTTPForbidden,
-    404: web.HTTPNotFound, 409: web.HTTPConflict, 429: web.HTTPTooManyRequests}
+    404: web.HTTPNotFound, 409: web.HTTPConflict, 429: web.HTTPTooManyRequests,
+    503: web.HTTPServiceUnavailable}
 
 #: The OpenAPI schema of a refusal.
 ERROR_SCHEMA: dict[str, Any] = {

@@ -33,8 +33,6 @@ from sync_server.config import Settings
 from sync_server.protocol.errors import ConfigError, VatraError
 from sync_server.store.database import open_database
 from sync_server.store.keys import KeyRingError
-from vatra_devtools.bench import run_bench
-from vatra_devtools.demo import run_demo
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,9 +91,13 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return asyncio.run(_serve(settings))
     if args.command == "migrate":
         return asyncio.run(_migrate(settings))
+    # The developer tools are imported on demand, so ``vatra serve`` never loads them
+    # (and the client SDK they drive); not to break an import cycle.
     if args.command == "demo":
+        from vatra_devtools.demo import run_demo
         return asyncio.run(run_demo(settings, args.data_dir))
     if args.command == "bench":
+        from vatra_devtools.bench import run_bench
         return asyncio.run(run_bench(settings, args))
     if args.command in ("projector", "projections", "status"):
         return asyncio.run(run_projection_command(settings, args))

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from sync_server.cli.common import open_store
 from sync_server.config import Settings
+from sync_server.store.contract import UnknownHousehold
 from sync_server.store.keys import (
     KeyRingError,
     generate_master_key,
@@ -109,7 +110,7 @@ async def _erase(settings: Settings, hid: str) -> int:
     except KeyRingError as err:
         print(f"refused: {err}", file=sys.stderr)
         return 1
-    except LookupError:
+    except UnknownHousehold:
         print(f"no household {hid}", file=sys.stderr)
         return 1
     deleted = ", ".join(f"{t}: {n}" for t, n in sorted(result.deleted.items()) if n) or "none"

@@ -28,7 +28,7 @@ from sync_server.auth.grants import Grants
 from sync_server.auth.identity import Device
 from sync_server.protocol import wire
 from sync_server.protocol.channel import FrameChannel
-from sync_server.protocol.errors import ErrorCode, VatraError
+from sync_server.protocol.errors import ErrorCode, ProtocolError, VatraError
 from sync_server.sync.peer import PeerSync
 
 log = logging.getLogger(__name__)
@@ -69,8 +69,8 @@ class Connection:
 
     def opened(self, peer_id: str) -> None:
         if self.state is not ConnectionState.AWAITING_JOIN:
-            raise VatraError("join is only valid once, as the first message",
-                             code=ErrorCode.HANDSHAKE_REQUIRED)
+            raise ProtocolError("join is only valid once, as the first message",
+                                code=ErrorCode.HANDSHAKE_REQUIRED)
         self.peer_id = peer_id
         self.state = ConnectionState.OPEN
 

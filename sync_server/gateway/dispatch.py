@@ -8,8 +8,9 @@ the limit is reached the loop stops reading frames until a slot frees up:
 backpressure reaches the client through TCP, memory stays bounded.
 
 A rule broken by the peer (protocol or document error) sends an ``error``
-and closes this connection only; a storage failure sends ``error`` and keeps
-the connection.
+and closes this connection only; a batch refused by a rule, or not stored, sends
+``error`` and keeps the connection; anything else (a bug, a server-side fault) is
+logged and closes the connection with ``internal-error``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,14 @@ from collections.abc import Callable
 
 from sync_server.gateway.connection import Connection, ConnectionState
 from sync_server.protocol import wire
-from sync_server.protocol.errors import ErrorCode, ProtocolError, Refused, StorageError, VatraError
+from sync_server.protocol.errors import (
+    DocumentError,
+    ErrorCode,
+    ProtocolError,
+    Refused,
+    StorageError,
+    VatraError,
+)
 from sync_server.sync.pipeline import Synchronizer
 
 log = logging.getLogger(__name__)
@@ -82,11 +90,13 @@ async def serve_connection(conn: Connection, synchronizer: Synchronizer, *,
             if isinstance(err, Refused):
                 await synchronizer.record(conn, "batch-refused", msg.document_id,
                                           code=str(err.code))
-        except VatraError as err:
-            await fail(err)
+        except (ProtocolError, DocumentError) as err:
+            await fail(err)  # the peer broke a rule: its sync state is reset, it reconnects
         except _PASS_THROUGH:
             raise
-        except BaseException:  # a bug, or a Rust panic (a BaseException) out of the binding
+        except BaseException:
+            # A bug, a fault of the server's own (a key, the database), or a Rust panic (a
+            # BaseException) out of the binding: logged in full, the peer told no more.
             log.exception("connection %s: internal error", conn.id)
             await fail(VatraError("internal server error", code=ErrorCode.INTERNAL_ERROR))
         finally:
@@ -128,7 +138,7 @@ async def serve_connection(conn: Connection, synchronizer: Synchronizer, *,
             elif isinstance(msg, wire.Error):
                 log.info("connection %s: peer reported error code=%s", conn.id, msg.code[:40])
             # Ephemeral: accepted and not relayed (docs/decisions.md).
-    except VatraError as err:
+    except (ProtocolError, DocumentError) as err:
         await asyncio.gather(*tails.values())  # let earlier messages finish, then refuse
         await fail(err)
         return

@@ -26,7 +26,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from conflict.catalogue import ADULT_AGE, Catalogue, age_on, derive
+from conflict.catalogue import Catalogue, age_on, derive
 
 #: Services still to be delivered: the ones that can be overdue.
 OPEN_SERVICE = ("planned", "in_progress")
@@ -244,6 +244,3 @@ def project(household_id: str, doc: Mapping[str, Any], *, locality: str, county:
             "change_requests": request_rows, "conflicts": conflict_rows,
             "activity": activity_rows}
 
-
-def is_child(age: int | None) -> bool:
-    return age is not None and age < ADULT_AGE

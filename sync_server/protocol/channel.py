@@ -10,13 +10,7 @@ SecureChannel`), without touching the codec or the pipeline.
 
 from __future__ import annotations
 
-import logging
 from typing import Protocol
-
-log = logging.getLogger(__name__)
-
-#: Seconds to wait for the peer's half of the WebSocket close handshake.
-CLOSE_TIMEOUT = 5.0
 
 
 class FrameChannel(Protocol):

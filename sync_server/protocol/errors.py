@@ -13,15 +13,19 @@ derive from ``client_sdk.VatraClientError``). The tree, with where each lives::
     │   │                    oversized frame)
     │   └── SessionError     the handshake failed or a sealed frame was refused (protocol/session.py)
     ├── DocumentError        a sync for a household failed (unknown, malformed Automerge
-    │                        bytes, invalid)
-    ├── FormatError          bytes that are not Automerge's format (protocol/preflight.py)
+    │   │                    bytes, invalid); the connection is closed
+    │   └── FormatError      bytes that are not Automerge's format (protocol/preflight.py)
     ├── Refused              a rule refused one batch (read-only, foreign actor id,
     │                        creation); the connection stays open
-    ├── StorageError         the database refused or failed a write
+    ├── StorageError         a write did not happen (database, erased meanwhile); retry
     │   └── StoreClosed      the store is closing (store/contract.py)
+    ├── UnknownHousehold     no household under this id (store/contract.py)
     ├── HouseholdErased      the household's data key is destroyed (store/contract.py)
     ├── HouseholdIdTaken     a creation named a registered id (store/contract.py)
     ├── KeyRingError         a master or data key is missing or does not open (store/keys.py)
+    │   ├── MasterKeyError   the master key is missing, malformed or does not match
+    │   ├── MissingDataKey   a registered household has no data key row
+    │   └── DecryptionError  a wrapped key or sealed blob did not authenticate
     ├── IdentityError        a user, device or enrollment was refused (auth/identity.py)
     ├── HttpAuthError        a signed HTTP request was refused (protocol/http_auth.py)
     ├── NoReadScope          the user's role reads no household content (projection/readmodel.py)

@@ -113,7 +113,7 @@ class Cost:
     steps: int = 0
 
 
-class FormatError(VatraError, ValueError):
+class FormatError(DocumentError, ValueError):
     """Bytes that are not the format (also raised by :mod:`sync_server.sync.change_ops`)."""
 
     code = ErrorCode.MALFORMED_SYNC_DATA

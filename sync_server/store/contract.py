@@ -13,13 +13,21 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from sync_server.protocol.errors import ErrorCode, VatraError
+from sync_server.protocol.errors import ErrorCode, StorageError, VatraError
 
 
-class StoreClosed(VatraError):
+class StoreClosed(StorageError):
     """The store is closing (the server is stopping): nothing was stored; retry later."""
 
-    code = ErrorCode.STORAGE_FAILURE
+
+class UnknownHousehold(VatraError, LookupError):
+    """No household is registered under this id."""
+
+    code = ErrorCode.NOT_FOUND
+
+    def __init__(self, household_id: str) -> None:
+        super().__init__(f"no household {household_id}", document_id=household_id)
+        self.household_id = household_id
 
 
 class HouseholdErased(VatraError, LookupError):

@@ -20,6 +20,8 @@ from alembic.config import Config
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from sync_server.protocol.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 #: The Alembic scripts, read as package data (they ship in the wheel, tests/test_packaging.py).
@@ -51,7 +53,7 @@ def async_url(url: str) -> str:
     for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
         if url.startswith(prefix):
             return "postgresql+asyncpg://" + url[len(prefix):]
-    raise ValueError("DATABASE_URL must be a postgresql:// URL")
+    raise ConfigError("DATABASE_URL must be a postgresql:// URL")
 
 
 def make_engine(url: str, *, pool_size: int = 5) -> AsyncEngine:

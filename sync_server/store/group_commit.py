@@ -9,6 +9,7 @@ commit.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any
 
@@ -17,8 +18,19 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from sync_server.store.audit import AuditEvent, AuditLog
-from sync_server.store.contract import AppendResult, Author, StoreClosed, StoredChange
+from sync_server.store.contract import (
+    AppendResult,
+    Author,
+    HouseholdErased,
+    StoreClosed,
+    StoredChange,
+)
 from sync_server.store.keys import CHANGE, SEAL_OVERHEAD, DataKey
+
+log = logging.getLogger(__name__)
+
+#: One caller's append waiting for a commit: household, changes, author, its result.
+_Pending = tuple[str, Sequence[StoredChange], "Author | None", "asyncio.Future[AppendResult]"]
 
 #: What the group commit needs of the store: the data keys of some households, and an
 #: error for each one that has none (erased, or never registered).
@@ -31,7 +43,8 @@ DataKeys = Callable[[AsyncConnection, Collection[str]],
 #: and cached (a multi-row VALUES list would be a new statement per batch size).
 #: ``deps`` arrive as comma-joined hex because PostgreSQL arrays cannot be ragged.
 #: Re-sent changes hit the primary key and are skipped. Bodies arrive sealed; nothing is
-#: written for a household whose data key was destroyed (erased by another process).
+#: written for a household whose data key was destroyed (erased by another process, while
+#: this one still held the key): such a household comes back as one row without a seq.
 #: The same statement queues each household that logged something for projection.
 _APPEND = sa.text("""
     WITH inserted AS (
@@ -52,6 +65,11 @@ _APPEND = sa.text("""
             SET last_seq = GREATEST(projection_outbox.last_seq, EXCLUDED.last_seq)
     )
     SELECT household_id, seq, size, hash FROM inserted
+    UNION ALL  -- households whose data key is destroyed: nothing of theirs was written
+    SELECT DISTINCT u.household_id, NULL::bigint, NULL::integer, NULL::bytea
+    FROM unnest(:household_ids) AS u(household_id)
+    WHERE NOT EXISTS (SELECT 1 FROM household_keys k
+                      WHERE k.household_id = u.household_id AND k.wrapped IS NOT NULL)
 """).bindparams(
     sa.bindparam("household_ids", type_=postgresql.ARRAY(sa.Text)),
     sa.bindparam("hashes", type_=postgresql.ARRAY(sa.LargeBinary)),
@@ -70,10 +88,13 @@ TEAM = sa.text("""
 
 async def insert_changes(conn: AsyncConnection,
                           batches: Sequence[tuple[str, Sequence[StoredChange], Author | None]],
-                          keys: dict[str, DataKey], audit: AuditLog) -> dict[str, AppendResult]:
+                          keys: dict[str, DataKey], audit: AuditLog
+                          ) -> tuple[dict[str, AppendResult], set[str]]:
     """Seal every body with its household's key, insert every batch with one statement,
-    and append one audit row per batch that logged something (same transaction); an
-    AppendResult per household."""
+    and append one audit row per batch that logged something (same transaction). Returns
+    an AppendResult per household, and the households found erased meanwhile (by another
+    process, while this one still held their key): nothing of theirs was written, and
+    their callers must not be told otherwise."""
     params: dict[str, list[Any]] = {k: [] for k in ("household_ids", "hashes", "deps",
                                                     "actors", "bodies", "devices")}
     for household_id, new, author in batches:
@@ -86,10 +107,14 @@ async def insert_changes(conn: AsyncConnection,
             params["bodies"].append(key.seal(CHANGE, c.body))
             params["devices"].append(author.device_id if author else None)
     results = {household_id: AppendResult(0, 0, 0) for household_id, _, _ in batches}
+    erased: set[str] = set()
     if not params["hashes"]:
-        return results
+        return results, erased
     logged: dict[str, list[str]] = {}
     for household_id, seq, size, digest in (await conn.execute(_APPEND, params)).all():
+        if seq is None:
+            erased.add(household_id)
+            continue
         r = results[household_id]
         # length(body) is the sealed size; the overhead is fixed, so this is the plaintext's.
         results[household_id] = AppendResult(r.inserted + 1,
@@ -106,7 +131,7 @@ async def insert_changes(conn: AsyncConnection,
             device_id=author.device_id if author is not None else None,
             detail={"changes": len(hashes), "hashes": sorted(hashes)}))
     await audit.append(conn, events)
-    return results
+    return results, erased
 
 
 class GroupCommit:
@@ -119,7 +144,9 @@ class GroupCommit:
     caller in it gets the error and nothing of it is stored.
 
     :meth:`close` lets the commit in flight finish and commits what is queued, then
-    refuses new appends: no caller is left waiting, no commit is cut in half.
+    refuses new appends; a caller whose commit cannot finish (the writer cancelled or
+    failed) gets :class:`StoreClosed`. No caller is left waiting on a future nobody will
+    resolve.
     """
 
     def __init__(self, engine: AsyncEngine, data_keys: DataKeys, audit: AuditLog,
@@ -128,8 +155,8 @@ class GroupCommit:
         self._data_keys = data_keys
         self._audit = audit
         self._committed = committed
-        self._queue: list[tuple[str, Sequence[StoredChange], Author | None,
-                                asyncio.Future[AppendResult]]] = []
+        self._queue: list[_Pending] = []
+        self._inflight: list[_Pending] = []  # the group being committed
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -143,38 +170,52 @@ class GroupCommit:
         self._queue.append((household_id, new, author, fut))
         self._wake.set()
         if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name="vatra-group-commit")
+            self._start_writer()
         return await fut
 
     async def close(self) -> None:
         self._closing = True
         self._wake.set()
         if self._task is not None:
-            await self._task
-        for *_, fut in self._queue:  # only if the writer itself died
-            if not fut.done():
-                fut.set_exception(StoreClosed("the store closed before this was stored"))
+            await asyncio.wait({self._task})  # never raises: _writer_done fails its callers
+        _fail(self._queue, "the store closed before this was stored; retry later")
         self._queue.clear()
+
+    def _start_writer(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="vatra-group-commit")
+        self._task.add_done_callback(self._writer_done)
+
+    def _writer_done(self, task: asyncio.Task[None]) -> None:
+        """The writer ended. Normally with nothing in flight; cancelled (even before it
+        first ran) or killed by a bug, its callers are failed here, not left waiting.
+        Whether a group in flight committed is then unknown; a resend is idempotent."""
+        if not task.cancelled() and task.exception() is None:
+            return
+        if not task.cancelled():
+            log.error("group commit: the writer failed", exc_info=task.exception())
+        _fail(self._inflight, "the store stopped while this was being stored; retry later")
+        _fail(self._queue, "the store stopped before this was stored; retry later")
+        self._inflight, self._queue = [], []
 
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            group, self._queue = self._queue, []
-            if not group:
+            self._inflight, self._queue = self._queue, []
+            if not self._inflight:
                 if self._closing:
                     return
                 continue
-            await self._commit(group)
+            await self._commit(self._inflight)
+            self._inflight = []
             if self._closing and not self._queue:
                 return
 
-    async def _commit(self, group: list[tuple[str, Sequence[StoredChange], Author | None,
-                                              asyncio.Future[AppendResult]]]) -> None:
+    async def _commit(self, group: list[_Pending]) -> None:
         try:
             async with self._engine.begin() as conn:
-                keys, erased = await self._data_keys(conn, {g[0] for g in group})
-                results = await insert_changes(
+                keys, missing = await self._data_keys(conn, {g[0] for g in group})
+                results, erased = await insert_changes(
                     conn, [(h, new, author) for h, new, author, _ in group if h in keys],
                     keys, self._audit)
         except Exception as exc:
@@ -183,11 +224,22 @@ class GroupCommit:
                     fut.set_exception(exc)
             return
         self.commits += 1
-        self._committed()
+        try:
+            self._committed()
+        except Exception:  # a listener's fault must not keep the callers from their results
+            log.exception("group commit: the committed() callback failed")
         for household_id, _, _, fut in group:
             if fut.done():  # a caller cancelled meanwhile: its rows are stored anyway
                 continue
-            if household_id in keys:
+            if household_id in erased:  # one erased household fails only its own callers
+                fut.set_exception(HouseholdErased(household_id))
+            elif household_id in keys:
                 fut.set_result(results[household_id])
-            else:  # one erased household fails only its own callers
-                fut.set_exception(erased[household_id])
+            else:
+                fut.set_exception(missing[household_id])
+
+
+def _fail(pending: Sequence[_Pending], message: str) -> None:
+    for *_, fut in pending:
+        if not fut.done():
+            fut.set_exception(StoreClosed(message))

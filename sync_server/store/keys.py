@@ -96,6 +96,14 @@ class MasterKeyError(KeyRingError):
     """The master key is missing, malformed, of an unknown version, or does not match."""
 
 
+class MissingDataKey(KeyRingError):
+    """A registered household has no data key row (it is written with the household, in
+    one transaction: its absence means the database was changed by hand)."""
+
+    def __init__(self, household_id: str) -> None:
+        super().__init__(f"household {household_id} has no data key", document_id=household_id)
+
+
 class DecryptionError(KeyRingError):
     """A wrapped key or a sealed blob did not authenticate (wrong key, household, purpose, or tampered)."""
 

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 
@@ -33,10 +34,21 @@ from sync_server.store.contract import (
     LoadedHousehold,
     OutboxEntry,
     StoredChange,
+    UnknownHousehold,
 )
 from sync_server.store.group_commit import TEAM, GroupCommit, insert_changes
-from sync_server.store.keys import CHANGE, SNAPSHOT, DataKey, KeyRing, KeyRingError, WrappedKey
+from sync_server.store.keys import (
+    CHANGE,
+    SNAPSHOT,
+    DataKey,
+    KeyRing,
+    KeyRingError,
+    MissingDataKey,
+    WrappedKey,
+)
 from sync_server.store.tables import changes, household_keys, households, projection_outbox, snapshots
+
+log = logging.getLogger(__name__)
 
 
 class PostgresStore:
@@ -66,7 +78,10 @@ class PostgresStore:
 
     def committed(self) -> None:
         for callback in self._on_commit:
-            callback()
+            try:
+                callback()
+            except Exception:  # the commit stands: a listener's fault is not the writer's
+                log.exception("store: an on_commit listener failed")
 
     async def close(self) -> None:
         """Stop the group-commit writer: the commit in flight and what is queued are
@@ -124,7 +139,7 @@ class PostgresStore:
             for hid in missing:
                 row = rows.get(hid)
                 if row is None:
-                    errors[hid] = LookupError(f"household {hid} has no data key")
+                    errors[hid] = UnknownHousehold(hid)  # not registered (no key row)
                 elif row.wrapped is None:
                     errors[hid] = HouseholdErased(hid)
                 else:
@@ -134,7 +149,8 @@ class PostgresStore:
 
     async def data_key(self, household_id: str, conn: AsyncConnection | None = None) -> DataKey:
         """The household's data key, to seal or open any household-scoped blob (purposes in
-        :mod:`sync_server.store.keys`). Raises :class:`HouseholdErased` or ``LookupError``."""
+        :mod:`sync_server.store.keys`). Raises :class:`HouseholdErased` or
+        :class:`UnknownHousehold`."""
         await self.verify_master_key()
         if conn is None:
             async with self._engine.connect() as own:
@@ -176,8 +192,9 @@ class PostgresStore:
                 master_version=wrapped.master_version))
             if team:  # who may sync it is known the moment it exists
                 await conn.execute(TEAM, {"household": record.id, "users": sorted(set(team))})
-            result = (await insert_changes(conn, [(record.id, first_changes, author)],
-                                            {record.id: new_key}, self.audit))[record.id]
+            results, _ = await insert_changes(conn, [(record.id, first_changes, author)],
+                                              {record.id: new_key}, self.audit)
+            result = results[record.id]
         self.keyring.remember(new_key)  # only once committed
         self.committed()
         return result
@@ -192,8 +209,12 @@ class PostgresStore:
         async with self._engine.begin() as conn:
             await conn.execute(sa.update(households).where(households.c.id == record.id)
                                .values(locality=record.locality, county=record.county))
-            result = (await insert_changes(conn, [(record.id, new, author)],
-                                            {record.id: key}, self.audit))[record.id]
+            results, erased = await insert_changes(conn, [(record.id, new, author)],
+                                                   {record.id: key}, self.audit)
+            if erased:  # erased by another process since the key was read: roll back
+                self.keyring.forget(record.id)
+                raise HouseholdErased(record.id)
+            result = results[record.id]
         self.committed()
         return result
 
@@ -210,7 +231,11 @@ class PostgresStore:
         if not new:
             return AppendResult(0, 0, 0)
         await self.verify_master_key()
-        return await self._group.append(household_id, new, author)
+        try:
+            return await self._group.append(household_id, new, author)
+        except HouseholdErased:  # by another process: this one's cached key is stale
+            self.keyring.forget(household_id)
+            raise
 
     async def load(self, household_id: str) -> LoadedHousehold | None:
         """Snapshot and later changes, opened. ``None`` for an unknown household;
@@ -226,7 +251,7 @@ class PostgresStore:
             if rec.wrapped is None:
                 self.keyring.forget(household_id)
                 if rec.master_version is None:
-                    raise LookupError(f"household {household_id} has no data key")
+                    raise MissingDataKey(household_id)
                 raise HouseholdErased(household_id)
             key = self.keyring.unwrap(household_id, WrappedKey(rec.wrapped, rec.master_version))
             snap = (await conn.execute(
@@ -256,7 +281,7 @@ class PostgresStore:
                 .where(household_keys.c.household_id == household_id)
                 .with_for_update(read=True))).first()
             if row is None:
-                raise LookupError(f"household {household_id} has no data key")
+                raise UnknownHousehold(household_id)
             if row.wrapped is None:
                 self.keyring.forget(household_id)
                 raise HouseholdErased(household_id)
@@ -306,11 +331,11 @@ class PostgresStore:
         change log (every table with a foreign key to ``households`` but ``changes`` and
         ``household_keys``; the snapshot among them). The log keeps its rows, sealed with
         the destroyed key; the ``households`` row stays as the tombstone the log refers to.
-        Idempotent. Raises ``LookupError`` for an unknown household."""
+        Idempotent. Raises :class:`UnknownHousehold` for an unknown household."""
         async with self._engine.begin() as conn:
             if (await conn.execute(sa.select(households.c.id)
                                    .where(households.c.id == household_id))).first() is None:
-                raise LookupError(f"no household {household_id}")
+                raise UnknownHousehold(household_id)
             key = (await conn.execute(
                 sa.select(household_keys.c.wrapped)
                 .where(household_keys.c.household_id == household_id)

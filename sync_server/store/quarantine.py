@@ -30,7 +30,7 @@ import nacl.hash
 import sqlalchemy as sa
 from prometheus_client import Counter
 
-from sync_server.store.contract import HouseholdErased
+from sync_server.store.contract import HouseholdErased, UnknownHousehold
 from sync_server.store.keys import QUARANTINE, DataKey
 from sync_server.store.postgres import PostgresStore
 from sync_server.store.tables import quarantine
@@ -95,7 +95,7 @@ class Quarantine:
         except HouseholdErased:
             log.info("quarantine: a refused input for an erased household is not kept")
             return None  # keeping it would undo the erasure
-        except LookupError:
+        except UnknownHousehold:
             household_id, version = None, self._store.keyring.current_version
             key = self._orphan_key(document_id, version)
         # Keyed, so that a copy of the database cannot confirm a guess of what was sent.

@@ -133,6 +133,12 @@ class HouseholdRegistry:
                               bytes_since_snapshot=loaded.bytes_since_snapshot,
                               last_seq=loaded.last_seq)
 
+    def forget_erased(self, household_id: str) -> None:
+        """The store found the household erased: drop its copy; from now on it is answered
+        like an unknown id (its subscribers keep a reference nobody answers from)."""
+        self.erased.add(household_id)
+        self._resident.pop(household_id, None)
+
     def admit_new(self, actor: HouseholdActor) -> HouseholdActor:
         """Register an actor for a household just created (its first changes committed)."""
         existing = self._resident.get(actor.id)

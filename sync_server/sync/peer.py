@@ -14,7 +14,7 @@ from automerge.core import Document, SyncState
 from sync_server.auth.grants import Grants
 from sync_server.auth.identity import Device
 from sync_server.protocol import wire
-from sync_server.protocol.errors import ErrorCode, VatraError
+from sync_server.protocol.errors import DocumentError, ErrorCode
 
 #: Households one session may sync (a worker's caseload is at most a few thousand;
 #: supervisors and national users open households one by one): each holds a SyncState.
@@ -35,9 +35,9 @@ class PeerSync:
         state = self._states.get(household_id)
         if state is None:
             if len(self._states) >= self._max:
-                raise VatraError(f"a session may sync at most {self._max} households; "
-                                 f"reconnect for more", code=ErrorCode.LIMIT_EXCEEDED,
-                                 document_id=household_id)
+                raise DocumentError(f"a session may sync at most {self._max} households; "
+                                    f"reconnect for more", code=ErrorCode.LIMIT_EXCEEDED,
+                                    document_id=household_id)
             state = self._states[household_id] = SyncState()
         return state
 
@@ -56,7 +56,6 @@ class PeerSync:
 class Peer(Protocol):
     """A connected, authenticated device, as the pipeline sees it."""
 
-    id: int
     peer_id: str | None
     device: Device | None
     grants: Grants | None
@@ -67,4 +66,3 @@ class Peer(Protocol):
 
     def send(self, message: wire.Message) -> None: ...
 
-    def send_error(self, err: VatraError) -> None: ...

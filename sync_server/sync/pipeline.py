@@ -8,9 +8,11 @@ For household h and peer p, each stage in its own module::
     4. check      writer, actors, schema, protected paths, decisions       sync/checks.py
     5. persist    one transaction, idempotent by change hash               store/
     6. swap       h.doc = fork, only after the commit                      sync/households.py
-    7. fan out    every subscribed peer, the sender included, gets
+    7. follow up  the server's own changes the batch calls for (service
+                  statuses restored, conflicts recorded, approved requests
+                  applied), each persisted and swapped the same way        sync/followups.py
+    8. fan out    every subscribed peer, the sender included, gets
                   h.doc.generate_sync_message(its SyncState)
-    (then)        the server's own follow-up changes, the same way         sync/followups.py
 
 If a stage refuses, nothing is swapped in, p's SyncState for h is reset, the refused
 bytes are quarantined (sync_server/store/quarantine.py) and p gets an ``error`` naming the
@@ -43,12 +45,12 @@ from sync_server.protocol.errors import DocumentError, ErrorCode, Refused, Stora
 from sync_server.protocol.preflight import DEFAULT_LIMITS, Limits, check_sync_message
 from sync_server.store.audit import AuditEvent, AuditLog
 from sync_server.store.contract import (
-    AppendResult,
     Author,
     HouseholdErased,
     HouseholdIdTaken,
     HouseholdRecord,
     HouseholdStore,
+    UnknownHousehold,
 )
 from sync_server.store.quarantine import Quarantine
 from sync_server.sync import conflicts, followups
@@ -116,8 +118,10 @@ class Synchronizer:
     # -- a device's message ---------------------------------------------------------------
 
     async def handle(self, peer: Peer, msg: wire.Sync) -> None:
-        """Apply one ``sync``/``request`` from ``peer``. Raises DocumentError/StorageError/
-        Refused; data refused by a rule is kept in the quarantine first."""
+        """Apply one ``sync``/``request`` from ``peer``. A broken rule raises DocumentError
+        (the peer must resync) or Refused (this batch only), data refused by a rule being
+        kept in the quarantine first; StorageError when nothing could be stored (retry).
+        Anything else is a fault of the server's own."""
         check_document_id(msg.document_id)
         _not_revoked(peer, msg.document_id)
         try:
@@ -194,8 +198,9 @@ class Synchronizer:
                 actor.objects.built = False  # rebuilt from the document on the next batch
             else:
                 actor.objects.add(read[1])
-            # Server changes the batch calls for are committed before anyone is answered,
-            # so the device sees them in this very exchange (it stops when heads match).
+            # 7. follow up: server changes the batch calls for are committed before anyone
+            # is answered, so the device sees them in this very exchange (it stops when
+            # heads match).
             user = grants.user
             if regressions:
                 await self._follow_up(actor, followups.restore_lattice(regressions), user.id,
@@ -207,25 +212,39 @@ class Synchronizer:
             if approved:
                 await self._follow_up(actor, followups.apply_approved(hid, approved), user.id,
                                       "applying approved requests")
-            # 7. fan out
+            # 8. fan out
             self._answer(actor, list(actor.subscribers))
             await self._maybe_snapshot(actor)
 
     async def _commit(self, actor: HouseholdActor, fork: Document, new: Sequence[Any],
-                      author: Author) -> AppendResult:
-        """Persist ``new`` (one transaction; an approved move updates the registry row in
-        it), then swap ``fork`` in. The one place a household's copy changes."""
+                      author: Author, *, may_move: bool = False) -> None:
+        """Persist ``new`` (one transaction), then swap ``fork`` in. The one place a
+        household's copy changes. ``may_move``: the server's own change applying an approved
+        move updates the registry row in the same transaction; a device's batch never
+        moves a household (its policy check refuses the change before this is reached).
+
+        Raises StorageError (nothing stored; the same batch may be retried). A household
+        erased meanwhile is dropped from memory first, so the retry is answered like any
+        erased one."""
         started = time.perf_counter()
         place = (root_str(fork, "locality", actor.id), root_str(fork, "county", actor.id))
+        moved = place != (actor.record.locality, actor.record.county)
+        if moved and not may_move:
+            raise Refused("a device's changes may not move a household; a move is approved "
+                          "by a supervisor", code=ErrorCode.PROTECTED_PATH, document_id=actor.id)
         try:
-            if place != (actor.record.locality, actor.record.county):  # an approved move
+            if moved:
                 record = replace(actor.record, locality=place[0], county=place[1])
                 result = await self.store.move_household(record, stored(new), author)
                 actor.record = record
             else:
                 result = await self.store.append_changes(actor.id, stored(new), author)
-        except VatraError:
+        except StorageError:
             raise
+        except HouseholdErased as exc:
+            self.registry.forget_erased(actor.id)
+            raise StorageError("the server could not store these changes; retry later",
+                               document_id=actor.id) from exc
         except Exception as exc:
             log.exception("household %s: persisting %d changes failed", actor.id, len(new))
             raise StorageError("the server could not store these changes; retry later",
@@ -233,7 +252,6 @@ class Synchronizer:
         PERSIST_SECONDS.observe(time.perf_counter() - started)
         PERSISTED.inc(result.inserted)
         actor.swap(fork, result)
-        return result
 
     # -- creation -------------------------------------------------------------------------
 
@@ -313,11 +331,14 @@ class Synchronizer:
                             author: Author) -> Any:
         """Apply ``edit`` to the household as the server's own change, through the same
         path as a device's batch: fork, edit, validate, persist (one transaction, audited
-        under ``author``), swap, fan out. Returns what ``edit`` returned. Raises LookupError
-        for an unknown household and Refused if the result breaks the schema."""
+        under ``author``), swap, fan out. Returns what ``edit`` returned. Raises
+        UnknownHousehold (or HouseholdErased), Refused if the result breaks the schema and
+        StorageError if it could not be stored."""
         actor = await self.registry.get(household_id)
         if actor is None:
-            raise LookupError(f"no household {household_id}")
+            if household_id in self.registry.erased:
+                raise HouseholdErased(household_id)
+            raise UnknownHousehold(household_id)
         async with actor.lock:
             result, changed = await self._server_change(actor, edit, author)
             if changed:
@@ -332,6 +353,9 @@ class Synchronizer:
         logged, not sent back."""
         try:
             await self._server_change(actor, edit, Author("server", caused_by))
+        except StorageError:  # _commit logged the cause
+            log.warning("household %s: %s was not stored (the batch itself is)",
+                        actor.id, what)
         except Exception:
             log.exception("household %s: %s failed", actor.id, what)
 
@@ -347,7 +371,7 @@ class Synchronizer:
         if not new:
             return result, False
         check_schema(actor.id, fork)
-        await self._commit(actor, fork, new, author)
+        await self._commit(actor, fork, new, author, may_move=True)
         actor.objects.absorb(fork, new)
         return result, True
 
