@@ -48,7 +48,7 @@ from typing import Any
 
 from automerge.core import ROOT, Document, ObjType, ScalarType
 
-from . import policy
+from . import paths, policy
 from . import schema as s
 from .ids import is_household_id, new_entity_id, new_household_id
 from .validate import Path, format_path
@@ -635,8 +635,10 @@ class Household:
 
     def resolve_conflict(self, conflict_id: str, value: Any, by: str) -> None:
         """Choose ``value`` for a conflict: it is written at the conflict's path and the
-        conflict is marked resolved, in one change. The path must be a plain field (not
-        protected: the guard applies as for any other edit)."""
+        conflict is marked resolved, in one change, and nothing else is written. The path
+        must be a plain field (not protected: the guard applies as for any other edit); a
+        list element on it is found by its id (:mod:`conflict.paths`), wherever merges
+        have moved it."""
         obj = self._entity("conflicts", "conflict", conflict_id)
         record = self._read_key(ROOT, "conflicts")[conflict_id]
         path = list(record.get("path") or [])
@@ -644,14 +646,16 @@ class Household:
             raise InvalidValueError(("conflicts", conflict_id, "path"), "missing")
         if self.guard and policy.protection_for(tuple(path)) is not None:
             raise ProtectedPathError(tuple(path), "protected-path")
-        parent = ROOT
-        for seg in path[:-1]:
-            got = self.doc.get(parent, seg)
-            if got is None or not isinstance(got[0], ObjType):
-                raise InvalidValueError(tuple(path), "missing")
-            parent = got[1]
+        if any(isinstance(seg, int) for seg in path[:-1]):
+            # Recorded by a server that named list elements by position: the position
+            # may hold another entry by now, so writing there could change the wrong one.
+            raise InvalidValueError(tuple(path), "list-position")
+        field = paths.field_at(self.doc, path)
+        if field is None or not isinstance(field[1], str):
+            raise InvalidValueError(tuple(path), "missing")
+        parent, key = field
         with self.doc.transaction() as tx:
-            tx.put(parent, path[-1], *_any_scalar(value))
+            tx.put(parent, key, *_any_scalar(value))
             tx.put(obj, "resolved_by", ScalarType.Str, by)
             tx.put(obj, "resolution", ScalarType.Str, str(value))
 

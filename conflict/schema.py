@@ -52,7 +52,8 @@ One household is one Automerge document. Its root map::
     activity         List     append-only feed of maps            required
         at Str instant, by Str user id, kind Str code, text Str
     conflicts        Map      conflict_id -> conflict             required
-        path              List  of Str | Int segments
+        path              List  of Str | Int segments (a list element by its
+                                id, "counter@actor": conflict/paths.py)
         values            List  of Str | Int | F64 | Boolean | Null
         detected_at       Str   instant
         resolved_by       Str   user id     optional

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
 from automerge.core import ROOT, Document, ScalarType
 
+from conflict import Household, InvalidValueError, new_household_id
+from conflict.paths import is_element_id
 from sync_server.sync import conflicts
 
 SERVER, ANA, NURSE = bytes([1]) * 16, bytes([2]) * 16, bytes([3]) * 16
+HID = new_household_id()
 
 
 def _put(doc: Document, key: str, value: str) -> None:
@@ -86,3 +90,83 @@ def test_a_concurrent_write_that_lost_the_tie_break_still_makes_a_conflict() -> 
     [found] = conflicts.detect(server, heads, new)
     assert (found.server_value, found.device_value) == ("A2", "A6")
     assert found.server_change == t0.get_changes(origin.get_heads())[0].hash
+
+
+# -- lists are not fields (issue 12) ------------------------------------------------------
+
+
+def _feed_scene():
+    """A household with one activity entry; two workers append to the feed offline (a
+    visit note, a phone call); the call reaches the server first."""
+    h = Household.create(locality="54975", county="CJ", address="Str. Lunga 3",
+                         created_by="ana", actor_id=SERVER, household_id=HID)
+    h.append_activity("ana", "visit", "first visit")
+    base = h.doc.get_heads()
+    ana, ion = h.doc.fork(), h.doc.fork()
+    ana.set_actor(ANA)
+    ion.set_actor(NURSE)
+    Household(ana, h.household_id).append_activity("ana", "visit", "visit note: the boy is ill")
+    Household(ion, h.household_id).append_activity("ion", "call", "phone call with the school")
+    server = h.doc.fork()
+    server.merge(ion)
+    return server, ana, base
+
+
+def test_concurrent_appends_to_the_feed_are_no_conflict() -> None:
+    """Before: two workers appending to the activity feed offline made the server record
+    conflicts on ``activity/N/by``, ``kind`` and ``text``: entry N was the visit note at
+    one device's heads and the phone call at the server's. Reproduced with two forks
+    appending one entry each. Now the fields are known by the element that holds them:
+    the appended element did not exist at the server's heads, so nothing conflicts."""
+    server, ana, base = _feed_scene()
+    heads = server.get_heads()
+    new = ana.get_changes(base)
+    server.merge(ana)
+    assert conflicts.detect(server, heads, new) == []
+    texts = sorted(e["text"] for e in Household(server, HID).activity())
+    assert texts == ["", "first visit", "phone call with the school",
+                     "visit note: the boy is ill"]  # "" is the registration's entry
+
+
+def test_a_conflict_inside_a_list_element_names_the_element_and_resolves_only_it() -> None:
+    """Two devices rewrite the same entry's text concurrently while the other appends:
+    one conflict, whose path names the entry by its id; resolving it writes that entry,
+    wherever the merge has put it, and nothing else."""
+    server, ana, base = _feed_scene()
+    assert Household(ana, HID).activity()[1]["text"] == "first visit"
+    for doc, text in ((ana, "first visit (edited by ana)"), (server, "first visit (ion)")):
+        feed = doc.get(ROOT, "activity")[1]
+        entry = doc.get(feed, 1)[1]
+        with doc.transaction() as tx:
+            tx.put(entry, "text", ScalarType.Str, text)
+    heads = server.get_heads()
+    new = ana.get_changes(base)
+    server.merge(ana)
+    [found] = conflicts.detect(server, heads, new)
+    assert found.path[0] == "activity" and is_element_id(found.path[1])
+    assert found.path[2:] == ("text",)
+    assert {found.server_value, found.device_value} == {"first visit (edited by ana)",
+                                                        "first visit (ion)"}
+    h = Household(server, HID)
+    cid = h.record_conflict(found.path, [found.server_value, found.device_value])
+    before = {i: dict(e) for i, e in enumerate(h.activity())}
+    h.resolve_conflict(cid, "first visit (ion)", "ana")
+    after = {i: dict(e) for i, e in enumerate(h.activity())}
+    changed = [i for i in before if before[i] != after[i]]
+    assert [after[i]["text"] for i in changed] in ([], ["first visit (ion)"])
+    assert sum(e["text"] == "first visit (ion)" for e in after.values()) == 1
+    assert len(after) == 4  # the two appended entries are both there, untouched
+    assert {e["text"] for e in after.values()} >= {"phone call with the school",
+                                                    "visit note: the boy is ill"}
+
+
+def test_a_conflict_recorded_by_position_is_not_resolved_by_writing_there() -> None:
+    """A conflict recorded by an older server names a feed entry by position; that
+    position may hold another entry by now, so resolving it refuses (``list-position``)
+    instead of overwriting whichever entry is there."""
+    server, _, _ = _feed_scene()
+    h = Household(server, HID)
+    cid = h.record_conflict(("activity", 1, "text"), ["a", "b"])
+    with pytest.raises(InvalidValueError) as err:
+        h.resolve_conflict(cid, "a", "ana")
+    assert err.value.rule == "list-position"

@@ -22,3 +22,7 @@ def test_demo_converges(database_url: str, tmp_path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "All three tablets and the server hold identical heads." in done.stdout
     assert "Maria Rusu (head)" in done.stdout
+    # Three tablets appended to the feed offline: before issue 12 the demo itself listed
+    # three conflicts on activity/N/by, kind and text. The address is the one conflict.
+    assert "activity/" not in done.stdout
+    assert "│ address" in done.stdout

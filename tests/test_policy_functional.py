@@ -189,3 +189,26 @@ async def test_two_deliveries_of_one_service_conflict_on_who_delivered(server,
     assert c["values"] == ["ana", "nurse"]
     assert [w["by"] for w in c["written"]] == ["ana", "nurse"]
     assert nurse.household(hid).to_dict()["service_plan"][sid]["status"] == "delivered"
+
+
+async def test_concurrent_feed_entries_are_kept_and_never_a_conflict(server, provision) -> None:
+    """Before (issue 12, observation 1): a worker wrote a visit note and a teammate a phone
+    call in the activity feed while both were offline; after sync the server recorded
+    conflicts on ``activity/N/by``, ``kind`` and ``text`` (entry N was one entry at one
+    tablet's heads and the other at the server's), and resolving the ``text`` conflict as
+    offered overwrote the other entry: the visit note disappeared. Reproduced with two
+    tablets appending one entry each offline and syncing in turn. Now nothing conflicts
+    and both entries are in the feed, once each, on every tablet."""
+    hid, _, (ana, nurse) = await active_household(server, provision, ("nurse", {}))
+    with ana.edit(hid) as h:
+        h.append_activity("ana", "visit", "visit note: the boy has a fever")
+    with nurse.edit(hid) as h:
+        h.append_activity("nurse", "call", "phone call with the school")
+    for tablet in (nurse, ana, nurse):
+        assert (await SyncClient(tablet, server.url).sync()).rejected == []
+    for tablet in (ana, nurse):
+        h = tablet.household(hid)
+        assert h.conflicts() == []
+        texts = [e["text"] for e in h.activity()]
+        assert texts.count("visit note: the boy has a fever") == 1
+        assert texts.count("phone call with the school") == 1

@@ -34,6 +34,7 @@ from typing import Any
 
 from automerge.core import ROOT, Document, ObjType
 
+from conflict.paths import exid_op
 from sync_server.protocol.preflight import MAGIC, FormatError, Reader
 
 Prefix = tuple[str | int, ...]
@@ -205,19 +206,6 @@ def decode_ops(raw: bytes, max_ops: int = 1 << 20) -> DecodedChange:
             raise Unreadable("an operation without a key")
         ops.append(Op(obj, key, bool(insert[i]), actions[i]))
     return DecodedChange(actor, start_op, ops)
-
-
-def exid_op(exid: bytes) -> OpId | None:
-    """The (actor, counter) of an object id as the Python binding returns it (tag, actor
-    length, actor, actor index, counter; the last two unsigned LEB128)."""
-    try:
-        r = _Reader(exid)
-        r.byte()
-        actor = r.take(r.byte())
-        r.uleb()
-        return actor, r.uleb()
-    except Unreadable:
-        return None
 
 
 # --- the object index ------------------------------------------------------------------

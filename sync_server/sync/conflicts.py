@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from automerge.core import ROOT, Document, ObjType
+from automerge.core import Document, ObjType
 
-from sync_server.sync.change_ops import exid_op
+from conflict.paths import exid_op, field_at, stable_path
 from sync_server.sync.touched import _parse
 
 
@@ -53,27 +53,29 @@ def batch_tips(new: Sequence[Any]) -> list[bytes]:
 
 
 def scalar_at(doc: Document, path: Sequence[str | int], heads: list[bytes]) -> tuple[bool, Any]:
-    found, value, _ = _scalar_op(doc, path, heads)
+    """The scalar at ``path`` (list elements by position or id) at ``heads``."""
+    field = field_at(doc, path, heads)
+    if field is None:
+        return False, None
+    found, value, _ = _scalar(doc, field, heads)
     return found, value
 
 
-def _scalar_op(doc: Document, path: Sequence[str | int],
-               heads: list[bytes]) -> tuple[bool, Any, bytes | None]:
-    """(found, value, the id of the operation that wrote it) at ``heads``."""
-    obj = ROOT
-    for seg in path[:-1]:
-        got = doc.get(obj, seg, heads)
-        if got is None or not isinstance(got[0], ObjType):
-            return False, None, None
-        obj = got[1]
-    got = doc.get(obj, path[-1], heads)
+Field = tuple[bytes, str | int]  # the object holding a field (this document's id), its key
+
+
+def _scalar(doc: Document, field: Field, heads: list[bytes]) -> tuple[bool, Any, bytes | None]:
+    """(found, value, the id of the operation that wrote it) of ``field`` at ``heads``:
+    not found when the object did not exist there (an element appended concurrently)."""
+    got = doc.get(field[0], field[1], heads)
     if got is None or isinstance(got[0], ObjType):
         return False, None, None
     return True, got[0][1], got[1]
 
 
 def _put_path(patch: Any) -> tuple[str | int, ...] | None:
-    """The field a PutMap patch sets, or None for any other patch."""
+    """The field a PutMap patch sets (list elements by position), or None for any other
+    patch."""
     parsed = _parse(repr(patch))
     if parsed is None or parsed[1] != "PutMap" or parsed[2] is None:
         return None
@@ -82,16 +84,25 @@ def _put_path(patch: Any) -> tuple[str | int, ...] | None:
     return (*steps, key)
 
 
-def _written_by(doc: Document, changes: Sequence[Any]) -> set[tuple[str | int, ...]]:
+def _fields_set(doc: Document, since: list[bytes], until: list[bytes]
+                ) -> list[tuple[Field, tuple[str | int, ...]]]:
+    """The fields the changes between ``since`` and ``until`` set, each as (field, its
+    path with list positions at ``until``)."""
+    out = []
+    for patch in doc.diff(since, until):
+        path = _put_path(patch)
+        if path is None:
+            continue
+        field = field_at(doc, path, until)
+        if field is not None:
+            out.append((field, path))
+    return out
+
+
+def _written_by(doc: Document, changes: Sequence[Any]) -> set[Field]:
     """The fields each of ``changes`` set, each read against its own dependencies (so a
     write that later lost a tie-break still counts)."""
-    out: set[tuple[str | int, ...]] = set()
-    for c in changes:
-        for patch in doc.diff(list(c.deps), [c.hash]):
-            path = _put_path(patch)
-            if path is not None:
-                out.add(path)
-    return out
+    return {field for c in changes for field, _ in _fields_set(doc, list(c.deps), [c.hash])}
 
 
 def detect(merged: Document, server_heads: list[bytes], new: Sequence[Any]) -> list[Detected]:
@@ -101,7 +112,12 @@ def detect(merged: Document, server_heads: list[bytes], new: Sequence[Any]) -> l
     server's heads before the merge. A field is in conflict when the batch set it, the
     server changed it concurrently (its value differs from the base's, or a change the
     server had and the device had not set it), and the batch's value differs from the
-    server's."""
+    server's.
+
+    A field is known by the object that holds it, never by a position: an element the
+    device appended to a list did not exist at the server's heads, so concurrent appends
+    are never a conflict, and a conflict inside a list element names the element by its
+    id (:mod:`conflict.paths`)."""
     tips = batch_tips(new)
     if set(merged.get_heads()) <= set(tips):
         return []  # the device had everything the server had: no concurrency
@@ -110,19 +126,18 @@ def detect(merged: Document, server_heads: list[bytes], new: Sequence[Any]) -> l
     if not base:
         return []
     found: list[Detected] = []
-    seen: set[tuple[str | int, ...]] = set()
+    seen: set[Field] = set()
     concurrent: list[Any] | None = None  # changes since the base, read on the first need
-    server_written: set[tuple[str | int, ...]] | None = None
-    for patch in merged.diff(base, tips):  # what the batch itself changed
-        path = _put_path(patch)
-        if path is None or path in seen:
+    server_written: set[Field] | None = None
+    for field, path in _fields_set(merged, base, tips):  # what the batch itself changed
+        if field in seen:
             continue
-        seen.add(path)
-        has_device, device_value = scalar_at(merged, path, tips)
-        has_server, server_value, server_op = _scalar_op(merged, path, server_heads)
+        seen.add(field)
+        has_device, device_value, _ = _scalar(merged, field, tips)
+        has_server, server_value, server_op = _scalar(merged, field, server_heads)
         if not (has_device and has_server) or device_value == server_value:
             continue
-        has_base, base_value = scalar_at(merged, path, base)
+        has_base, base_value, _ = _scalar(merged, field, base)
         if has_base and base_value == server_value:
             # The server's winner is the value the device saw; a concurrent server-side
             # write may still have lost the tie-break to it (and is no less concurrent).
@@ -131,13 +146,16 @@ def detect(merged: Document, server_heads: list[bytes], new: Sequence[Any]) -> l
             if server_written is None:
                 server_written = _written_by(merged, [c for c in concurrent
                                                       if c.hash not in in_batch])
-            if path not in server_written:
+            if field not in server_written:
                 continue
+        stable = stable_path(merged, path, tips)
+        if stable is None:
+            continue
         if concurrent is None:
             concurrent = merged.get_changes(base)
         writer = None
         if server_op:  # a winner older than the base is found in the whole history
             writer = (op_change(server_op, concurrent)
                       or op_change(server_op, merged.get_changes([])))
-        found.append(Detected(path, server_value, device_value, writer))
+        found.append(Detected(stable, server_value, device_value, writer))
     return found
