@@ -37,6 +37,7 @@ internal details (stack traces, SQL) never leave the server.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
 
 
@@ -100,6 +101,30 @@ class ErrorCode(StrEnum):
     # -- operating the server
     INVALID_SETTING = "invalid-setting"
     MASTER_KEY = "master-key"
+
+
+#: The rule behind each refusal of the sync path, in words: what ``vatra quarantine show``
+#: prints for a refused batch, and what docs/protocol.md's table says. Every code the
+#: server quarantines has one (``tests/test_quarantine_functional.py``).
+RULES: Mapping[ErrorCode, str] = {
+    ErrorCode.MALFORMED_SYNC_DATA: "the sync data is not a valid Automerge sync message, or "
+                                   "holds a change Automerge would not save as it was sent",
+    ErrorCode.LIMIT_EXCEEDED: "the message is over a documented limit (changes, operations, "
+                              "inflated bytes, hashes, Bloom filter parameters, held changes)",
+    ErrorCode.NOT_A_HOUSEHOLD: "a household the server does not know is registered by its "
+                               "first sync, whose changes must form a valid household",
+    ErrorCode.READ_ONLY: "a national user's device reads households and changes none",
+    ErrorCode.ACTOR_NOT_REGISTERED: "every change must carry an actor id registered to the "
+                                    "device that sends it",
+    ErrorCode.CREATION_REFUSED: "a worker registers households only in her own localities",
+    ErrorCode.SCHEMA_VIOLATION: "the merged household must keep schema v1 and the indicator "
+                                "catalogue",
+    ErrorCode.PROTECTED_PATH: "once a household is active, its members, their presence, its "
+                              "team and its status change only by an approved change request; "
+                              "its locality and county never by a device",
+    ErrorCode.DECISION_FIELD: "only a supervisor of the household's county decides a change "
+                              "request or cancels a service; a filed request is not altered",
+}
 
 
 class VatraError(Exception):

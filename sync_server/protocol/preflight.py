@@ -41,6 +41,7 @@ allocated for them.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import zlib
 from dataclasses import dataclass
@@ -121,6 +122,50 @@ class FormatError(DocumentError, ValueError):
 
 class _Exceeded(VatraError):
     code = ErrorCode.LIMIT_EXCEEDED
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeHeader:
+    """What a change chunk says of itself, read without applying it."""
+
+    hash: bytes
+    actor: bytes
+    seq: int
+    deps: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Contents:
+    """The changes a sync message carries (and how many whole-document chunks)."""
+
+    changes: tuple[ChangeHeader, ...]
+    documents: int
+
+
+def read_sync_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Contents:
+    """The changes ``data`` carries, bounded and read as :func:`check_sync_message` reads
+    them, without Automerge: a refused batch can be reviewed whatever has happened to its
+    household since (a tablet that recovered from a refusal reuses the refused changes'
+    sequence numbers, so they no longer apply to the stored household)."""
+    walk = _Walk(data, limits)
+    try:
+        walk.message()
+    except _Exceeded as exc:
+        raise DocumentError(f"sync message over a limit: {exc}",
+                            code=ErrorCode.LIMIT_EXCEEDED) from None
+    except FormatError as exc:
+        raise DocumentError(f"sync data is not a valid Automerge sync message ({exc})",
+                            code=ErrorCode.MALFORMED_SYNC_DATA) from None
+    return Contents(tuple(walk.headers), walk.documents)
+
+
+def _uleb_bytes(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
 
 
 def check_sync_message(data: bytes, limits: Limits = DEFAULT_LIMITS, *,
@@ -244,6 +289,8 @@ class _Walk:
         self.data = data
         self.limits = limits
         self.cost = Cost()
+        self.headers: list[ChangeHeader] = []
+        self.documents = 0
 
     # -- the message --------------------------------------------------------------------
 
@@ -305,12 +352,14 @@ class _Walk:
             start = r.skip(length)
             if kind == _CHANGE:
                 self._count_changes(1)
-                self._change(Reader(r.data, start, start + length))
+                body = bytes(r.data[start:start + length])
+                self._change(Reader(body), body)
             elif kind == _COMPRESSED:
                 self._count_changes(1)
                 body = self._inflate(r.data[start:start + length])
-                self._change(Reader(body))
+                self._change(Reader(body), body)
             elif kind == _DOCUMENT:
+                self.documents += 1
                 self._document(Reader(r.data, start, start + length))
             else:
                 raise FormatError(f"chunk type {kind} is not sent by devices")
@@ -368,10 +417,17 @@ class _Walk:
             out.append((spec, length))
         return out
 
-    def _change(self, r: Reader) -> None:
-        r.hashes(self.limits, "a change's deps")
+    def _change(self, r: Reader, body: bytes) -> None:
+        n = r.hashes(self.limits, "a change's deps")
+        deps = tuple(body[at:at + _HASH] for at in range(r.pos - n * _HASH, r.pos, _HASH))
+        at = Reader(body, r.pos)
         self._actors(r, first=True)
-        r.uleb()  # seq
+        size = at.uleb()
+        actor = body[at.pos:at.pos + size]
+        seq = r.uleb()
+        # The hash is the SHA-256 of the uncompressed chunk from its type byte on.
+        digest = hashlib.sha256(bytes([_CHANGE]) + _uleb_bytes(len(body)) + body).digest()
+        self.headers.append(ChangeHeader(digest, actor, seq, deps))
         r.uleb()  # start_op
         r.sleb()  # time
         r.skip(r.uleb())  # message
