@@ -376,7 +376,7 @@ def _apply(doc: Document, household_id: str, ops: list[_Op], user_id: str) -> li
                         _write(tx, parent, key, op.value)
                 except Exception:  # _Skip, or a value the target cannot take
                     failed.append(op)
-    h = Household(doc, household_id)
+    h = Household(doc, household_id, author=user_id)
     pending = {(r["kind"], tuple(sorted((r["payload"] or {}).items())))
                for r in h.change_requests() if r["status"] == "pending"}
     for op in ops:
@@ -388,7 +388,7 @@ def _apply(doc: Document, household_id: str, ops: list[_Op], user_id: str) -> li
             op.value = (kind, payload, None)  # already filed and pending: nothing to add
             continue
         try:
-            rid = h.request_change(kind, payload, REFILE_REASON, requested_by=user_id)
+            rid = h.request_change(kind, payload, REFILE_REASON)
         except (ValueError, KeyError):
             failed.append(op)
             continue

@@ -30,7 +30,7 @@ from nacl.signing import SigningKey, VerifyKey
 from conflict import Household, is_household_id
 
 from ._credentials import Credentials
-from ._errors import HouseholdNotFound, ReplicaError
+from ._errors import HouseholdNotFound, NotEnrolled, ReplicaError
 from ._vault import Vault
 
 
@@ -72,6 +72,17 @@ class Replica:
                            PrivateKey(bytes.fromhex(d["exchange_secret"])),
                            VerifyKey(bytes.fromhex(d["server_key"])))
 
+    def _author(self) -> str | None:
+        d = self._meta.get("device")
+        return None if d is None else str(d["user_id"])
+
+    def _user(self) -> str:
+        user = self._author()
+        if user is None:
+            raise NotEnrolled("enroll this replica before editing (client_sdk.enroll): its "
+                              "edits name the enrolled user")
+        return user
+
     def store_credentials(self, creds: Credentials) -> None:
         self._meta["device"] = {
             "device_id": creds.device_id, "user_id": creds.user_id, "role": creds.role,
@@ -80,6 +91,7 @@ class Replica:
             "server_key": bytes(creds.server_key).hex(),
         }
         self._write_meta()
+        self._open.clear()  # opened before enrolling: reopened with their author
 
     # -- caseload ------------------------------------------------------------------------
 
@@ -98,8 +110,11 @@ class Replica:
         self._write_meta()
 
     def create_household(self, **fields: Any) -> Household:
-        """Register a new household offline (see :meth:`conflict.Household.create`)."""
-        h = Household.create(actor_id=self.actor_id, guard=True, **fields)
+        """Register a new household offline (see :meth:`conflict.Household.create`), as
+        this replica's user: every attribution it writes names the enrolled user."""
+        if "author" in fields:
+            raise TypeError("the author of a replica's edits is its enrolled user")
+        h = Household.create(actor_id=self.actor_id, guard=True, author=self._user(), **fields)
         self._open[h.household_id] = h
         self._meta["caseload"][h.household_id] = {"server_heads": []}
         self.save(h.household_id)
@@ -121,7 +136,8 @@ class Replica:
         except Exception as exc:
             raise ReplicaError(f"household {household_id}: local copy unreadable") from exc
         doc.set_actor(self.actor_id)
-        h = self._open[household_id] = Household(doc, household_id, guard=True)
+        h = self._open[household_id] = Household(doc, household_id, guard=True,
+                                                 author=self._author())
         self._saved_heads[household_id] = doc.get_heads()
         return h
 
@@ -142,7 +158,8 @@ class Replica:
     def adopt(self, household_id: str, doc: Document) -> None:
         """Keep ``doc`` (downloaded by a sync) as this replica's copy of the household."""
         doc.set_actor(self.actor_id)
-        self._open[household_id] = Household(doc, household_id, guard=True)
+        self._open[household_id] = Household(doc, household_id, guard=True,
+                                             author=self._author())
         self._meta["caseload"].setdefault(household_id, {"server_heads": []})
         self.save(household_id)
         self._write_meta()

@@ -14,7 +14,14 @@ Used by both the sync server (to enforce) and the client SDK (to edit):
   runs on two documents. Import its names from the submodule.
 """
 
-from .household import Household, InvalidValueError, UnknownEntityError, utc_instant
+from .household import (
+    SERVER_AUTHOR,
+    AuthorRequired,
+    Household,
+    InvalidValueError,
+    UnknownEntityError,
+    utc_instant,
+)
 from .ids import is_entity_id, is_household_id, new_entity_id, new_household_id
 from .schema import (
     HOUSEHOLD_STATUSES,
@@ -34,9 +41,11 @@ __all__ = [
     "REQUEST_KINDS",
     "REQUEST_STATUSES",
     "SCHEMA_VERSION",
+    "SERVER_AUTHOR",
     "SERVICE_STATUSES",
     "SEXES",
     "TEAM_ROLES",
+    "AuthorRequired",
     "Household",
     "InvalidValueError",
     "Rule",

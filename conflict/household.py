@@ -54,6 +54,8 @@ from .ids import is_household_id, new_entity_id, new_household_id
 from .validate import Path, format_path
 
 __all__ = [
+    "SERVER_AUTHOR",
+    "AuthorRequired",
     "Household",
     "InvalidValueError",
     "ProtectedPathError",
@@ -82,6 +84,16 @@ class UnknownEntityError(KeyError):
 
     def __str__(self) -> str:
         return f"unknown {self.kind} id {self.entity_id!r}"
+
+
+SERVER_AUTHOR = "vatra"
+"""Whom the server's own changes name (a restored status, a recorded conflict): a user
+id no person can be given."""
+
+
+class AuthorRequired(ValueError):
+    """An attributed edit on a household opened without an author (see
+    :attr:`Household.author`)."""
 
 
 class InvalidValueError(ValueError):
@@ -181,12 +193,36 @@ def _record_values(spec: s.Record, path: Path, values: Mapping[str, Any]
 class Household:
     """One household document with typed reads and single-change edits."""
 
-    def __init__(self, doc: Document, household_id: str, *, guard: bool = False) -> None:
+    def __init__(self, doc: Document, household_id: str, *, guard: bool = False,
+                 author: str | None = None) -> None:
         if not is_household_id(household_id):
             raise ValueError("not a household id")
+        if author is not None and not s.FORMATS["user_id"](author):
+            raise InvalidValueError(("author",), "format")
         self.doc = doc
         self.household_id = household_id
         self.guard = guard
+        self._author = author
+
+    @property
+    def author(self) -> str | None:
+        """The user every attribution this object writes names (``activity[].by``,
+        ``assessments.*.by``, ``delivered_by``, ``requested_by``, ``decided_by``,
+        ``resolved_by``): the user of the device that signs the session. The server
+        refuses a batch naming anyone else (``forged-attribution``); the SDK binds it from
+        the replica's credentials, so no edit takes a ``by`` it could get wrong."""
+        return self._author
+
+    def as_author(self, user_id: str) -> Household:
+        """The same document, edited as ``user_id`` (the server writes as ``vatra`` or as the
+        supervisor who decided; tools that build histories write as each worker)."""
+        return type(self)(self.doc, self.household_id, guard=self.guard, author=user_id)
+
+    def _by(self) -> str:
+        if self._author is None:
+            raise AuthorRequired("this household was opened without an author: open it "
+                                 "from an enrolled replica (or give author=) to edit it")
+        return self._author
 
     # --- creation ---------------------------------------------------------
 
@@ -197,7 +233,7 @@ class Household:
         locality: str,
         county: str,
         address: str,
-        created_by: str,
+        author: str,
         team: Mapping[str, str] | None = None,
         household_id: str | None = None,
         actor_id: bytes | None = None,
@@ -207,7 +243,7 @@ class Household:
         """Create a new household: the whole skeleton in one change.
 
         Status starts as ``"registration"``; the activity feed gets a first
-        ``"registered"`` entry by ``created_by``.
+        ``"registered"`` entry by ``author``, who edits the returned object.
         """
         household_id = household_id if household_id is not None else new_household_id()
         if not is_household_id(household_id):
@@ -230,7 +266,7 @@ class Household:
         entry = _record_values(
             s.ACTIVITY_ENTRY,
             ("activity", 0),
-            {"at": utc_instant(at), "by": created_by, "kind": REGISTERED_ACTIVITY, "text": ""},
+            {"at": utc_instant(at), "by": author, "kind": REGISTERED_ACTIVITY, "text": ""},
         )
 
         doc = Document(actor_id=actor_id) if actor_id is not None else Document()
@@ -247,7 +283,7 @@ class Household:
             for key, stype, value in entry:
                 tx.put(first, key, stype, value)
             tx.put_object(ROOT, "notes", ObjType.Text)
-        return cls(doc, household_id, guard=guard)
+        return cls(doc, household_id, guard=guard, author=author)
 
     # --- lookup helpers ---------------------------------------------------
 
@@ -456,7 +492,6 @@ class Household:
 
     def start_assessment(
         self,
-        by: str,
         assessment_id: str | None = None,
         at: datetime | str | None = None,
     ) -> str:
@@ -469,7 +504,8 @@ class Household:
         """
         assessment_id = self._new_id("assessments", assessment_id)
         values = _record_values(
-            s.ASSESSMENT, ("assessments", assessment_id), {"started_at": utc_instant(at), "by": by}
+            s.ASSESSMENT, ("assessments", assessment_id),
+            {"started_at": utc_instant(at), "by": self._by()}
         )
         assessments = self._root_obj("assessments")
         person_ids = self.doc.keys(self._root_obj("members"))
@@ -554,10 +590,9 @@ class Household:
         self,
         service_id: str,
         status: str,
-        by: str,
         at: datetime | str | None = None,
     ) -> None:
-        """Set a service's status; ``delivered`` also records when and by whom.
+        """Set a service's status; ``delivered`` also records when and by whom (the author).
 
         Leaving ``delivered`` keeps ``delivered_at``/``delivered_by`` (so a
         concurrent merge never yields a delivered service without them).
@@ -567,6 +602,7 @@ class Household:
         base: Path = ("service_plan", service_id)
         writes = [("status", *_scalar(s.SERVICE.fields["status"], (*base, "status"), status))]
         by_spec = s.SERVICE.fields["delivered_by"]
+        by = self._by()
         if status == "delivered":
             writes.append(
                 (
@@ -577,8 +613,6 @@ class Household:
                 )
             )
             writes.append(("delivered_by", *_scalar(by_spec, (*base, "delivered_by"), by)))
-        else:
-            _scalar(by_spec, (*base, "delivered_by"), by)  # still a user id
         with self.doc.transaction() as tx:
             for key, stype, value in writes:
                 tx.put(obj, key, stype, value)
@@ -633,7 +667,7 @@ class Household:
                             "resolution": c.get("resolution")})
         return out
 
-    def resolve_conflict(self, conflict_id: str, value: Any, by: str) -> None:
+    def resolve_conflict(self, conflict_id: str, value: Any) -> None:
         """Choose ``value`` for a conflict: it is written at the conflict's path and the
         conflict is marked resolved, in one change, and nothing else is written. The path
         must be a plain field (not protected: the guard applies as for any other edit); a
@@ -654,21 +688,20 @@ class Household:
         if field is None or not isinstance(field[1], str):
             raise InvalidValueError(tuple(path), "missing")
         parent, key = field
+        by = self._by()
         with self.doc.transaction() as tx:
             tx.put(parent, key, *_any_scalar(value))
-            tx.put(obj, "resolved_by", ScalarType.Str, by)
+            tx.put(obj, "resolved_by", ScalarType.Str, by)  # the author, checked above
             tx.put(obj, "resolution", ScalarType.Str, str(value))
 
-    def append_activity(
-        self, by: str, kind: str, text: str, at: datetime | str | None = None
-    ) -> None:
-        """Append an entry to the activity feed."""
+    def append_activity(self, kind: str, text: str, at: datetime | str | None = None) -> None:
+        """Append an entry by the author to the activity feed."""
         activity = self._root_obj("activity")
         n = self.doc.length(activity)
         values = _record_values(
             s.ACTIVITY_ENTRY,
             ("activity", n),
-            {"at": utc_instant(at), "by": by, "kind": kind, "text": text},
+            {"at": utc_instant(at), "by": self._by(), "kind": kind, "text": text},
         )
         with self.doc.transaction() as tx:
             obj = tx.insert_object(activity, n, ObjType.Map)
@@ -694,7 +727,6 @@ class Household:
         kind: str,
         payload: Mapping[str, Any],
         reason: str,
-        requested_by: str,
         at: datetime | str | None = None,
         *,
         request_id: str | None = None,
@@ -715,7 +747,7 @@ class Household:
         * ``move_household``: ``locality`` (SIRUTA) and ``county``: the household
           moves when the supervisor of its current county approves.
 
-        The request is filed ``pending``; ``reason`` must not be empty.
+        The request is filed ``pending`` by the author; ``reason`` must not be empty.
         Raises :class:`InvalidValueError` (or :class:`UnknownEntityError` for
         a ``person_id`` naming no member) before anything is written.
         """
@@ -753,7 +785,7 @@ class Household:
             {
                 "kind": kind,
                 "reason": reason,
-                "requested_by": requested_by,
+                "requested_by": self._by(),
                 "requested_at": utc_instant(at),
                 "status": "pending",
             },
@@ -779,8 +811,7 @@ class Household:
         return out
 
     def _decision(
-        self, request_id: str, as_server: bool, decided_by: str, at: datetime | str | None,
-        note: str | None,
+        self, request_id: str, as_server: bool, at: datetime | str | None, note: str | None,
     ) -> tuple[bytes, dict[str, Any], list[tuple[str, ScalarType, Any]]]:
         """Checks shared by approve and reject: the request object, its fields,
         and the decision fields to write."""
@@ -790,7 +821,7 @@ class Household:
         obj = self._entity("change_requests", "change request", request_id)
         req = self._read((ObjType.Map, obj))
         decision = []
-        for key, value in (("decided_by", decided_by), ("decided_at", utc_instant(at)),
+        for key, value in (("decided_by", self._by()), ("decided_at", utc_instant(at)),
                            ("decision_note", note)):
             if value is not None:
                 decision.append((key, *_scalar(s.CHANGE_REQUEST.fields[key], (*base, key), value)))
@@ -799,7 +830,6 @@ class Household:
     def apply_request(
         self,
         request_id: str,
-        approver: str,
         at: datetime | str | None = None,
         *,
         as_server: bool = False,
@@ -812,7 +842,7 @@ class Household:
 
         One change: the structural edit, ``status="approved"``,
         ``decided_by``/``decided_at`` (and ``decision_note`` if ``note``),
-        and an activity entry by ``approver`` naming requester and approver.
+        and an activity entry by the author (the approver) naming requester and approver.
         Returns ``False`` and writes nothing if the request is already
         approved (approving twice applies once). Raises
         :class:`InvalidValueError` (rule ``decided``) for a rejected request,
@@ -820,7 +850,7 @@ class Household:
         the change (e.g. removing a member still referenced by a service or
         by recorded answers); nothing is written then.
         """
-        obj, req, decision = self._decision(request_id, as_server, approver, at, note)
+        obj, req, decision = self._decision(request_id, as_server, at, note)
         base: Path = ("change_requests", request_id)
         if req.get("status") == "approved":
             return False
@@ -832,7 +862,7 @@ class Household:
             for key, stype, value in decision:
                 tx.put(obj, key, stype, value)
 
-        self._apply_structural(base, req, approver, at, also=decide)
+        self._apply_structural(base, req, self._by(), at, also=decide)
         return True
 
     def apply_decided(self, request_id: str, at: datetime | str | None = None, *,
@@ -848,7 +878,7 @@ class Household:
         req = self._read((ObjType.Map, obj))
         if req.get("status") != "approved":
             raise InvalidValueError((*base, "status"), "decided")
-        self._apply_structural(base, req, str(req.get("decided_by") or "vatra"), at)
+        self._apply_structural(base, req, str(req.get("decided_by") or SERVER_AUTHOR), at)
 
     def _apply_structural(self, base: Path, req: dict[str, Any], approver: str,
                           at: datetime | str | None, also: Any = None) -> None:
@@ -879,7 +909,6 @@ class Household:
     def reject_request(
         self,
         request_id: str,
-        decided_by: str,
         note: str | None = None,
         at: datetime | str | None = None,
         *,
@@ -891,7 +920,7 @@ class Household:
         ``False`` if it is already rejected; raises :class:`InvalidValueError`
         (rule ``decided``) if it was approved.
         """
-        obj, req, decision = self._decision(request_id, as_server, decided_by, at, note)
+        obj, req, decision = self._decision(request_id, as_server, at, note)
         if req.get("status") == "rejected":
             return False
         if req.get("status") != "pending":

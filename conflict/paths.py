@@ -16,19 +16,18 @@ server records is what a tablet resolves.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
 from automerge.core import ROOT, Document, ObjType
+
+from .schema import ELEMENT_ID
 
 __all__ = ["ELEMENT_ID", "element_id", "exid_op", "field_at", "is_element_id", "stable_path"]
 
 Segment = str | int
 Heads = list[bytes] | None
 
-ELEMENT_ID = re.compile(r"[0-9]{1,19}@[0-9a-f]{2,64}")
-"""An element id: the creating operation's counter, ``@``, its actor in hex."""
 
 
 def is_element_id(segment: object) -> bool:

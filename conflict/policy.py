@@ -57,20 +57,24 @@ the rule, never a field's value. The caller computes ``same_county`` from
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from automerge.core import ROOT, Document, ObjType, ScalarType
 
 from . import schema as s
+from .paths import element_id
 from .validate import Path, Violation, format_path
 
 __all__ = [
     "ANY",
+    "ATTRIBUTIONS",
     "CANCEL_ROLES",
     "DECIDER_ROLES",
     "DECISION_FIELDS",
+    "MAX_CLOCK_SKEW",
     "PLACE_FIELDS",
     "PROTECTIONS",
     "REQUEST_PAYLOADS",
@@ -80,6 +84,7 @@ __all__ = [
     "PayloadSpec",
     "PolicyRule",
     "Protection",
+    "attribution_violations",
     "cancel_violations",
     "decision_violations",
     "is_protected_status",
@@ -101,6 +106,8 @@ class PolicyRule(enum.StrEnum):
     REQUEST_IMMUTABLE = "request-immutable"
     STATUS_REGRESSION = "status-regression"
     CANCEL_NEEDS_SUPERVISOR = "cancel-needs-supervisor"
+    FORGED_ATTRIBUTION = "forged-attribution"
+    FUTURE_INSTANT = "future-instant"
 
 
 _DESCRIBE = {
@@ -109,6 +116,8 @@ _DESCRIBE = {
     PolicyRule.REQUEST_IMMUTABLE: "a filed change request cannot be altered or deleted",
     PolicyRule.STATUS_REGRESSION: "a service status never moves down",
     PolicyRule.CANCEL_NEEDS_SUPERVISOR: "only a supervisor of the household's county cancels a service",
+    PolicyRule.FORGED_ATTRIBUTION: "an attribution names the user of the device that writes it",
+    PolicyRule.FUTURE_INSTANT: "a recorded time is not later than now (plus the allowed clock skew)",
 }
 
 
@@ -502,3 +511,74 @@ def cancel_violations(
         for sid in sorted(a)
         if a[sid] == "cancelled" and b.get(sid) != "cancelled"
     ]
+
+
+# --- attribution ---------------------------------------------------------------
+
+ATTRIBUTIONS: Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "activity": (("by",), ("at",)),
+    "assessments": (("by",), ("started_at", "completed_at")),
+    "service_plan": (("delivered_by",), ("delivered_at",)),
+    "change_requests": (("requested_by", "decided_by"), ("requested_at", "decided_at")),
+    "conflicts": (("resolved_by",), ()),
+}
+"""Section -> (the fields of its entries that say who wrote them, the ones that say
+when). Whoever writes one of these fields names themselves in it: the user of the device
+that signs the session (the server names :data:`conflict.household.SERVER_AUTHOR` in
+its own changes, or the supervisor whose decision it applies)."""
+
+MAX_CLOCK_SKEW = timedelta(hours=24)
+"""How far ahead of the server's clock a recorded time may be. A tablet set to local time
+as if it were UTC is up to 3 hours ahead in Romania; a day covers a wrong date setting
+without letting a record be dated next week."""
+
+
+def _entries(doc: Document, section: str) -> dict[str, Any]:
+    """The entries of a section: map key -> object, or for the activity list, element id
+    -> object (positions shift under concurrent appends; ids do not)."""
+    got = doc.get(ROOT, section)
+    if got is None or not isinstance(got[0], ObjType):
+        return {}
+    if got[0] == ObjType.List:
+        out = {}
+        for value, exid in doc.values(got[1]):
+            ident = element_id(exid) if isinstance(value, ObjType) else None
+            if ident is not None:
+                out[ident] = exid
+        return out
+    return {key: obj for key in doc.keys(got[1])
+            if (obj := _map_obj(doc, got[1], key)) is not None}
+
+
+def attribution_violations(before: Document, after: Document, user: str, now: datetime,
+                           sections: Collection[str] | None = None) -> list[Violation]:
+    """Attribution fields (:data:`ATTRIBUTIONS`) that ``after`` writes (an entry new since
+    ``before``, or a value changed) naming anyone but ``user`` (``forged-attribution``),
+    and times written later than ``now`` plus :data:`MAX_CLOCK_SKEW` (``future-instant``).
+    ``sections``: the sections the batch touched (``None``: all)."""
+    latest = now + MAX_CLOCK_SKEW
+    out: list[Violation] = []
+    for section, (who, when) in ATTRIBUTIONS.items():
+        if sections is not None and section not in sections:
+            continue
+        old = _entries(before, section)
+        for key, obj in _entries(after, section).items():
+            was = old.get(key)
+            for field in (*who, *when):
+                value = _value(after, obj, field)
+                if value is None or (was is not None and _value(before, was, field) == value):
+                    continue  # absent, or written before this batch
+                path: Path = (section, key, field)
+                written = value[1] if not isinstance(value[0], ObjType) else None
+                if field in who and written != user:
+                    out.append(_violation(path, PolicyRule.FORGED_ATTRIBUTION))
+                elif field in when and isinstance(written, str) and _after(written, latest):
+                    out.append(_violation(path, PolicyRule.FUTURE_INSTANT))
+    return out
+
+
+def _after(instant: str, latest: datetime) -> bool:
+    try:
+        return datetime.fromisoformat(instant.replace("Z", "+00:00")) > latest
+    except ValueError:
+        return False  # not an instant: the schema says so

@@ -96,6 +96,7 @@ __all__ = [
     "ASSESSMENT",
     "CHANGE_REQUEST",
     "CONFLICT",
+    "ELEMENT_ID",
     "FORMATS",
     "GPS",
     "HOUSEHOLD",
@@ -161,6 +162,9 @@ _SIRUTA_RE = re.compile(r"\d{1,6}")
 _COUNTY_RE = re.compile(r"[A-Z]{1,2}")
 _USER_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
 _CODE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+ELEMENT_ID = re.compile(r"[0-9]{1,19}@[0-9a-f]{2,64}")
+"""A list element's id in a path: its creating operation's counter, ``@``, the actor in
+hex (Automerge's notation for an object id; see :mod:`conflict.paths`)."""
 
 
 def _is_date(v: object) -> bool:
@@ -422,6 +426,6 @@ def child_spec(spec: Spec, segment: str | int) -> Spec | None:
         return spec.fields.get(segment) if isinstance(segment, str) else None
     if isinstance(spec, MapOf):
         return spec.values if isinstance(segment, str) else None
-    if isinstance(spec, ListOf):
-        return spec.items if isinstance(segment, int) else None
+    if isinstance(spec, ListOf):  # a position, or an element's id (conflict.paths)
+        return spec.items if isinstance(segment, int) or ELEMENT_ID.fullmatch(segment) else None
     return None

@@ -14,8 +14,7 @@ async def active_household(server, provision, *mates, notes: str | None = None,
     workers among them put on the team, and each downloads it.
     Returns ``(household id, the child's person id, [ana, *mates' tablets])``."""
     ana = await provision.tablet(f"{tablet_prefix}ana", f"{tablet_prefix}ana")
-    h = ana.create_household(locality="54975", county="CJ", address="Str. Lunga 3",
-                             created_by="ana")
+    h = ana.create_household(locality="54975", county="CJ", address="Str. Lunga 3")
     hid = h.household_id
     with ana.edit(hid) as e:
         pid = e.add_member("Ana", "Pop", "2015-04-01", "F", "child")

@@ -21,8 +21,7 @@ pytestmark = pytest.mark.functional
 
 
 def register(replica, locality: str = "54975", county: str = "CJ") -> str:
-    return replica.create_household(locality=locality, county=county, address="Str. Lunga 3",
-                                    created_by="sw").household_id
+    return replica.create_household(locality=locality, county=county, address="Str. Lunga 3").household_id
 
 
 async def fetch(server, replica, hid: str):
@@ -296,7 +295,7 @@ async def test_the_server_writes_its_own_changes_through_the_pipeline(server, pr
     hid = register(ana)
     await SyncClient(ana, server.url).sync()
     sync = server.app[SYNCHRONIZER]
-    await sync.server_change(hid, lambda h: h.append_activity("sup-cj", "approval", "ok"),
+    await sync.server_change(hid, lambda h: h.append_activity("approval", "ok"),
                              author=Author("server", "sup-cj"))
     await SyncClient(ana, server.url).sync()
     assert [e["kind"] for e in ana.household(hid).activity()][-1] == "approval"

@@ -16,8 +16,7 @@ pytestmark = pytest.mark.functional
 
 async def team_with_request(server, provision, kind="change_presence"):
     ana = await provision.tablet("ana")
-    h = ana.create_household(locality="54975", county="CJ", address="Str. Lunga 3",
-                             created_by="ana")
+    h = ana.create_household(locality="54975", county="CJ", address="Str. Lunga 3")
     hid = h.household_id
     with ana.edit(hid) as e:
         pid = e.add_member("Ana", "Pop", "2015-04-01", "F", "child")
@@ -30,7 +29,7 @@ async def team_with_request(server, provision, kind="change_presence"):
     await SyncClient(nurse, server.url).sync()
     with ana.edit(hid) as e:  # offline
         payload = {"person_id": pid, "presence": "moved"} if kind == "change_presence" else {}
-        rid = e.request_change(kind, payload, "moved to her grandmother", requested_by="ana")
+        rid = e.request_change(kind, payload, "moved to her grandmother")
     await SyncClient(ana, server.url).sync()
     return hid, pid, rid, ana, nurse, sup
 
@@ -77,8 +76,7 @@ async def test_a_request_about_a_removed_member_is_refused_as_missing(server, pr
     "no such change request" (the request exists)."""
     hid, pid, presence, ana, _nurse, sup = await team_with_request(server, provision)
     with ana.edit(hid) as e:
-        removal = e.request_change("remove_member", {"person_id": pid}, "duplicate",
-                                   requested_by="ana")
+        removal = e.request_change("remove_member", {"person_id": pid}, "duplicate")
     await SyncClient(ana, server.url).sync()
     client = SupervisorClient(sup, server.http_url)
     assert (await client.approve(hid, removal))["changed"] is True

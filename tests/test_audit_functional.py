@@ -28,8 +28,7 @@ async def rows(engine) -> list:
 async def busy_day(server, provision) -> tuple[str, str]:
     """Enrollment, sessions, accepted changes, a refused batch, a revocation, an erasure."""
     ana = await provision.tablet("ana")
-    hid = ana.create_household(locality="54975", county="CJ", address="Str. Lunga 3",
-                               created_by="ana").household_id
+    hid = ana.create_household(locality="54975", county="CJ", address="Str. Lunga 3").household_id
     await SyncClient(ana, server.url).sync()
     forge_write(ana, hid, "forged")
     await SyncClient(ana, server.url).sync()

@@ -461,10 +461,10 @@ def test_result_is_sorted_and_deterministic() -> None:
 
 
 def test_derive_reads_a_real_household_document() -> None:
-    h = Household.create(locality="54975", county="CJ", address="Str. Lungă 3", created_by="w-1")
+    h = Household.create(locality="54975", county="CJ", address="Str. Lungă 3", author="w-1")
     head = h.add_member("Ioana", "Pop", "1988-07-01", "F", "head")
     child = h.add_member("Andrei", "Pop", "2011-02-01", "M", "child")
-    aid = h.start_assessment("w-1", at="2025-02-10T10:00:00Z")
+    aid = h.as_author("w-1").start_assessment(at="2025-02-10T10:00:00Z")
     h.record_answers(aid, head, {"minimum_income_benefit": True})
     h.record_answers(aid, child, {"unexcused_absences_last_month": 11, "vaccination_status": "incomplete"})
     derived = derive(h.to_dict(), on=ON)

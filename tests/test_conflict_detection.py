@@ -99,14 +99,14 @@ def _feed_scene():
     """A household with one activity entry; two workers append to the feed offline (a
     visit note, a phone call); the call reaches the server first."""
     h = Household.create(locality="54975", county="CJ", address="Str. Lunga 3",
-                         created_by="ana", actor_id=SERVER, household_id=HID)
-    h.append_activity("ana", "visit", "first visit")
+                         author="ana", actor_id=SERVER, household_id=HID)
+    h.as_author("ana").append_activity("visit", "first visit")
     base = h.doc.get_heads()
     ana, ion = h.doc.fork(), h.doc.fork()
     ana.set_actor(ANA)
     ion.set_actor(NURSE)
-    Household(ana, h.household_id).append_activity("ana", "visit", "visit note: the boy is ill")
-    Household(ion, h.household_id).append_activity("ion", "call", "phone call with the school")
+    Household(ana, h.household_id).as_author("ana").append_activity("visit", "visit note: the boy is ill")
+    Household(ion, h.household_id).as_author("ion").append_activity("call", "phone call with the school")
     server = h.doc.fork()
     server.merge(ion)
     return server, ana, base
@@ -150,7 +150,7 @@ def test_a_conflict_inside_a_list_element_names_the_element_and_resolves_only_it
     h = Household(server, HID)
     cid = h.record_conflict(found.path, [found.server_value, found.device_value])
     before = {i: dict(e) for i, e in enumerate(h.activity())}
-    h.resolve_conflict(cid, "first visit (ion)", "ana")
+    h.as_author("ana").resolve_conflict(cid, "first visit (ion)")
     after = {i: dict(e) for i, e in enumerate(h.activity())}
     changed = [i for i in before if before[i] != after[i]]
     assert [after[i]["text"] for i in changed] in ([], ["first visit (ion)"])
@@ -168,5 +168,5 @@ def test_a_conflict_recorded_by_position_is_not_resolved_by_writing_there() -> N
     h = Household(server, HID)
     cid = h.record_conflict(("activity", 1, "text"), ["a", "b"])
     with pytest.raises(InvalidValueError) as err:
-        h.resolve_conflict(cid, "a", "ana")
+        h.as_author("ana").resolve_conflict(cid, "a")
     assert err.value.rule == "list-position"

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+from _offline import offline_replica
 from automerge.core import ROOT, Document, ScalarType
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from client_sdk import Replica
 from conflict import Household, InvalidValueError, UnknownEntityError, validate
 from conflict import schema as s
 from conflict.household import ProtectedPathError
@@ -38,7 +38,7 @@ ADD = {
 
 def make(status: str = "active", *, guard: bool = False) -> tuple[Household, str]:
     """A household with a team and one member, in ``status``."""
-    h = Household.create(locality="54975", county="CJ", address="Str. Lunga 3", created_by="w-1",
+    h = Household.create(locality="54975", county="CJ", address="Str. Lunga 3", author="w-1",
                          team={"social_worker": "w-1", "nurse": "n-1"}, actor_id=b"\x01" * 16)  # fmt: skip
     pid = h.add_member("Ana", "Pop", "2015-04-01", "F", "child")
     if status != "registration":
@@ -145,10 +145,11 @@ def test_unprotected_edits_of_an_active_household_pass():
     device.set_address("Str. Scurta 1")
     device.set_notes("visit")
     sid = device.plan_service("info", pid, "v", "2025-02-01")
-    device.set_service_status(sid, "delivered", "n-1")
-    aid = device.start_assessment("w-1")
+    device.as_author("n-1").set_service_status(sid, "delivered")
+    aid = device.as_author("w-1").start_assessment()
     device.record_answers(aid, pid, {"in_school": True})
-    device.request_change("change_presence", {"person_id": pid, "presence": "moved"}, "moved", "w-1")
+    device.as_author("w-1").request_change("change_presence",
+                                           {"person_id": pid, "presence": "moved"}, "moved")
     assert protected_violations(committed.doc, merged(committed, device)) == []
 
 
@@ -235,19 +236,19 @@ def test_the_guard_lets_registration_and_unprotected_edits_through():
 
 
 def test_the_replica_opens_households_guarded(tmp_path):
-    r = Replica(tmp_path / "tablet", pin="1234")
-    with r.edit(r.create_household(locality="54975", county="CJ", address="Str. Lunga 3",
-                                   created_by="w-1").household_id) as h:  # fmt: skip
+    r = offline_replica(tmp_path / "tablet", "w-1")
+    hid = r.create_household(locality="54975", county="CJ", address="Str. Lunga 3").household_id
+    with r.edit(hid) as h:
         pid = h.add_member(**ADD)
         h.set_status("active")
         with pytest.raises(ProtectedPathError):
             h.set_member_field(pid, "presence", "moved")
     hid = h.household_id
-    reopened = Replica(tmp_path / "tablet", pin="1234").household(hid)
+    reopened = offline_replica(tmp_path / "tablet", "w-1").household(hid)
     with pytest.raises(ProtectedPathError):
         reopened.add_member(**ADD)
     rid = reopened.request_change("change_presence", {"person_id": pid, "presence": "moved"},
-                                  "moved to Cluj", "w-1")  # fmt: skip
+                                  "moved to Cluj")  # as the replica's user
     assert [req["request_id"] for req in reopened.change_requests()] == [rid]
 
 
@@ -272,7 +273,7 @@ def test_request_round_trip_filed_offline_applied_by_the_server_once(kind):
     server, pid = make(status)
     tablet = fork(server, guard=True)  # offline: no server involved until the merge
 
-    rid = tablet.request_change(kind, payload(pid), "reason", "w-1", at="2025-03-01T09:00:00Z")
+    rid = tablet.as_author("w-1").request_change(kind, payload(pid), "reason", at="2025-03-01T09:00:00Z")
     [req] = tablet.change_requests()
     assert req["request_id"] == rid and req["kind"] == kind and req["status"] == "pending"
     assert req["decided_by"] is None and req["decision_note"] is None
@@ -287,11 +288,11 @@ def test_request_round_trip_filed_offline_applied_by_the_server_once(kind):
     # Only the server's path decides.
     count = n_changes(server)
     with pytest.raises(ProtectedPathError) as exc:
-        server.apply_request(rid, "sup-1")
+        server.as_author("sup-1").apply_request(rid)
     assert exc.value.rule == "decision-field"
     assert n_changes(server) == count
 
-    assert server.apply_request(rid, "sup-1", at="2025-03-02T10:00:00Z", as_server=True,
+    assert server.as_author("sup-1").apply_request(rid, at="2025-03-02T10:00:00Z", as_server=True,
                                 note="ok") is True  # fmt: skip
     assert n_changes(server) == count + 1  # one change
     d = server.to_dict()
@@ -305,7 +306,7 @@ def test_request_round_trip_filed_offline_applied_by_the_server_once(kind):
     assert validate(server.doc) == []
 
     # Applying twice applies once.
-    assert server.apply_request(rid, "sup-2", as_server=True) is False
+    assert server.as_author("sup-2").apply_request(rid, as_server=True) is False
     assert n_changes(server) == count + 1
 
     # The approval reaches the tablet by merge.
@@ -315,23 +316,23 @@ def test_request_round_trip_filed_offline_applied_by_the_server_once(kind):
 
 def test_reject_changes_only_the_request():
     server, pid = make("active")
-    rid = server.request_change("remove_member", {"person_id": pid}, "duplicate", "w-1")
+    rid = server.as_author("w-1").request_change("remove_member", {"person_id": pid}, "duplicate")
     before = server.to_dict()
-    assert server.reject_request(rid, "sup-1", "not a duplicate", as_server=True) is True
+    assert server.as_author("sup-1").reject_request(rid, "not a duplicate", as_server=True) is True
     after = server.to_dict()
     req = after["change_requests"].pop(rid)
     assert (req["status"], req["decided_by"], req["decision_note"]) == (
         "rejected", "sup-1", "not a duplicate")  # fmt: skip
     before["change_requests"].pop(rid)
     assert after == before
-    assert server.reject_request(rid, "sup-1", as_server=True) is False
+    assert server.as_author("sup-1").reject_request(rid, as_server=True) is False
     with pytest.raises(InvalidValueError) as exc:
-        server.apply_request(rid, "sup-1", as_server=True)
+        server.as_author("sup-1").apply_request(rid, as_server=True)
     assert exc.value.rule == "decided"
-    approved = server.request_change("close_household", {}, "moved away", "w-1")
-    server.apply_request(approved, "sup-1", as_server=True)
+    approved = server.as_author("w-1").request_change("close_household", {}, "moved away")
+    server.as_author("sup-1").apply_request(approved, as_server=True)
     with pytest.raises(InvalidValueError):
-        server.reject_request(approved, "sup-1", as_server=True)
+        server.as_author("sup-1").reject_request(approved, as_server=True)
     assert validate(server.doc) == []
 
 
@@ -358,7 +359,7 @@ def test_request_payloads_are_checked_per_kind_before_writing(kind, payload, pat
     payload = {k: pid if v == "PID" else v for k, v in payload.items()}
     before, count = h.to_dict(), n_changes(h)
     with pytest.raises(InvalidValueError) as exc:
-        h.request_change(kind, payload, "reason", "w-1")
+        h.as_author("w-1").request_change(kind, payload, "reason")
     assert exc.value.path[0] == "change_requests" and exc.value.path[2:] == path_end
     assert exc.value.rule == rule
     assert n_changes(h) == count and h.to_dict() == before
@@ -368,41 +369,41 @@ def test_other_request_arguments_are_checked():
     h, pid = make("active", guard=True)
     count = n_changes(h)
     with pytest.raises(UnknownEntityError):
-        h.request_change("remove_member", {"person_id": NEW_PID}, "gone", "w-1")
+        h.as_author("w-1").request_change("remove_member", {"person_id": NEW_PID}, "gone")
     with pytest.raises(ValueError, match="already exists"):
-        h.request_change("add_member", {**ADD, "person_id": pid}, "again", "w-1")
+        h.as_author("w-1").request_change("add_member", {**ADD, "person_id": pid}, "again")
     with pytest.raises(InvalidValueError):
-        h.request_change("close_household", {}, "  ", "w-1")
+        h.as_author("w-1").request_change("close_household", {}, "  ")
     with pytest.raises(InvalidValueError):
-        h.request_change("close_household", {}, "reason", "")
+        h.as_author("").request_change("close_household", {}, "reason")
     with pytest.raises(InvalidValueError):
-        h.request_change("close_household", ["not", "a", "map"], "reason", "w-1")
+        h.as_author("w-1").request_change("close_household", ["not", "a", "map"], "reason")
     assert n_changes(h) == count
     assert payload_violations("close_household", {}) == []
 
 
 def test_add_member_request_chooses_the_person_id_at_filing():
     h, _ = make("active")
-    rid = h.request_change("add_member", ADD, "newborn", "w-1")
+    rid = h.as_author("w-1").request_change("add_member", ADD, "newborn")
     pid = h.change_requests()[0]["payload"]["person_id"]
-    h.apply_request(rid, "sup-1", as_server=True)
+    h.as_author("sup-1").apply_request(rid, as_server=True)
     assert h.members()[pid]["first_name"] == "Ioana"
 
 
 def test_remove_member_refuses_a_member_still_referenced_and_drops_empty_answer_maps():
     h, pid = make("active")
-    aid = h.start_assessment("w-1")  # pre-creates an empty answers map for pid
-    rid = h.request_change("remove_member", {"person_id": pid}, "duplicate", "w-1")
-    h.apply_request(rid, "sup-1", as_server=True)
+    aid = h.as_author("w-1").start_assessment()  # pre-creates an empty answers map for pid
+    rid = h.as_author("w-1").request_change("remove_member", {"person_id": pid}, "duplicate")
+    h.as_author("sup-1").apply_request(rid, as_server=True)
     assert pid not in h.members() and h.to_dict()["assessments"][aid]["answers"] == {}
     assert validate(h.doc) == []
 
     h2, pid2 = make("active")
     h2.plan_service("info", pid2, "v", "2025-02-01")
-    rid2 = h2.request_change("remove_member", {"person_id": pid2}, "duplicate", "w-1")
+    rid2 = h2.as_author("w-1").request_change("remove_member", {"person_id": pid2}, "duplicate")
     count = n_changes(h2)
     with pytest.raises(InvalidValueError) as exc:
-        h2.apply_request(rid2, "sup-1", as_server=True)
+        h2.as_author("sup-1").apply_request(rid2, as_server=True)
     assert (exc.value.path, exc.value.rule) == (("members", pid2), "reference")
     assert n_changes(h2) == count and h2.change_requests()[0]["status"] == "pending"
 
@@ -419,7 +420,7 @@ def put_request_field(h: Household, rid: str, key: str, value: str) -> None:
 @pytest.fixture
 def filed() -> tuple[Household, str]:
     h, pid = make("active")
-    rid = h.request_change("change_presence", {"person_id": pid, "presence": "moved"}, "r", "w-1")
+    rid = h.as_author("w-1").request_change("change_presence", {"person_id": pid, "presence": "moved"}, "r")
     return h, rid
 
 
@@ -443,7 +444,7 @@ def test_only_a_supervisor_of_the_county_writes_decision_fields(filed, field, ro
 def test_new_requests_must_be_filed_pending(filed):
     committed, _ = filed
     device = fork(committed)
-    rid = device.request_change("close_household", {}, "moving", "w-1")
+    rid = device.as_author("w-1").request_change("close_household", {}, "moving")
     put_request_field(device, rid, "decided_by", "w-1")
     put_request_field(device, rid, "status", "approved")
     found = decision_violations(committed.doc, merged(committed, device), "supervisor", True)
@@ -476,7 +477,7 @@ def test_a_filed_request_is_immutable_and_never_deleted(filed):
 def test_the_servers_approval_passes_the_supervisor_check(filed):
     committed, rid = filed
     after = fork(committed)
-    after.apply_request(rid, "sup-1", as_server=True, note="ok")
+    after.as_author("sup-1").apply_request(rid, as_server=True, note="ok")
     assert decision_violations(committed.doc, after.doc, "supervisor", True) == []
     assert paths(decision_violations(committed.doc, after.doc, "worker", True)) == {
         (("change_requests", rid, f), "decision-field")
@@ -500,7 +501,7 @@ def with_service(status: str = "planned") -> tuple[Household, str]:
     h, pid = make("active")
     sid = h.plan_service("info", pid, "v", "2025-02-01")
     if status != "planned":
-        h.set_service_status(sid, status, "n-1")
+        h.as_author("n-1").set_service_status(sid, status)
     return h, sid
 
 
@@ -515,7 +516,7 @@ def with_service(status: str = "planned") -> tuple[Household, str]:
 def test_status_regressions_sequential(start, to, regress):
     committed, sid = with_service(start)
     device = fork(committed)
-    device.set_service_status(sid, to, "w-1")
+    device.as_author("w-1").set_service_status(sid, to)
     found = status_regressions(committed.doc, merged(committed, device))
     assert found == ([(sid, start, to)] if regress else [])
 
@@ -528,8 +529,8 @@ def test_concurrent_in_progress_vs_delivered_merge(delivered_actor):
     base, sid = with_service("planned")
     nurse = fork(base, delivered_actor)
     worker = fork(base, 5 - delivered_actor)
-    nurse.set_service_status(sid, "delivered", "n-1")
-    worker.set_service_status(sid, "in_progress", "w-1")
+    nurse.as_author("n-1").set_service_status(sid, "delivered")
+    worker.as_author("w-1").set_service_status(sid, "in_progress")
     committed = fork(nurse, 9)  # the server committed the nurse's batch first
     after = merged(committed, worker)
     winner = Household(after, base.household_id).to_dict()["service_plan"][sid]["status"]
@@ -548,8 +549,8 @@ def test_concurrent_in_progress_vs_delivered_merge(delivered_actor):
 def test_the_higher_actor_wins_so_the_regression_case_is_really_exercised():
     base, sid = with_service("planned")
     nurse, worker = fork(base, 2), fork(base, 3)
-    nurse.set_service_status(sid, "delivered", "n-1")
-    worker.set_service_status(sid, "in_progress", "w-1")
+    nurse.as_author("n-1").set_service_status(sid, "delivered")
+    worker.as_author("w-1").set_service_status(sid, "in_progress")
     after = merged(nurse, worker)
     assert Household(after, base.household_id).to_dict()["service_plan"][sid]["status"] == (
         "in_progress")  # fmt: skip
@@ -563,7 +564,7 @@ def test_the_higher_actor_wins_so_the_regression_case_is_really_exercised():
 def test_only_a_supervisor_of_the_county_cancels(role, same_county, allowed):
     committed, sid = with_service("in_progress")
     device = fork(committed)
-    device.set_service_status(sid, "cancelled", "sup-1")
+    device.as_author("sup-1").set_service_status(sid, "cancelled")
     found = cancel_violations(committed.doc, merged(committed, device), role, same_county)
     expected = set() if allowed else {(("service_plan", sid, "status"), "cancel-needs-supervisor")}
     assert paths(found) == expected

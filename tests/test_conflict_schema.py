@@ -29,7 +29,7 @@ ACTOR = bytes(range(16))
 
 
 def make(**kw) -> Household:
-    args = {"locality": "54975", "county": "CJ", "address": "Str. Lunga 3", "created_by": "w-1"}
+    args = {"locality": "54975", "county": "CJ", "address": "Str. Lunga 3", "author": "w-1"}
     args.update(kw)
     return Household.create(**args)
 
@@ -38,7 +38,7 @@ def populated() -> tuple[Household, str, str, str]:
     """A household with one member, one assessment with answers, one service."""
     h = make(team={"social_worker": "w-1", "nurse": "n-1"})
     pid = h.add_member("Ana", "Pop", "2015-04-01", "F", "child")
-    aid = h.start_assessment("w-1")
+    aid = h.as_author("w-1").start_assessment()
     h.record_answers(aid, pid, {"has_family_doctor": False, "age": 9})
     sid = h.plan_service("info", pid, "no_family_doctor", "2025-02-01")
     return h, pid, aid, sid
@@ -66,6 +66,8 @@ def obj(doc: Document, *path: str | int) -> bytes:
 
 def test_exported_names_are_exactly_the_public_api():
     assert set(conflict.__all__) == {
+        "SERVER_AUTHOR",
+        "AuthorRequired",
         "HOUSEHOLD_STATUSES",
         "PRESENCES",
         "REQUEST_KINDS",
@@ -180,7 +182,7 @@ def test_create_with_given_id_and_wrapping():
         ({"county": "cj"}, ("county",), "format"),
         ({"county": "CJX"}, ("county",), "format"),
         ({"address": ""}, ("address",), "format"),
-        ({"created_by": ""}, ("activity", 0, "by"), "format"),
+        ({"author": ""}, ("activity", 0, "by"), "format"),
         ({"team": {"nurse": 5}}, ("team", "nurse"), "type"),
         ({"team": {"janitor": "u-1"}}, ("team", "janitor"), "unknown-field"),
         ({"at": "yesterday"}, ("activity", 0, "at"), "format"),
@@ -202,14 +204,14 @@ EDITS: dict[str, Callable[[Household, str, str, str], object]] = {
     "set_gps": lambda h, p, a, sv: h.set_gps(46.77, 23.59, 4.5),
     "set_status": lambda h, p, a, sv: h.set_status("active"),
     "set_team": lambda h, p, a, sv: h.set_team(counsellor="c-1", nurse=None),
-    "start_assessment": lambda h, p, a, sv: h.start_assessment("w-1"),
+    "start_assessment": lambda h, p, a, sv: h.as_author("w-1").start_assessment(),
     "record_answers": lambda h, p, a, sv: h.record_answers(a, p, {"in_school": True, "x": 1.5}),
     "complete_assessment": lambda h, p, a, sv: h.complete_assessment(a),
     "plan_service": lambda h, p, a, sv: h.plan_service("counselling", p, "dropout", "2025-03-01"),
-    "set_service_status": lambda h, p, a, sv: h.set_service_status(sv, "in_progress", "w-1"),
-    "deliver_service": lambda h, p, a, sv: h.set_service_status(sv, "delivered", "n-1"),
+    "set_service_status": lambda h, p, a, sv: h.as_author("w-1").set_service_status(sv, "in_progress"),
+    "deliver_service": lambda h, p, a, sv: h.as_author("n-1").set_service_status(sv, "delivered"),
     "set_service_note": lambda h, p, a, sv: h.set_service_note(sv, "called the doctor"),
-    "append_activity": lambda h, p, a, sv: h.append_activity("w-1", "visit", "home visit"),
+    "append_activity": lambda h, p, a, sv: h.as_author("w-1").append_activity("visit", "home visit"),
     "set_notes": lambda h, p, a, sv: h.set_notes("first visit"),
     "append_notes": lambda h, p, a, sv: h.append_notes(" — follow up"),
 }
@@ -227,7 +229,7 @@ def test_every_edit_is_one_change_and_stays_valid(name):
 def test_edits_are_visible_in_reads():
     h, pid, aid, sid = populated()
     h.set_member_field(pid, "presence", "absent")
-    h.set_service_status(sid, "delivered", "n-1", at="2025-01-05T10:00:00Z")
+    h.as_author("n-1").set_service_status(sid, "delivered", at="2025-01-05T10:00:00Z")
     h.set_notes("ăîșț 😀")
     h.set_notes("short")
     h.append_notes("!")
@@ -248,7 +250,7 @@ def test_edits_are_visible_in_reads():
 
 def test_start_assessment_precreates_answer_maps_for_current_members():
     h, pid, _, _ = populated()
-    aid = h.start_assessment("w-1")
+    aid = h.as_author("w-1").start_assessment()
     assert h.to_dict()["assessments"][aid]["answers"] == {pid: {}}
 
 
@@ -261,7 +263,7 @@ def test_unknown_ids_raise_a_key_error_naming_the_kind():
         ("member", lambda: h.plan_service("info", missing, "v", "2025-01-01")),
         ("assessment", lambda: h.record_answers(missing, pid, {"a": 1})),
         ("assessment", lambda: h.complete_assessment(missing)),
-        ("service", lambda: h.set_service_status(missing, "delivered", "w-1")),
+        ("service", lambda: h.as_author("w-1").set_service_status(missing, "delivered")),
     ]
     before = n_changes(h)
     for kind, call in cases:
@@ -296,10 +298,10 @@ def test_unknown_ids_raise_a_key_error_naming_the_kind():
         (lambda h, p, a, sv: h.record_answers(a, p, {"ok": 1, "bad code": 1}), "format"),
         (lambda h, p, a, sv: h.record_answers(a, p, {"ok": [1]}), "type"),
         (lambda h, p, a, sv: h.plan_service("info", p, "v", "soon"), "format"),
-        (lambda h, p, a, sv: h.set_service_status(sv, "done", "w-1"), "enum"),
-        (lambda h, p, a, sv: h.set_service_status(sv, "delivered", ""), "format"),
-        (lambda h, p, a, sv: h.append_activity("w-1", "", "text"), "format"),
-        (lambda h, p, a, sv: h.start_assessment("w-1", at="2025-02-30T00:00:00Z"), "format"),
+        (lambda h, p, a, sv: h.as_author("w-1").set_service_status(sv, "done"), "enum"),
+        (lambda h, p, a, sv: h.as_author("").set_service_status(sv, "delivered"), "format"),
+        (lambda h, p, a, sv: h.as_author("w-1").append_activity("", "text"), "format"),
+        (lambda h, p, a, sv: h.as_author("w-1").start_assessment(at="2025-02-30T00:00:00Z"), "format"),
         (lambda h, p, a, sv: h.set_notes(None), "type"),
     ],
 )
@@ -644,7 +646,7 @@ def random_edit(h: Household, data: st.DataObject) -> None:
         roles = draw(st.dictionaries(st.sampled_from(s.TEAM_ROLES), st.none() | user_ids))
         h.set_team(**roles)
     elif op == "start_assessment":
-        h.start_assessment(draw(user_ids), at=draw(instants))
+        h.as_author(draw(user_ids)).start_assessment(at=draw(instants))
     elif op == "record_answers":
         h.record_answers(draw(st.sampled_from(assessments)), draw(st.sampled_from(members)),
                          draw(st.dictionaries(codes, answer_values, max_size=4)))  # fmt: skip
@@ -653,10 +655,10 @@ def random_edit(h: Household, data: st.DataObject) -> None:
     elif op == "plan_service":
         h.plan_service(draw(codes), draw(st.sampled_from(members)), draw(codes), draw(st.dates()))
     elif op == "set_service_status":
-        h.set_service_status(draw(st.sampled_from(services)),
-                             draw(st.sampled_from(s.SERVICE_STATUSES)), draw(user_ids))  # fmt: skip
+        h.as_author(draw(user_ids)).set_service_status(draw(st.sampled_from(services)),
+                             draw(st.sampled_from(s.SERVICE_STATUSES)))  # fmt: skip
     elif op == "append_activity":
-        h.append_activity(draw(user_ids), draw(codes), draw(st.text(max_size=30)))
+        h.as_author(draw(user_ids)).append_activity(draw(codes), draw(st.text(max_size=30)))
     elif op == "set_notes":
         h.set_notes(draw(st.text(max_size=30)))
     elif op == "append_notes":

@@ -68,8 +68,7 @@ async def test_advertised_heads_survive_kill_9(database_url: str, engine, tmp_pa
     url = await first.start()
     provision = Provisioner(IdentityStore(engine), first.http_url)
     tablet = await provision.tablet(tmp_path / "tablet", "sw-ana")
-    hid = tablet.create_household(locality="54975", county="CJ", address="Str. Lunga 3",
-                                  created_by="sw-1").household_id
+    hid = tablet.create_household(locality="54975", county="CJ", address="Str. Lunga 3").household_id
     await SyncClient(tablet, url).sync()
 
     advertised: set[bytes] = set()
@@ -84,7 +83,7 @@ async def test_advertised_heads_survive_kill_9(database_url: str, engine, tmp_pa
             if rounds == 15:
                 warmed_up.set()
             with tablet.edit(hid) as h:
-                h.append_activity("sw-1", "visit", f"visit {rounds}")
+                h.append_activity("visit", f"visit {rounds}")
             try:
                 await client.sync()
             finally:
@@ -129,8 +128,7 @@ async def test_a_failed_commit_advertises_nothing_and_the_device_retries(
     from sync_server.app import SYNCHRONIZER
 
     tablet = await provision.tablet("tablet", "sw-ana")
-    hid = tablet.create_household(locality="54975", county="CJ", address="Str. Lunga 3",
-                                  created_by="sw-1").household_id
+    hid = tablet.create_household(locality="54975", county="CJ", address="Str. Lunga 3").household_id
     await SyncClient(tablet, server.url).sync()
     heads_before = (await server.app[SYNCHRONIZER].registry.get(hid)).doc.get_heads()
 

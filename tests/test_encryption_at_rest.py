@@ -50,7 +50,7 @@ def ring(*keys: str) -> KeyRing:
 
 def household_with_names() -> Household:
     h = Household.create(locality="54975", county="CJ", address="Str. Zamfirescu 9",
-                         created_by="sw-1")
+                         author="sw-1")
     h.add_member("Theodora", "Zamfirescu", "1990-01-01", "F", "head")
     h.set_notes(SECRET_NOTE)
     return h
@@ -204,7 +204,7 @@ async def test_bodies_are_sealed_and_sizes_are_plaintext_sizes(store, engine, ke
 
 async def test_erasure_shreds_the_household(store, engine) -> None:
     h, kept = household_with_names(), Household.create(
-        locality="54975", county="CJ", address="Str. Zamfirescu 1", created_by="sw-1")
+        locality="54975", county="CJ", address="Str. Zamfirescu 1", author="sw-1")
     await create(store, h)
     await create(store, kept)
     async with engine.connect() as conn:
@@ -364,8 +364,7 @@ async def test_a_synced_household_leaves_no_plaintext_and_erasure_is_final(
     This test used to read ``proj`` too before erasure, and failed whenever the server's
     own projector had already projected the household (a race with the sync)."""
     a, b = await provision.tablet("a"), await provision.tablet("b")
-    h = a.create_household(locality="54975", county="CJ", address="Str. Zamfirescu 9",
-                           created_by="sw-1")
+    h = a.create_household(locality="54975", county="CJ", address="Str. Zamfirescu 9")
     hid = h.household_id
     with a.edit(hid) as e:
         e.add_member("Theodora", "Zamfirescu", "1990-01-01", "F", "head")

@@ -169,14 +169,13 @@ def target(postgres_url: str) -> Iterator[Target]:
                 sup = await p.tablet(data_dir / "sup", "sup", role="supervisor", county="CJ")
             finally:
                 await engine.dispose()
-            h = ana.create_household(locality="54975", county="CJ", address="Str. Lunga 3",
-                                     created_by="ana")
+            h = ana.create_household(locality="54975", county="CJ", address="Str. Lunga 3")
             with ana.edit(h.household_id) as e:
                 pid = e.add_member("Ana", "Pop", "2015-04-01", "F", "child")
                 e.set_notes("visit on Tuesday " * 20)
                 e.set_status("active")
                 e.request_change("change_presence", {"person_id": pid, "presence": "moved"},
-                                 "moved away", requested_by="ana")
+                                 "moved away")
             assert (await SyncClient(ana, ws_url).sync()).rejected == []
             doc = ana.household(h.household_id).doc.fork()
             return Target(ws_url, http_url, proc, ana, nat, sup, h.household_id,

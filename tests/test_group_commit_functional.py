@@ -25,7 +25,7 @@ async def test_closing_with_appends_queued_leaves_no_caller_waiting(engine, keyr
     households = []
     for i in range(12):
         h = Household.create(locality="54975", county="CJ", address=f"Str. {i}",
-                             created_by="ana")
+                             author="ana")
         await store.create_household(HouseholdRecord(h.household_id, "54975", "CJ"),
                                      stored(h.doc.get_changes([])))
         households.append(h)
@@ -50,7 +50,7 @@ async def _queued_appends(store: PostgresStore, n: int) -> list[asyncio.Task]:
     households = []
     for i in range(n):
         h = Household.create(locality="54975", county="CJ", address=f"Str. {i}",
-                             created_by="ana")
+                             author="ana")
         await store.create_household(HouseholdRecord(h.household_id, "54975", "CJ"),
                                      stored(h.doc.get_changes([])))
         households.append(h)

@@ -116,8 +116,7 @@ async def test_a_decompression_bomb_is_refused_before_it_is_inflated(server, pro
         assert rss_kib("VmHWM") - before < 64 * 1024  # KiB: it was never inflated
     assert len(await quarantined(server, "limit-exceeded")) == 1
     worker = await provision.tablet("ana")
-    worker.create_household(locality="54975", county="CJ", address="Str. Lunga 3",
-                            created_by="ana")
+    worker.create_household(locality="54975", county="CJ", address="Str. Lunga 3")
     assert (await SyncClient(worker, server.url).sync()).rejected == []
 
 
@@ -342,8 +341,7 @@ async def test_a_household_moves_only_by_an_approved_request(server, provision) 
         assert err.code == ErrorCode.PROTECTED_PATH and "county" in err.message
     assert len(await quarantined(server, "protected-path")) == 1
 
-    young = ana.create_household(locality="54975", county="CJ", address="Str. Noua 2",
-                                 created_by="ana")  # status: registration
+    young = ana.create_household(locality="54975", county="CJ", address="Str. Noua 2")  # status: registration
     await SyncClient(ana, server.url).sync()
     base = ana.household(young.household_id).doc
     moved = own_fork(ana, base)
@@ -356,7 +354,7 @@ async def test_a_household_moves_only_by_an_approved_request(server, provision) 
 
     with ana.edit(hid) as e:
         rid = e.request_change("move_household", {"locality": "179132", "county": "B"},
-                               "the family moved to Bucharest", requested_by="ana")
+                               "the family moved to Bucharest")
     await SyncClient(ana, server.url).sync()
     assert (await SupervisorClient(sup_cj, server.http_url).approve(hid, rid))["changed"]
 
@@ -495,7 +493,7 @@ async def test_every_refusal_for_a_hidden_household_is_the_one_for_an_unknown_id
     not_a_household = junk.save()
     from conflict import Household
     elsewhere = Household.create(locality="54975", county="CJ", address="Str. Alta 4",
-                                 created_by="sw-ag", actor_id=other.actor_id,
+                                 author="sw-ag", actor_id=other.actor_id,
                                  at="2026-01-01T00:00:00Z").doc.save()  # not her locality
 
     async def answers(target: str) -> list[list[bytes]]:

@@ -45,6 +45,12 @@ async def test_users_roles_and_places(ids: IdentityStore) -> None:
         await ids.add_user("sup-x", "supervisor")
     with pytest.raises(IdentityError, match="role must be one of"):
         await ids.add_user("x", "mayor")
+    # Households name users in their attributions: an id they cannot hold is refused,
+    # and so is the server's own ("vatra"), which no device may sign as.
+    for bad in ("", "ana pop", "-ana", "vatra", "x" * 65):
+        with pytest.raises(IdentityError) as err:
+            await ids.add_user(bad, "worker")
+        assert err.value.code == "invalid-user-id"
 
 
 async def test_a_code_enrolls_one_device_once(server) -> None:

@@ -38,8 +38,7 @@ pytestmark = pytest.mark.functional
 
 
 def new_household(replica: Replica, n: int = 0) -> str:
-    h = replica.create_household(locality="54975", county="CJ", address=f"Str. Lunga {n}",
-                                 created_by="sw-1")
+    h = replica.create_household(locality="54975", county="CJ", address=f"Str. Lunga {n}")
     return h.household_id
 
 
@@ -82,7 +81,7 @@ async def test_resending_the_same_changes_adds_no_rows(server, provision, store,
     with a.edit(hid) as h:
         h.add_member("Ana", "Pop", "2015-04-01", "F", "child")
         h.set_notes("gate code 1234")
-        h.append_activity("sw-1", "visit", "first visit")
+        h.append_activity("visit", "first visit")
     doc = a.household(hid).doc
     async with raw_peer(server.url, a) as first:
         await first.push(doc, hid)
@@ -109,7 +108,7 @@ async def test_resending_the_same_changes_adds_no_rows(server, provision, store,
     assert await store.change_count(hid) == count
 
     other = Household.create(locality="54975", county="CJ", address="Str. Scurta 1",
-                             created_by="sw-1", actor_id=a.actor_id)
+                             author="sw-1", actor_id=a.actor_id)
     async with raw_peer(server.url, a) as p1, raw_peer(server.url, a) as p2:
         copy = Document.load(other.doc.save())
         await asyncio.gather(p1.push(other.doc, other.household_id),
@@ -137,7 +136,7 @@ async def test_a_long_history_reloads_from_snapshot_plus_later_changes(
             for i in range(250):
                 n = batch * 250 + i
                 h.set_address(f"Str. Lunga {n}")
-                h.append_activity("sw-1", "visit", f"visit {n}")
+                h.append_activity("visit", f"visit {n}")
         summary = await SyncClient(a, server.url).sync()
         assert summary.rejected == [] and summary.changes_sent == 500 + (batch == 0)
         assert a.is_saved(hid)
@@ -246,9 +245,9 @@ async def test_a_household_admitted_over_the_bound_is_not_orphaned(small_server,
     creating = await small_provision.tablet("creator", "sw-1")
     writing = await small_provision.tablet("writer", "sw-2")
     busy = [Household.create(locality="54975", county="CJ", address=f"Str. {i}",
-                             created_by="sw-1", actor_id=creating.actor_id) for i in range(2)]
+                             author="sw-1", actor_id=creating.actor_id) for i in range(2)]
     target = Household.create(locality="54975", county="CJ", address="Str. Noua",
-                              created_by="sw-1", actor_id=creating.actor_id)
+                              author="sw-1", actor_id=creating.actor_id)
     async with contextlib.AsyncExitStack() as stack:
         for h in busy:  # two open connections keep the bound full of households in use
             p = await stack.enter_async_context(raw_peer(server.url, creating))
@@ -364,14 +363,13 @@ async def test_changes_queued_behind_a_bloom_false_positive_are_kept(server, pro
     (fixed actor, ids and times) that hit the false positive."""
     at = "2026-01-01T00:00:00Z"
     tablet = await provision.tablet("tablet", "sw-1", actor_id=bytes([7]) * 16)
-    h = tablet.create_household(locality="54975", county="CJ", address=f"a{seed}",
-                                created_by="sw-1", at=at)
+    h = tablet.create_household(locality="54975", county="CJ", address=f"a{seed}", at=at)
     h.add_member("Ana", "Pop", "2015-04-01", "F", "child",
                  person_id=f"00000000-0000-4000-8000-{seed:012d}")
     tablet.save(h.household_id)
     await SyncClient(tablet, server.url).sync()
     for e in range(10):
-        h.append_activity("sw-1", "visit", f"v{e} {seed}", at=at)
+        h.append_activity("visit", f"v{e} {seed}", at=at)
     tablet.save(h.household_id)
     summary = await SyncClient(tablet, server.url, max_attempts=1, idle_timeout=10).sync()
     assert summary.changes_sent == 10

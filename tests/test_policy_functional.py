@@ -44,7 +44,7 @@ async def test_only_the_countys_supervisor_may_decide_a_request(server, provisio
         server, provision, ("sup-cj", {"role": "supervisor", "county": "CJ"}))
     with ana.edit(hid) as h:
         rid = h.request_change("change_presence", {"person_id": pid, "presence": "moved"},
-                               "moved to her grandmother", requested_by="ana")
+                               "moved to her grandmother")
     assert (await SyncClient(ana, server.url).sync()).rejected == []
     raw = Household(ana.household(hid).doc, hid)
     doc = raw.doc
@@ -76,8 +76,7 @@ async def test_a_concurrent_lower_service_status_is_restored_by_the_server(serve
     Automerge lets the larger actor id win (here the counsellor's), which would move the
     status back: the server writes ``delivered`` again and records why."""
     ana = await provision.tablet("ana", actor_id=bytes([0x10]) * 16)
-    h = ana.create_household(locality="54975", county="CJ", address="Str. Lunga 3",
-                             created_by="ana")
+    h = ana.create_household(locality="54975", county="CJ", address="Str. Lunga 3")
     hid = h.household_id
     with ana.edit(hid) as e:
         pid = e.add_member("Ana", "Pop", "2015-04-01", "F", "child")
@@ -90,9 +89,9 @@ async def test_a_concurrent_lower_service_status_is_restored_by_the_server(serve
         t.track(hid)
         await SyncClient(t, server.url).sync()
     with nurse.edit(hid) as e:
-        e.set_service_status(sid, "delivered", by="nurse")
+        e.set_service_status(sid, "delivered")
     with counsellor.edit(hid) as e:
-        e.set_service_status(sid, "in_progress", by="counsellor")
+        e.set_service_status(sid, "in_progress")
     await SyncClient(nurse, server.url).sync()
     await SyncClient(counsellor, server.url).sync()
     await SyncClient(counsellor, server.url).sync()
@@ -123,7 +122,7 @@ async def test_same_field_conflicts_are_recorded_and_resolved(server, provision)
     assert ana.household(hid).activity()[-1]["kind"] == "conflict"
 
     with ana.edit(hid) as h:
-        h.resolve_conflict(c["conflict_id"], "Str. Morii 12A", by="ana")
+        h.resolve_conflict(c["conflict_id"], "Str. Morii 12A")
     await SyncClient(ana, server.url).sync()
     await SyncClient(nurse, server.url).sync()
     assert nurse.household(hid).to_dict()["address"] == "Str. Morii 12A"
@@ -149,7 +148,7 @@ async def test_a_supervisor_approving_through_sync_gets_the_change_applied_once(
         server, provision, ("sup-cj", {"role": "supervisor", "county": "CJ"}))
     with ana.edit(hid) as h:
         rid = h.request_change("change_presence", {"person_id": pid, "presence": "moved"},
-                               "moved to her grandmother", requested_by="ana")
+                               "moved to her grandmother")
     await SyncClient(ana, server.url).sync()
     await SyncClient(sup, server.url).sync()
     sdoc = sup.household(hid).doc
@@ -179,9 +178,9 @@ async def test_two_deliveries_of_one_service_conflict_on_who_delivered(server,
     await SyncClient(nurse, server.url).sync()
     at = "2026-11-20T10:00:00Z"
     with ana.edit(hid) as h:
-        h.set_service_status(sid, "delivered", by="ana", at=at)
+        h.set_service_status(sid, "delivered", at=at)
     with nurse.edit(hid) as h:
-        h.set_service_status(sid, "delivered", by="nurse", at=at)
+        h.set_service_status(sid, "delivered", at=at)
     await SyncClient(ana, server.url).sync()
     await SyncClient(nurse, server.url).sync()
     [c] = nurse.household(hid).conflicts(open_only=True)
@@ -201,9 +200,9 @@ async def test_concurrent_feed_entries_are_kept_and_never_a_conflict(server, pro
     and both entries are in the feed, once each, on every tablet."""
     hid, _, (ana, nurse) = await active_household(server, provision, ("nurse", {}))
     with ana.edit(hid) as h:
-        h.append_activity("ana", "visit", "visit note: the boy has a fever")
+        h.append_activity("visit", "visit note: the boy has a fever")
     with nurse.edit(hid) as h:
-        h.append_activity("nurse", "call", "phone call with the school")
+        h.append_activity("call", "phone call with the school")
     for tablet in (nurse, ana, nurse):
         assert (await SyncClient(tablet, server.url).sync()).rejected == []
     for tablet in (ana, nurse):

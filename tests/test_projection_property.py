@@ -129,10 +129,10 @@ def edit(h: Household, kind: str, user: str, x: int, y: int, n: int) -> None:
     elif kind == "notes":
         (h.set_notes if x % 2 else h.append_notes)(f" note {n}")
     elif kind == "assess":
-        h.start_assessment(user, at=INSTANTS[x % len(INSTANTS)])
+        h.start_assessment(at=INSTANTS[x % len(INSTANTS)])
     elif kind == "answer" and pid is not None:
         if aid is None:
-            aid = h.start_assessment(user, at=INSTANTS[x % len(INSTANTS)])
+            aid = h.start_assessment(at=INSTANTS[x % len(INSTANTS)])
         elif x % 3:  # mostly the latest one, whose answers the vulnerabilities come from
             aid = latest_assessment(d["assessments"])[0]
         code, value = ANSWERS[(x + y) % len(ANSWERS)]
@@ -143,12 +143,12 @@ def edit(h: Household, kind: str, user: str, x: int, y: int, n: int) -> None:
         code, vulnerability = SERVICES[x % len(SERVICES)]
         h.plan_service(code, pid, vulnerability, DEADLINES[y % len(DEADLINES)])
     elif kind == "status" and sid is not None:
-        h.set_service_status(sid, STATUSES[y % len(STATUSES)], by=user,
+        h.set_service_status(sid, STATUSES[y % len(STATUSES)],
                              at=INSTANTS[x % len(INSTANTS)])
     elif kind == "service_note" and sid is not None:
         h.set_service_note(sid, f"note {n}" if y % 3 else "")
     elif kind == "activity":
-        h.append_activity(user, "visit", f"visit {n}", at=INSTANTS[x % len(INSTANTS)])
+        h.append_activity("visit", f"visit {n}", at=INSTANTS[x % len(INSTANTS)])
     elif kind == "address":
         h.set_address(f"Str. {'ABC'[x % 3]} {y}")
     elif kind == "gps":
@@ -163,20 +163,19 @@ def edit(h: Household, kind: str, user: str, x: int, y: int, n: int) -> None:
                            "birth_date": MEMBER_FIELDS["birth_date"][y % 4],
                            "relation_to_head": "child"},
             "remove_member": {"person_id": pid}}.get(request, {})
-        h.request_change(request, payload, f"reason {n}", requested_by=user)
+        h.request_change(request, payload, f"reason {n}")
     elif kind == "resolve":
         open_ = h.conflicts(open_only=True)
         if open_:
             c = open_[x % len(open_)]
             with contextlib.suppress(InvalidValueError):  # a protected path: a request's job
-                h.resolve_conflict(c["conflict_id"], c["values"][y % len(c["values"])], user)
+                h.resolve_conflict(c["conflict_id"], c["values"][y % len(c["values"])])
 
 
 async def second_household(server, provision, tablets) -> str:
     """Another active household of the same team: a head and a child."""
     ana = tablets[0]
-    hid = ana.create_household(locality="54975", county="CJ", address="Str. Scurta 5",
-                               created_by=ana.credentials.user_id).household_id
+    hid = ana.create_household(locality="54975", county="CJ", address="Str. Scurta 5").household_id
     with ana.edit(hid) as e:
         e.add_member("Ion", "Rus", "1980-05-05", "M", "head")
         e.add_member("Maria", "Rus", "2020-09-01", "F", "child")

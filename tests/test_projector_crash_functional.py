@@ -40,15 +40,15 @@ def a_household(n: int) -> tuple[Household, str, str]:
     """An active household with a child not registered with a family doctor (one
     vulnerability), a service planned for it, and a visit. (household, child, assessment)"""
     h = Household.create(locality="54975", county="CJ", address=f"Str. Lunga {n}",
-                         created_by="ana", at="2026-02-01T09:00:00Z")
+                         author="ana", at="2026-02-01T09:00:00Z")
     pid = h.add_member("Ana", f"Pop{n}", "2015-04-01", "F", "child")
     h.add_member("Ion", f"Pop{n}", "1984-07-12", "M", "head")
     h.set_status("active")
-    aid = h.start_assessment("ana", at="2026-03-01T10:00:00Z")
+    aid = h.start_assessment(at="2026-03-01T10:00:00Z")
     h.record_answers(aid, pid, {"family_doctor_registered": False})
     h.complete_assessment(aid, at="2026-03-01T11:00:00Z")
     h.plan_service("information", pid, "child_no_family_doctor", "2026-03-20")
-    h.append_activity("ana", "visit", f"first visit {n}", at="2026-03-01T11:30:00Z")
+    h.append_activity("visit", f"first visit {n}", at="2026-03-01T11:30:00Z")
     return h, pid, aid
 
 
@@ -134,7 +134,7 @@ async def test_a_projector_killed_mid_batch_resumes_exactly(
     assert len(x_before["vulnerabilities"]) == 1 and len(x_before["activity"]) == 2
     heads = h.doc.get_heads()
     h.record_answers(aid, pid, {"family_doctor_registered": True})  # the vulnerability goes
-    h.append_activity("ana", "visit", "second visit", at="2026-03-10T09:00:00Z")
+    h.append_activity("visit", "second visit", at="2026-03-10T09:00:00Z")
     h.set_member_field(pid, "first_name", "Ioana")
     await store.append_changes(x, new_changes(h.doc, heads))
     async with engine.begin() as conn:  # a distinct enqueued_at each: a fixed order

@@ -43,7 +43,7 @@ async def rows_of(engine, household_id: str | None = None) -> dict[str, list[dic
 async def test_a_synced_household_is_projected(server, provision) -> None:
     hid, pid, [ana] = await active_household(server, provision)
     with ana.edit(hid) as e:
-        aid = e.start_assessment("ana", at="2026-03-01T10:00:00Z")
+        aid = e.start_assessment(at="2026-03-01T10:00:00Z")
         e.record_answers(aid, pid, {"family_doctor_registered": False,
                                     "vaccination_status": "complete"})
         e.complete_assessment(aid, at="2026-03-01T11:00:00Z")
@@ -79,7 +79,7 @@ async def test_rebuild_gives_the_rows_the_incremental_projection_gave(server, pr
     for i in range(3):  # several projections, each of a later state
         with ana.edit(hid) as e:
             e.set_notes(f"visit {i}")
-            e.append_activity("ana", "visit", f"visit {i}")
+            e.append_activity("visit", f"visit {i}")
         await SyncClient(ana, server.url).sync()
         await projector.drain_all()
     incremental = await rows_of(server.app[ENGINE])
@@ -111,7 +111,7 @@ async def test_the_commands_project_report_and_rebuild(database_url, store) -> N
     ids = []
     for i in range(3):
         h = Household.create(locality="54975", county="CJ", address=f"Str. Noua {i}",
-                             created_by="ana")
+                             author="ana")
         await store.create_household(HouseholdRecord(h.household_id, "54975", "CJ"),
                                      stored(h.doc.get_changes([])))
         ids.append(h.household_id)

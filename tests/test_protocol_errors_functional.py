@@ -142,7 +142,7 @@ async def bad_truncated_sync_known(peer: RawPeer, ctx: Ctx) -> None:
 
 async def bad_truncated_sync_unknown(peer: RawPeer, ctx: Ctx) -> None:
     fresh = Household.create(locality="54975", county="CJ", address="Bd. Eroilor 12",
-                             created_by="sw-3", actor_id=ctx.actor_id)
+                             author="sw-3", actor_id=ctx.actor_id)
     data = changes_message(fresh.doc)
     await peer.send(wire.Sync(peer.peer_id, peer.server_id, fresh.household_id, data[:-7]))
 
@@ -195,7 +195,7 @@ class Team:
 
     async def device_edits_and_syncs(self, server_url: str, text: str) -> None:
         with self.replica.edit(self.hid) as h:
-            h.append_activity("sw-1", "visit", text)
+            h.append_activity("visit", text)
         summary = await SyncClient(self.replica, server_url).sync()
         assert summary.rejected == [] and summary.changes_sent == 1
         assert self.replica.is_saved(self.hid)
@@ -220,8 +220,7 @@ async def team(server, provision) -> AsyncIterator[Team]:
     device = await provision.tablet("good", "sw-1")
     watcher = await provision.tablet("bystander", "sw-2")
     mate = await provision.tablet("mate", "sw-3")
-    h = device.create_household(locality="54975", county="CJ", address="Str. Lunga 3",
-                                created_by="sw-1")
+    h = device.create_household(locality="54975", county="CJ", address="Str. Lunga 3")
     with device.edit(h.household_id) as hh:
         hh.add_member("Ana", "Popescu", "2015-04-01", "F", "child")
     summary = await SyncClient(device, server.url).sync()
@@ -350,13 +349,12 @@ async def test_another_teams_household_is_answered_as_if_it_did_not_exist(
     with ``doc-unavailable`` instead told which ids exist). The connection stays open,
     and the household's fan-out never reaches it."""
     outsider = await provision.tablet("outsider", "sw-9")
-    own = outsider.create_household(locality="54975", county="CJ", address="Str. Alta 9",
-                                    created_by="sw-9")
+    own = outsider.create_household(locality="54975", county="CJ", address="Str. Alta 9")
     assert (await SyncClient(outsider, server.url).sync()).rejected == []
     assert outsider.is_saved(own.household_id)  # on a team of its own
 
     later = team.replica.create_household(locality="54975", county="CJ",
-                                          address="Str. Lunga 3", created_by="sw-1")
+                                          address="Str. Lunga 3")
     peer_id = "outsider-" + uuid.uuid4().hex[:8]  # the same on every connection below
 
     async def ask(hid: str, kind: type[wire.Sync] = wire.Request) -> bytes:

@@ -53,8 +53,7 @@ async def test_show_states_the_rule_and_reads_every_refused_batch(
         h.set_address("Str. Citita 1")
     assert [r.code for r in (await SyncClient(nat, server.url).sync()).rejected] == [
         "read-only"]
-    elsewhere = ana.create_household(locality="55000", county="CJ", address="Str. Departe 2",
-                                     created_by="ana").household_id
+    elsewhere = ana.create_household(locality="55000", county="CJ", address="Str. Departe 2").household_id
     assert [r.code for r in (await SyncClient(ana, server.url).sync([elsewhere])).rejected] \
         == ["creation-refused"]
 

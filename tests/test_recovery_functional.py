@@ -35,12 +35,12 @@ async def test_a_refused_batch_keeps_every_allowed_edit(server, provision) -> No
 
     # Ana, offline, with a client that bypasses the SDK guard: one protected edit (the
     # child's presence), a protected addition (a member), and ordinary work.
-    raw = Household(ana.household(hid).doc, hid)
+    raw = Household(ana.household(hid).doc, hid, author="ana")
     raw.set_member_field(pid, "presence", "moved")
     new_pid = raw.add_member("Ion", "Pop", "2017-02-03", "M", "child")
     raw.set_address("Str. Scurta 5")
-    raw.append_activity("ana", "home_visit", "school enrolment discussed")
-    aid = raw.start_assessment(by="ana")
+    raw.append_activity("home_visit", "school enrolment discussed")
+    aid = raw.start_assessment()
     raw.record_answers(aid, pid, {"attends_school": True, "meals_per_day": 2})
     raw.set_notes("first visit\nneeds school supplies, bought on Monday\n")
     ana.save(hid)
@@ -102,7 +102,7 @@ async def test_a_schema_violation_is_recovered_the_same_way(server, provision) -
     child = h.doc.get(members, pid)[1]
     with h.doc.transaction() as tx:  # what the typed API would never write
         tx.put(child, "sex", ScalarType.Str, "unknown")
-    raw = Household(h.doc, hid)
+    raw = Household(h.doc, hid, author="ana")
     raw.set_address("Str. Scurta 5")
     raw.append_notes("moved to the ground floor\n")
     ana.save(hid)
@@ -129,13 +129,13 @@ async def test_a_self_approved_request_is_recovered_without_the_decision(server,
     hid, pid, (ana,) = await active_household_with_notes(server, provision)
     with ana.edit(hid) as h:
         rid = h.request_change("change_presence", {"person_id": pid, "presence": "moved"},
-                               "moved to her grandmother", requested_by="ana")
+                               "moved to her grandmother")
     assert (await SyncClient(ana, server.url).sync()).rejected == []
     doc = ana.household(hid).doc
     request = doc.get(doc.get(ROOT, "change_requests")[1], rid)[1]
     with doc.transaction() as tx:  # the worker approves their own request
         tx.put(request, "status", ScalarType.Str, "approved")
-    Household(doc, hid).append_activity("ana", "phone_call", "called the school")
+    Household(doc, hid, author="ana").append_activity("phone_call", "called the school")
     ana.save(hid)
 
     summary = await SyncClient(ana, server.url).sync()
@@ -156,7 +156,7 @@ def test_a_teammates_newer_values_are_not_overwritten_with_stale_ones() -> None:
     from client_sdk._recovery import rebase
 
     h = Household.create(locality="54975", county="CJ", address="Str. Lunga 3",
-                         created_by="ana", actor_id=bytes([1]) * 16)
+                         author="ana", actor_id=bytes([1]) * 16)
     hid = h.household_id
     pid = h.add_member("Ana", "Pop", "2015-04-01", "F", "child")
     h.set_notes("first visit\n")

@@ -23,13 +23,13 @@ async def seed(store) -> dict[tuple[str, str], str]:
     ids = {}
     for locality, county in PLACES:
         h = Household.create(locality=locality, county=county, address="Str. Mare 1",
-                             created_by="ana", at="2026-01-05T09:00:00Z")
+                             author="ana", at="2026-01-05T09:00:00Z")
         pid = h.add_member("Ion", "Pop", "2014-02-03", "M", "child")
-        aid = h.start_assessment("ana", at="2026-01-06T09:00:00Z")
+        aid = h.start_assessment(at="2026-01-06T09:00:00Z")
         h.record_answers(aid, pid, {"family_doctor_registered": False})
         h.complete_assessment(aid, at="2026-01-06T10:00:00Z")
         h.plan_service("information", pid, "child_no_family_doctor", "2026-01-20")
-        h.request_change("remove_member", {"person_id": pid}, "moved", "ana",
+        h.request_change("remove_member", {"person_id": pid}, "moved",
                          at="2026-01-07T09:00:00Z")
         h.record_conflict(("address",), ["Str. Mare 1", "Str. Mare 2"], at="2026-01-08T09:00:00Z")
         await store.create_household(HouseholdRecord(h.household_id, locality, county),

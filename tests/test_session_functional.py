@@ -240,8 +240,7 @@ async def test_an_unknown_device_id_gets_the_same_refusal(server, provision) -> 
 async def test_the_pinned_server_key_detects_an_impostor_server(server, provision,
                                                                  tmp_path) -> None:
     ana = await provision.tablet("ana")
-    ana.create_household(locality="54975", county="CJ", address="Str. Lunga 1",
-                         created_by="ana", team={"social_worker": "ana"})
+    ana.create_household(locality="54975", county="CJ", address="Str. Lunga 1", team={"social_worker": "ana"})
     # Same database, same master key, same enrolled devices: everything but the
     # server's private identity key, which stays in the real server's data dir.
     settings = dataclasses.replace(server.settings, port=0, data_dir=tmp_path / "impostor")

@@ -13,8 +13,7 @@ pytestmark = pytest.mark.functional
 
 
 def new_household(replica: Replica) -> str:
-    h = replica.create_household(locality="54975", county="CJ", address="Str. Lunga 3",
-                                 created_by="sw-1")
+    h = replica.create_household(locality="54975", county="CJ", address="Str. Lunga 3")
     return h.household_id
 
 
@@ -37,7 +36,7 @@ async def test_a_household_created_offline_reaches_a_teammate(server, provision)
 def edit_set(replica: Replica, hid: str, who: str) -> None:
     """Each device edits its own field and one field in common (notes)."""
     with replica.edit(hid) as h:
-        h.append_activity(who, "visit", f"visit by {who}")
+        h.append_activity("visit", f"visit by {who}")
         h.set_address(f"address according to {who}")
 
 

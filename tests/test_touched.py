@@ -16,12 +16,12 @@ from sync_server.sync.touched import touched_prefixes
 
 def base() -> tuple[Household, str, str, str]:
     h = Household.create(locality="54975", county="CJ", address="Str. Lunga 3",
-                         created_by="sw")
+                         author="sw")
     pid = h.add_member("Ana", "Pop", "2015-04-01", "F", "child")
-    aid = h.start_assessment("sw")
+    aid = h.as_author("sw").start_assessment()
     sid = h.plan_service("counselling", pid, "school_absenteeism", "2026-12-20")
     for i in range(5):
-        h.append_activity("sw", "visit", f"visit {i}")
+        h.as_author("sw").append_activity("visit", f"visit {i}")
     return h, pid, aid, sid
 
 
@@ -116,7 +116,7 @@ def test_objects_made_by_an_accepted_batch_are_known_to_the_next() -> None:
     index = ObjectIndex()
     index.build(h.doc)
     before = h.doc.get_heads()
-    h.append_activity("sw", "visit", "one more")  # a new map in the feed
+    h.as_author("sw").append_activity("visit", "one more")  # a new map in the feed
     read = index.touched(h.doc, h.doc.get_changes(before))
     assert read is not None
     prefixes, made = read

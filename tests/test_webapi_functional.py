@@ -130,11 +130,11 @@ async def world(server, provision) -> World:
     for spec in SPECS:
         tablet = tablets[spec.worker]
         hid = tablet.create_household(locality=spec.locality, county=spec.county,
-                                      address=spec.address, created_by=spec.worker).household_id
+                                      address=spec.address).household_id
         with tablet.edit(hid) as e:
             pids = [e.add_member(m.first, m.last, m.born, "F", m.relation) for m in spec.members]
             if any(m.answers for m in spec.members):
-                aid = e.start_assessment(spec.worker, at=f"{ASSESSED}T09:00:00Z")
+                aid = e.start_assessment(at=f"{ASSESSED}T09:00:00Z")
                 for pid, m in zip(pids, spec.members, strict=True):
                     if m.answers:
                         e.record_answers(aid, pid, m.answers)
@@ -143,12 +143,12 @@ async def world(server, provision) -> World:
             for who, deadline, status in spec.services:
                 sid = e.plan_service("information", pids[who], "child_no_family_doctor", deadline)
                 if status != "planned":
-                    e.set_service_status(sid, status, spec.worker, at="2026-03-02T10:00:00Z")
+                    e.set_service_status(sid, status, at="2026-03-02T10:00:00Z")
                 services[spec.key].append(sid)
             if spec.request:
                 requests[spec.key] = e.request_change(
                     "change_presence", {"person_id": pids[0], "presence": "moved"},
-                    "moved away", requested_by=spec.worker)
+                    "moved away")
             e.set_status(spec.status)
         ids[spec.key], people[spec.key] = hid, pids
     for name in WORKERS:

@@ -98,12 +98,11 @@ def run_cases(schema, path: str, base_url: str, auth: DeviceAuth, modes=MODES,
 async def test_the_web_api_conforms_to_its_openapi_document(server, provision, subtests) -> None:
     hid, pid, [ana] = await active_household(server, provision)
     with ana.edit(hid) as e:
-        aid = e.start_assessment("ana", at="2026-03-01T10:00:00Z")
+        aid = e.start_assessment(at="2026-03-01T10:00:00Z")
         e.record_answers(aid, pid, {"family_doctor_registered": False})
         e.complete_assessment(aid, at="2026-03-01T11:00:00Z")
         e.plan_service("information", pid, "child_no_family_doctor", "2020-01-10")
-        e.request_change("change_presence", {"person_id": pid, "presence": "moved"}, "moved",
-                         requested_by="ana")
+        e.request_change("change_presence", {"person_id": pid, "presence": "moved"}, "moved")
     await SyncClient(ana, server.url).sync()
     await server.app[PROJECTOR].drain_all()
     national = await provision.tablet("nat", role="national", county=None)

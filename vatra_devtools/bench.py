@@ -338,10 +338,9 @@ async def _workload_live(server: VatraServer, root: Path, k: int,
     replica = await provision.tablet(root / "live-tablet", "sw-live")
     creds = replica.credentials
     assert creds is not None
-    h = replica.create_household(locality="54975", county="CJ", address="Str. Live 1",
-                                 created_by="sw-live")
+    h = replica.create_household(locality="54975", county="CJ", address="Str. Live 1")
     h.add_member("Ion", "Pop", "2012-02-02", "M", "child")
-    h.start_assessment("sw-live")
+    h.start_assessment()
     replica.save(h.household_id)
     hid = h.household_id
     await SyncClient(replica, server.url).sync()
@@ -408,7 +407,7 @@ async def _workload_live(server: VatraServer, root: Path, k: int,
                 if i % 2:
                     h.set_address(f"Str. Live nr. {i}")
                 else:
-                    h.append_activity("sw-live", "call", f"live change {i}")
+                    h.append_activity("call", f"live change {i}")
                 m = doc.generate_sync_message(state)
                 if m is None:
                     raise RuntimeError("live session: an edit produced no sync message")

@@ -71,9 +71,9 @@ def setup_tablets(replicas: list[Replica], households: int
         owned = []
         for k in range(households):
             h = replica.create_household(locality="54975", county="CJ",
-                                         address=f"Str. Bench {t}-{k}", created_by=tablet_user(t))
+                                         address=f"Str. Bench {t}-{k}")
             pid = h.add_member("Ana", "Pop", "2015-04-01", "F", "child")
-            aid = h.start_assessment(tablet_user(t))
+            aid = h.start_assessment()
             replica.save(h.household_id)
             owned.append((h.household_id, pid, aid))
         out.append((replica, owned))
@@ -88,7 +88,7 @@ def offline_edits(replica: Replica, owned: list[tuple[str, str, str]], t: int,
         for e in range(edits):
             kind = e % 3
             if kind == 0:
-                h.append_activity(tablet_user(t), "visit", f"visit {e} by tablet {t}")
+                h.append_activity("visit", f"visit {e} by tablet {t}")
             elif kind == 1:
                 h.set_address(f"Str. Bench {t} nr. {e}")
             else:

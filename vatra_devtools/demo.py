@@ -46,7 +46,7 @@ async def run_demo(settings: Settings, data_dir: Path | None) -> int:
             names[server.app[SYNCHRONIZER].server_actor] = "Vatra (recorded conflicts)"
 
             h = sw.create_household(locality="54975", county="CJ",
-                                    address="Str. Morii 12, Apahida", created_by="sw-ana",
+                                    address="Str. Morii 12, Apahida",
                                     team={"social_worker": "sw-ana", "nurse": "nurse-ioana",
                                           "counsellor": "csl-mihai"})
             hid = h.household_id
@@ -63,13 +63,13 @@ async def run_demo(settings: Settings, data_dir: Path | None) -> int:
             console.print("[bold]Offline[/] — each edits their own part, and all three the address:")
             with sw.edit(hid) as e:
                 e.set_gps(46.8357, 23.7365, 12.0)
-                e.append_activity("sw-ana", "visit", "home visit, family present")
+                e.append_activity("visit", "home visit, family present")
                 e.set_address("Str. Morii 12A, Apahida")
             with nurse.edit(hid) as e:
-                a = e.start_assessment("nurse-ioana")
+                a = e.start_assessment()
                 e.record_answers(a, child, {"family_doctor_registered": False,
                                             "vaccination_complete": False})
-                e.append_activity("nurse-ioana", "assessment", "health indicators")
+                e.append_activity("assessment", "health indicators")
                 e.set_address("Strada Morii nr. 12, Apahida")
             with counsellor.edit(hid) as e:
                 e.plan_service("counselling", child, "school_absenteeism", "2026-12-20")

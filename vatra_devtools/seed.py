@@ -516,7 +516,7 @@ def _household(rng: random.Random, today: date, place: Locality, county: str,
     sw = team["social_worker"]
     household_id = DocumentId.from_bytes(rng.randbytes(16)).to_string()
     hh = Household.create(locality=place.siruta, county=county, address=_address(rng, place),
-                          created_by=sw, team=team, household_id=household_id,
+                          author=sw, team=team, household_id=household_id,
                           actor_id=_actor(sw), at=registered)
     people, single_parent = _compose(rng, registered.date(), kind)
     for p in people:
@@ -533,7 +533,7 @@ def _household(rng: random.Random, today: date, place: Locality, county: str,
     started = _at(rng, min(today, registered.date() + timedelta(days=rng.randint(0, 21))))
     started = max(started, registered + timedelta(minutes=30))
     completed = _later(rng, started, 3 if rng.random() < .3 else 0, today)
-    aid = hh.start_assessment(sw, assessment_id=_entity_id(rng), at=started)
+    aid = hh.start_assessment(assessment_id=_entity_id(rng), at=started)
     draw = _Answers(rng, completed.date(), poor, place.urban)
     present = [p for p in people if p.presence == "present"]
     head = next(p for p in people if p.relation == "head")
@@ -552,7 +552,7 @@ def _household(rng: random.Random, today: date, place: Locality, county: str,
     closed = _later(rng, max(at for at, *_ in feed), 60, today)
     supervisor = f"sup-{county.lower()}"
     for sid in still_open:  # closing a case cancels what was not delivered (a supervisor's call)
-        hh.set_service_status(sid, "cancelled", supervisor)
+        hh.as_author(supervisor).set_service_status(sid, "cancelled")
     feed.append((closed, supervisor, "case_closed", rng.choice(CLOSING)))
     hh.set_status("closed")
     return _finish(rng, hh, feed, closed.date(), registered, team)
@@ -588,13 +588,13 @@ def _plan(rng: random.Random, hh: Household, catalogue: Catalogue, completed: da
             by = team[role]
             if state == "delivered":
                 at = _later(rng, completed, (deadline - identified).days + 10, today)
-                hh.set_service_status(sid, "delivered", by, at=at)
+                hh.as_author(by).set_service_status(sid, "delivered", at=at)
                 if rng.random() < .5:
                     label = catalogue.services[service].label.ro
                     feed.append((at, by, "service_delivered",
                                  f"{label}: {catalogue.vulnerabilities[code].label.ro}"))
             else:
-                hh.set_service_status(sid, "in_progress", by)
+                hh.as_author(by).set_service_status(sid, "in_progress")
                 still_open.append(sid)
     return still_open
 
@@ -607,7 +607,7 @@ def _finish(rng: random.Random, hh: Household, feed: list[tuple[datetime, str, s
         feed.append((_later(rng, registered, 365, until), rng.choice(members), "visit",
                      rng.choice(VISITS)))
     for at, by, kind, text in sorted(feed):
-        hh.append_activity(by, kind, text, at=at)
+        hh.as_author(by).append_activity(kind, text, at=at)
     return hh
 
 

@@ -93,8 +93,8 @@ def routes(pipeline: Synchronizer, engine: AsyncEngine,
 
         def apply(h: Household) -> bool:
             if approve:
-                return h.apply_request(rid, user, as_server=True, note=note)
-            return h.reject_request(rid, user, note, as_server=True)
+                return h.apply_request(rid, as_server=True, note=note)
+            return h.reject_request(rid, note, as_server=True)
 
         try:
             changed = await pipeline.server_change(household.household_id, apply,

@@ -30,6 +30,8 @@ from nacl.bindings import sodium_memcmp
 from nacl.signing import SigningKey
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from conflict import SERVER_AUTHOR
+from conflict.schema import FORMATS
 from sync_server.protocol.errors import ConfigError, ErrorCode, VatraError
 from sync_server.store.audit import AuditEvent, AuditLog
 from sync_server.store.tables import (
@@ -105,8 +107,12 @@ class IdentityStore:
                                 code=ErrorCode.INVALID_ROLE)
         if role == "supervisor" and not county:
             raise IdentityError("a supervisor needs a county", code=ErrorCode.INVALID_ROLE)
-        if not user_id or len(user_id) > 64:
-            raise IdentityError("a user id is 1-64 characters", code=ErrorCode.INVALID_ROLE)
+        if len(user_id) > 64 or not FORMATS["user_id"](user_id) or user_id == SERVER_AUTHOR:
+            # Households name users in their attributions: an id the schema cannot hold,
+            # or the server's own, would make every entry this user writes refused.
+            raise IdentityError(f"a user id is 1-64 letters, digits and _.:@- (starting with "
+                                f"a letter or digit), and not {SERVER_AUTHOR!r}",
+                                code=ErrorCode.INVALID_USER_ID)
         places = sorted(set(localities))
         async with self._engine.begin() as conn:
             await conn.execute(sa.insert(users).values(id=user_id, role=role, county=county))

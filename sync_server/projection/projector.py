@@ -53,7 +53,7 @@ from prometheus_client import Counter, Gauge
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from conflict import Household
+from conflict import SERVER_AUTHOR, Household
 from conflict.catalogue import Catalogue, load_catalogue
 from sync_server.projection.rows import LogFacts, Rows, primary_key, project
 from sync_server.store.postgres import PostgresStore
@@ -64,8 +64,6 @@ from sync_server.sync.households import HouseholdRegistry
 
 log = logging.getLogger(__name__)
 
-#: The author recorded for the server's own changes (status restores, conflict records).
-SERVER_AUTHOR = "vatra"
 #: Advisory-lock namespace of the projector (first key of the two-key form).
 _LOCK_SPACE = 0x7661_7472  # "vatr"
 

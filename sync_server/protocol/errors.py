@@ -63,6 +63,7 @@ class ErrorCode(StrEnum):
     ENROLLMENT_REFUSED = "enrollment-refused"
     TOO_MANY_ATTEMPTS = "too-many-attempts"
     INVALID_ROLE = "invalid-role"
+    INVALID_USER_ID = "invalid-user-id"
     UNKNOWN_USER = "unknown-user"
     READ_ONLY = "read-only"
     ACTOR_NOT_REGISTERED = "actor-not-registered"
@@ -74,6 +75,7 @@ class ErrorCode(StrEnum):
     DECISION_FIELD = "decision-field"
     TOO_MANY_SESSIONS = "too-many-sessions"
     LIMIT_EXCEEDED = "limit-exceeded"
+    FORGED_ATTRIBUTION = "forged-attribution"
     # -- the HTTP faces (sync_server/api): a refused request names one of these
     UNAUTHORIZED = "unauthorized"
     FORBIDDEN = "forbidden"
@@ -122,6 +124,10 @@ RULES: Mapping[ErrorCode, str] = {
     ErrorCode.PROTECTED_PATH: "once a household is active, its members, their presence, its "
                               "team and its status change only by an approved change request; "
                               "its locality and county never by a device",
+    ErrorCode.FORGED_ATTRIBUTION: "who wrote an entry (activity, assessment, delivery, "
+                                  "request, decision, resolution) names the user of the "
+                                  "device that signed the session, and when is not in the "
+                                  "future",
     ErrorCode.DECISION_FIELD: "only a supervisor of the household's county decides a change "
                               "request or cancels a service; a filed request is not altered",
 }

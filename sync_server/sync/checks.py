@@ -12,11 +12,12 @@ to a batch.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from automerge.core import ROOT, Document, ObjType, ScalarType
 
-from conflict import Household, Violation, is_entity_id, policy, schema, validate
+from conflict import Household, Violation, is_entity_id, paths, policy, schema, validate
 from conflict.validate import validate_paths
 from sync_server.auth.identity import Device, User
 from sync_server.protocol.errors import DocumentError, ErrorCode, Refused
@@ -159,13 +160,31 @@ def check_policy(record: HouseholdRecord, before: Document, after: Document, use
                           code=ErrorCode.DECISION_FIELD, document_id=household_id)
 
 
+def check_attribution(household_id: str, before: Document, after: Document, user: User,
+                      sections: set[str | int] | None = None,
+                      now: datetime | None = None) -> None:
+    """Every attribution the batch writes names the signer (``forged-attribution``), and
+    no time it records is ahead of the server's clock by more than the allowed skew
+    (:data:`conflict.policy.MAX_CLOCK_SKEW`); the rule is data in ``conflict/policy.py``."""
+    names = None if sections is None else {str(x) for x in sections}
+    if names is not None and not names & set(policy.ATTRIBUTIONS):
+        return
+    violations = policy.attribution_violations(before, after, user.id,
+                                               now or datetime.now(UTC), names)
+    if violations:
+        paths = ", ".join(f"{public_path(v.path)} ({v.rule})" for v in violations[:20])
+        raise Refused(f"an entry must name its writer, this device's user, and a time not "
+                      f"in the future: {paths}", code=ErrorCode.FORGED_ATTRIBUTION,
+                      document_id=household_id)
+
+
 def public_path(path: Sequence[str | int]) -> str:
     """A violation's path for an error reply: schema field names, indexes and entity ids
     stay; any other key (client-chosen, may be a name or an address) becomes ``*``."""
     spec: schema.Spec | None = schema.HOUSEHOLD
     parts = []
     for seg in path:
-        known = (isinstance(seg, int) or is_entity_id(seg)
+        known = (isinstance(seg, int) or is_entity_id(seg) or paths.is_element_id(seg)
                  or (isinstance(spec, schema.Record) and seg in spec.fields))
         parts.append(str(seg) if known else "*")
         spec = schema.child_spec(spec, seg) if spec is not None else None

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 from automerge.core import ROOT, ScalarType
 
-from conflict import Household, InvalidValueError, policy
+from conflict import SERVER_AUTHOR, Household, InvalidValueError, policy
 from sync_server.auth.identity import IdentityStore, User
 from sync_server.store.contract import HouseholdStore
 from sync_server.sync import conflicts
@@ -38,7 +38,7 @@ def restore_lattice(regressions: list[tuple[str, str, str]]) -> Edit:
                 continue
             with h.doc.transaction() as tx:  # the status alone: delivered_by/at stay
                 tx.put(service[1], "status", ScalarType.Str, policy.lattice_max(before, after))
-            h.append_activity("vatra", "status-restored",
+            h.append_activity("status-restored",
                               f"service {service_id}: {after} -> "
                               f"{policy.lattice_max(before, after)} (status only moves "
                               f"forward; a concurrent edit had moved it back)")
@@ -54,7 +54,7 @@ def record_conflicts(found: list[conflicts.Detected],
     def record(h: Household) -> None:
         for c, written in zip(found, writers, strict=True):
             h.record_conflict(c.path, [c.server_value, c.device_value], written=written)
-            h.append_activity("vatra", "conflict",
+            h.append_activity("conflict",
                               f"{'/'.join(map(str, c.path))}: {user.id}'s value and "
                               f"{written[0][0]}'s differ; choose one to resolve")
 
@@ -72,7 +72,7 @@ def apply_approved(household_id: str, request_ids: list[str]) -> Edit:
             except (InvalidValueError, ValueError, KeyError) as exc:
                 log.warning("household %s: approved request could not be applied (%s)",
                             household_id, type(exc).__name__)
-                h.append_activity("vatra", "change_not_applied",
+                h.append_activity("change_not_applied",
                                   f"request {rid}: approved, but it no longer applies")
 
     return apply
@@ -100,7 +100,7 @@ async def writers(store: HouseholdStore, identity: IdentityStore, household_id: 
         if origin is not None:
             device_id, at = origin
             if device_id is None:
-                by = "vatra"
+                by = SERVER_AUTHOR
             else:
                 if device_id not in users:
                     device = await identity.device(device_id)

@@ -37,7 +37,7 @@ from typing import Any, Literal
 from automerge.core import Document
 from prometheus_client import Counter, Histogram
 
-from conflict import Household, validate
+from conflict import SERVER_AUTHOR, Household, validate
 from sync_server.auth.grants import Grants
 from sync_server.auth.identity import Device, IdentityStore
 from sync_server.protocol import wire
@@ -57,6 +57,7 @@ from sync_server.sync import conflicts, followups
 from sync_server.sync.apply import check_document_id, check_encoding, fork_for, hold, receive, stored
 from sync_server.sync.checks import (
     check_actors,
+    check_attribution,
     check_policy,
     check_schema,
     check_writer,
@@ -76,7 +77,7 @@ log = logging.getLogger(__name__)
 #: Refusals whose data is kept in the quarantine (the others concern no household data).
 QUARANTINED = frozenset({ErrorCode.READ_ONLY, ErrorCode.ACTOR_NOT_REGISTERED,
                          ErrorCode.SCHEMA_VIOLATION, ErrorCode.PROTECTED_PATH,
-                         ErrorCode.DECISION_FIELD,
+                         ErrorCode.DECISION_FIELD, ErrorCode.FORGED_ATTRIBUTION,
                          ErrorCode.CREATION_REFUSED, ErrorCode.NOT_A_HOUSEHOLD,
                          ErrorCode.MALFORMED_SYNC_DATA, ErrorCode.LIMIT_EXCEEDED})
 
@@ -182,6 +183,7 @@ class Synchronizer:
                 sections = None if touched is None else {p[0] for p in touched}
                 check_schema(hid, fork, touched=touched)
                 check_policy(actor.record, actor.doc, fork, grants.user, sections)
+                check_attribution(hid, actor.doc, fork, grants.user, sections)
                 regressions = (lattice_fixes(fork, before, conflicts.batch_tips(new))
                                if sections is None or "service_plan" in sections else [])
                 approved = (newly_approved(actor.doc, fork, hid)
@@ -288,6 +290,7 @@ class Synchronizer:
                 raise Refused("this user may not register households in this locality",
                               code=ErrorCode.CREATION_REFUSED, document_id=hid)
             check_actors(device, hid, new)
+            check_attribution(hid, Document(), doc, grants.user)
             if taken:
                 peer.sync.reset(hid)
                 self._unavailable(peer, hid)
@@ -340,7 +343,8 @@ class Synchronizer:
                 raise HouseholdErased(household_id)
             raise UnknownHousehold(household_id)
         async with actor.lock:
-            result, changed = await self._server_change(actor, edit, author)
+            result, changed = await self._server_change(actor, edit, author,
+                                                        writer=author.user_id or SERVER_AUTHOR)
             if changed:
                 self._answer(actor, list(actor.subscribers))
                 await self._maybe_snapshot(actor)
@@ -352,7 +356,8 @@ class Synchronizer:
         while the batch's lock is held. The batch is already stored: a failure here is
         logged, not sent back."""
         try:
-            await self._server_change(actor, edit, Author("server", caused_by))
+            await self._server_change(actor, edit, Author("server", caused_by),
+                                      writer=SERVER_AUTHOR)
         except StorageError:  # _commit logged the cause
             log.warning("household %s: %s was not stored (the batch itself is)",
                         actor.id, what)
@@ -360,13 +365,15 @@ class Synchronizer:
             log.exception("household %s: %s failed", actor.id, what)
 
     async def _server_change(self, actor: HouseholdActor, edit: Callable[[Household], Any],
-                             author: Author) -> tuple[Any, bool]:
+                             author: Author, *, writer: str) -> tuple[Any, bool]:
         """Fork, edit as the server, validate, commit (the caller holds the lock and
-        answers). Returns what ``edit`` returned and whether anything changed."""
+        answers). ``writer`` is whom the edit's attributions name: the server's own user
+        for follow-ups, the supervisor who decided for an approval. Returns what ``edit``
+        returned and whether anything changed."""
         fork = actor.doc.fork()
         fork.set_actor(self.server_actor)
         before = actor.doc.get_heads()
-        result = edit(Household(fork, actor.id))
+        result = edit(Household(fork, actor.id, author=writer))
         new = fork.get_changes(before)
         if not new:
             return result, False

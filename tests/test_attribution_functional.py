@@ -1,0 +1,140 @@
+"""Attribution is the signer (issue 12, deliverable 2): every "who" a batch writes names
+the user of the device that signed the session, and no "when" is in the future (a real
+server, enrolled tablets, a modified client that bypasses the SDK)."""
+
+from __future__ import annotations
+
+import inspect
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from _scenes import active_household
+
+from client_sdk import SyncClient
+from conflict import Household
+from conflict.household import utc_instant
+from sync_server.app import SYNCHRONIZER
+
+pytestmark = pytest.mark.functional
+
+
+def _open_conflict(h: Household) -> str:
+    return h.record_conflict(("address",), ["Str. A 1", "Str. B 2"])
+
+
+#: field -> an edit a modified client makes as ``dan`` (another worker of the team) on a
+#: household whose real signer is ``ana``; returns the path refused
+FORGERIES = {
+    "activity.by": lambda h, ctx: (h.append_activity("visit", "a visit"), "activity/")[1],
+    "assessments.by": lambda h, ctx: f"assessments/{h.start_assessment()}/by",
+    "delivered_by": lambda h, ctx: (h.set_service_status(ctx["sid"], "delivered"),
+                                    f"service_plan/{ctx['sid']}/delivered_by")[1],
+    "requested_by": lambda h, ctx: "change_requests/" + h.request_change(
+        "close_household", {}, "the family moved away") + "/requested_by",
+    "resolved_by": lambda h, ctx: (h.resolve_conflict(ctx["cid"], "Str. A 1"),
+                                   f"conflicts/{ctx['cid']}/resolved_by")[1],
+}
+
+
+@pytest.mark.parametrize("field", sorted(FORGERIES))
+async def test_a_forged_attribution_is_refused_quarantined_and_not_merged(
+        server, provision, field) -> None:
+    """Before (issue 12, observation 2): ``activity[].by``, ``assessments.*.by``,
+    ``delivered_by``, ``requested_by`` and ``resolved_by`` were free text: a worker's
+    device wrote another worker's user id (and a supervisor's), the server accepted it
+    and the projections showed that user as the author. Reproduced here by a modified
+    client writing each field as another user. Now the batch is refused
+    ``forged-attribution`` naming the path (no values), quarantined, and nothing of it
+    merges; the honest SDK edit that follows goes through."""
+    hid, pid, (ana, _dan) = await active_household(server, provision, ("dan", {}))
+    with ana.edit(hid) as h:
+        sid = h.plan_service("counselling", pid, "school_absenteeism", "2026-12-20")
+    await server.app[SYNCHRONIZER].server_change(
+        hid, _open_conflict, author=_server_author())
+    assert (await SyncClient(ana, server.url).sync()).rejected == []
+    cid = ana.household(hid).conflicts(open_only=True)[0]["conflict_id"]
+    heads = sorted(server.app[SYNCHRONIZER].registry.resident(hid).doc.get_heads())
+
+    forged = Household(ana.household(hid).doc, hid, author="dan")  # not ana's to write
+    path = FORGERIES[field](forged, {"sid": sid, "cid": cid})
+    ana.save(hid)
+    summary = await SyncClient(ana, server.url).sync()
+    [rejection] = summary.rejected
+    assert rejection.code == "forged-attribution"
+    assert path in rejection.message and "dan" not in rejection.message
+    assert sorted(server.app[SYNCHRONIZER].registry.resident(hid).doc.get_heads()) == heads
+    kept = await server.app[SYNCHRONIZER].quarantine.list()
+    assert [(k.document_id, k.code) for k in kept] == [(hid, "forged-attribution")]
+
+
+async def test_a_decision_names_the_supervisor_who_signs_it(server, provision) -> None:
+    """A supervisor's tablet deciding a request through sync must name herself in
+    ``decided_by``; naming another supervisor is refused like any forged attribution."""
+    hid, _, (ana, sup, _other) = await active_household(
+        server, provision, ("sup-cj", {"role": "supervisor", "county": "CJ"}),
+        ("sup-cj2", {"role": "supervisor", "county": "CJ"}))
+    with ana.edit(hid) as h:
+        rid = h.request_change("close_household", {}, "the family moved away")
+    await SyncClient(ana, server.url).sync()
+    await SyncClient(sup, server.url).sync()
+    doc = sup.household(hid).doc
+    from automerge.core import ROOT, ScalarType
+    request = doc.get(doc.get(ROOT, "change_requests")[1], rid)[1]
+    with doc.transaction() as tx:
+        tx.put(request, "status", ScalarType.Str, "rejected")
+        tx.put(request, "decided_by", ScalarType.Str, "sup-cj2")
+        tx.put(request, "decided_at", ScalarType.Str, utc_instant())
+    sup.save(hid)
+    [rejection] = (await SyncClient(sup, server.url).sync()).rejected
+    assert rejection.code == "forged-attribution"
+    assert f"change_requests/{rid}/decided_by" in rejection.message
+
+
+async def test_a_time_beyond_the_clock_skew_is_refused(server, provision) -> None:
+    """A "when" more than a day ahead of the server's clock is refused (``future-instant``
+    under ``forged-attribution``); a day back, or an hour ahead, is accepted."""
+    hid, _, (ana,) = await active_household(server, provision)
+    now = datetime.now(UTC)
+    with ana.edit(hid) as h:
+        h.append_activity("visit", "yesterday's visit, recorded today", at=now - timedelta(days=1))
+        h.append_activity("call", "a tablet clock an hour fast", at=now + timedelta(hours=1))
+    assert (await SyncClient(ana, server.url).sync()).rejected == []
+    with ana.edit(hid) as h:
+        h.append_activity("visit", "dated next week", at=now + timedelta(days=7))
+    [rejection] = (await SyncClient(ana, server.url).sync()).rejected
+    assert rejection.code == "forged-attribution" and "future-instant" in rejection.message
+
+
+def test_the_sdk_takes_no_author_a_caller_could_get_wrong(tmp_path) -> None:
+    """No edit of the household API takes a "by": a replica's households are bound to its
+    enrolled user, and creating one with an author of the caller's choosing is refused."""
+    from _offline import offline_replica
+
+    for name, method in inspect.getmembers(Household, inspect.isfunction):
+        if name.startswith("_") or name == "as_author":
+            continue
+        params = set(inspect.signature(method).parameters)
+        assert not params & {"by", "created_by", "requested_by", "decided_by", "approver",
+                             "delivered_by", "resolved_by", "author"}, (name, params)
+    replica = offline_replica(tmp_path / "t", "ana")
+    with pytest.raises(TypeError):
+        replica.create_household(locality="54975", county="CJ", address="x", author="dan")
+    h = replica.create_household(locality="54975", county="CJ", address="x")
+    assert h.author == "ana" and h.activity()[0]["by"] == "ana"
+
+
+def _server_author():
+    from sync_server.store.contract import Author
+    return Author("server", "ana")
+
+
+async def test_a_registration_names_its_signer(server, provision) -> None:
+    """The registration entry of a new household is an attribution too: a household whose
+    first entry names another worker is refused, and not registered."""
+    ana = await provision.tablet("ana")
+    h = Household.create(locality="54975", county="CJ", address="Str. Noua 5", author="dan",
+                         actor_id=ana.actor_id)
+    ana.adopt(h.household_id, h.doc)
+    [rejection] = (await SyncClient(ana, server.url).sync()).rejected
+    assert rejection.code == "forged-attribution" and "activity/" in rejection.message
+    assert await server.app[SYNCHRONIZER].registry.get(h.household_id) is None
