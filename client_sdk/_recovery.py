@@ -2,7 +2,9 @@
 
 The server refuses a device's whole batch for a household when it changes a
 protected path (``protected-path``), writes a request's decision
-(``decision-field``) or breaks schema v1 (``schema-violation``). Re-sending
+(``decision-field``), breaks schema v1 or the indicator catalogue
+(``schema-violation``) or misattributes an entry (``forged-attribution``: a
+"when" beyond the allowed clock skew, for an honest client). Re-sending
 the same changes would be refused forever, so :class:`~client_sdk.SyncClient`
 rebuilds the household instead: it downloads the server's copy and re-applies
 on it, as new changes of this device, every local edit that is allowed.
@@ -30,7 +32,7 @@ value on the server is never overwritten with a stale local one. Per path:
 * decision fields, and any edit of a request already filed, are dropped.
 
 The result is then checked the way the server checks it (schema v1, the
-protected paths, decision and cancel rules); an edit a check still refuses
+catalogue, the protected paths, decision and cancel rules, attribution); an edit a check still refuses
 (say, a value breaking the schema, or answers about a member whose addition
 became a request) is dropped, and the rest re-applied. :class:`Recovery`
 reports counts and paths, never values.
@@ -41,17 +43,18 @@ from __future__ import annotations
 import difflib
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from automerge.core import ROOT, Document, ObjType, ScalarType
 
-from conflict import Household, format_path, policy, validate
+from conflict import Household, answers, format_path, policy, validate
 from conflict.validate import Path
 
 __all__ = ["RECOVERABLE_CODES", "REFILE_REASON", "Recovery", "rebase"]
 
 RECOVERABLE_CODES: frozenset[str] = frozenset({"protected-path", "decision-field",
-                                               "schema-violation"})
+                                               "schema-violation", "forged-attribution"})
 """Refusals of a batch's content: the same bytes would be refused forever."""
 
 REFILE_REASON = "re-filed after the server refused a direct edit"
@@ -419,10 +422,14 @@ def _related(a: Path, b: Path) -> bool:
     return tuple(a[:n]) == tuple(b[:n])
 
 
-def _refusals(server: Document, result: Document, role: str | None) -> list[Path]:
+def _refusals(server: Document, result: Document, role: str | None,
+              user_id: str) -> list[Path]:
     """Paths the server would refuse in ``result`` (its own checks, run here)."""
     same = role in policy.DECIDER_ROLES  # a supervisor syncs only their own county
     out = [v.path for v in validate(result)]
+    out += [v.path for v in answers.catalogue_violations(server, result)]
+    out += [v.path for v in policy.attribution_violations(server, result, user_id,
+                                                          datetime.now(UTC))]
     if role is None or role == "worker":
         out += [v.path for v in policy.protected_violations(server, result)]
     out += [v.path for v in policy.decision_violations(server, result, role, same)]
@@ -471,7 +478,7 @@ def rebase(local: Document, server: Document, household_id: str, *, actor_id: by
         result = server.fork()
         result.set_actor(actor_id)
         failed = _apply(result, household_id, ops, user_id)
-        refused = _refusals(server, result, role)
+        refused = _refusals(server, result, role, user_id)
         if not failed and not refused:
             break
         bad = {id(op) for op in failed}

@@ -70,11 +70,13 @@ from types import MappingProxyType
 from typing import Any
 
 __all__ = [
+    "ANSWER_VALIDITY",
     "APPLIES_TO",
     "CATALOGUE_NAME",
     "CODE_RE",
     "DOMAINS",
     "INDICATOR_TYPES",
+    "LATEST_VERSION",
     "MAX_DEADLINE_DAYS",
     "Catalogue",
     "CatalogueError",
@@ -84,15 +86,22 @@ __all__ = [
     "Option",
     "Recommendation",
     "Service",
+    "Standing",
     "Vulnerability",
     "age_on",
+    "answer_rule",
+    "assessment_order",
     "derive",
     "load_catalogue",
     "load_catalogue_file",
     "recommended",
+    "standing_answers",
 ]
 
 CATALOGUE_NAME = "vatra-indicators"
+#: The newest packaged catalogue: what a new assessment records. Older versions stay
+#: packaged, so an answer is always checked against the version its assessment used.
+LATEST_VERSION = 2
 #: The catalogue file format this module reads (the file's ``"schema"`` field).
 CATALOGUE_SCHEMA = 1
 #: Indicator, vulnerability, option and service codes (same as ``conflict.schema``'s ``code`` format).
@@ -149,6 +158,8 @@ class Indicator:
     domain: str
     applies_to: str
     options: tuple[Option, ...] = ()
+    minimum: int | None = None  # int indicators: the smallest and largest valid answers
+    maximum: int | None = None
 
     @property
     def option_codes(self) -> frozenset[str]:
@@ -205,8 +216,11 @@ class Derived:
 # --- loading and validation -------------------------------------------------
 
 
-def load_catalogue(version: int = 1) -> Catalogue:
-    """Load and validate the packaged catalogue ``version`` (cached: one object per version)."""
+def load_catalogue(version: int | None = None) -> Catalogue:
+    """Load and validate the packaged catalogue ``version`` (cached: one object per version);
+    the latest (:data:`LATEST_VERSION`) when not given."""
+    if version is None:
+        version = LATEST_VERSION
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise CatalogueError("catalogue version must be a positive integer")
     return _load_packaged(version)
@@ -326,7 +340,16 @@ def _indicator(item: object) -> Indicator:
         options = list(seen.values())
     elif "options" in entry:
         raise CatalogueError(f"{owner}: only choice indicators have options")
-    return Indicator(code, label, type_, domain, applies_to, tuple(options))
+    bounds: list[int | None] = []
+    for key in ("min", "max"):
+        bound = entry.get(key)
+        if bound is not None and (type_ != "int" or isinstance(bound, bool)
+                                  or not isinstance(bound, int)):
+            raise CatalogueError(f"{owner}: {key} is an integer, on int indicators only")
+        bounds.append(bound)
+    if bounds[0] is not None and bounds[1] is not None and bounds[0] > bounds[1]:
+        raise CatalogueError(f"{owner}: min is above max")
+    return Indicator(code, label, type_, domain, applies_to, tuple(options), *bounds)
 
 
 def _vulnerability(item: object, indicators: Mapping[str, Indicator]) -> Vulnerability:
@@ -421,6 +444,35 @@ def _check_value(indicator: Indicator, value: object, owner: str) -> None:
         ok = isinstance(value, str)
     if not ok:
         raise CatalogueError(f"{owner}: value does not fit {indicator.type} indicator {code!r}")
+
+
+def answer_rule(indicator: Indicator, value: object) -> str | None:
+    """Why ``value`` is not a valid answer to ``indicator``, as a rule name (``type``,
+    ``option``, ``range``, ``format``), or None when it is one. Numbers are integers
+    (``12.0`` is 12); dates are ``YYYY-MM-DD``."""
+    kind = indicator.type
+    if kind == "bool":
+        return None if isinstance(value, bool) else "type"
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return "type"
+        if isinstance(value, float) and not value.is_integer():
+            return "type"
+        if ((indicator.minimum is not None and value < indicator.minimum)
+                or (indicator.maximum is not None and value > indicator.maximum)):
+            return "range"
+        return None
+    if not isinstance(value, str):
+        return "type"
+    if kind == "choice":
+        return None if value in indicator.option_codes else "option"
+    if kind == "date":
+        try:
+            datetime.date.fromisoformat(value)
+        except ValueError:
+            return "format"
+        return None if len(value) == 10 else "format"
+    return None  # text
 
 
 def _recommendations(raw: object, vulnerabilities: Mapping[str, Vulnerability],
@@ -529,18 +581,59 @@ def _as_mapping(value: object) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
-def _latest_assessment(assessments: Mapping[str, Any]) -> tuple[str, Mapping[str, Any]] | None:
-    """The assessment completed (else started) last; ties broken by id."""
+ANSWER_VALIDITY = datetime.timedelta(days=365)
+"""How long an answer stands: Aurora re-assesses a household every 9 months (case
+management every 3), so a year keeps every answer of the last full assessment while the
+next one is under way, and drops what nobody has confirmed for over a year."""
 
-    def when(item: tuple[str, Any]) -> tuple[str, str]:
-        assessment = _as_mapping(item[1])
-        at = assessment.get("completed_at") or assessment.get("started_at")
-        return (at if isinstance(at, str) else "", str(item[0]))
 
-    candidates = [(aid, a) for aid, a in assessments.items() if isinstance(a, Mapping)]
-    if not candidates:
-        return None
-    return max(candidates, key=when)
+def _when(assessment: Mapping[str, Any]) -> str:
+    at = assessment.get("completed_at") or assessment.get("started_at")
+    return at if isinstance(at, str) else ""
+
+
+def assessment_order(assessments: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    """The assessments, oldest first: by completion (else start) time, ties by id."""
+    candidates = [(str(aid), a) for aid, a in assessments.items() if isinstance(a, Mapping)]
+    return sorted(candidates, key=lambda item: (_when(item[1]), item[0]))
+
+
+@dataclass(frozen=True)
+class Standing:
+    """The answers that stand for a household: for every member and indicator, the value
+    of the latest assessment that answered it within :data:`ANSWER_VALIDITY` of the
+    household's latest assessment. A partial re-assessment changes only what it
+    answered."""
+
+    answers: dict[str, dict[str, Any]]  # person id -> indicator -> value
+    source: dict[str, str]              # person id -> the latest assessment that counts
+    latest: str | None                  # the household's latest assessment
+    latest_at: str                      # its time ("" if unknown)
+
+
+def standing_answers(assessments: Mapping[str, Any]) -> Standing:
+    ordered = assessment_order(assessments)
+    if not ordered:
+        return Standing({}, {}, None, "")
+    latest_id, latest = ordered[-1]
+    latest_at = _when(latest)
+    cutoff = ""
+    try:
+        cutoff_at = datetime.datetime.fromisoformat(latest_at.replace("Z", "+00:00"))
+        cutoff = (cutoff_at - ANSWER_VALIDITY).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except ValueError:
+        pass  # no usable time: every assessment counts, in id order
+    answers: dict[str, dict[str, Any]] = {}
+    source: dict[str, str] = {}
+    for aid, assessment in ordered:
+        if cutoff and _when(assessment) < cutoff:
+            continue
+        for pid, given in _as_mapping(assessment.get("answers")).items():
+            if not isinstance(given, Mapping) or not given:
+                continue
+            answers.setdefault(str(pid), {}).update(given)
+            source[str(pid)] = aid
+    return Standing(answers, source, latest_id, latest_at)
 
 
 def _household_answers(answers: Mapping[str, Any], members: Mapping[str, Any],
@@ -579,7 +672,11 @@ def _in_population(population: str, age: int | None) -> bool:
 
 def derive(household: Mapping[str, Any], *, on: datetime.date,
            catalogue: Catalogue | None = None) -> list[Derived]:
-    """The vulnerabilities identified by the household's latest assessment, as of ``on``.
+    """The vulnerabilities the household's standing answers identify, as of ``on``:
+    for every member and indicator, the latest answer within :data:`ANSWER_VALIDITY`
+    of the latest assessment (:func:`standing_answers`), so a partial re-assessment
+    updates only what it answered. ``Derived.assessment_id`` is the latest assessment
+    that answered for the member (the latest one for a household-level finding).
 
     ``household`` is the plain-dict form of a household document (e.g.
     ``Household.to_dict()``). Only members present in the household are
@@ -590,11 +687,10 @@ def derive(household: Mapping[str, Any], *, on: datetime.date,
     before person-level, then person id.
     """
     catalogue = catalogue if catalogue is not None else load_catalogue()
-    latest = _latest_assessment(_as_mapping(household.get("assessments")))
-    if latest is None:
+    standing = standing_answers(_as_mapping(household.get("assessments")))
+    if standing.latest is None:
         return []
-    assessment_id, assessment = latest
-    answers = _as_mapping(assessment.get("answers"))
+    answers = standing.answers
     members = _as_mapping(household.get("members"))
     household_codes = frozenset(c for c, i in catalogue.indicators.items() if i.applies_to == "household")
     household_answers = _household_answers(answers, members, household_codes)
@@ -603,7 +699,7 @@ def derive(household: Mapping[str, Any], *, on: datetime.date,
     household_subject = _Subject(household_answers, household_answers)
     for code, vulnerability in catalogue.vulnerabilities.items():
         if vulnerability.applies_to == "household" and _holds(vulnerability.rule, household_subject):
-            found.append(Derived(code, None, assessment_id))
+            found.append(Derived(code, None, standing.latest))
 
     for pid, raw_member in members.items():
         member = _as_mapping(raw_member)
@@ -618,7 +714,8 @@ def derive(household: Mapping[str, Any], *, on: datetime.date,
             if population == "household" or not _in_population(population, age):
                 continue
             if _holds(vulnerability.rule, subject):
-                found.append(Derived(code, str(pid), assessment_id))
+                found.append(Derived(code, str(pid), standing.source.get(str(pid),
+                                                                         standing.latest)))
 
     found.sort(key=lambda d: (d.vulnerability, d.person_id is not None, d.person_id or ""))
     return found

@@ -48,8 +48,10 @@ from typing import Any
 
 from automerge.core import ROOT, Document, ObjType, ScalarType
 
+from . import answers as answers_rules
 from . import paths, policy
 from . import schema as s
+from .catalogue import LATEST_VERSION
 from .ids import is_household_id, new_entity_id, new_household_id
 from .validate import Path, format_path
 
@@ -505,7 +507,8 @@ class Household:
         assessment_id = self._new_id("assessments", assessment_id)
         values = _record_values(
             s.ASSESSMENT, ("assessments", assessment_id),
-            {"started_at": utc_instant(at), "by": self._by()}
+            {"started_at": utc_instant(at), "by": self._by(),
+             "catalogue_version": LATEST_VERSION}
         )
         assessments = self._root_obj("assessments")
         person_ids = self.doc.keys(self._root_obj("members"))
@@ -524,7 +527,12 @@ class Household:
         person_id: str,
         answers: Mapping[str, str | int | float | bool],
     ) -> None:
-        """Record indicator answers for one member (an empty mapping writes nothing)."""
+        """Record indicator answers for one member (an empty mapping writes nothing).
+
+        Each answer is checked against the catalogue version the assessment records
+        (:mod:`conflict.answers`): an unknown indicator, a wrong type, a value outside the
+        options or the range raises :class:`InvalidValueError` naming the rule, and
+        nothing is written."""
         obj = self._entity("assessments", "assessment", assessment_id)
         self._member(person_id)
         base: Path = ("assessments", assessment_id, "answers", person_id)
@@ -532,10 +540,18 @@ class Household:
         assert isinstance(answers_map, s.MapOf)
         answer_spec = answers_map.values
         assert isinstance(answer_spec, s.MapOf)
+        version = self._read_key(obj, "catalogue_version")
+        catalogue = answers_rules.catalogue_for(version if isinstance(version, int) else 1)
+        if catalogue is None:
+            raise InvalidValueError(("assessments", assessment_id, "catalogue_version"),
+                                    "catalogue-version")
         writes = []
         for code, value in answers.items():
             if answer_spec.key_format is not None and not s.FORMATS[answer_spec.key_format](code):
                 raise InvalidValueError((*base, code), "format")
+            found = answers_rules.answer_violation(catalogue, (*base, code), code, value)
+            if found is not None:
+                raise InvalidValueError(found.path, found.rule)
             writes.append((code, *_scalar(answer_spec.values, (*base, code), value)))
         answers_obj = self._obj(obj, "answers")
         if answers_obj is None:
@@ -564,9 +580,15 @@ class Household:
         deadline: date | str,
         service_id: str | None = None,
     ) -> str:
-        """Plan a service for a member (status ``planned``); returns its id."""
+        """Plan a service for a member (status ``planned``); returns its id. ``code`` and
+        ``vulnerability`` must be codes of the catalogue."""
         self._member(person_id)
         service_id = self._new_id("service_plan", service_id)
+        if code not in answers_rules.known_services():
+            raise InvalidValueError(("service_plan", service_id, "code"), "unknown-service")
+        if vulnerability not in answers_rules.known_vulnerabilities():
+            raise InvalidValueError(("service_plan", service_id, "vulnerability"),
+                                    "unknown-vulnerability")
         values = _record_values(
             s.SERVICE,
             ("service_plan", service_id),

@@ -25,8 +25,11 @@ One household is one Automerge document. Its root map::
         started_at        Str   instant
         completed_at      Str   instant                           optional
         by                Str   user id
+        catalogue_version Int   the indicator catalogue's version     optional
+                                (absent: 1; conflict/catalogue.py)
         answers           Map   person_id (a member) ->
                                 Map indicator_code -> Str | Int | F64 | Boolean
+                                (checked against that catalogue version: conflict/answers.py)
     service_plan     Map      service_id -> service               required
         code              Str   service code
         person_id         Str   entity id of a member
@@ -207,6 +210,7 @@ FORMATS: Mapping[str, Callable[[object], bool]] = {
     "latitude": _in_range(-90.0, 90.0),
     "longitude": _in_range(-180.0, 180.0),
     "non_negative": _in_range(0.0, math.inf),
+    "positive": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
     "schema_version": lambda v: v == SCHEMA_VERSION,
 }
 """Named value formats: name -> predicate over the plain Python value."""
@@ -300,6 +304,7 @@ ASSESSMENT = Record(
         "started_at": _s("instant"),
         "completed_at": _s("instant", required=False),
         "by": _s("user_id"),
+        "catalogue_version": Scalar(Kind.INT, required=False, format="positive"),
         "answers": MapOf(
             MapOf(Scalar(Kind.SCALAR), key_format="code"),
             key_format="entity_id",

@@ -15,11 +15,13 @@ import pytest
 from conflict import Household
 from conflict.catalogue import (
     CODE_RE,
+    LATEST_VERSION,
     MAX_DEADLINE_DAYS,
     Catalogue,
     CatalogueError,
     Derived,
     age_on,
+    answer_rule,
     derive,
     load_catalogue,
     load_catalogue_file,
@@ -50,7 +52,7 @@ REQUIRED_VULNERABILITIES = {
 
 @pytest.fixture(scope="module")
 def cat() -> Catalogue:
-    return load_catalogue()
+    return load_catalogue(1)
 
 
 # --- hand-built household documents ----------------------------------------
@@ -139,10 +141,44 @@ def test_load_catalogue_is_cached_and_matches_the_file(cat: Catalogue) -> None:
     assert load_catalogue_file(CATALOGUE_FILE) == cat
 
 
-@pytest.mark.parametrize("version", [0, 2, True])
+@pytest.mark.parametrize("version", [0, LATEST_VERSION + 1, True])
 def test_unknown_catalogue_version_is_refused(version: int) -> None:
     with pytest.raises(CatalogueError):
         load_catalogue(version)
+
+
+def test_a_later_version_keeps_every_answer_of_an_earlier_one_valid() -> None:
+    """Versioned as issue 12 asks: v2 adds an indicator and ranges for the numbers, and
+    removes, retypes or narrows nothing, so an answer recorded under v1 keeps its
+    meaning; the vulnerability rules are the same, and derive() uses the latest."""
+    assert load_catalogue() is load_catalogue(LATEST_VERSION) and LATEST_VERSION == 2
+    for older, newer in zip(range(1, LATEST_VERSION), range(2, LATEST_VERSION + 1),
+                            strict=True):
+        a, b = load_catalogue(older), load_catalogue(newer)
+        assert set(a.indicators) < set(b.indicators)
+        for code, old in a.indicators.items():
+            new = b.indicators[code]
+            assert (new.type, new.domain, new.applies_to) == (old.type, old.domain,
+                                                              old.applies_to), code
+            assert new.option_codes >= old.option_codes, code
+        assert a.vulnerabilities == b.vulnerabilities
+        assert set(a.services) <= set(b.services)
+    latest = load_catalogue()
+    assert all(i.minimum is not None and i.maximum is not None
+               for i in latest.indicators.values() if i.type == "int")
+
+
+@pytest.mark.parametrize(("code", "value", "rule"), [
+    ("school_grade", 5, None), ("school_grade", 5.0, None), ("school_grade", 13, "range"),
+    ("school_grade", "twelve", "type"), ("school_grade", 5.5, "type"),
+    ("school_grade", True, "type"), ("vaccination_status", "complete", None),
+    ("vaccination_status", True, "type"), ("vaccination_status", "half", "option"),
+    ("school_enrolled", False, None), ("school_enrolled", "yes", "type"),
+    ("last_medical_checkup", "2026-02-30", "format"), ("last_medical_checkup", "2026-02-03", None),
+    ("household_observations", "dry, heated", None),
+])
+def test_an_answer_fits_its_indicator(code: str, value: object, rule: str | None) -> None:
+    assert answer_rule(load_catalogue().indicators[code], value) == rule
 
 
 # --- validation of a broken catalogue ---------------------------------------
@@ -353,13 +389,51 @@ def test_the_latest_assessment_wins() -> None:
 
 def test_completion_time_orders_assessments() -> None:
     child = pid()
-    # Started earlier but completed later: this one is the latest.
+    # Started earlier but completed later: its answer to the same indicator is the latest.
     a = assessment({child: {"school_dropout": True}},
                    started="2025-01-01T08:00:00Z", completed="2025-02-20T08:00:00Z")
-    b = assessment({child: {"grade_repetition": True}},
+    b = assessment({child: {"school_dropout": False, "grade_repetition": True}},
                    started="2025-02-01T08:00:00Z", completed="2025-02-02T08:00:00Z")
     h = household({child: member("2012-04-04")}, {"b": b, "a": a})
-    assert derive(h, on=ON) == [Derived("school_dropout", child, "a")]
+    assert derive(h, on=ON) == [Derived("grade_repetition", child, "a"),
+                                Derived("school_dropout", child, "a")]
+
+
+def test_a_partial_reassessment_updates_only_what_it_answered() -> None:
+    """Before (issue 12, observation 4): a nurse recorded a one-answer assessment; it
+    became the household's latest, and only its answers counted: the household went
+    from its vulnerabilities to none while services stayed open. Reproduced with a full
+    assessment, then a one-answer one. Now every indicator keeps its latest answer: the
+    one re-answered changes, the rest stand."""
+    child, head = pid(), pid()
+    members = {child: member("2015-04-04"), head: member("1985-01-01", "F", "head")}
+    full = assessment({
+        child: {"family_doctor_registered": False, "vaccination_status": "incomplete",
+                "school_enrolled": True, "unexcused_absences_last_month": 12,
+                "parents_abroad": "one_parent"},
+        head: {"has_running_water": False, "food_insecurity": True}},
+        started="2025-01-10T08:00:00Z", completed="2025-01-10T10:00:00Z")
+    before = derive(household(members, {"full": full}), on=ON)
+    assert len(before) >= 5
+    nurse = assessment({child: {"vaccination_status": "complete"}},
+                       started="2025-02-20T08:00:00Z", completed="2025-02-20T08:10:00Z")
+    after = derive(household(members, {"full": full, "nurse": nurse}), on=ON)
+    assert {d.vulnerability for d in after} == \
+        {d.vulnerability for d in before} - {"incomplete_vaccination"}
+    # the child's findings name the latest assessment that answered for the child
+    assert {d.assessment_id for d in after if d.person_id == child} == {"nurse"}
+
+
+def test_an_answer_older_than_a_year_before_the_latest_assessment_lapses() -> None:
+    child = pid()
+    old = assessment({child: {"school_dropout": True}}, started="2023-06-01T08:00:00Z")
+    new = assessment({child: {"family_doctor_registered": True}},
+                     started="2025-02-01T08:00:00Z")
+    h = household({child: member("2012-04-04")}, {"old": old, "new": new})
+    assert derive(h, on=ON) == []  # nobody confirmed the dropout for over a year
+    recent = {**old, "started_at": "2024-03-01T08:00:00Z"}
+    h = household({child: member("2012-04-04")}, {"old": recent, "new": new})
+    assert derive(h, on=ON) == [Derived("school_dropout", child, "new")]
 
 
 def test_missing_answers_yield_nothing(cat: Catalogue) -> None:

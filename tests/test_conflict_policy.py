@@ -144,10 +144,10 @@ def test_unprotected_edits_of_an_active_household_pass():
     device.set_member_field(pid, "presence", "present")  # the value it already has
     device.set_address("Str. Scurta 1")
     device.set_notes("visit")
-    sid = device.plan_service("info", pid, "v", "2025-02-01")
+    sid = device.plan_service("information", pid, "school_absenteeism", "2025-02-01")
     device.as_author("n-1").set_service_status(sid, "delivered")
     aid = device.as_author("w-1").start_assessment()
-    device.record_answers(aid, pid, {"in_school": True})
+    device.record_answers(aid, pid, {"school_enrolled": True})
     device.as_author("w-1").request_change("change_presence",
                                            {"person_id": pid, "presence": "moved"}, "moved")
     assert protected_violations(committed.doc, merged(committed, device)) == []
@@ -399,7 +399,7 @@ def test_remove_member_refuses_a_member_still_referenced_and_drops_empty_answer_
     assert validate(h.doc) == []
 
     h2, pid2 = make("active")
-    h2.plan_service("info", pid2, "v", "2025-02-01")
+    h2.plan_service("information", pid2, "school_absenteeism", "2025-02-01")
     rid2 = h2.as_author("w-1").request_change("remove_member", {"person_id": pid2}, "duplicate")
     count = n_changes(h2)
     with pytest.raises(InvalidValueError) as exc:
@@ -499,7 +499,7 @@ def test_lattice_max():
 
 def with_service(status: str = "planned") -> tuple[Household, str]:
     h, pid = make("active")
-    sid = h.plan_service("info", pid, "v", "2025-02-01")
+    sid = h.plan_service("information", pid, "school_absenteeism", "2025-02-01")
     if status != "planned":
         h.as_author("n-1").set_service_status(sid, status)
     return h, sid

@@ -24,6 +24,7 @@ from conflict import (
     validate,
 )
 from conflict import schema as s
+from conflict.catalogue import Indicator, load_catalogue
 
 ACTOR = bytes(range(16))
 
@@ -39,8 +40,8 @@ def populated() -> tuple[Household, str, str, str]:
     h = make(team={"social_worker": "w-1", "nurse": "n-1"})
     pid = h.add_member("Ana", "Pop", "2015-04-01", "F", "child")
     aid = h.as_author("w-1").start_assessment()
-    h.record_answers(aid, pid, {"has_family_doctor": False, "age": 9})
-    sid = h.plan_service("info", pid, "no_family_doctor", "2025-02-01")
+    h.record_answers(aid, pid, {"family_doctor_registered": False, "school_grade": 3})
+    sid = h.plan_service("information", pid, "child_no_family_doctor", "2025-02-01")
     return h, pid, aid, sid
 
 
@@ -205,9 +206,10 @@ EDITS: dict[str, Callable[[Household, str, str, str], object]] = {
     "set_status": lambda h, p, a, sv: h.set_status("active"),
     "set_team": lambda h, p, a, sv: h.set_team(counsellor="c-1", nurse=None),
     "start_assessment": lambda h, p, a, sv: h.as_author("w-1").start_assessment(),
-    "record_answers": lambda h, p, a, sv: h.record_answers(a, p, {"in_school": True, "x": 1.5}),
+    "record_answers": lambda h, p, a, sv: h.record_answers(a, p, {"school_enrolled": True,
+                                                                 "school_grade": 2}),
     "complete_assessment": lambda h, p, a, sv: h.complete_assessment(a),
-    "plan_service": lambda h, p, a, sv: h.plan_service("counselling", p, "dropout", "2025-03-01"),
+    "plan_service": lambda h, p, a, sv: h.plan_service("counselling", p, "school_dropout", "2025-03-01"),
     "set_service_status": lambda h, p, a, sv: h.as_author("w-1").set_service_status(sv, "in_progress"),
     "deliver_service": lambda h, p, a, sv: h.as_author("n-1").set_service_status(sv, "delivered"),
     "set_service_note": lambda h, p, a, sv: h.set_service_note(sv, "called the doctor"),
@@ -245,7 +247,7 @@ def test_edits_are_visible_in_reads():
     assert h.notes == "short!"
     assert d["gps"] == {"lat": 46.0, "lon": 23.0, "accuracy_m": 10.0,
                         "captured_at": "2025-01-01T12:00:00Z"}  # fmt: skip
-    assert d["assessments"][aid]["answers"][pid] == {"has_family_doctor": False, "age": 9}
+    assert d["assessments"][aid]["answers"][pid] == {"family_doctor_registered": False, "school_grade": 3}
 
 
 def test_start_assessment_precreates_answer_maps_for_current_members():
@@ -259,9 +261,9 @@ def test_unknown_ids_raise_a_key_error_naming_the_kind():
     missing = new_entity_id()
     cases = [
         ("member", lambda: h.set_member_field(missing, "presence", "absent")),
-        ("member", lambda: h.record_answers(aid, missing, {"a": 1})),
-        ("member", lambda: h.plan_service("info", missing, "v", "2025-01-01")),
-        ("assessment", lambda: h.record_answers(missing, pid, {"a": 1})),
+        ("member", lambda: h.record_answers(aid, missing, {"school_grade": 1})),
+        ("member", lambda: h.plan_service("information", missing, "school_absenteeism", "2025-01-01")),
+        ("assessment", lambda: h.record_answers(missing, pid, {"school_grade": 1})),
         ("assessment", lambda: h.complete_assessment(missing)),
         ("service", lambda: h.as_author("w-1").set_service_status(missing, "delivered")),
     ]
@@ -295,9 +297,9 @@ def test_unknown_ids_raise_a_key_error_naming_the_kind():
         (lambda h, p, a, sv: h.set_gps(46, 23, -1), "format"),
         (lambda h, p, a, sv: h.set_gps(float("nan"), 23, 5), "format"),
         (lambda h, p, a, sv: h.set_gps("46", 23, 5), "type"),
-        (lambda h, p, a, sv: h.record_answers(a, p, {"ok": 1, "bad code": 1}), "format"),
-        (lambda h, p, a, sv: h.record_answers(a, p, {"ok": [1]}), "type"),
-        (lambda h, p, a, sv: h.plan_service("info", p, "v", "soon"), "format"),
+        (lambda h, p, a, sv: h.record_answers(a, p, {"school_grade": 1, "bad code": 1}), "format"),
+        (lambda h, p, a, sv: h.record_answers(a, p, {"school_grade": [1]}), "type"),
+        (lambda h, p, a, sv: h.plan_service("information", p, "school_absenteeism", "soon"), "format"),
         (lambda h, p, a, sv: h.as_author("w-1").set_service_status(sv, "done"), "enum"),
         (lambda h, p, a, sv: h.as_author("").set_service_status(sv, "delivered"), "format"),
         (lambda h, p, a, sv: h.as_author("w-1").append_activity("", "text"), "format"),
@@ -593,16 +595,28 @@ names = st.text(
     alphabet=st.characters(min_codepoint=32, max_codepoint=0x2FF, categories=("L", "Zs")),
     min_size=1,
 ).filter(lambda t: t.strip())
-answer_values = st.one_of(
-    st.booleans(),
-    st.integers(-(2**31), 2**31),
-    st.floats(allow_nan=False, allow_infinity=False),
-    st.text(max_size=20),
-)
+CATALOGUE = load_catalogue()
+
+
+def _valid_value(indicator: Indicator) -> st.SearchStrategy[object]:
+    """Answers the catalogue accepts for ``indicator`` (issue 12: answers are checked)."""
+    if indicator.type == "bool":
+        return st.booleans()
+    if indicator.type == "int":
+        return st.integers(indicator.minimum or 0, indicator.maximum or 100)
+    if indicator.type == "choice":
+        return st.sampled_from(sorted(indicator.option_codes))
+    if indicator.type == "date":
+        return st.dates().map(str)
+    return st.text(max_size=20)
+
+
 user_ids = st.from_regex(r"[a-z][a-z0-9-]{0,8}", fullmatch=True)
 instants = st.datetimes(
     min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
 )
+catalogue_answers = st.sampled_from(sorted(CATALOGUE.indicators)).flatmap(
+    lambda code: st.tuples(st.just(code), _valid_value(CATALOGUE.indicators[code])))
 
 
 def random_edit(h: Household, data: st.DataObject) -> None:
@@ -649,11 +663,13 @@ def random_edit(h: Household, data: st.DataObject) -> None:
         h.as_author(draw(user_ids)).start_assessment(at=draw(instants))
     elif op == "record_answers":
         h.record_answers(draw(st.sampled_from(assessments)), draw(st.sampled_from(members)),
-                         draw(st.dictionaries(codes, answer_values, max_size=4)))  # fmt: skip
+                         dict(draw(st.lists(catalogue_answers, max_size=4))))  # fmt: skip
     elif op == "complete_assessment":
         h.complete_assessment(draw(st.sampled_from(assessments)), at=draw(instants))
     elif op == "plan_service":
-        h.plan_service(draw(codes), draw(st.sampled_from(members)), draw(codes), draw(st.dates()))
+        h.plan_service(draw(st.sampled_from(sorted(CATALOGUE.services))),
+                       draw(st.sampled_from(members)),
+                       draw(st.sampled_from(sorted(CATALOGUE.vulnerabilities))), draw(st.dates()))
     elif op == "set_service_status":
         h.as_author(draw(user_ids)).set_service_status(draw(st.sampled_from(services)),
                              draw(st.sampled_from(s.SERVICE_STATUSES)))  # fmt: skip

@@ -35,11 +35,11 @@ from test_projector_functional import rows_of
 
 from client_sdk import ServerRejected, SupervisorClient, SyncClient
 from conflict import Household
-from conflict.catalogue import load_catalogue
+from conflict.catalogue import assessment_order, load_catalogue
 from conflict.household import InvalidValueError
 from sync_server.app import ENGINE, PROJECTOR, STORE, SYNCHRONIZER
 from sync_server.projection.projector import _log_facts
-from sync_server.projection.rows import latest_assessment, primary_key, project
+from sync_server.projection.rows import primary_key, project
 from sync_server.store.tables import PROJ_TABLES as TABLES
 from sync_server.store.tables import changes, projection_outbox
 
@@ -133,8 +133,8 @@ def edit(h: Household, kind: str, user: str, x: int, y: int, n: int) -> None:
     elif kind == "answer" and pid is not None:
         if aid is None:
             aid = h.start_assessment(at=INSTANTS[x % len(INSTANTS)])
-        elif x % 3:  # mostly the latest one, whose answers the vulnerabilities come from
-            aid = latest_assessment(d["assessments"])[0]
+        elif x % 3:  # mostly the latest one
+            aid = assessment_order(d["assessments"])[-1][0]
         code, value = ANSWERS[(x + y) % len(ANSWERS)]
         h.record_answers(aid, pid, {code: value})
     elif kind == "complete" and aid is not None:

@@ -72,6 +72,36 @@ async def test_a_synced_household_is_projected(server, provision) -> None:
     assert status["pending"] == 0 and status["households_projected"] == 1
 
 
+async def test_every_assessment_stays_in_the_projections(server, provision) -> None:
+    """Issue 12, deliverable 4: a partial re-assessment updates only what it answered.
+    ``proj.answers`` holds the answers that stand (the latest per indicator), the
+    vulnerabilities follow them, and ``proj.assessments`` keeps every assessment as
+    recorded, with the catalogue version it used, so the web tier can compare two."""
+    hid, pid, [ana] = await active_household(server, provision)
+    with ana.edit(hid) as e:
+        first = e.start_assessment(at="2026-03-01T10:00:00Z")
+        e.record_answers(first, pid, {"family_doctor_registered": False,
+                                      "vaccination_status": "incomplete"})
+        e.complete_assessment(first, at="2026-03-01T11:00:00Z")
+        second = e.start_assessment(at="2026-06-01T10:00:00Z")
+        e.record_answers(second, pid, {"vaccination_status": "complete"})
+        e.complete_assessment(second, at="2026-06-01T10:30:00Z")
+    await SyncClient(ana, server.url).sync()
+    await server.app[PROJECTOR].drain_all()
+    rows = await rows_of(server.app[ENGINE], hid)
+    [a] = rows["answers"]
+    assert a["answers"] == {"family_doctor_registered": False, "vaccination_status": "complete"}
+    assert a["assessment_id"] == second
+    assert [v["vulnerability"] for v in rows["vulnerabilities"]] == ["child_no_family_doctor"]
+    history = {r["assessment_id"]: r for r in rows["assessments"]}
+    assert set(history) == {first, second}
+    assert history[first]["answers"] == {"family_doctor_registered": False,
+                                         "vaccination_status": "incomplete"}
+    assert history[second]["answers"] == {"vaccination_status": "complete"}
+    assert {r["catalogue_version"] for r in history.values()} == {2}
+    assert {r["by"] for r in history.values()} == {"ana"}
+
+
 async def test_rebuild_gives_the_rows_the_incremental_projection_gave(server, provision) -> None:
     hid, _, [ana] = await active_household(server, provision)
     projector = server.app[PROJECTOR]

@@ -41,7 +41,7 @@ async def test_a_refused_batch_keeps_every_allowed_edit(server, provision) -> No
     raw.set_address("Str. Scurta 5")
     raw.append_activity("home_visit", "school enrolment discussed")
     aid = raw.start_assessment()
-    raw.record_answers(aid, pid, {"attends_school": True, "meals_per_day": 2})
+    raw.record_answers(aid, pid, {"school_enrolled": True, "unexcused_absences_last_month": 2})
     raw.set_notes("first visit\nneeds school supplies, bought on Monday\n")
     ana.save(hid)
 
@@ -71,8 +71,8 @@ async def test_a_refused_batch_keeps_every_allowed_edit(server, provision) -> No
     assert d["address"] == "Str. Scurta 5"
     assert d["members"][pid]["presence"] == "present"  # back to the server's value
     assert new_pid not in d["members"]
-    assert d["assessments"][aid]["answers"][pid] == {"attends_school": True,
-                                                      "meals_per_day": 2}
+    assert d["assessments"][aid]["answers"][pid] == {"school_enrolled": True,
+                                                      "unexcused_absences_last_month": 2}
     assert "needs school supplies, bought on Monday\n" in mine.notes
     assert "vaccination card checked\n" in mine.notes
     assert [(a["by"], a["kind"]) for a in mine.activity()][-1] == ("ana", "home_visit")

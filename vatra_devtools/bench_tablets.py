@@ -92,7 +92,8 @@ def offline_edits(replica: Replica, owned: list[tuple[str, str, str]], t: int,
             elif kind == 1:
                 h.set_address(f"Str. Bench {t} nr. {e}")
             else:
-                h.record_answers(aid, pid, {"school.attends": e, f"q{e}": f"answer {e}"})
+                h.record_answers(aid, pid, {"unexcused_absences_last_month": e % 32,
+                                            "household_observations": f"answer {e}"})
         replica.save(hid)
 
 

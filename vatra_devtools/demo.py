@@ -68,7 +68,7 @@ async def run_demo(settings: Settings, data_dir: Path | None) -> int:
             with nurse.edit(hid) as e:
                 a = e.start_assessment()
                 e.record_answers(a, child, {"family_doctor_registered": False,
-                                            "vaccination_complete": False})
+                                            "vaccination_status": "incomplete"})
                 e.append_activity("assessment", "health indicators")
                 e.set_address("Strada Morii nr. 12, Apahida")
             with counsellor.edit(hid) as e:

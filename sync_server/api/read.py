@@ -210,6 +210,11 @@ SCHEMAS: dict[str, Any] = {
     "WebAnswers": _object(person_id=_STR, assessment_id=_STR, assessed_at=_s("date-time"),
                           age_at_assessment={"type": "integer", "nullable": True},
                           answers={"type": "object", "description": "indicator code -> answer"}),
+    "WebAssessment": _object(
+        assessment_id=_STR, person_id=_STR, started_at=_s("date-time"),
+        completed_at=_s("date-time"), by=_s(), catalogue_version=_INT,
+        age_at_assessment={"type": "integer", "nullable": True},
+        answers={"type": "object", "description": "indicator code -> answer, as recorded"}),
     "WebVulnerability": _object(
         vulnerability=_STR, subject={"type": "string", "description": 'a person id or "household"'},
         person_id=_s(), population={"type": "string",
@@ -230,6 +235,7 @@ SCHEMAS: dict[str, Any] = {
         household=_ref("WebHousehold"),
         **{name: {"type": "array", "items": _ref(item)} for name, item in (
             ("members", "WebPerson"), ("answers", "WebAnswers"),
+            ("assessments", "WebAssessment"),
             ("vulnerabilities", "WebVulnerability"), ("services", "WebService"),
             ("activity", "WebActivity"), ("change_requests", "WebChangeRequest"),
             ("conflicts", "WebConflict"))}),

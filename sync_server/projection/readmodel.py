@@ -38,6 +38,7 @@ from sync_server.protocol.errors import ErrorCode, VatraError
 from sync_server.store.tables import WEB_ROLE, proj_households
 from sync_server.store.tables import proj_activity as activity
 from sync_server.store.tables import proj_answers as answers
+from sync_server.store.tables import proj_assessments as assessments
 from sync_server.store.tables import proj_change_requests as change_requests
 from sync_server.store.tables import proj_conflicts as conflicts
 from sync_server.store.tables import proj_persons as persons
@@ -223,6 +224,9 @@ async def household_profile(conn: AsyncConnection, scope: Scope,
         "members": await _rows(conn, of(persons, *_columns(persons), order=[
             persons.c.last_name, persons.c.first_name, persons.c.person_id])),
         "answers": await _rows(conn, of(answers, *_columns(answers), order=[answers.c.person_id])),
+        "assessments": await _rows(conn, of(assessments, *_columns(assessments), order=[
+            assessments.c.completed_at.nulls_last(), assessments.c.started_at,
+            assessments.c.assessment_id, assessments.c.person_id])),
         "vulnerabilities": await _rows(conn, of(vulnerabilities, *_columns(vulnerabilities), order=[
             vulnerabilities.c.vulnerability, vulnerabilities.c.subject])),
         "services": await _rows(conn, of(s, *_columns(s), _overdue(s).label("overdue"), order=[

@@ -26,7 +26,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from conflict.catalogue import Catalogue, age_on, derive
+from conflict.catalogue import Catalogue, age_on, assessment_order, derive, standing_answers
 
 #: Services still to be delivered: the ones that can be overdue.
 OPEN_SERVICE = ("planned", "in_progress")
@@ -105,21 +105,6 @@ def _json(value: object) -> Any:
     return value
 
 
-def latest_assessment(assessments: Mapping[str, Any]) -> tuple[str, Mapping[str, Any]] | None:
-    """The assessment completed (else started) last, ties broken by id: the one
-    :func:`conflict.catalogue.derive` reads, so answers and vulnerabilities agree."""
-    best: tuple[tuple[str, str], str, Mapping[str, Any]] | None = None
-    for aid, raw in assessments.items():
-        a = _map(raw)
-        if not isinstance(raw, Mapping):
-            continue
-        at = a.get("completed_at") or a.get("started_at")
-        key = (at if isinstance(at, str) else "", str(aid))
-        if best is None or key > best[0]:
-            best = (key, str(aid), a)
-    return None if best is None else (best[1], best[2])
-
-
 def project(household_id: str, doc: Mapping[str, Any], *, locality: str, county: str,
             log: LogFacts, catalogue: Catalogue) -> Rows:
     """Every projection row of one household.
@@ -146,25 +131,42 @@ def project(household_id: str, doc: Mapping[str, Any], *, locality: str, county:
                              "relation_to_head": _str(m.get("relation_to_head")),
                              "presence": _str(m.get("presence"))})
 
-    latest = latest_assessment(assessments)
+    def age_at(pid: str, on: dt.date | None) -> int | None:
+        birth = _str(_map(members.get(pid)).get("birth_date"))
+        if birth is None or on is None:
+            return None
+        try:
+            return age_on(birth, on)
+        except ValueError:
+            return None
+
+    # Every assessment, as recorded (the history the web tier compares) ...
+    assessment_rows: list[dict[str, Any]] = []
+    for aid, a in assessment_order(assessments):
+        started, completed = _instant(a.get("started_at")), _instant(a.get("completed_at"))
+        at = completed or started
+        version = a.get("catalogue_version")
+        for pid, given in sorted(_map(a.get("answers")).items()):
+            assessment_rows.append({
+                **scope, "assessment_id": aid, "person_id": str(pid), "started_at": started,
+                "completed_at": completed, "by": _str(a.get("by")),
+                "catalogue_version": version if isinstance(version, int) else 1,
+                "age_at_assessment": age_at(str(pid), at.date() if at else None),
+                "answers": _json(_map(given))})
+
+    # ... and the answers that stand: per member and indicator, the latest within a year
+    # of the latest assessment (conflict.catalogue.standing_answers, what derive reads).
+    standing = standing_answers(assessments)
     answers_rows: list[dict[str, Any]] = []
     vulnerability_rows: list[dict[str, Any]] = []
-    assessed_at: dt.datetime | None = None
-    if latest is not None:
-        assessment_id, assessment = latest
-        assessed_at = _instant(assessment.get("completed_at") or assessment.get("started_at"))
+    assessed_at = _instant(standing.latest_at) if standing.latest is not None else None
+    if standing.latest is not None:
         on = assessed_at.date() if assessed_at is not None else None
-        for pid, given in sorted(_map(assessment.get("answers")).items()):
-            birth = _str(_map(members.get(pid)).get("birth_date"))
-            age = None
-            if birth is not None and on is not None:
-                try:
-                    age = age_on(birth, on)
-                except ValueError:
-                    age = None
-            answers_rows.append({**scope, "person_id": str(pid), "assessment_id": assessment_id,
-                                 "assessed_at": assessed_at, "age_at_assessment": age,
-                                 "answers": _json(_map(given))})
+        for pid, given in sorted(standing.answers.items()):
+            source = standing.source[pid]
+            answers_rows.append({**scope, "person_id": pid, "assessment_id": source,
+                                 "assessed_at": assessed_at, "age_at_assessment": age_at(pid, on),
+                                 "answers": _json(given)})
         if on is not None:
             for found in derive(doc, on=on, catalogue=catalogue):
                 population = catalogue.vulnerabilities[found.vulnerability].applies_to
@@ -231,7 +233,7 @@ def project(household_id: str, doc: Mapping[str, Any], *, locality: str, county:
         "vulnerabilities": len(vulnerability_rows),
         "services_open": sum(1 for r in service_rows if r["status"] in OPEN_SERVICE),
         "next_deadline": min(open_deadlines) if open_deadlines else None,
-        "last_assessment_id": latest[0] if latest is not None else None,
+        "last_assessment_id": standing.latest,
         "last_assessment_at": assessed_at,
         "created_by": _str(registered.get("by")),
         "created_at": _instant(registered.get("at")),
@@ -240,6 +242,7 @@ def project(household_id: str, doc: Mapping[str, Any], *, locality: str, county:
         "projected_seq": log.last_seq,
     }
     return {"households": [household_row], "persons": persons_rows, "answers": answers_rows,
+            "assessments": assessment_rows,
             "vulnerabilities": vulnerability_rows, "services": service_rows,
             "change_requests": request_rows, "conflicts": conflict_rows,
             "activity": activity_rows}

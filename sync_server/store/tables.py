@@ -293,6 +293,21 @@ proj_answers = _scoped(
              postgresql_ops={"answers": "jsonb_path_ops"}),
 )
 
+proj_assessments = _scoped(
+    "assessments",
+    # Every assessment's answers for one member, as recorded: the history the web tier
+    # compares (proj_answers holds the answers that stand).
+    sa.Column("assessment_id", sa.Text, nullable=False),
+    sa.Column("person_id", sa.Text, nullable=False),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("completed_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("by", sa.Text, nullable=True),
+    sa.Column("catalogue_version", sa.Integer, nullable=False),
+    sa.Column("age_at_assessment", sa.Integer, nullable=True),
+    sa.Column("answers", postgresql.JSONB, nullable=False),
+    sa.PrimaryKeyConstraint("household_id", "assessment_id", "person_id"),
+)
+
 proj_vulnerabilities = _scoped(
     "vulnerabilities",
     sa.Column("vulnerability", sa.Text, nullable=False),
@@ -373,5 +388,5 @@ proj_activity = _scoped(
 
 #: Every projection table, in the order the projector writes them.
 PROJ_TABLES: tuple[sa.Table, ...] = (
-    proj_households, proj_persons, proj_answers, proj_vulnerabilities, proj_services,
-    proj_change_requests, proj_conflicts, proj_activity)
+    proj_households, proj_persons, proj_answers, proj_assessments, proj_vulnerabilities,
+    proj_services, proj_change_requests, proj_conflicts, proj_activity)

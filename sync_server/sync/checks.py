@@ -17,7 +17,7 @@ from typing import Any
 
 from automerge.core import ROOT, Document, ObjType, ScalarType
 
-from conflict import Household, Violation, is_entity_id, paths, policy, schema, validate
+from conflict import Household, Violation, answers, is_entity_id, paths, policy, schema, validate
 from conflict.validate import validate_paths
 from sync_server.auth.identity import Device, User
 from sync_server.protocol.errors import DocumentError, ErrorCode, Refused
@@ -120,6 +120,22 @@ def check_schema(household_id: str, merged: Document,
                       code=ErrorCode.SCHEMA_VIOLATION, document_id=household_id)
 
 
+def check_catalogue(household_id: str, before: Document | None, after: Document,
+                    sections: set[str | int] | None = None) -> None:
+    """What the batch writes in answers and services must fit the indicator catalogue
+    (the version each assessment records): refused as ``schema-violation``, naming
+    every path and rule (:mod:`conflict.answers`)."""
+    names = None if sections is None else {str(x) for x in sections}
+    if names is not None and not names & {"assessments", "service_plan"}:
+        return
+    violations = answers.catalogue_violations(before, after, names)
+    if violations:
+        listed = "; ".join(f"{public_path(v.path)}: {v.rule}" for v in violations[:20])
+        more = f" (and {len(violations) - 20} more)" if len(violations) > 20 else ""
+        raise Refused(f"the batch does not fit the indicator catalogue: {listed}{more}",
+                      code=ErrorCode.SCHEMA_VIOLATION, document_id=household_id)
+
+
 def check_policy(record: HouseholdRecord, before: Document, after: Document, user: User,
                   sections: set[str | int] | None = None) -> None:
     """Structural paths of an active household change only through approved requests
@@ -185,7 +201,8 @@ def public_path(path: Sequence[str | int]) -> str:
     parts = []
     for seg in path:
         known = (isinstance(seg, int) or is_entity_id(seg) or paths.is_element_id(seg)
-                 or (isinstance(spec, schema.Record) and seg in spec.fields))
+                 or (isinstance(spec, schema.Record) and seg in spec.fields)
+                 or seg in answers.known_indicators())  # catalogue codes name no one
         parts.append(str(seg) if known else "*")
         spec = schema.child_spec(spec, seg) if spec is not None else None
     return "/".join(parts) or "/"

@@ -58,6 +58,7 @@ from sync_server.sync.apply import check_document_id, check_encoding, fork_for, 
 from sync_server.sync.checks import (
     check_actors,
     check_attribution,
+    check_catalogue,
     check_policy,
     check_schema,
     check_writer,
@@ -182,6 +183,7 @@ class Synchronizer:
                 touched = touched_prefixes(fork, before) if read is None else read[0]
                 sections = None if touched is None else {p[0] for p in touched}
                 check_schema(hid, fork, touched=touched)
+                check_catalogue(hid, actor.doc, fork, sections)
                 check_policy(actor.record, actor.doc, fork, grants.user, sections)
                 check_attribution(hid, actor.doc, fork, grants.user, sections)
                 regressions = (lattice_fixes(fork, before, conflicts.batch_tips(new))
@@ -290,6 +292,7 @@ class Synchronizer:
                 raise Refused("this user may not register households in this locality",
                               code=ErrorCode.CREATION_REFUSED, document_id=hid)
             check_actors(device, hid, new)
+            check_catalogue(hid, None, doc)
             check_attribution(hid, Document(), doc, grants.user)
             if taken:
                 peer.sync.reset(hid)
