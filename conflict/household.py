@@ -245,8 +245,13 @@ class Household:
         """Create a new household: the whole skeleton in one change.
 
         Status starts as ``"registration"``; the activity feed gets a first
-        ``"registered"`` entry by ``author``, who edits the returned object.
+        ``"registered"`` entry by ``author``, who edits the returned object. The team is
+        who may sync the household: without one given, the author is its social worker
+        (the server registers no household of its own, and accepts none whose team leaves
+        out the worker registering it).
         """
+        if team is None and author != SERVER_AUTHOR:
+            team = {"social_worker": author}
         household_id = household_id if household_id is not None else new_household_id()
         if not is_household_id(household_id):
             raise ValueError("not a household id")
@@ -261,15 +266,15 @@ class Household:
                 "status": "registration",
             },
         )
-        team_values = _record_values(s.TEAM, ("team",), team or {})
-        unknown = set(team or {}) - set(s.TEAM_ROLES)
-        if unknown:
-            raise InvalidValueError(("team", sorted(unknown)[0]), "unknown-field")
         entry = _record_values(
             s.ACTIVITY_ENTRY,
             ("activity", 0),
             {"at": utc_instant(at), "by": author, "kind": REGISTERED_ACTIVITY, "text": ""},
         )
+        team_values = _record_values(s.TEAM, ("team",), team or {})
+        unknown = set(team or {}) - set(s.TEAM_ROLES)
+        if unknown:
+            raise InvalidValueError(("team", sorted(unknown)[0]), "unknown-field")
 
         doc = Document(actor_id=actor_id) if actor_id is not None else Document()
         with doc.transaction() as tx:

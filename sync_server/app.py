@@ -39,6 +39,7 @@ from sync_server.config import Settings
 from sync_server.gateway.connection import Connection
 from sync_server.gateway.endpoint import Gateway, PeerLimits
 from sync_server.gateway.revocations import Revocations
+from sync_server.gateway.teams import TeamChanges
 from sync_server.projection.projector import Projector
 from sync_server.store.database import open_database
 from sync_server.store.keys import load_keyring
@@ -77,6 +78,7 @@ def build_app(settings: Settings, engine: AsyncEngine, server_key: SigningKey) -
         sessions_per_device=settings.sessions_per_device,
         heartbeat_seconds=settings.heartbeat_seconds))
     revocations = Revocations(engine, identity, gateway.connections)
+    teams = TeamChanges(engine, pipeline, gateway.connections)
     projector = Projector(engine, store, registry=registry)
     signed = SignedRequests(identity, NonceStore(engine))
 
@@ -94,7 +96,7 @@ def build_app(settings: Settings, engine: AsyncEngine, server_key: SigningKey) -
     ])
 
     async def revoking(_: web.Application) -> AsyncIterator[None]:
-        async with revocations.running():
+        async with revocations.running(), teams.running():
             yield
 
     async def projecting(_: web.Application) -> AsyncIterator[None]:

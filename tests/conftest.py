@@ -117,14 +117,14 @@ async def server(database_url: str, tmp_path: Path):
 def provision(server, tmp_path: Path):
     """Users and enrolled tablets on the ``server`` fixture, made the way an admin and a
     tablet make them (enrollment code over HTTP). ``await provision.tablet("ana")``."""
-    from sync_server.app import IDENTITY
+    from sync_server.app import IDENTITY, SYNCHRONIZER
     from vatra_devtools.provision import Provisioner
 
     class TestProvisioner(Provisioner):
         async def tablet(self, name: str, user_id: str | None = None, **kw):  # type: ignore[override]
             return await super().tablet(tmp_path / "devices" / name, user_id or name, **kw)
 
-    return TestProvisioner(server.app[IDENTITY], server.http_url)
+    return TestProvisioner(server.app[IDENTITY], server.http_url, server.app[SYNCHRONIZER])
 
 
 @pytest.fixture

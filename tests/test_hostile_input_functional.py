@@ -188,14 +188,14 @@ async def test_the_quarantine_keeps_each_refusal_once_and_within_quotas(
                         max_frame_bytes=256 * 1024, master_key=key,
                         quarantine=Quotas(device_rows=3))
     async with VatraServer(settings) as server:
-        p = Provisioner(server.app[IDENTITY], server.http_url)
+        p = Provisioner(server.app[IDENTITY], server.http_url, server.app[SYNCHRONIZER])
 
         class Prov(Provisioner):
             async def tablet(self, name, user_id=None, **kw):  # type: ignore[override]
                 return await super().tablet(tmp_path / name, user_id or name, **kw)
 
         hid, _, (_ana, nat) = await active_household(
-            server, Prov(p.identity, p.http_url), ("nat-1", {"role": "national"}))
+            server, Prov(p.identity, p.http_url, p.synchronizer), ("nat-1", {"role": "national"}))
         dup_before = await metric(server, "vatra_quarantine_dropped_total", reason="duplicate")
         rows_before = await metric(server, "vatra_quarantine_dropped_total",
                                    reason="device-rows")

@@ -111,13 +111,17 @@ def test_failure_limiter_window_slides() -> None:
 async def test_teams_and_revocation(ids: IdentityStore, store) -> None:
     from sync_server.store.contract import HouseholdRecord
 
-    await ids.add_user("sw-ana", "worker")
-    await ids.add_user("nurse-ioana", "worker")
-    await store.create_household(HouseholdRecord("2fiH6LVoDnXEUsYNHowu3UTBwJqk", "54975", "CJ"), [])
-    await ids.set_team("2fiH6LVoDnXEUsYNHowu3UTBwJqk", ["sw-ana", "nurse-ioana"])
+    await ids.add_user("sw-ana", "worker", localities=[("54975", "CJ")])
+    await ids.add_user("nurse-ioana", "worker", localities=[("54975", "CJ")])
+    await ids.add_user("sw-bv", "worker", localities=[("40198", "BV")])
+    await ids.add_user("sup-cj", "supervisor", county="CJ")
+    await store.create_household(HouseholdRecord("2fiH6LVoDnXEUsYNHowu3UTBwJqk", "54975", "CJ"), [],
+                                 team=["sw-ana", "nurse-ioana", "ghost"])
     assert await ids.team("2fiH6LVoDnXEUsYNHowu3UTBwJqk") == ["nurse-ioana", "sw-ana"]
-    with pytest.raises(IdentityError, match="unknown user"):
-        await ids.set_team("2fiH6LVoDnXEUsYNHowu3UTBwJqk", ["ghost"])
+    # who may be on a team there: workers of the locality, no one else
+    assert await ids.ineligible_team_members(
+        ["sw-ana", "nurse-ioana", "sw-bv", "sup-cj", "ghost"], "54975", "CJ") == [
+        "ghost", "sup-cj", "sw-bv"]
     code = await ids.create_enrollment_code("sw-ana")
     dev = await ids.enroll(code.code, signing_key=os.urandom(32), exchange_key=os.urandom(32),
                            actor_ids=[os.urandom(16)])

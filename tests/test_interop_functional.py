@@ -51,7 +51,8 @@ async def test_samod_repo_and_vatra_replica_exchange_edits(server, provision) ->
             for key, value in {"locality": "54975", "county": "CJ", "address": "Str. Samod 1",
                                "status": "registration"}.items():
                 d[key] = ImmutableString(value)
-            for key in ("team", "members", "assessments", "service_plan", "change_requests",
+            d["team"] = {"social_worker": ImmutableString("sw-ana")}  # who may sync it
+            for key in ("members", "assessments", "service_plan", "change_requests",
                         "conflicts"):
                 d[key] = {}
             d["activity"] = []

@@ -226,6 +226,7 @@ async def team(server, provision) -> AsyncIterator[Team]:
     summary = await SyncClient(device, server.url).sync()
     assert summary.changes_sent == 2 and device.is_saved(h.household_id)
     await provision.share(h.household_id, device, watcher, mate)
+    await SyncClient(device, server.url).sync()  # (the team change, made on the server)
     async with raw_peer(server.url, watcher) as bystander:
         doc, state = Document(), SyncState()
         t = Team(device, h.household_id, bystander, doc, state, mate)

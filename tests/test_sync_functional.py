@@ -26,10 +26,10 @@ async def test_a_household_created_offline_reaches_a_teammate(server, provision)
     assert summary.households_synced == 1 and summary.changes_sent == 2
     assert a.is_saved(hid)
 
-    await provision.share(hid, a, b)
+    await provision.share(hid, a, b)  # one server change: b joins the team
     b.track(hid)
     got = await SyncClient(b, server.url).sync()
-    assert got.changes_received == 2
+    assert got.changes_received == 3
     assert b.household(hid).members()[pid]["first_name"] == "Ana"
 
 
@@ -79,5 +79,5 @@ async def test_saved_and_remote_change_events(server, provision) -> None:
     await SyncClient(b, server.url).sync()
     arrived: list[tuple[str, int]] = []
     await SyncClient(a, server.url, on_remote_change=lambda h, n: arrived.append((h, n))).sync()
-    assert arrived == [(hid, 1)]
+    assert arrived == [(hid, 2)]  # the team change that shared it, and b's notes
     assert a.household(hid).notes == "gate code 1234"

@@ -36,7 +36,7 @@ async def run_demo(settings: Settings, data_dir: Path | None) -> int:
         async with VatraServer(settings) as server:
             console.print(f"[bold]Vatra demo[/] — server on {server.url}")
             assert server.app is not None
-            provision = Provisioner(server.app[IDENTITY], server.http_url)
+            provision = Provisioner(server.app[IDENTITY], server.http_url, server.app[SYNCHRONIZER])
             team = {"social worker": await provision.tablet(base / "tablet-sw", "sw-ana"),
                     "nurse": await provision.tablet(base / "tablet-nurse", "nurse-ioana"),
                     "counsellor": await provision.tablet(base / "tablet-counsellor",

@@ -12,7 +12,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from client_sdk import Replica, enroll
+from conflict import SERVER_AUTHOR, TEAM_ROLES
 from sync_server.auth.identity import IdentityStore
+from sync_server.store.contract import Author
+from sync_server.sync.pipeline import Synchronizer
 
 DEFAULT_PLACES = (("54975", "CJ"),)
 #: The PIN simulated tablets seal their replica with (a person would choose one).
@@ -20,9 +23,11 @@ SIMULATED_PIN = "2468"
 
 
 class Provisioner:
-    def __init__(self, identity: IdentityStore, http_url: str) -> None:
+    def __init__(self, identity: IdentityStore, http_url: str,
+                 synchronizer: Synchronizer | None = None) -> None:
         self.identity = identity
         self.http_url = http_url
+        self.synchronizer = synchronizer  # share() changes teams through the pipeline
 
     async def user(self, user_id: str, *, role: str = "worker", county: str | None = None,
                    localities: Iterable[tuple[str, str]] = DEFAULT_PLACES) -> None:
@@ -44,7 +49,17 @@ class Provisioner:
         return replica
 
     async def share(self, household_id: str, *tablets_or_users: Replica | str) -> None:
-        """Put these users (or the users of these tablets) on the household's team."""
-        users = [t.credentials.user_id if isinstance(t, Replica) and t.credentials else str(t)
-                 for t in tablets_or_users]
-        await self.identity.set_team(household_id, users)
+        """Make these workers (or the users of these tablets) the household's team, in its
+        document, as an approved ``change_team`` would: the roles in order (social worker,
+        nurse, counsellor, case responsible). Access follows the document's team."""
+        if self.synchronizer is None:
+            raise RuntimeError("share() needs the server's synchronizer")
+        users = list(dict.fromkeys(
+            t.credentials.user_id if isinstance(t, Replica) and t.credentials else str(t)
+            for t in tablets_or_users))
+        if len(users) > len(TEAM_ROLES):
+            raise ValueError(f"a team has {len(TEAM_ROLES)} roles")
+        roles = {role: users[i] if i < len(users) else None for i, role in enumerate(TEAM_ROLES)}
+        await self.synchronizer.server_change(
+            household_id, lambda h: h.set_team(**roles),
+            author=Author("provisioning", SERVER_AUTHOR))

@@ -2,9 +2,10 @@
 
 A :class:`Grants` is made for each session once its device is authenticated, and the
 pipeline asks it before it reads or writes a household. Decisions are taken once per
-household and session (a team change applies from the device's next session; revoking
-the device cuts the session instead), from the rules in :mod:`sync_server.auth.access`
-and, for a worker, the user's team households, read once from the database.
+household and session, from the rules in :mod:`sync_server.auth.access` and, for a
+worker, the user's team households, read once from the database; a team change has
+the live sessions decide again (:meth:`Grants.reconsider`, from
+``sync_server/gateway/teams.py``), and revoking the device cuts the session instead.
 """
 
 from __future__ import annotations

@@ -127,20 +127,21 @@ class IdentityStore:
 
     # -- teams -----------------------------------------------------------------------------
 
-    async def set_team(self, household_id: str, user_ids: Sequence[str]) -> None:
-        """Replace the household's team (the users whose devices may sync it)."""
-        async with self._engine.begin() as conn:
-            known = set((await conn.execute(
-                sa.select(users.c.id).where(users.c.id.in_(list(user_ids))))).scalars())
-            missing = sorted(set(user_ids) - known)
-            if missing:
-                raise IdentityError(f"unknown user(s): {', '.join(missing)}",
-                                    code=ErrorCode.UNKNOWN_USER)
-            await conn.execute(sa.delete(household_team)
-                               .where(household_team.c.household_id == household_id))
-            if user_ids:
-                await conn.execute(sa.insert(household_team), [
-                    {"household_id": household_id, "user_id": u} for u in sorted(set(user_ids))])
+    async def ineligible_team_members(self, user_ids: Collection[str], locality: str,
+                                      county: str) -> list[str]:
+        """Those of ``user_ids`` who may not be on a household's team in ``locality``: a
+        team member is a user with the worker role assigned that locality."""
+        wanted = sorted(set(user_ids))
+        if not wanted:
+            return []
+        async with self._engine.connect() as conn:
+            eligible = set((await conn.execute(
+                sa.select(users.c.id).join(user_localities,
+                                           user_localities.c.user_id == users.c.id)
+                .where(users.c.id.in_(wanted), users.c.role == "worker",
+                       user_localities.c.locality == locality,
+                       user_localities.c.county == county))).scalars())
+        return [u for u in wanted if u not in eligible]
 
     async def team(self, household_id: str) -> list[str]:
         async with self._engine.connect() as conn:

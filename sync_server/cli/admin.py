@@ -1,8 +1,7 @@
-"""Admin commands: users, household teams, devices.
+"""Admin commands: users, devices, the audit log.
 
     vatra user add U --role worker --locality 54975:CJ [--locality …]
     vatra user add S --role supervisor --county CJ
-    vatra household team set H --user U [--user U2 …]
     vatra device enroll-code --user U [--hours 24]
     vatra device revoke D
     vatra audit verify
@@ -38,11 +37,8 @@ def add_admin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
 
     household = sub.add_parser("household", help="manage households")
     hsub = household.add_subparsers(dest="action", required=True)
-    team = hsub.add_parser("team", help="household teams").add_subparsers(dest="team_action",
-                                                                          required=True)
-    team_set = team.add_parser("set", help="replace the team of a household")
-    team_set.add_argument("household_id")
-    team_set.add_argument("--user", action="append", default=[], required=True)
+    # No command sets a team: a household's team is its document's (who registered it,
+    # then approved change_team requests), and access follows it (docs/decisions.md, 61).
     add_erase_command(hsub)  # vatra household erase H (sync_server/cli/keys.py)
 
     device = sub.add_parser("device", help="manage devices").add_subparsers(dest="action",
@@ -90,9 +86,6 @@ async def run_admin(settings: Settings, args: argparse.Namespace) -> int:
                 u = await ids.add_user(args.user_id, args.role, county=args.county,
                                        localities=places)
                 print(f"user {u.id} added as {u.role}")
-            elif args.command == "household":
-                await ids.set_team(args.household_id, args.user)
-                print(f"team of {args.household_id}: {', '.join(sorted(set(args.user)))}")
             elif args.command == "device" and args.action == "enroll-code":
                 c = await ids.create_enrollment_code(args.user, ttl=timedelta(hours=args.hours))
                 print(f"enrollment code for {c.user_id}: {c.code} "

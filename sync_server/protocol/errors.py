@@ -76,6 +76,7 @@ class ErrorCode(StrEnum):
     TOO_MANY_SESSIONS = "too-many-sessions"
     LIMIT_EXCEEDED = "limit-exceeded"
     FORGED_ATTRIBUTION = "forged-attribution"
+    INVALID_TEAM_MEMBER = "invalid-team-member"
     # -- the HTTP faces (sync_server/api): a refused request names one of these
     UNAUTHORIZED = "unauthorized"
     FORBIDDEN = "forbidden"
@@ -128,6 +129,9 @@ RULES: Mapping[ErrorCode, str] = {
                                   "request, decision, resolution) names the user of the "
                                   "device that signed the session, and when is not in the "
                                   "future",
+    ErrorCode.INVALID_TEAM_MEMBER: "a household's team (who may sync it) names workers of "
+                                   "its locality only, the worker who registers it "
+                                   "included; a change_team request too",
     ErrorCode.DECISION_FIELD: "only a supervisor of the household's county decides a change "
                               "request or cancels a service; a filed request is not altered",
 }

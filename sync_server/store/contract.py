@@ -15,6 +15,10 @@ from typing import Protocol
 
 from sync_server.protocol.errors import ErrorCode, StorageError, VatraError
 
+#: The channel a commit that changed a household's team notifies (payload: the household
+#: id), so every server reconsiders its live sessions' access at once.
+TEAM_CHANGES = "vatra_team"
+
 
 class StoreClosed(StorageError):
     """The store is closing (the server is stopping): nothing was stored; retry later."""
@@ -138,16 +142,21 @@ class HouseholdStore(Protocol):
         ...
 
     async def move_household(self, record: HouseholdRecord, new: Sequence[StoredChange],
-                             author: Author | None = None) -> AppendResult:
-        """Log ``new`` and set the household's locality and county, in one transaction."""
+                             author: Author | None = None,
+                             team: Sequence[str] | None = None) -> AppendResult:
+        """Log ``new`` and set the household's locality and county (and its team, when
+        ``team`` is given), in one transaction."""
         ...
 
     async def household(self, household_id: str) -> HouseholdRecord | None: ...
 
     async def append_changes(self, household_id: str, new: Sequence[StoredChange],
-                             author: Author | None = None) -> AppendResult:
+                             author: Author | None = None,
+                             team: Sequence[str] | None = None) -> AppendResult:
         """Log ``new`` in one transaction; changes already logged are skipped. ``author``
-        is recorded with each change and in the audit log."""
+        is recorded with each change and in the audit log. ``team``: the household's
+        team changed with these changes; its users (those that exist) replace the team
+        in the same transaction, and every server hears of it (:data:`TEAM_CHANGES`)."""
         ...
 
     async def load(self, household_id: str) -> LoadedHousehold | None: ...

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from sync_server.store.audit import AuditEvent, AuditLog
 from sync_server.store.contract import (
+    TEAM_CHANGES,
     AppendResult,
     Author,
     HouseholdErased,
@@ -26,11 +27,13 @@ from sync_server.store.contract import (
     StoredChange,
 )
 from sync_server.store.keys import CHANGE, SEAL_OVERHEAD, DataKey
+from sync_server.store.tables import household_team
 
 log = logging.getLogger(__name__)
 
 #: One caller's append waiting for a commit: household, changes, author, its result.
-_Pending = tuple[str, Sequence[StoredChange], "Author | None", "asyncio.Future[AppendResult]"]
+_Pending = tuple[str, Sequence[StoredChange], "Author | None", "Sequence[str] | None",
+                 "asyncio.Future[AppendResult]"]
 
 #: What the group commit needs of the store: the data keys of some households, and an
 #: error for each one that has none (erased, or never registered).
@@ -84,6 +87,16 @@ TEAM = sa.text("""
     INSERT INTO household_team (household_id, user_id)
     SELECT :household, u.id FROM users u WHERE u.id = ANY(:users)
 """).bindparams(sa.bindparam("users", type_=postgresql.ARRAY(sa.Text)))
+
+
+async def replace_team(conn: AsyncConnection, household_id: str, team: Sequence[str]) -> None:
+    """The household's team becomes ``team`` (its users that exist), and every server hears
+    of it when the transaction commits (``NOTIFY`` is transactional)."""
+    await conn.execute(sa.delete(household_team).where(household_team.c.household_id
+                                                        == household_id))
+    if team:
+        await conn.execute(TEAM, {"household": household_id, "users": sorted(set(team))})
+    await conn.execute(sa.select(sa.func.pg_notify(TEAM_CHANGES, household_id)))
 
 
 async def insert_changes(conn: AsyncConnection,
@@ -163,11 +176,11 @@ class GroupCommit:
         self.commits = 0
 
     async def append(self, household_id: str, new: Sequence[StoredChange],
-                     author: Author | None) -> AppendResult:
+                     author: Author | None, team: Sequence[str] | None = None) -> AppendResult:
         if self._closing:
             raise StoreClosed("the store is closing; retry later")
         fut: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
-        self._queue.append((household_id, new, author, fut))
+        self._queue.append((household_id, new, author, team, fut))
         self._wake.set()
         if self._task is None or self._task.done():
             self._start_writer()
@@ -216,8 +229,11 @@ class GroupCommit:
             async with self._engine.begin() as conn:
                 keys, missing = await self._data_keys(conn, {g[0] for g in group})
                 results, erased = await insert_changes(
-                    conn, [(h, new, author) for h, new, author, _ in group if h in keys],
+                    conn, [(h, new, author) for h, new, author, _, _ in group if h in keys],
                     keys, self._audit)
+                for h, _, _, team, _ in group:
+                    if team is not None and h in keys and h not in erased:
+                        await replace_team(conn, h, team)
         except Exception as exc:
             for *_, fut in group:
                 if not fut.done():
@@ -228,7 +244,7 @@ class GroupCommit:
             self._committed()
         except Exception:  # a listener's fault must not keep the callers from their results
             log.exception("group commit: the committed() callback failed")
-        for household_id, _, _, fut in group:
+        for household_id, _, _, _, fut in group:
             if fut.done():  # a caller cancelled meanwhile: its rows are stored anyway
                 continue
             if household_id in erased:  # one erased household fails only its own callers

@@ -36,7 +36,7 @@ from sync_server.store.contract import (
     StoredChange,
     UnknownHousehold,
 )
-from sync_server.store.group_commit import TEAM, GroupCommit, insert_changes
+from sync_server.store.group_commit import TEAM, GroupCommit, insert_changes, replace_team
 from sync_server.store.keys import (
     CHANGE,
     SNAPSHOT,
@@ -200,7 +200,8 @@ class PostgresStore:
         return result
 
     async def move_household(self, record: HouseholdRecord, new: Sequence[StoredChange],
-                             author: Author | None = None) -> AppendResult:
+                             author: Author | None = None,
+                             team: Sequence[str] | None = None) -> AppendResult:
         """Log ``new`` (the server's change applying an approved ``move_household``) and
         set the household's locality and county to ``record``'s, in one transaction: the
         registry row and the document never disagree about where a household is."""
@@ -214,6 +215,8 @@ class PostgresStore:
             if erased:  # erased by another process since the key was read: roll back
                 self.keyring.forget(record.id)
                 raise HouseholdErased(record.id)
+            if team is not None:
+                await replace_team(conn, record.id, team)
             result = results[record.id]
         self.committed()
         return result
@@ -227,12 +230,13 @@ class PostgresStore:
         return HouseholdRecord(row.id, row.locality, row.county, row.created_at)
 
     async def append_changes(self, household_id: str, new: Sequence[StoredChange],
-                             author: Author | None = None) -> AppendResult:
+                             author: Author | None = None,
+                             team: Sequence[str] | None = None) -> AppendResult:
         if not new:
             return AppendResult(0, 0, 0)
         await self.verify_master_key()
         try:
-            return await self._group.append(household_id, new, author)
+            return await self._group.append(household_id, new, author, team)
         except HouseholdErased:  # by another process: this one's cached key is stale
             self.keyring.forget(household_id)
             raise

@@ -208,6 +208,18 @@ def public_path(path: Sequence[str | int]) -> str:
     return "/".join(parts) or "/"
 
 
+def team_requests(before: Document, after: Document, hid: str) -> dict[str, list[str]]:
+    """The ``change_team`` requests ``after`` files that ``before`` has not: request id ->
+    the user ids its payload names (``""``, unassigning a role, names no one)."""
+    old = {r["request_id"] for r in Household(before, hid).change_requests()}
+    out = {}
+    for r in Household(after, hid).change_requests():
+        if r["request_id"] not in old and r["kind"] == "change_team":
+            payload = r["payload"] if isinstance(r["payload"], dict) else {}
+            out[r["request_id"]] = sorted({str(v) for v in payload.values() if v})
+    return out
+
+
 def team_user_ids(doc: Document) -> list[str]:
     got = doc.get(ROOT, "team")
     if got is None or got[0] != ObjType.Map:

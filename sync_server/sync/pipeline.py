@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any, Literal
 
@@ -67,6 +67,7 @@ from sync_server.sync.checks import (
     public_path,
     read_touched,
     root_str,
+    team_requests,
     team_user_ids,
 )
 from sync_server.sync.households import HouseholdActor, HouseholdRegistry
@@ -79,6 +80,7 @@ log = logging.getLogger(__name__)
 QUARANTINED = frozenset({ErrorCode.READ_ONLY, ErrorCode.ACTOR_NOT_REGISTERED,
                          ErrorCode.SCHEMA_VIOLATION, ErrorCode.PROTECTED_PATH,
                          ErrorCode.DECISION_FIELD, ErrorCode.FORGED_ATTRIBUTION,
+                         ErrorCode.INVALID_TEAM_MEMBER,
                          ErrorCode.CREATION_REFUSED, ErrorCode.NOT_A_HOUSEHOLD,
                          ErrorCode.MALFORMED_SYNC_DATA, ErrorCode.LIMIT_EXCEEDED})
 
@@ -186,6 +188,8 @@ class Synchronizer:
                 check_catalogue(hid, actor.doc, fork, sections)
                 check_policy(actor.record, actor.doc, fork, grants.user, sections)
                 check_attribution(hid, actor.doc, fork, grants.user, sections)
+                if sections is None or sections & {"team", "change_requests"}:
+                    await self._check_team(actor.record, actor.doc, fork)
                 regressions = (lattice_fixes(fork, before, conflicts.batch_tips(new))
                                if sections is None or "service_plan" in sections else [])
                 approved = (newly_approved(actor.doc, fork, hid)
@@ -220,6 +224,31 @@ class Synchronizer:
             self._answer(actor, list(actor.subscribers))
             await self._maybe_snapshot(actor)
 
+    async def _check_team(self, record: HouseholdRecord, before: Document | None,
+                          after: Document, registering: str | None = None) -> None:
+        """Team is access: whoever the batch puts on the team (a role it assigns, or a
+        ``change_team`` request it files) must be a worker of the household's locality;
+        a new household's team must name the worker who registers it. Refused as
+        ``invalid-team-member``, naming the paths (a user id can be a name)."""
+        hid = record.id
+        was = set(team_user_ids(before)) if before is not None else set()
+        added = set(team_user_ids(after)) - was
+        named: dict[str, set[str]] = {f"team ({len(added)} new)": added} if added else {}
+        if before is not None:
+            for rid, users in team_requests(before, after, hid).items():
+                named[f"change_requests/{rid}/payload"] = set(users)
+        problems = []
+        if registering is not None and registering not in team_user_ids(after):
+            problems.append("team (must name the worker who registers the household)")
+        everyone = set().union(*named.values()) if named else set()
+        bad = set(await self.identity.ineligible_team_members(
+            everyone, record.locality, record.county)) if everyone else set()
+        problems += [where for where, users in named.items() if users & bad]
+        if problems:
+            raise Refused(f"a household's team names workers of its locality only: "
+                          f"{', '.join(problems)}", code=ErrorCode.INVALID_TEAM_MEMBER,
+                          document_id=hid)
+
     async def _commit(self, actor: HouseholdActor, fork: Document, new: Sequence[Any],
                       author: Author, *, may_move: bool = False) -> None:
         """Persist ``new`` (one transaction), then swap ``fork`` in. The one place a
@@ -233,16 +262,20 @@ class Synchronizer:
         started = time.perf_counter()
         place = (root_str(fork, "locality", actor.id), root_str(fork, "county", actor.id))
         moved = place != (actor.record.locality, actor.record.county)
+        team = sorted(set(team_user_ids(fork)))
+        changed_team = team if team != sorted(set(team_user_ids(actor.doc))) else None
         if moved and not may_move:
             raise Refused("a device's changes may not move a household; a move is approved "
                           "by a supervisor", code=ErrorCode.PROTECTED_PATH, document_id=actor.id)
         try:
             if moved:
                 record = replace(actor.record, locality=place[0], county=place[1])
-                result = await self.store.move_household(record, stored(new), author)
+                result = await self.store.move_household(record, stored(new), author,
+                                                         team=changed_team)
                 actor.record = record
             else:
-                result = await self.store.append_changes(actor.id, stored(new), author)
+                result = await self.store.append_changes(actor.id, stored(new), author,
+                                                         team=changed_team)
         except StorageError:
             raise
         except HouseholdErased as exc:
@@ -294,6 +327,7 @@ class Synchronizer:
             check_actors(device, hid, new)
             check_catalogue(hid, None, doc)
             check_attribution(hid, Document(), doc, grants.user)
+            await self._check_team(record, None, doc, registering=grants.user.id)
             if taken:
                 peer.sync.reset(hid)
                 self._unavailable(peer, hid)
@@ -301,7 +335,7 @@ class Synchronizer:
             _not_revoked(peer, hid)
         try:
             result = await self.store.create_household(
-                record, stored(new), _author(device), team=[grants.user.id, *team_user_ids(doc)])
+                record, stored(new), _author(device), team=sorted(set(team_user_ids(doc))))
         except HouseholdErased:
             self.registry.erased.add(hid)
             peer.sync.reset(hid)
@@ -381,9 +415,32 @@ class Synchronizer:
         if not new:
             return result, False
         check_schema(actor.id, fork)
+        await self._check_team(actor.record, actor.doc, fork)
         await self._commit(actor, fork, new, author, may_move=True)
         actor.objects.absorb(fork, new)
         return result, True
+
+    # -- access follows the team ------------------------------------------------------------
+
+    async def team_changed(self, household_id: str, peers: Iterable[Peer]) -> None:
+        """A household's team changed (a commit here or on another server said so): every
+        live session decides again whether it may sync it, on its user's caseload read
+        anew; a session that may no longer is unsubscribed and its sync state dropped, so
+        nothing more of the household reaches it (its tablet drops the household at its
+        next sync, when the caseload no longer lists it)."""
+        actor = self.registry.resident(household_id)
+        record = actor.record if actor is not None else await self.store.household(household_id)
+        if record is None:
+            return
+        for peer in peers:
+            grants = peer.grants
+            if grants is None:
+                continue
+            grants.reconsider(household_id)
+            if household_id in peer.sync.documents and not await grants.may_sync(record):
+                if actor is not None:
+                    actor.subscribers.discard(peer)
+                peer.sync.reset(household_id)
 
     # -- answers, snapshots, records --------------------------------------------------------
 

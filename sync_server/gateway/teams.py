@@ -1,0 +1,66 @@
+"""Team changes reach live sessions within a second: access follows a household's team.
+
+A commit that changes a household's team (an approved ``change_team``, a team set while
+the household is being registered) ``NOTIFY``s ``vatra_team`` with the household id in
+the same transaction (``sync_server/store/group_commit.py``). Every server listens and
+has its live sessions decide again (:meth:`Synchronizer.team_changed`): a removed member's
+session stops receiving the household at once, a new member's session lists it at its
+next caseload. A notification lost with the listening connection leaves the sessions of
+that server deciding from their last caseload until they reconnect (every sync is a new
+session for the reference client).
+
+Start and stop it with ``async with TeamChanges(...).running()`` (the app owns it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Collection
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from sync_server.gateway.connection import Connection
+from sync_server.store.contract import TEAM_CHANGES
+from sync_server.sync.pipeline import Synchronizer
+
+log = logging.getLogger(__name__)
+
+
+class TeamChanges:
+    def __init__(self, engine: AsyncEngine, synchronizer: Synchronizer,
+                 connections: Collection[Connection]) -> None:
+        self._engine = engine
+        self._synchronizer = synchronizer
+        self._connections = connections
+        self._pending: set[asyncio.Task[None]] = set()
+
+    async def _apply(self, household_id: str) -> None:
+        try:
+            await self._synchronizer.team_changed(household_id, list(self._connections))
+        except Exception:
+            log.exception("household %s: applying a team change to live sessions failed",
+                          household_id)
+
+    def changed(self, household_id: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._apply(household_id))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        def on_change(_conn: Any, _pid: int, _channel: str, household_id: str) -> None:
+            self.changed(household_id)
+
+        async with self._engine.connect() as sa_conn:
+            raw = (await sa_conn.get_raw_connection()).driver_connection
+            assert raw is not None  # asyncpg's connection, open for the block
+            await raw.add_listener(TEAM_CHANGES, on_change)
+            try:
+                yield
+            finally:
+                await raw.remove_listener(TEAM_CHANGES, on_change)
+                for task in self._pending:
+                    task.cancel()
