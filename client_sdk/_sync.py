@@ -60,6 +60,10 @@ class SyncSummary:
     bytes_received: int = 0
     unavailable: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)  # left the caseload: local copy deleted
+    #: erased on the server: local copy deleted, with the unsynced local changes it held
+    erased: dict[str, int] = field(default_factory=dict)
+    #: unsynced local changes deleted with a household removed or erased (non-zero only)
+    discarded: dict[str, int] = field(default_factory=dict)
     rejected: list[ServerRejected] = field(default_factory=list)
     #: households whose refused batch was rebuilt on the server's copy (see module doc)
     recovered: dict[str, Recovery] = field(default_factory=dict)
@@ -73,6 +77,8 @@ class SyncSummary:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.unavailable += other.unavailable
         self.rejected += other.rejected
+        self.erased.update(other.erased)
+        self.discarded.update(other.discarded)
 
 
 @dataclass
@@ -191,8 +197,13 @@ class SyncClient:
                 raise self._rejected(caseload)
             if not isinstance(caseload, wire.Caseload):
                 raise ProtocolError(f"expected 'vatra-caseload', got '{caseload.type}'")
+            erased = set(caseload.erased)
+            self._discard(sorted(erased & set(self.replica.household_ids())), summary,
+                          erased=True)
             if household_ids is None:
                 ids = self._apply_caseload(set(caseload.document_ids), summary)
+            else:
+                ids = [hid for hid in ids if hid not in erased]
 
             docs: dict[str, _DocSync] = {}
             try:
@@ -263,14 +274,29 @@ class SyncClient:
         local = set(self.replica.household_ids())
         creds = self.replica.credentials
         if creds is not None and creds.role == "worker":
-            for hid in sorted(local - caseload):
-                if self.replica.server_heads(hid):
-                    self.replica.remove(hid)
-                    summary.removed.append(hid)
-                    local.discard(hid)
+            gone = [hid for hid in sorted(local - caseload) if self.replica.server_heads(hid)]
+            self._discard(gone, summary, erased=False)
+            local.difference_update(gone)
         for hid in sorted(caseload - local):
             self.replica.track(hid)
         return sorted(local | caseload)
+
+    def _discard(self, household_ids: list[str], summary: SyncSummary, *,
+                 erased: bool) -> None:
+        """Delete these local copies (erased on the server, or no longer ours), counting
+        the unsynced changes each held: the server would refuse them, and they are lost."""
+        for hid in household_ids:
+            unsynced = self.replica.unsynced_changes(hid)
+            self.replica.remove(hid)
+            if erased:
+                summary.erased[hid] = unsynced
+            else:
+                summary.removed.append(hid)
+            if unsynced:
+                summary.discarded[hid] = unsynced
+                log.warning("household %s %s: %d unsynced local changes discarded", hid,
+                            "was erased on the server" if erased else "left this caseload",
+                            unsynced)
 
     async def _on_sync(self, msg: wire.Sync, d: _DocSync, send: _Send, peer_id: str,
                        server_id: str, summary: SyncSummary) -> None:

@@ -12,13 +12,16 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from _rawpeer import raw_peer
+from _scenes import active_household
 from automerge.core import Document
 from conftest import TEST_MASTER_KEY
 
 from client_sdk import SyncClient
 from conflict import Household
-from sync_server.app import VatraServer
+from sync_server.app import ENGINE, VatraServer
 from sync_server.config import Settings
+from sync_server.protocol import wire
 from sync_server.store.contract import HouseholdErased, HouseholdRecord
 from sync_server.store.database import embedded_postgres, make_engine, migrate
 from sync_server.store.keys import (
@@ -38,6 +41,7 @@ from sync_server.store.keys import (
     write_key_file,
 )
 from sync_server.store.postgres import PostgresStore, changes, household_keys, snapshots
+from sync_server.store.tables import audit
 from sync_server.sync.apply import stored
 
 NAMES = ("Zamfirescu", "Theodora")
@@ -389,28 +393,77 @@ async def test_a_synced_household_leaves_no_plaintext_and_erasure_is_final(
 
     with pytest.raises(HouseholdErased):
         await store.load(hid)
-    # The running server still holds the household and its data key. Its supervisor
-    # (whose access does not go through the team the erasure deleted) edits it: the edit
-    # is answered "not stored" (before, it was acknowledged and silently not written),
-    # and from then on this server answers it as an unknown id: for a supervisor's copy,
-    # a registration she may not make.
+    # The running server still holds the household and its data key. Its supervisor's
+    # device (a raw peer: the SDK would discard the copy, told of the erasure) sends an
+    # edit: it is answered "not stored" (before, it was acknowledged and silently not
+    # written), and from then on this server answers it as an unknown id: for a
+    # supervisor's copy, a registration she may not make.
     with sup.edit(hid) as e:
         e.set_address("Str. Dupa Stergere 1")
-    late = await SyncClient(sup, server.url).sync([hid])
-    assert [r.code for r in late.rejected] == ["storage-failure"], late
-    again = await SyncClient(sup, server.url).sync([hid])
-    assert [r.code for r in again.rejected] == ["creation-refused"], again
+    async with raw_peer(server.url, sup) as peer:
+        late = await peer.push(sup.household(hid).doc, hid, strict=False)
+        assert isinstance(late, wire.Error) and late.code == "storage-failure", late
+        again = await peer.push(sup.household(hid).doc, hid, strict=False)
+        assert isinstance(again, wire.Error) and again.code == "creation-refused", again
     assert await plaintext_anywhere(engine) == []
     assert await store.change_count(hid) == summary.changes_sent  # the log keeps its rows
     # A server loading it now answers as for an unknown household, to a teammate asking
-    # for it and to the tablet that still holds it; neither recreates it.
+    # for it (not on its team: never told of it); the tablets that held it are told it was
+    # erased and delete their copies (the supervisor's with its unsynced edit); none
+    # recreates it.
     async with VatraServer(dataclasses.replace(server.settings)) as fresh:
         got = await SyncClient(b, fresh.url).sync([hid])
-        assert got.unavailable == [hid]
+        assert got.unavailable == [hid] and got.erased == {}
         again = await SyncClient(a, fresh.url).sync([hid])
-        assert again.unavailable == [hid] and again.rejected == []
+        assert again.erased == {hid: 0} and again.unavailable == again.rejected == []
+        told = await SyncClient(sup, fresh.url).sync([hid])
+        assert told.erased == {hid: 1} and told.discarded == {hid: 1}
+        assert hid not in a.household_ids() and hid not in sup.household_ids()
     with pytest.raises(HouseholdErased):
         await store.load(hid)
+
+
+@pytest.mark.functional
+async def test_an_erasure_is_reported_with_the_unsynced_changes_it_discarded(
+        server, provision, database_url) -> None:
+    """Before (issue 12, observation 6): a tablet holding an unsynced edit of an erased
+    household removed the household at its next sync, and nothing reported it. Reproduced
+    with a nurse who edits the household twice offline while an operator erases it. Now
+    her sync summary lists it as erased with the two changes discarded; her teammate,
+    whose copy was in sync, is told too (nothing discarded); a worker of another team is
+    told nothing; and the audit log records who erased it and when, without content."""
+    hid, _, (ana, nurse) = await active_household(server, provision, ("nurse", {}))
+    outsider = await provision.tablet("ioana")
+    with nurse.edit(hid) as e:
+        e.append_activity("visit", "the child was at school")
+        e.set_notes("new phone number 0722")
+    assert nurse.unsynced_changes(hid) == 2
+
+    done = await asyncio.to_thread(run_cli, "household", "erase", hid, "--yes",
+                                   "--by", "ops-maria", env=cli_env(database_url))
+    assert done.returncode == 0, done.stderr
+
+    summary = await SyncClient(nurse, server.url).sync()
+    assert summary.erased == {hid: 2} and summary.discarded == {hid: 2}
+    assert summary.removed == [] and hid not in nurse.household_ids()
+    mate = await SyncClient(ana, server.url).sync()
+    assert mate.erased == {hid: 0} and mate.discarded == {}
+    assert (await SyncClient(outsider, server.url).sync()).erased == {}
+    assert (await SyncClient(nurse, server.url).sync()).erased == {}  # said once
+
+    other = ana.create_household(locality="54975", county="CJ", address="Str. Alta 2")
+    await SyncClient(ana, server.url).sync([other.household_id])
+    for args in ([hid], [other.household_id]):  # again (idempotent), and without --by
+        done = await asyncio.to_thread(run_cli, "household", "erase", *args, "--yes",
+                                       env=cli_env(database_url))
+        assert done.returncode == 0, done.stderr
+    async with server.app[ENGINE].connect() as conn:
+        erasures = {r.household_id: r for r in (await conn.execute(
+            sa.select(audit).where(audit.c.kind == "household-erased"))).all()}
+    assert sorted(erasures) == sorted([hid, other.household_id])  # each audited once
+    assert erasures[hid].user_id == "ops-maria" and erasures[hid].at is not None
+    assert erasures[other.household_id].user_id.startswith("os:")
+    assert "0722" not in str(erasures[hid].detail) and "school" not in str(erasures[hid].detail)
 
 
 @pytest.mark.functional

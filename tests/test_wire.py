@@ -27,6 +27,8 @@ SAMPLES = [
     wire.DocUnavailable("vatra-1", "device-1", HID),
     wire.Error("vatra-1", "frame too large", "frame-too-large", HID),
     wire.Ephemeral("device-1", HID, b"\x01"),
+    wire.Caseload("vatra-1", "device-1", (HID,)),
+    wire.Caseload("vatra-1", "device-1", (), erased=(HID,)),
 ]
 
 
@@ -40,6 +42,14 @@ def test_request_and_sync_are_distinguished() -> None:
     assert type(req) is wire.Request and isinstance(req, wire.Sync)
 
 
+def test_a_caseload_without_erased_households_says_nothing_of_them() -> None:
+    """``vatraErased`` is optional: absent when empty (older clients never see it), and a
+    caseload without it decodes as one with none erased."""
+    frame = wire.encode(wire.Caseload("vatra-1", "device-1", (HID,)))
+    assert "vatraErased" not in cbor2.loads(frame)
+    assert wire.decode(frame).erased == ()
+
+
 @pytest.mark.parametrize(("frame", "code"), [
     (b"\xff\x00garbage", ErrorCode.MALFORMED_MESSAGE),
     (cbor2.dumps([1, 2, 3]), ErrorCode.MALFORMED_MESSAGE),
@@ -48,6 +58,8 @@ def test_request_and_sync_are_distinguished() -> None:
     (cbor2.dumps({"type": "sync", "senderId": "x", "targetId": "y", "documentId": HID,
                   "data": "not bytes"}), ErrorCode.MALFORMED_MESSAGE),
     (cbor2.dumps({"type": "join", "senderId": 7}), ErrorCode.MALFORMED_MESSAGE),
+    (cbor2.dumps({"type": "vatra-caseload", "senderId": "x", "targetId": "y",
+                  "documentIds": [], "vatraErased": HID}), ErrorCode.MALFORMED_MESSAGE),
 ])
 def test_bad_frames_are_rejected_with_a_code(frame: bytes, code: ErrorCode) -> None:
     with pytest.raises(ProtocolError) as info:

@@ -29,6 +29,10 @@ class Grants:
             self._team = set(await self._identity.caseload(self.user))
         return sorted(self._team)
 
+    async def erased(self) -> list[str]:
+        """Erased households this device's user may still hold (told with the caseload)."""
+        return await self._identity.erased(self.user)
+
     async def may_sync(self, record: HouseholdRecord) -> bool:
         allowed = self._sync.get(record.id)
         if allowed is None:

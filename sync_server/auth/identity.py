@@ -38,7 +38,9 @@ from sync_server.store.tables import (
     device_actors,
     devices,
     enrollment_codes,
+    household_keys,
     household_team,
+    households,
     user_localities,
     users,
 )
@@ -150,14 +152,31 @@ class IdentityStore:
                 .where(household_team.c.household_id == household_id))).scalars())
 
     async def caseload(self, user: User) -> list[str]:
-        """The households a user's devices keep: a worker's team households. Supervisors and
-        national users open households on demand (a county is ~48,000 households)."""
+        """The households a user's devices keep: a worker's team households, erased ones
+        left out. Supervisors and national users open households on demand (a county is
+        ~48,000 households)."""
         if user.role != "worker":
             return []
         async with self._engine.connect() as conn:
             return sorted((await conn.execute(
                 sa.select(household_team.c.household_id)
-                .where(household_team.c.user_id == user.id))).scalars())
+                .where(household_team.c.user_id == user.id,
+                       ~_erased(household_team.c.household_id)))).scalars())
+
+    async def erased(self, user: User) -> list[str]:
+        """The erased households a user's tablets may still hold, so that they discard them
+        and say so: a worker's team households (an erasure keeps the team rows for this),
+        a supervisor's county's. National users' tablets hold none offline."""
+        if user.role == "worker":
+            query = sa.select(household_team.c.household_id).where(
+                household_team.c.user_id == user.id, _erased(household_team.c.household_id))
+        elif user.role == "supervisor":
+            query = sa.select(households.c.id).where(
+                households.c.county == user.county, _erased(households.c.id))
+        else:
+            return []
+        async with self._engine.connect() as conn:
+            return sorted((await conn.execute(query)).scalars())
 
     # -- enrollment ------------------------------------------------------------------------
 
@@ -316,3 +335,7 @@ def load_server_identity(data_dir: Path, key_file: str | None = None) -> Signing
     return SigningKey(seed)
 
 
+def _erased(household_id: sa.ColumnElement[str]) -> sa.ColumnElement[bool]:
+    """The household's data key is destroyed: it was erased (crypto-shredded)."""
+    return sa.exists().where(household_keys.c.household_id == household_id,
+                             household_keys.c.wrapped.is_(None))

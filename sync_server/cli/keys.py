@@ -3,7 +3,7 @@
     vatra keys generate --out PATH [--version N]   a new master key file (mode 0600)
     vatra keys status                              data keys per master key version
     vatra keys rotate-master [--new-key-file PATH] rewrap every data key under the newest key
-    vatra household erase H [--yes]                destroy H's data key, delete H's rows
+    vatra household erase H [--yes] [--by WHO]     destroy H's data key, delete H's rows
 
 Like the other admin commands they run against the database of ``vatra serve``
 (DATABASE_URL, or the embedded one: stop the server first).
@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
+import os
 import sys
 from pathlib import Path
 
@@ -51,6 +53,8 @@ def add_erase_command(household_subparsers: argparse._SubParsersAction[argparse.
         "erase", help="crypto-shred a household: destroy its data key, delete its rows")
     erase.add_argument("household_id")
     erase.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    erase.add_argument("--by", help="who erases it, for the audit log (default: os:<login>, "
+                                    "the operating-system account running the command)")
     erase.add_argument("--data-dir", type=Path)
 
 
@@ -100,13 +104,20 @@ def run_erase(settings: Settings, args: argparse.Namespace) -> int:
         if input(f"Erase household {hid} for good? Type its id to confirm: ").strip() != hid:
             print("not confirmed; nothing erased", file=sys.stderr)
             return 2
-    return asyncio.run(_erase(settings, hid))
+    return asyncio.run(_erase(settings, hid, args.by or _os_account()))
 
 
-async def _erase(settings: Settings, hid: str) -> int:
+def _os_account() -> str:
+    try:
+        return f"os:{getpass.getuser()}"
+    except (KeyError, OSError):  # no login name and no passwd entry (a bare container)
+        return f"os:uid-{os.getuid()}"
+
+
+async def _erase(settings: Settings, hid: str, by: str) -> int:
     try:
         async with open_store(settings, load_keyring(settings)) as store:
-            result = await store.erase_household(hid)
+            result = await store.erase_household(hid, by=by)
     except KeyRingError as err:
         print(f"refused: {err}", file=sys.stderr)
         return 1

@@ -123,8 +123,9 @@ async def serve_connection(conn: Connection, synchronizer: Synchronizer, *,
                 conn.send(wire.Peer(synchronizer.server_peer_id, msg.sender_id,
                                     metadata={"isEphemeral": False}))
                 if msg.metadata.get("vatraCaseload") is True:
+                    live, erased = await _caseload(conn)
                     conn.send(wire.Caseload(synchronizer.server_peer_id, msg.sender_id,
-                                            tuple(await _caseload(conn))))
+                                            tuple(live), tuple(erased)))
                 continue
             if not isinstance(msg, FROM_CLIENT_ALLOWED):
                 raise ProtocolError(f"'{msg.type}' is not a message a client may send",
@@ -153,8 +154,9 @@ async def serve_connection(conn: Connection, synchronizer: Synchronizer, *,
     await conn.close()
 
 
-async def _caseload(conn: Connection) -> list[str]:
+async def _caseload(conn: Connection) -> tuple[list[str], list[str]]:
+    """The households the device keeps, and the erased ones it may still hold."""
     if conn.grants is None:  # the endpoint makes the grants before serving
         raise ProtocolError("no authenticated device on this connection",
                             code=ErrorCode.HANDSHAKE_REQUIRED)
-    return await conn.grants.caseload()
+    return await conn.grants.caseload(), await conn.grants.erased()

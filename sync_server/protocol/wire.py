@@ -174,24 +174,33 @@ class Caseload:
     """Vatra extension, server → client, right after ``peer``: the households this device's
     user may hold. Sent only to clients whose ``join`` metadata has ``"vatraCaseload": true``
     (other automerge-repo peers never see it). The client downloads the ones it lacks and
-    deletes local copies of households it synced before that are no longer listed."""
+    deletes local copies of households it synced before that are no longer listed.
+    ``vatraErased`` (optional, absent when empty) lists erased households the user's
+    tablets may still hold: the client deletes them and reports the unsynced changes lost."""
 
     type: ClassVar[str] = "vatra-caseload"
     sender_id: str
     target_id: str
     document_ids: tuple[str, ...]
+    erased: tuple[str, ...] = ()
 
     def to_wire(self) -> dict[str, Any]:
-        return {"type": self.type, "senderId": self.sender_id, "targetId": self.target_id,
-                "documentIds": list(self.document_ids)}
+        m: dict[str, Any] = {"type": self.type, "senderId": self.sender_id,
+                             "targetId": self.target_id, "documentIds": list(self.document_ids)}
+        if self.erased:
+            m["vatraErased"] = list(self.erased)
+        return m
 
     @classmethod
     def from_wire(cls, m: dict[str, Any]) -> Caseload:
-        ids = m.get("documentIds")
-        if not isinstance(ids, list) or not all(isinstance(i, str) and len(i) <= MAX_ID_CHARS
-                                                for i in ids):
-            raise _bad("vatra-caseload.documentIds must be a list of document ids")
-        return cls(_str(m, "senderId"), _str(m, "targetId"), tuple(ids))
+        def ids(key: str, default: list[str] | None = None) -> tuple[str, ...]:
+            value = m.get(key, default)
+            if not isinstance(value, list) or not all(
+                    isinstance(i, str) and len(i) <= MAX_ID_CHARS for i in value):
+                raise _bad(f"vatra-caseload.{key} must be a list of document ids")
+            return tuple(value)
+        return cls(_str(m, "senderId"), _str(m, "targetId"), ids("documentIds"),
+                   ids("vatraErased", []))
 
 
 Message = Join | Peer | Sync | Request | DocUnavailable | Error | Ephemeral | Caseload

@@ -332,10 +332,13 @@ class PostgresStore:
 
     async def erase_household(self, household_id: str, *, by: str | None = None) -> ErasureResult:
         """Crypto-shred a household: destroy its data key and delete its rows outside the
-        change log (every table with a foreign key to ``households`` but ``changes`` and
-        ``household_keys``; the snapshot among them). The log keeps its rows, sealed with
-        the destroyed key; the ``households`` row stays as the tombstone the log refers to.
-        Idempotent. Raises :class:`UnknownHousehold` for an unknown household."""
+        change log (every table with a foreign key to ``households`` but ``changes``,
+        ``household_keys`` and ``household_team``; the snapshot among them). The log keeps
+        its rows, sealed with the destroyed key; the ``households`` row stays as the
+        tombstone the log refers to, and the team rows (user ids, no content) so that the
+        members' tablets are told to discard their copies. ``by`` (who erased it) goes to
+        the audit log. Idempotent. Raises :class:`UnknownHousehold` for an unknown
+        household."""
         async with self._engine.begin() as conn:
             if (await conn.execute(sa.select(households.c.id)
                                    .where(households.c.id == household_id))).first() is None:
@@ -357,7 +360,8 @@ class PostgresStore:
             deleted = {}
             prep = conn.dialect.identifier_preparer
             for schema, table, column in await _tables_referencing_households(conn):
-                if table in ("changes", "household_keys") and schema == "public":
+                if table in ("changes", "household_keys", "household_team") \
+                        and schema == "public":
                     continue
                 done = await conn.execute(
                     sa.text(f"DELETE FROM {prep.quote_schema(schema)}.{prep.quote(table)} "
