@@ -1,6 +1,6 @@
 """Attribution is the signer (issue 12, deliverable 2): every "who" a batch writes names
 the user of the device that signed the session, and no "when" is in the future (a real
-server, enrolled tablets, a modified client that bypasses the SDK)."""
+server, enrolled tablets, a raw client that bypasses the SDK)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,14 @@ import inspect
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from _rawpeer import raw_peer
 from _scenes import active_household
 
 from client_sdk import SyncClient
 from conflict import Household
 from conflict.household import utc_instant
 from sync_server.app import SYNCHRONIZER
+from sync_server.protocol import wire
 
 pytestmark = pytest.mark.functional
 
@@ -42,10 +44,11 @@ async def test_a_forged_attribution_is_refused_quarantined_and_not_merged(
     """Before (issue 12, observation 2): ``activity[].by``, ``assessments.*.by``,
     ``delivered_by``, ``requested_by`` and ``resolved_by`` were free text: a worker's
     device wrote another worker's user id (and a supervisor's), the server accepted it
-    and the projections showed that user as the author. Reproduced here by a modified
-    client writing each field as another user. Now the batch is refused
-    ``forged-attribution`` naming the path (no values), quarantined, and nothing of it
-    merges; the honest SDK edit that follows goes through."""
+    and the projections showed that user as the author. Reproduced here by a raw client
+    on the worker's own enrolled device writing each field as another user. Now the batch
+    is refused ``forged-attribution`` naming the path (no values), quarantined, and
+    nothing of it merges; sent through the SDK instead, it is refused and recovered
+    without the forged attribution."""
     hid, pid, (ana, _dan) = await active_household(server, provision, ("dan", {}))
     with ana.edit(hid) as h:
         sid = h.plan_service("counselling", pid, "school_absenteeism", "2026-12-20")
@@ -55,23 +58,31 @@ async def test_a_forged_attribution_is_refused_quarantined_and_not_merged(
     cid = ana.household(hid).conflicts(open_only=True)[0]["conflict_id"]
     heads = sorted(server.app[SYNCHRONIZER].registry.resident(hid).doc.get_heads())
 
-    forged = Household(ana.household(hid).doc, hid, author="dan")  # not ana's to write
-    path = FORGERIES[field](forged, {"sid": sid, "cid": cid})
-    ana.save(hid)
-    summary = await SyncClient(ana, server.url).sync()
-    [rejection] = summary.rejected
-    assert rejection.code == "forged-attribution"
-    assert path in rejection.message and "dan" not in rejection.message
+    # A raw client (the SDK's session code, not its sync client): ana's own device sends
+    # the forged batch, and nothing on the device side checks or recovers it.
+    forged_doc = ana.household(hid).doc.fork()
+    forged_doc.set_actor(ana.actor_id)
+    path = FORGERIES[field](Household(forged_doc, hid, author="dan"), {"sid": sid, "cid": cid})
+    async with raw_peer(server.url, ana) as peer:
+        answer = await peer.push(forged_doc, hid, strict=False)
+    assert isinstance(answer, wire.Error) and answer.code == "forged-attribution", answer
+    assert path in answer.message and "dan" not in answer.message
     kept = await server.app[SYNCHRONIZER].quarantine.list()
     assert [(k.document_id, k.code) for k in kept] == [(hid, "forged-attribution")]
-    # Nothing forged merged: the SDK recovered the batch, re-applying what it may (a
-    # resolution's value, say) under the signer and dropping the forged attribution.
+    resident = server.app[SYNCHRONIZER].registry.resident(hid).doc
+    assert sorted(resident.get_heads()) == heads  # nothing of the batch merged
+
+    # The same forgery through the SDK's sync is refused too; the SDK recovers the batch,
+    # re-applying what it may (a resolution's value, say) under the signer and dropping
+    # the forged attribution, so nothing forged ever merges.
+    FORGERIES[field](Household(ana.household(hid).doc, hid, author="dan"),
+                     {"sid": sid, "cid": cid})
+    ana.save(hid)
+    summary = await SyncClient(ana, server.url).sync()
+    assert [r.code for r in summary.rejected] == ["forged-attribution"]
     stored = Household(server.app[SYNCHRONIZER].registry.resident(hid).doc, hid).to_dict()
     del stored["team"]  # (dan is on the team: the one place his id belongs)
     assert "'dan'" not in repr(stored)
-    assert summary.recovered[hid].uploaded
-    if field != "resolved_by":  # the other forgeries carried nothing else
-        assert sorted(server.app[SYNCHRONIZER].registry.resident(hid).doc.get_heads()) == heads
 
 
 async def test_a_decision_names_the_supervisor_who_signs_it(server, provision) -> None:

@@ -68,7 +68,15 @@ def test_op_change_finds_nothing_for_an_unknown_or_short_id() -> None:
 def test_a_concurrent_write_that_lost_the_tie_break_still_makes_a_conflict() -> None:
     """The server holds A2 (winner) and A3 (a concurrent write that lost to it); a device
     that saw only A2 writes A6. A3 and A6 were written concurrently: a conflict, although
-    the server's visible value is the one the device saw."""
+    the server's visible value is the one the device saw.
+
+    Before, that conflict named A2 against A6: the value the device had seen and
+    deliberately replaced, written by someone who had not written concurrently with it,
+    so a supervisor was shown a "conflict" between a worker and the edit she built on.
+    Found by the feed property test (``tests/test_feed_property_functional.py``, seed
+    1004: ana wrote 5, the nurse 8 concurrently and lost; the counsellor saw 5 and wrote
+    19; "5 against 19" was recorded). Now the conflict names A3 and the change that
+    wrote it."""
     origin = Document(actor_id=SERVER)
     _put(origin, "address", "A0")
     t0, t1 = origin.fork(), origin.fork()
@@ -88,8 +96,8 @@ def test_a_concurrent_write_that_lost_the_tie_break_still_makes_a_conflict() -> 
     new = device.get_changes(before)
     server.merge(device)
     [found] = conflicts.detect(server, heads, new)
-    assert (found.server_value, found.device_value) == ("A2", "A6")
-    assert found.server_change == t0.get_changes(origin.get_heads())[0].hash
+    assert (found.server_value, found.device_value) == ("A3", "A6")
+    assert found.server_change == t1.get_changes(origin.get_heads())[0].hash
 
 
 # -- lists are not fields (issue 12) ------------------------------------------------------

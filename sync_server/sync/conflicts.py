@@ -99,10 +99,14 @@ def _fields_set(doc: Document, since: list[bytes], until: list[bytes]
     return out
 
 
-def _written_by(doc: Document, changes: Sequence[Any]) -> set[Field]:
-    """The fields each of ``changes`` set, each read against its own dependencies (so a
-    write that later lost a tie-break still counts)."""
-    return {field for c in changes for field, _ in _fields_set(doc, list(c.deps), [c.hash])}
+def _writers(doc: Document, changes: Sequence[Any]) -> dict[Field, list[bytes]]:
+    """For each field ``changes`` set, the changes that set it (in ``changes``' order), each
+    read against its own dependencies (so a write that later lost a tie-break counts)."""
+    out: dict[Field, list[bytes]] = {}
+    for c in changes:
+        for field, _ in _fields_set(doc, list(c.deps), [c.hash]):
+            out.setdefault(field, []).append(bytes(c.hash))
+    return out
 
 
 def detect(merged: Document, server_heads: list[bytes], new: Sequence[Any]) -> list[Detected]:
@@ -112,7 +116,10 @@ def detect(merged: Document, server_heads: list[bytes], new: Sequence[Any]) -> l
     server's heads before the merge. A field is in conflict when the batch set it, the
     server changed it concurrently (its value differs from the base's, or a change the
     server had and the device had not set it), and the batch's value differs from the
-    server's.
+    value that concurrent write left: the server's current value if the device had not
+    seen it, or else (the concurrent write lost a tie-break to the value the device saw
+    and replaced) the value the concurrent write set. The value the device saw is never
+    one side of a conflict: replacing it was deliberate.
 
     A field is known by the object that holds it, never by a position: an element the
     device appended to a list did not exist at the server's heads, so concurrent appends
@@ -128,7 +135,7 @@ def detect(merged: Document, server_heads: list[bytes], new: Sequence[Any]) -> l
     found: list[Detected] = []
     seen: set[Field] = set()
     concurrent: list[Any] | None = None  # changes since the base, read on the first need
-    server_written: set[Field] | None = None
+    server_written: dict[Field, list[bytes]] | None = None
     for field, path in _fields_set(merged, base, tips):  # what the batch itself changed
         if field in seen:
             continue
@@ -137,25 +144,31 @@ def detect(merged: Document, server_heads: list[bytes], new: Sequence[Any]) -> l
         has_server, server_value, server_op = _scalar(merged, field, server_heads)
         if not (has_device and has_server) or device_value == server_value:
             continue
+        if concurrent is None:
+            concurrent = merged.get_changes(base)
         has_base, base_value, _ = _scalar(merged, field, base)
         if has_base and base_value == server_value:
-            # The server's winner is the value the device saw; a concurrent server-side
-            # write may still have lost the tie-break to it (and is no less concurrent).
-            if concurrent is None:
-                concurrent = merged.get_changes(base)
+            # The server's winner is the value the device saw and replaced: no conflict
+            # with it. A server-side write concurrent with the batch may still have lost
+            # the tie-break to it: that write, and the value it wrote, is the conflict.
             if server_written is None:
-                server_written = _written_by(merged, [c for c in concurrent
-                                                      if c.hash not in in_batch])
+                server_written = _writers(merged, [c for c in concurrent
+                                                   if c.hash not in in_batch])
             if field not in server_written:
                 continue
+            last = server_written[field][-1]
+            _, server_value, _ = _scalar(merged, field, [last])
+            if server_value == device_value:
+                continue
+            writer: bytes | None = last
+        else:
+            writer = None
+            if server_op:  # the winner, found among the writes since the base (or, rarely,
+                # an older one a concurrent deletion uncovered) in the whole history
+                writer = (op_change(server_op, concurrent)
+                          or op_change(server_op, merged.get_changes([])))
         stable = stable_path(merged, path, tips)
         if stable is None:
             continue
-        if concurrent is None:
-            concurrent = merged.get_changes(base)
-        writer = None
-        if server_op:  # a winner older than the base is found in the whole history
-            writer = (op_change(server_op, concurrent)
-                      or op_change(server_op, merged.get_changes([])))
         found.append(Detected(stable, server_value, device_value, writer))
     return found
