@@ -221,8 +221,9 @@ class Replica:
             self._write_meta()
 
     def unsynced_changes(self, household_id: str) -> int:
-        """How many local changes the server's last advertised heads do not cover (an upper
-        bound when some of those heads never arrived here)."""
+        """How many of this device's own changes the server's last advertised heads do not
+        cover (others' changes came from the server). An upper bound when some of those
+        heads never arrived here."""
         if not self.has_local_copy(household_id):
             return 0
         doc = self.household(household_id).doc
@@ -230,7 +231,8 @@ class Replica:
         known = {c.hash for c in every}
         # get_changes(heads) treats unknown heads as "nothing known": leave them out.
         heads = [h for h in self.server_heads(household_id) if h in known]
-        return len(doc.get_changes(heads)) if heads else len(every)
+        missing = doc.get_changes(heads) if heads else every
+        return sum(1 for c in missing if bytes(c.actor_id) == self.actor_id)
 
     def is_saved(self, household_id: str) -> bool:
         """True when the server's last advertised heads include every local change."""

@@ -39,7 +39,7 @@ from sync_server.protocol import wire
 from sync_server.protocol.errors import ProtocolError
 from sync_server.protocol.session import SessionError, open_session
 
-from ._errors import NotEnrolled, ServerRejected, SyncFailed, SyncStalled
+from ._errors import NotEnrolled, ReplicaError, ServerRejected, SyncFailed, SyncStalled
 from ._recovery import RECOVERABLE_CODES, Recovery, rebase
 from ._replica import Replica, covers
 from ._transport import ClientChannel
@@ -286,7 +286,11 @@ class SyncClient:
         """Delete these local copies (erased on the server, or no longer ours), counting
         the unsynced changes each held: the server would refuse them, and they are lost."""
         for hid in household_ids:
-            unsynced = self.replica.unsynced_changes(hid)
+            try:
+                unsynced = self.replica.unsynced_changes(hid)
+            except ReplicaError:  # an unreadable copy: deleted all the same
+                log.warning("household %s: local copy unreadable; deleting it", hid)
+                unsynced = 0
             self.replica.remove(hid)
             if erased:
                 summary.erased[hid] = unsynced

@@ -106,6 +106,7 @@ LATEST_VERSION = 2
 CATALOGUE_SCHEMA = 1
 #: Indicator, vulnerability, option and service codes (same as ``conflict.schema``'s ``code`` format).
 CODE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 INDICATOR_TYPES = frozenset({"bool", "choice", "int", "date", "text"})
 DOMAINS = frozenset({"social", "health", "education"})
 APPLIES_TO = frozenset({"child", "adult", "person", "household"})
@@ -467,11 +468,14 @@ def answer_rule(indicator: Indicator, value: object) -> str | None:
     if kind == "choice":
         return None if value in indicator.option_codes else "option"
     if kind == "date":
+        # YYYY-MM-DD only: fromisoformat alone also takes "2024-W01-1" and "20240101"
+        if not _DATE.fullmatch(value):
+            return "format"
         try:
             datetime.date.fromisoformat(value)
         except ValueError:
             return "format"
-        return None if len(value) == 10 else "format"
+        return None
     return None  # text
 
 
@@ -602,8 +606,8 @@ def assessment_order(assessments: Mapping[str, Any]) -> list[tuple[str, Mapping[
 class Standing:
     """The answers that stand for a household: for every member and indicator, the value
     of the latest assessment that answered it within :data:`ANSWER_VALIDITY` of the
-    household's latest assessment. A partial re-assessment changes only what it
-    answered."""
+    household's latest assessment with an answer (one started and not yet answered moves
+    nothing). A partial re-assessment changes only what it answered."""
 
     answers: dict[str, dict[str, Any]]  # person id -> indicator -> value
     source: dict[str, str]              # person id -> the latest assessment that counts
@@ -617,9 +621,13 @@ def standing_answers(assessments: Mapping[str, Any]) -> Standing:
         return Standing({}, {}, None, "")
     latest_id, latest = ordered[-1]
     latest_at = _when(latest)
+    answered = [a for _, a in ordered if any(
+        isinstance(given, Mapping) and given
+        for given in _as_mapping(a.get("answers")).values())]
+    anchor = _when(answered[-1]) if answered else latest_at
     cutoff = ""
     try:
-        cutoff_at = datetime.datetime.fromisoformat(latest_at.replace("Z", "+00:00"))
+        cutoff_at = datetime.datetime.fromisoformat(anchor.replace("Z", "+00:00"))
         cutoff = (cutoff_at - ANSWER_VALIDITY).strftime("%Y-%m-%dT%H:%M:%SZ")
     except ValueError:
         pass  # no usable time: every assessment counts, in id order

@@ -118,6 +118,7 @@ class ProtectedPathError(InvalidValueError):
     _WHY = {
         "protected-path": "the household's structure is protected while it is not in registration",
         "decision-field": "only the server applies a decision on a change request",
+        "conflict-record": "only the server records a conflict; a device resolves it",
     }
 
     def __init__(self, path: Path, rule: str = "protected-path",
@@ -252,6 +253,9 @@ class Household:
         """
         if team is None and author != SERVER_AUTHOR:
             team = {"social_worker": author}
+        if guard and author not in (team or {}).values():
+            # the server refuses it (invalid-team-member): say so before it is written
+            raise InvalidValueError(("team",), "registrar")
         household_id = household_id if household_id is not None else new_household_id()
         if not is_household_id(household_id):
             raise ValueError("not a household id")
@@ -659,7 +663,10 @@ class Household:
                         written: Sequence[tuple[str, datetime | str]] | None = None) -> str:
         """Record that concurrent edits left ``values`` at ``path`` (the server does this
         when it detects them); ``written[i]`` is ``(user id, when)`` for ``values[i]``.
-        Returns the conflict's id. One change."""
+        Returns the conflict's id. One change. A guarded household (a tablet's) refuses:
+        a device's batch that records a conflict is refused as ``forged-attribution``."""
+        if self.guard:
+            raise ProtectedPathError(("conflicts",), policy.PolicyRule.CONFLICT_RECORD.value)
         if written is not None and len(written) != len(values):
             raise ValueError("one writer per value")
         cid = new_entity_id()

@@ -108,6 +108,7 @@ class PolicyRule(enum.StrEnum):
     CANCEL_NEEDS_SUPERVISOR = "cancel-needs-supervisor"
     FORGED_ATTRIBUTION = "forged-attribution"
     FUTURE_INSTANT = "future-instant"
+    CONFLICT_RECORD = "conflict-record"
 
 
 _DESCRIBE = {
@@ -118,6 +119,8 @@ _DESCRIBE = {
     PolicyRule.CANCEL_NEEDS_SUPERVISOR: "only a supervisor of the household's county cancels a service",
     PolicyRule.FORGED_ATTRIBUTION: "an attribution names the user of the device that writes it",
     PolicyRule.FUTURE_INSTANT: "a recorded time is not later than now (plus the allowed clock skew)",
+    PolicyRule.CONFLICT_RECORD: "a conflict is recorded by the server; a device writes only "
+                                "its resolution (resolved_by, resolution)",
 }
 
 
@@ -555,9 +558,14 @@ def attribution_violations(before: Document, after: Document, user: str, now: da
     """Attribution fields (:data:`ATTRIBUTIONS`) that ``after`` writes (an entry new since
     ``before``, or a value changed) naming anyone but ``user`` (``forged-attribution``),
     and times written later than ``now`` plus :data:`MAX_CLOCK_SKEW` (``future-instant``).
-    ``sections``: the sections the batch touched (``None``: all)."""
+    A conflict record says who wrote which value, and when the server saw it: a device
+    may not create one or change anything in it but its resolution (``conflict-record``).
+    ``sections``: the sections the batch touched (``None``: all). Device batches only (the
+    server's own changes are not checked)."""
     latest = now + MAX_CLOCK_SKEW
     out: list[Violation] = []
+    if sections is None or "conflicts" in sections:
+        out += _conflict_record_violations(before, after)
     for section, (who, when) in ATTRIBUTIONS.items():
         if sections is not None and section not in sections:
             continue
@@ -575,6 +583,39 @@ def attribution_violations(before: Document, after: Document, user: str, now: da
                 elif field in when and isinstance(written, str) and _after(written, latest):
                     out.append(_violation(path, PolicyRule.FUTURE_INSTANT))
     return out
+
+
+#: The fields of a conflict record a device writes: resolving it.
+RESOLUTION_FIELDS = frozenset({"resolved_by", "resolution"})
+
+
+def _conflict_record_violations(before: Document, after: Document) -> list[Violation]:
+    old = _entries(before, "conflicts")
+    out = []
+    for key, obj in _entries(after, "conflicts").items():
+        was = old.get(key)
+        if was is None:
+            out.append(_violation(("conflicts", key), PolicyRule.CONFLICT_RECORD))
+            continue
+        for field in sorted((_keys(after, obj) | _keys(before, was)) - RESOLUTION_FIELDS):
+            if _plain(after, obj, field) != _plain(before, was, field):
+                out.append(_violation(("conflicts", key, field), PolicyRule.CONFLICT_RECORD))
+    return out
+
+
+def _plain(doc: Document, obj: Any, key: str | int) -> Any:
+    """The value at ``obj[key]`` as plain Python (maps, lists, text, scalars)."""
+    got = doc.get(obj, key)
+    if got is None:
+        return None
+    value, exid = got
+    if not isinstance(value, ObjType):
+        return value
+    if value == ObjType.Map:
+        return {k: _plain(doc, exid, k) for k in doc.keys(exid)}
+    if value == ObjType.List:
+        return [_plain(doc, exid, i) for i in range(doc.length(exid))]
+    return doc.text(exid)
 
 
 def _after(instant: str, latest: datetime) -> bool:

@@ -35,6 +35,11 @@ FORGERIES = {
         "close_household", {}, "the family moved away") + "/requested_by",
     "resolved_by": lambda h, ctx: (h.resolve_conflict(ctx["cid"], "Str. A 1"),
                                    f"conflicts/{ctx['cid']}/resolved_by")[1],
+    # A conflict record says who wrote what: only the server records one (a device that
+    # could would also be offering a supervisor a decision to "resolve" into place).
+    "conflicts.written": lambda h, ctx: "conflicts/" + h.record_conflict(
+        ("change_requests", ctx["cid"], "status"), ["pending", "approved"],
+        written=[("dan", "2026-11-30T10:00:00Z"), ("sup-cj", "2026-11-30T10:00:00Z")]),
 }
 
 

@@ -174,7 +174,8 @@ def test_a_later_version_keeps_every_answer_of_an_earlier_one_valid() -> None:
     ("school_grade", True, "type"), ("vaccination_status", "complete", None),
     ("vaccination_status", True, "type"), ("vaccination_status", "half", "option"),
     ("school_enrolled", False, None), ("school_enrolled", "yes", "type"),
-    ("last_medical_checkup", "2026-02-30", "format"), ("last_medical_checkup", "2026-02-03", None),
+    ("last_medical_checkup", "2026-02-30", "format"), ("last_medical_checkup", "2024-W01-1", "format"),
+    ("last_medical_checkup", "20240101", "format"), ("last_medical_checkup", "2026-02-03", None),
     ("household_observations", "dry, heated", None),
 ])
 def test_an_answer_fits_its_indicator(code: str, value: object, rule: str | None) -> None:
@@ -434,6 +435,20 @@ def test_an_answer_older_than_a_year_before_the_latest_assessment_lapses() -> No
     recent = {**old, "started_at": "2024-03-01T08:00:00Z"}
     h = household({child: member("2012-04-04")}, {"old": recent, "new": new})
     assert derive(h, on=ON) == [Derived("school_dropout", child, "new")]
+
+
+def test_an_assessment_started_and_not_yet_answered_moves_nothing() -> None:
+    """Before (found in review of issue 12): the year was measured from the latest
+    assessment, answered or not, so a re-assessment merely started 13 months after the
+    last full one lapsed every answer and the household lost its vulnerabilities.
+    Now the year is measured from the latest assessment that answered something."""
+    child = pid()
+    full = assessment({child: {"school_dropout": True}}, started="2025-01-10T08:00:00Z")
+    empty = assessment({}, started="2026-02-15T08:00:00Z")
+    started = assessment({child: {}}, started="2026-02-16T08:00:00Z")
+    h = household({child: member("2012-04-04")},
+                  {"full": full, "empty": empty, "started": started})
+    assert derive(h, on=ON) == [Derived("school_dropout", child, "full")]
 
 
 def test_missing_answers_yield_nothing(cat: Catalogue) -> None:

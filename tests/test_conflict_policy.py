@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import pytest
 from _offline import offline_replica
@@ -18,6 +19,7 @@ from conflict.policy import (
     PROTECTIONS,
     REQUEST_PAYLOADS,
     SERVICE_STATUS_RANK,
+    attribution_violations,
     cancel_violations,
     decision_violations,
     lattice_max,
@@ -664,3 +666,44 @@ def _was_raw(h: Household, before: Document) -> bool:
     b = set(before.keys(before.get(ROOT, "members")[1]))
     a = set(h.doc.keys(h.doc.get(ROOT, "members")[1]))
     return bool(b - a)
+
+
+# --- conflict records are the server's -------------------------------------
+
+
+def test_a_device_may_resolve_a_conflict_record_but_not_write_one() -> None:
+    """Before (found in review of issue 12): ``conflicts.*.written`` (who wrote each value)
+    and the record itself were not attributions: a device could record a conflict naming
+    anyone, or edit one the server recorded. Now anything but ``resolved_by`` and
+    ``resolution`` is refused (``conflict-record``), and a tablet's own copy will not
+    record one."""
+    h, _ = make()
+    server = h.as_author("vatra")
+    cid = server.record_conflict(("address",), ["Str. A 1", "Str. B 2"],
+                                 written=[("ana", "2026-11-30T10:00:00Z"),
+                                          ("ion", "2026-11-30T10:00:01Z")])
+    before = h.doc.fork()
+    now = datetime.now(UTC)
+
+    resolved = Household(before.fork(), h.household_id, author="ana")
+    resolved.resolve_conflict(cid, "Str. A 1")
+    assert attribution_violations(before, resolved.doc, "ana", now) == []
+
+    edited = before.fork()
+    with edited.transaction() as tx:
+        record = edited.get(edited.get(ROOT, "conflicts")[1], cid)[1]
+        tx.put(record, "detected_at", ScalarType.Str, "2020-01-01T00:00:00Z")
+        values = edited.get(record, "values")[1]
+        tx.put(values, 1, ScalarType.Str, "Str. C 3")
+    assert sorted(v.path for v in attribution_violations(before, edited, "ana", now)) == [
+        ("conflicts", cid, "detected_at"), ("conflicts", cid, "values")]
+
+    forged = Household(before.fork(), h.household_id, author="ana")
+    new = forged.record_conflict(("address",), ["x", "y"])
+    [v] = attribution_violations(before, forged.doc, "ana", now)
+    assert (v.path, v.rule) == (("conflicts", new), "conflict-record")
+
+    tablet = Household(before.fork(), h.household_id, author="ana", guard=True)
+    with pytest.raises(ProtectedPathError) as refused:
+        tablet.record_conflict(("address",), ["x", "y"])
+    assert refused.value.rule == "conflict-record"

@@ -13,6 +13,7 @@ from _scenes import active_household
 from automerge.core import Document
 
 from client_sdk import SupervisorClient, SyncClient
+from conflict import Household, InvalidValueError
 from sync_server.app import SYNCHRONIZER
 from sync_server.protocol import wire
 
@@ -103,10 +104,17 @@ async def test_a_team_names_workers_of_the_households_locality_only(server, prov
         "invalid-team-member"]
     assert await server.app[SYNCHRONIZER].registry.get(outsider.household_id) is None
 
-    not_mine = ana.create_household(locality="54975", county="CJ", address="Str. Noua 2",
-                                    team={"social_worker": "sup-cj"})
-    [refusal] = (await SyncClient(ana, server.url).sync([not_mine.household_id])).rejected
-    assert refusal.code == "invalid-team-member" and "registers" in refusal.message
+    with pytest.raises(InvalidValueError) as refused:  # the SDK says so before writing it
+        ana.create_household(locality="54975", county="CJ", address="Str. Noua 2",
+                             team={"social_worker": "sup-cj"})
+    assert (refused.value.path, refused.value.rule) == (("team",), "registrar")
+    not_mine = Household.create(locality="54975", county="CJ", address="Str. Noua 2",
+                                author="ana", actor_id=ana.actor_id,
+                                team={"social_worker": "sup-cj"})
+    async with raw_peer(server.url, ana) as peer:  # and the server refuses it
+        refusal = await peer.push(not_mine.doc, not_mine.household_id, strict=False)
+    assert isinstance(refusal, wire.Error) and refusal.code == "invalid-team-member"
+    assert "registers" in refusal.message
 
     hid = ana.create_household(locality="54975", county="CJ", address="Str. Noua 3").household_id
     assert (await SyncClient(ana, server.url).sync([hid])).rejected == []
@@ -115,9 +123,33 @@ async def test_a_team_names_workers_of_the_households_locality_only(server, prov
     assert codes(await SyncClient(ana, server.url).sync([hid])) == ["invalid-team-member"]
     assert await server.app[SYNCHRONIZER].identity.team(hid) == ["ana"]
 
+    # Filed with the registration itself (before, a creation's requests went unchecked).
+    filed = ana.create_household(locality="54975", county="CJ", address="Str. Noua 4")
+    with ana.edit(filed.household_id) as h:
+        h.request_change("change_team", {"counsellor": "sw-bv"}, "help from Brasov")
+    assert codes(await SyncClient(ana, server.url).sync([filed.household_id])) == [
+        "invalid-team-member"]
+
     hid2, _, (ana2,) = await active_household(server, provision, tablet_prefix="b-")
     with ana2.edit(hid2) as h:
         h.request_change("change_team", {"counsellor": "sw-bv"}, "help from Brasov")
     [refusal] = (await SyncClient(ana2, server.url).sync([hid2])).rejected
     assert refusal.code == "invalid-team-member" and "change_requests/" in refusal.message
     assert "sw-bv" not in refusal.message  # a user id may be a name
+
+
+async def test_a_registration_cannot_carry_its_own_approval(server, provision) -> None:
+    """Before (found in review of issue 12): a registration batch skipped the decision
+    check, so a worker could register a household with a ``change_team`` request filed
+    already approved, ``decided_by`` herself. Reproduced by a raw client on her own
+    device. Now the registration is refused ``decision-field`` and nothing is stored."""
+    ana = await provision.tablet("ana")
+    await provision.tablet("ion")
+    h = Household.create(locality="54975", county="CJ", address="Str. Noua 5", author="ana",
+                         actor_id=ana.actor_id)
+    rid = h.request_change("change_team", {"nurse": "ion"}, "to help")
+    h.apply_request(rid, as_server=True)  # what only the server may write
+    async with raw_peer(server.url, ana) as peer:
+        answer = await peer.push(h.doc, h.household_id, strict=False)
+    assert isinstance(answer, wire.Error) and answer.code == "decision-field", answer
+    assert await server.app[SYNCHRONIZER].registry.get(h.household_id) is None

@@ -27,7 +27,7 @@ from sync_server.api.auth import SignedRequests
 from sync_server.api.errors import http_error
 from sync_server.auth.identity import Device
 from sync_server.projection.readmodel import Scope, reading
-from sync_server.protocol.errors import ErrorCode, StorageError
+from sync_server.protocol.errors import ErrorCode, Refused, StorageError
 from sync_server.store.contract import Author, HouseholdErased, UnknownHousehold
 from sync_server.store.tables import proj_change_requests
 from sync_server.sync.pipeline import Synchronizer
@@ -111,6 +111,9 @@ def routes(pipeline: Synchronizer, engine: AsyncEngine,
                              f"{'/'.join(map(str, err.path))} ({err.rule})") from err
         except (UnknownHousehold, HouseholdErased) as err:  # erased since it was listed
             raise http_error(404, ErrorCode.NOT_FOUND, "no such household") from err
+        except Refused as err:  # the change breaks a rule now (e.g. a team member who
+            # is no longer a worker of the household's locality): nothing was stored
+            raise http_error(409, err.code, f"cannot decide: {err}") from err
         except StorageError as err:  # nothing was stored: the same decision may be retried
             raise http_error(503, err.code, "the decision could not be stored; retry later",
                              headers={"Retry-After": "5"}) from err

@@ -4,11 +4,13 @@ A :class:`Grants` is made for each session once its device is authenticated, and
 pipeline asks it before it reads or writes a household. Decisions are taken once per
 household and session, from the rules in :mod:`sync_server.auth.access` and, for a
 worker, the user's team households, read once from the database; a team change has
-the live sessions decide again (:meth:`Grants.reconsider`, from
+the live sessions decide again (:meth:`Grants.refresh`, from
 ``sync_server/gateway/teams.py``), and revoking the device cuts the session instead.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from sync_server.auth import access
 from sync_server.auth.identity import IdentityStore, User
@@ -20,14 +22,23 @@ class Grants:
         self.user = user
         self._identity = identity
         self._team: set[str] | None = None  # a worker's team households, read once
+        self._read = 0  # counts caseload reads begun: an older read never overwrites a newer
         self._sync: dict[str, bool] = {}
         self._write: dict[str, bool] = {}
 
     async def caseload(self) -> list[str]:
         """The households this device should hold (its user's team households)."""
         if self._team is None:
-            self._team = set(await self._identity.caseload(self.user))
+            return sorted(await self._read_caseload())
         return sorted(self._team)
+
+    async def _read_caseload(self) -> set[str]:
+        self._read += 1
+        started = self._read
+        team = set(await self._identity.caseload(self.user))
+        if started == self._read:
+            self._team = team
+        return team
 
     async def erased(self) -> list[str]:
         """Erased households this device's user may still hold (told with the caseload)."""
@@ -55,6 +66,25 @@ class Grants:
         self._sync[household_id] = self._write[household_id] = True
         if self._team is not None:
             self._team.add(household_id)
+
+    async def refresh(self, record: HouseholdRecord) -> bool:
+        """Decide again for this household on its user's caseload read anew (its team
+        changed). The old decision stands until the new one is made, so a batch checked
+        meanwhile is judged by one or the other, never by none. Returns :meth:`may_sync`."""
+        team: tuple[str, ...] = ()
+        if self.user.role == "worker" and record.id in await self._read_caseload():
+            team = (self.user.id,)
+        allowed = self._sync[record.id] = access.may_sync(self.user, record, team)
+        self._write[record.id] = access.may_write(self.user, record, team)
+        return allowed
+
+    def concerned(self, household_id: str, team: Iterable[str]) -> bool:
+        """Could a change of this household's team (now ``team``) change a decision of
+        this session? Only for a worker who is on it now, or whom a decision or the
+        caseload read before counted on it."""
+        return self.user.role == "worker" and (
+            self.user.id in team or household_id in self._sync
+            or (self._team is not None and household_id in self._team))
 
     def reconsider(self, household_id: str) -> None:
         """Decide again for this household, on a caseload read anew (it was registered a

@@ -1,13 +1,16 @@
 """Team changes reach live sessions within a second: access follows a household's team.
 
-A commit that changes a household's team (an approved ``change_team``, a team set while
-the household is being registered) ``NOTIFY``s ``vatra_team`` with the household id in
-the same transaction (``sync_server/store/group_commit.py``). Every server listens and
-has its live sessions decide again (:meth:`Synchronizer.team_changed`): a removed member's
-session stops receiving the household at once, a new member's session lists it at its
-next caseload. A notification lost with the listening connection leaves the sessions of
-that server deciding from their last caseload until they reconnect (every sync is a new
-session for the reference client).
+A commit that sets a household's team (a registration, a team set while the household
+is being registered, an approved ``change_team``) ``NOTIFY``s ``vatra_team`` with the
+household id in the same transaction (``sync_server/store/group_commit.py``). Every
+server listens and has its live sessions decide again (:meth:`Synchronizer.team_changed`):
+a removed member's session stops receiving the household at once, a new member's
+session may sync it, and finds it in the caseload of its next session. The server that
+commits also tells its own sessions directly (``Synchronizer.on_team_change``), so they
+follow whatever becomes of the notification. A notification lost with another server's
+listening connection leaves that server's sessions deciding from their last decision
+until they reconnect (every sync is a new session for the reference client); the
+listener's reconnection is issue 13's, with the revocations' (docs/known-issues.md).
 
 Start and stop it with ``async with TeamChanges(...).running()`` (the app owns it).
 """
@@ -58,9 +61,11 @@ class TeamChanges:
             raw = (await sa_conn.get_raw_connection()).driver_connection
             assert raw is not None  # asyncpg's connection, open for the block
             await raw.add_listener(TEAM_CHANGES, on_change)
+            self._synchronizer.on_team_change = self.changed
             try:
                 yield
             finally:
+                self._synchronizer.on_team_change = None
                 await raw.remove_listener(TEAM_CHANGES, on_change)
                 for task in self._pending:
                     task.cancel()

@@ -36,7 +36,7 @@ from sync_server.store.contract import (
     StoredChange,
     UnknownHousehold,
 )
-from sync_server.store.group_commit import TEAM, GroupCommit, insert_changes, replace_team
+from sync_server.store.group_commit import GroupCommit, insert_changes, replace_team
 from sync_server.store.keys import (
     CHANGE,
     SNAPSHOT,
@@ -191,7 +191,7 @@ class PostgresStore:
                 household_id=record.id, wrapped=wrapped.wrapped,
                 master_version=wrapped.master_version))
             if team:  # who may sync it is known the moment it exists
-                await conn.execute(TEAM, {"household": record.id, "users": sorted(set(team))})
+                await replace_team(conn, record.id, team)
             results, _ = await insert_changes(conn, [(record.id, first_changes, author)],
                                               {record.id: new_key}, self.audit)
             result = results[record.id]

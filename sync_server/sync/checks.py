@@ -164,16 +164,24 @@ def check_policy(record: HouseholdRecord, before: Document, after: Document, use
             raise Refused(f"protected path(s) changed without an approved change request: "
                           f"{paths}; file a change request instead",
                           code=ErrorCode.PROTECTED_PATH, document_id=household_id)
+    check_decisions(record, before, after, user, sections)
+
+
+def check_decisions(record: HouseholdRecord, before: Document, after: Document, user: User,
+                    sections: set[str | int] | None = None) -> None:
+    """A change request's decision, and a service's cancellation, only by a supervisor of
+    the household's county (``decision-field``); a registration is checked against an
+    empty document (a request filed already approved is a decision too)."""
     same_county = record.county == user.county
     for check, section in ((policy.decision_violations, "change_requests"),
                            (policy.cancel_violations, "service_plan")):
-        if not touched(section):
+        if sections is not None and section not in sections:
             continue
         violations = check(before, after, user.role, same_county)
         if violations:
             paths = ", ".join(f"{public_path(v.path)} ({v.rule})" for v in violations[:20])
             raise Refused(f"only a supervisor of the household's county may write: {paths}",
-                          code=ErrorCode.DECISION_FIELD, document_id=household_id)
+                          code=ErrorCode.DECISION_FIELD, document_id=record.id)
 
 
 def check_attribution(household_id: str, before: Document, after: Document, user: User,

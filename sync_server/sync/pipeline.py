@@ -59,6 +59,7 @@ from sync_server.sync.checks import (
     check_actors,
     check_attribution,
     check_catalogue,
+    check_decisions,
     check_policy,
     check_schema,
     check_writer,
@@ -114,6 +115,9 @@ class Synchronizer:
         #: The actor id of this server process's own changes (approved requests, domain
         #: merge fixes). One per process: two instances never share an actor's sequence.
         self.server_actor = os.urandom(16)
+        #: Told of every team this process commits (the gateway's TeamChanges sets it), so
+        #: its own sessions follow at once, whatever becomes of the NOTIFY.
+        self.on_team_change: Callable[[str], None] | None = None
 
     def grants(self, device: Device) -> Grants:
         """What a session of ``device`` may do (made once its device is authenticated)."""
@@ -144,9 +148,11 @@ class Synchronizer:
         exist. Access is decided on the registry's row: a hidden household is not loaded."""
         hid = msg.document_id
         record = await self._record(hid)
-        if record is not None and await _grants(peer).may_sync(record):
+        grants = _grants(peer)
+        if record is not None and await grants.may_sync(record):
             actor = await self.registry.get(hid)
-            if actor is not None:
+            # (decided again if the team changed while the household was loading)
+            if actor is not None and await grants.may_sync(actor.record):
                 actor.subscribers.add(peer)
                 await self._merge(actor, peer, msg)
                 return
@@ -231,12 +237,11 @@ class Synchronizer:
         a new household's team must name the worker who registers it. Refused as
         ``invalid-team-member``, naming the paths (a user id can be a name)."""
         hid = record.id
-        was = set(team_user_ids(before)) if before is not None else set()
-        added = set(team_user_ids(after)) - was
+        before = before if before is not None else Document()  # a registration
+        added = set(team_user_ids(after)) - set(team_user_ids(before))
         named: dict[str, set[str]] = {f"team ({len(added)} new)": added} if added else {}
-        if before is not None:
-            for rid, users in team_requests(before, after, hid).items():
-                named[f"change_requests/{rid}/payload"] = set(users)
+        for rid, users in team_requests(before, after, hid).items():
+            named[f"change_requests/{rid}/payload"] = set(users)
         problems = []
         if registering is not None and registering not in team_user_ids(after):
             problems.append("team (must name the worker who registers the household)")
@@ -289,6 +294,8 @@ class Synchronizer:
         PERSIST_SECONDS.observe(time.perf_counter() - started)
         PERSISTED.inc(result.inserted)
         actor.swap(fork, result)
+        if changed_team is not None and self.on_team_change is not None:
+            self.on_team_change(actor.id)
 
     # -- creation -------------------------------------------------------------------------
 
@@ -326,6 +333,7 @@ class Synchronizer:
                               code=ErrorCode.CREATION_REFUSED, document_id=hid)
             check_actors(device, hid, new)
             check_catalogue(hid, None, doc)
+            check_decisions(record, Document(), doc, grants.user)
             check_attribution(hid, Document(), doc, grants.user)
             await self._check_team(record, None, doc, registering=grants.user.id)
             if taken:
@@ -432,12 +440,12 @@ class Synchronizer:
         record = actor.record if actor is not None else await self.store.household(household_id)
         if record is None:
             return
+        team = await self.identity.team(household_id)
         for peer in peers:
             grants = peer.grants
-            if grants is None:
+            if grants is None or not grants.concerned(household_id, team):
                 continue
-            grants.reconsider(household_id)
-            if household_id in peer.sync.documents and not await grants.may_sync(record):
+            if not await grants.refresh(record) and household_id in peer.sync.documents:
                 if actor is not None:
                     actor.subscribers.discard(peer)
                 peer.sync.reset(household_id)
