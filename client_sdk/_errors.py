@@ -6,6 +6,7 @@
     │   ├── NotEnrolled       the replica has no device enrollment yet
     │   └── WrongPin          the PIN does not open this replica (nothing was read)
     ├── ServerRejected        the server answered ``error`` (``code`` is a sync_server ErrorCode)
+    │   └── ServerUnavailable a code that says "retry later" (retried by SyncClient)
     ├── SyncStalled           a household's exchange went on without converging (a bug, reported)
     └── SyncFailed            the server could not be reached after every retry
 """
@@ -40,6 +41,16 @@ class ServerRejected(VatraClientError):
         self.code = code
         self.message = message
         self.document_id = document_id
+
+
+#: Codes that say the server could not serve now, not that the request was wrong: a sync
+#: refused with one of them is retried with backoff (storage-failure: its database did not
+#: answer; server-shutting-down: it is restarting).
+RETRYABLE_CODES = frozenset({"storage-failure", "server-shutting-down"})
+
+
+class ServerUnavailable(ServerRejected):
+    """The server refused the whole session with a retryable code: it cannot serve now."""
 
 
 class SyncFailed(VatraClientError):

@@ -39,7 +39,15 @@ from sync_server.protocol import wire
 from sync_server.protocol.errors import ProtocolError
 from sync_server.protocol.session import SessionError, open_session
 
-from ._errors import NotEnrolled, ReplicaError, ServerRejected, SyncFailed, SyncStalled
+from ._errors import (
+    RETRYABLE_CODES,
+    NotEnrolled,
+    ReplicaError,
+    ServerRejected,
+    ServerUnavailable,
+    SyncFailed,
+    SyncStalled,
+)
 from ._recovery import RECOVERABLE_CODES, Recovery, rebase
 from ._replica import Replica, covers
 from ._transport import ClientChannel
@@ -147,7 +155,8 @@ class SyncClient:
                 summary = await once()
                 summary.attempts = attempt
                 return summary
-            except (aiohttp.ClientError, OSError, TimeoutError, ConnectionError) as exc:
+            except (aiohttp.ClientError, OSError, TimeoutError, ConnectionError,
+                    ServerUnavailable) as exc:
                 last = exc
                 log.info("sync attempt %d failed: %s", attempt, type(exc).__name__)
                 if attempt < self.max_attempts:
@@ -168,8 +177,9 @@ class SyncClient:
             try:
                 channel = await open_session(ClientChannel(ws), creds.device_id,
                                              creds.signing_key, creds.server_key)
-            except SessionError as err:
-                raise ServerRejected(str(err.code), err.message) from err
+            except SessionError as err:  # the server's refusal, in a frame
+                refusal = ServerUnavailable if err.code in RETRYABLE_CODES else ServerRejected
+                raise refusal(str(err.code), err.message) from err
             peer_id = self.replica.peer_id
 
             async def send(message: wire.Message) -> None:
@@ -265,6 +275,8 @@ class SyncClient:
         if err.code == "device-revoked":
             log.warning("this device was revoked: deleting the local replica")
             self.replica.wipe()
+        if err.document_id is None and err.code in RETRYABLE_CODES:
+            return ServerUnavailable(err.code, err.message)
         return ServerRejected(err.code, err.message, err.document_id)
 
     def _apply_caseload(self, caseload: set[str], summary: SyncSummary) -> list[str]:

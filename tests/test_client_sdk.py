@@ -13,8 +13,8 @@ from client_sdk._replica import covers
 def test_public_names_are_exactly_the_intended_ones() -> None:
     assert sorted(client_sdk.__all__) == [
         "Credentials", "HouseholdNotFound", "NotEnrolled", "Recovery", "Replica", "ReplicaError",
-        "RepoTransport", "ServerRejected", "SupervisorClient", "SyncClient", "SyncFailed",
-        "SyncStalled", "SyncSummary", "VatraClientError", "WrongPin", "enroll"]
+        "RepoTransport", "ServerRejected", "ServerUnavailable", "SupervisorClient", "SyncClient",
+        "SyncFailed", "SyncStalled", "SyncSummary", "VatraClientError", "WrongPin", "enroll"]
     for name in client_sdk.__all__:
         assert getattr(client_sdk, name).__module__.startswith("client_sdk.")
 

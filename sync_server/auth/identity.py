@@ -16,9 +16,11 @@ guesser learns nothing about which codes exist.
 from __future__ import annotations
 
 import base64
+import contextlib
+import logging
 import os
 import secrets
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,8 +34,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from conflict import SERVER_AUTHOR
 from conflict.schema import FORMATS
-from sync_server.protocol.errors import ConfigError, ErrorCode, VatraError
+from sync_server.protocol.errors import ConfigError, ErrorCode, StorageError, VatraError
 from sync_server.store.audit import AuditEvent, AuditLog
+from sync_server.store.database import DATABASE_ERRORS
 from sync_server.store.tables import (
     device_actors,
     devices,
@@ -44,6 +47,8 @@ from sync_server.store.tables import (
     user_localities,
     users,
 )
+
+log = logging.getLogger(__name__)
 
 ROLES = ("worker", "supervisor", "national", "admin", "ops")
 MAX_FAILED_ATTEMPTS = 5
@@ -259,6 +264,12 @@ class IdentityStore:
     # -- devices ---------------------------------------------------------------------------
 
     async def device(self, device_id: str) -> Device | None:
+        """The device and its user; None for an unknown id. Raises StorageError when the
+        database cannot answer (the handshake then says "retry", not "who are you")."""
+        with _reachable("looking up a device"):
+            return await self._device(device_id)
+
+    async def _device(self, device_id: str) -> Device | None:
         async with self._engine.connect() as conn:
             row = (await conn.execute(
                 sa.select(devices).where(devices.c.id == device_id))).first()
@@ -290,10 +301,12 @@ class IdentityStore:
         return done.rowcount == 1
 
     async def revoked_at(self, device_id: str) -> datetime | None:
-        """When the device was revoked (None: active or unknown)."""
-        async with self._engine.connect() as conn:
-            return (await conn.execute(sa.select(devices.c.revoked_at)
-                                       .where(devices.c.id == device_id))).scalar()
+        """When the device was revoked (None: active or unknown). StorageError when the
+        database cannot answer."""
+        with _reachable("reading a revocation"):
+            async with self._engine.connect() as conn:
+                return (await conn.execute(sa.select(devices.c.revoked_at)
+                                           .where(devices.c.id == device_id))).scalar()
 
     async def revoked_among(self, device_ids: Collection[str]) -> set[str]:
         """Which of ``device_ids`` are revoked (one query, for the periodic sweep)."""
@@ -339,3 +352,14 @@ def _erased(household_id: sa.ColumnElement[str]) -> sa.ColumnElement[bool]:
     """The household's data key is destroyed: it was erased (crypto-shredded)."""
     return sa.exists().where(household_keys.c.household_id == household_id,
                              household_keys.c.wrapped.is_(None))
+
+
+@contextlib.contextmanager
+def _reachable(what: str) -> Iterator[None]:
+    """A database fault inside becomes :class:`StorageError` (retryable), logged once."""
+    try:
+        yield
+    except DATABASE_ERRORS as exc:
+        log.warning("identity: %s failed: the database did not answer (%s)", what,
+                    type(exc).__name__)
+        raise StorageError("the server cannot reach its database; retry later") from exc

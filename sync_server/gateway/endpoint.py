@@ -19,7 +19,7 @@ from sync_server.gateway.channel import WebSocketChannel
 from sync_server.gateway.connection import Connection
 from sync_server.gateway.dispatch import TokenBucket, serve_connection
 from sync_server.gateway.revocations import refuse_revoked
-from sync_server.protocol.errors import ErrorCode, ProtocolError, VatraError
+from sync_server.protocol.errors import ErrorCode, ProtocolError, StorageError, VatraError
 from sync_server.protocol.session import accept_session
 from sync_server.sync.pipeline import Synchronizer
 
@@ -73,6 +73,11 @@ class Gateway:
             log.info("session refused: %s", err.code)
             await plain.close(str(err.code))
             return ws
+        except StorageError as err:  # the device lookup's database did not answer: the
+            # device was told storage-failure (retry), never that its identity is refused
+            log.info("session not opened: %s", err.code)
+            await plain.close(str(err.code))
+            return ws
         device = devices[device_id]
         conn = Connection(channel, server_peer_id=self.pipeline.server_peer_id,
                           outbox_frames=lim.outbox_frames, device=device)
@@ -83,7 +88,13 @@ class Gateway:
         # this read or reaches the connection.
         self.connections.add(conn)
         try:
-            if device.revoked or await self.identity.revoked_at(device.id) is not None:
+            try:
+                revoked = device.revoked or await self.identity.revoked_at(device.id) is not None
+            except StorageError as err:  # the database went away since the lookup: retry
+                conn.send_error(err)
+                await conn.close(str(err.code))
+                return ws
+            if revoked:
                 # The device proved it holds the key: tell it (sealed), so its SDK wipes.
                 conn.revoke()
                 await refuse_revoked(conn)

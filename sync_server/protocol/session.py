@@ -49,7 +49,7 @@ import nacl.hash
 from nacl.signing import SigningKey, VerifyKey
 
 from sync_server.protocol.channel import FrameChannel
-from sync_server.protocol.errors import ErrorCode, ProtocolError
+from sync_server.protocol.errors import ErrorCode, ProtocolError, VatraError
 
 VERSION = 1
 HANDSHAKE_TIMEOUT = 10.0
@@ -274,6 +274,15 @@ async def _next(channel: FrameChannel, what: str) -> bytes:
     return frame
 
 
+async def _from_server(channel: FrameChannel, what: str) -> bytes:
+    """The device side's next handshake frame. A connection that closes here is a transport
+    failure (``ConnectionError``: retry), not the server's refusal, which is a frame."""
+    frame = await channel.receive()
+    if frame is None:
+        raise ConnectionError(f"connection closed during the handshake (waiting for {what})")
+    return frame
+
+
 async def open_session(channel: FrameChannel, device_id: str, device_key: SigningKey,
                        server_identity: VerifyKey) -> SecureChannel:
     """Device side: run the handshake on ``channel`` and return the sealed channel.
@@ -284,11 +293,11 @@ async def open_session(channel: FrameChannel, device_id: str, device_key: Signin
     """
     hs = ClientHandshake(device_id, device_key, server_identity)
     await channel.send(hs.hello())
-    welcome = await asyncio.wait_for(_next(channel, "welcome"), HANDSHAKE_TIMEOUT)
+    welcome = await asyncio.wait_for(_from_server(channel, "welcome"), HANDSHAKE_TIMEOUT)
     auth, keys = hs.on_welcome(welcome)
     await channel.send(auth)
     secure = SecureChannel(channel, keys)
-    first = await asyncio.wait_for(_next(channel, "ready"), HANDSHAKE_TIMEOUT)
+    first = await asyncio.wait_for(_from_server(channel, "ready"), HANDSHAKE_TIMEOUT)
     if first[:1] != bytes(1):  # a sealed frame starts with counter 0; anything else is a refusal
         _load(first, "vatra-ready")  # raises SessionError with the server's reason
     _load(secure.unseal(first), "vatra-ready")
@@ -320,8 +329,10 @@ async def accept_session(channel: FrameChannel, server_key: SigningKey,
 
     try:
         return await asyncio.wait_for(run(), HANDSHAKE_TIMEOUT)
-    except (ProtocolError, TimeoutError) as exc:
-        err = exc if isinstance(exc, ProtocolError) else SessionError("handshake timed out")
+    except (VatraError, TimeoutError) as exc:
+        # A refusal (ProtocolError), or a fault of the server's own the device should retry
+        # after (StorageError: the lookup's database is down), or the handshake's time up.
+        err = exc if isinstance(exc, VatraError) else SessionError("handshake timed out")
         # Plaintext, since no session exists: the device reads it as the refusal's reason.
         with contextlib.suppress(Exception):
             await channel.send(cbor2.dumps({"type": "error", "code": str(err.code),

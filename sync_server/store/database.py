@@ -15,9 +15,11 @@ import warnings
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import asyncpg
 from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from sync_server.protocol.errors import ConfigError
@@ -54,6 +56,12 @@ def async_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+asyncpg://" + url[len(prefix):]
     raise ConfigError("DATABASE_URL must be a postgresql:// URL")
+
+
+#: What a database that is down, restarting or refusing raises through the engine: the
+#: server answers these with a retryable ``storage-failure``, never as the peer's fault.
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (
+    SQLAlchemyError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 def make_engine(url: str, *, pool_size: int = 5) -> AsyncEngine:
