@@ -181,7 +181,8 @@ class VatraServer:
 
     @contextlib.asynccontextmanager
     async def _run(self) -> AsyncIterator[None]:
-        async with open_database(self.settings.database_url, self.settings.data_dir) as engine:
+        async with open_database(self.settings.database_url, self.settings.data_dir,
+                                 database_timeout=self.settings.database_timeout) as engine:
             server_key = load_server_identity(self.settings.data_dir,
                                               self.settings.server_key_file)
             self.app = build_app(self.settings, engine, server_key)

@@ -12,6 +12,8 @@
 | VATRA_SESSIONS_PER_DEVICE  | 4                | concurrent sessions of one device                    |
 | VATRA_HEARTBEAT_SECONDS    | 30               | a peer that answers no WebSocket ping for this long  |
 |                            |                  | is gone (its connection is closed)                   |
+| VATRA_DATABASE_TIMEOUT     | 10               | seconds a database connect, pool wait, statement or  |
+|                            |                  | lock wait may take before it fails (storage-failure) |
 | VATRA_RESIDENT_HOUSEHOLDS  | 2000             | idle households kept in memory (count)               |
 | VATRA_RESIDENT_BYTES       | 268435456        | idle households kept in memory (stored bytes)        |
 | VATRA_MASTER_KEY           | (none)           | master key: [<version>:]<base64 of 32 bytes>         |
@@ -52,6 +54,7 @@ class Settings:
     message_burst: int = 2000
     sessions_per_device: int = 4
     heartbeat_seconds: float = 30.0  # a peer that answers no ping for this long is gone
+    database_timeout: float = 10.0  # connect, pool wait, statement, lock wait (seconds)
     resident_households: int = 2000
     resident_bytes: int = 256 * 1024 * 1024
     master_key: str | None = field(default=None, repr=False)  # never in logs
@@ -78,6 +81,7 @@ class Settings:
             message_burst=_int(e, "VATRA_MESSAGE_BURST", base.message_burst),
             sessions_per_device=_int(e, "VATRA_SESSIONS_PER_DEVICE", base.sessions_per_device),
             heartbeat_seconds=_int(e, "VATRA_HEARTBEAT_SECONDS", int(base.heartbeat_seconds)),
+            database_timeout=_int(e, "VATRA_DATABASE_TIMEOUT", int(base.database_timeout)),
             resident_households=_int(e, "VATRA_RESIDENT_HOUSEHOLDS", base.resident_households),
             resident_bytes=_int(e, "VATRA_RESIDENT_BYTES", base.resident_bytes),
             master_key=e.get("VATRA_MASTER_KEY") or None,

@@ -9,19 +9,29 @@ A private embedded PostgreSQL per test, stopped and started as an operator would
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import re
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+import sqlalchemy as sa
+from _rawpeer import raw_peer
+from _scenes import active_household
 from aiohttp import web
 from conftest import TEST_MASTER_KEY
+from prometheus_client import REGISTRY
 
 from client_sdk import ServerUnavailable, SyncClient, SyncFailed
-from sync_server.app import IDENTITY, SYNCHRONIZER, VatraServer
+from sync_server.app import GATEWAY, IDENTITY, SYNCHRONIZER, VatraServer
 from sync_server.config import Settings
+from sync_server.store.database import make_engine
+from sync_server.store.tables import household_team
 from vatra_devtools.provision import Provisioner
 
 pytestmark = pytest.mark.functional
@@ -45,6 +55,25 @@ class Postgres:
 
     async def stop(self) -> None:
         await asyncio.to_thread(self._ctl, "-w", "-m", "fast", "stop")
+
+    def _processes(self) -> list[int]:
+        """The postmaster and every process it started (the backends)."""
+        postmaster = int((Path(self.server.pgdata) / "postmaster.pid").read_text().split()[0])
+        children = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == postmaster:
+                    children.append(int(stat.parent.name))
+        return [postmaster, *children]
+
+    def freeze(self) -> None:
+        """SIGSTOP the whole server: connections stay open and nothing answers."""
+        for pid in self._processes():
+            os.kill(pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        for pid in self._processes():
+            os.kill(pid, signal.SIGCONT)
 
     async def start(self) -> None:
         from urllib.parse import unquote
@@ -101,6 +130,108 @@ async def test_a_database_down_is_a_retryable_storage_failure_not_an_identity_re
         assert summary.rejected == [] and ana.is_saved(hid)
 
 
+def _metric(name: str, listener: str) -> float:
+    return REGISTRY.get_sample_value(name, {"listener": listener}) or 0.0
+
+
+async def _until(check, what: str, patience: float = 15.0) -> None:
+    for _ in range(int(patience / 0.05)):
+        if await check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"not within {patience} s: {what}")
+
+
+async def test_notifications_are_heard_again_after_a_database_restart(
+        postgres: Postgres, tmp_path, caplog) -> None:
+    """Before (issue 13, fault 2): after PostgreSQL was stopped for 10 s and started again,
+    ``vatra device revoke`` no longer cut live sessions through the notification: the
+    ``LISTEN`` connection was never re-established, and nothing was logged. Reproduced by
+    restarting PostgreSQL under a running server. Now both listeners (revocations, teams)
+    listen again, say so in the log and in ``vatra_listener_up`` /
+    ``vatra_listener_reconnects_total``, and a team change notified by another process
+    after the restart reaches a live session (teams have no sweep: only the notification
+    can do it)."""
+    settings = Settings(database_url=postgres.url, data_dir=tmp_path / "srv", port=0,
+                        master_key=TEST_MASTER_KEY, database_timeout=2)
+    before = {n: _metric("vatra_listener_reconnects_total", n) for n in ("revocations", "teams")}
+    async with VatraServer(settings) as server:
+        base = Provisioner(server.app[IDENTITY], server.http_url, server.app[SYNCHRONIZER])
+
+        class Here(Provisioner):
+            async def tablet(self, name, user_id=None, **kw):  # type: ignore[override]
+                return await super().tablet(tmp_path / name, user_id or name, **kw)
+
+        provision = Here(base.identity, base.http_url, base.synchronizer)
+        hid, _, (_ana, nurse) = await active_household(server, provision, ("nurse", {}))
+        caplog.set_level(logging.INFO)
+        await postgres.stop()
+        await postgres.start()
+
+        async def listening_again() -> bool:
+            return all(_metric("vatra_listener_reconnects_total", n) > before[n]
+                       and _metric("vatra_listener_up", n) == 1.0 for n in before)
+        await _until(listening_again, "both listeners listen again")
+        assert any("listening again" in r.getMessage() for r in caplog.records)
+
+        sync = server.app[SYNCHRONIZER]
+        async with raw_peer(server.url, nurse, peer_id="nurse-live") as peer:
+            await peer.push(nurse.household(hid).doc.fork(), hid)
+            actor = sync.registry.resident(hid)
+            assert any(p.peer_id == "nurse-live" for p in actor.subscribers)
+            other = make_engine(postgres.url)  # another process's commit, as it would be
+            try:
+                async with other.begin() as conn:
+                    await conn.execute(sa.delete(household_team).where(
+                        household_team.c.household_id == hid,
+                        household_team.c.user_id == "nurse"))
+                    await conn.execute(sa.select(sa.func.pg_notify("vatra_team", hid)))
+            finally:
+                await other.dispose()
+
+            async def unsubscribed() -> bool:
+                return not any(p.peer_id == "nurse-live" for p in actor.subscribers)
+            await _until(unsubscribed, "the removed nurse's session is unsubscribed", 10.0)
+
+
+async def test_a_frozen_database_gives_bounded_answers(postgres: Postgres, tmp_path) -> None:
+    """Before (issue 13, fault 3): with PostgreSQL frozen (SIGSTOP) for 10 s, syncs hung up
+    to 10.6 s and ``/readyz`` hung instead of answering 503: there was no connect or
+    statement timeout anywhere. Reproduced by freezing every PostgreSQL process under a
+    running server (``VATRA_DATABASE_TIMEOUT`` of one second). Now a sync is answered
+    ``storage-failure`` once the timeout passes (the SDK retries it), ``/readyz`` answers
+    503 within a second, and both recover when the database thaws. (The bounds below
+    only stop a hang from stalling the suite; they are no measurement.)"""
+    settings = Settings(database_url=postgres.url, data_dir=tmp_path / "srv", port=0,
+                        master_key=TEST_MASTER_KEY, database_timeout=1)
+    async with VatraServer(settings) as server, aiohttp.ClientSession() as http:
+        provision = Provisioner(server.app[IDENTITY], server.http_url, server.app[SYNCHRONIZER])
+        ana = await provision.tablet(tmp_path / "ana", "ana")
+        hid = ana.create_household(locality="54975", county="CJ",
+                                   address="Str. Lunga 3").household_id
+        assert (await SyncClient(ana, server.url).sync()).rejected == []
+        with ana.edit(hid) as h:
+            h.append_activity("visit", "written while the database was frozen")
+
+        postgres.freeze()
+        try:
+            async with http.get(f"{server.http_url}/readyz",
+                                timeout=aiohttp.ClientTimeout(total=10)) as ready:
+                assert ready.status == 503
+            client = SyncClient(ana, server.url, max_attempts=2, backoff_base=0.01)
+            with pytest.raises(SyncFailed) as failed:
+                await asyncio.wait_for(client.sync(), 60)
+            assert isinstance(failed.value.last, ServerUnavailable)
+            assert failed.value.last.code == "storage-failure"
+        finally:
+            postgres.thaw()
+
+        summary = await SyncClient(ana, server.url, max_attempts=10, backoff_base=0.05).sync()
+        assert summary.rejected == [] and ana.is_saved(hid)
+        async with http.get(f"{server.http_url}/readyz") as ready:
+            assert ready.status == 200
+
+
 async def test_a_connection_cut_during_the_handshake_is_retried(server, provision) -> None:
     """Before (issue 13, fault 11): the SDK did not retry a connection cut during the
     handshake: ``SyncClient(max_attempts=4)`` made one attempt and raised
@@ -136,3 +267,72 @@ async def test_a_connection_cut_during_the_handshake_is_retried(server, provisio
         await runner.cleanup()
     assert failed.value.attempts == 4 and hellos == 4
     assert isinstance(failed.value.last, ConnectionError)
+
+
+async def test_stopping_does_not_wait_for_a_handshake_in_flight(database_url, tmp_path) -> None:
+    """Before (issue 13, fault 12): stopping the server waited up to 10 s (the handshake
+    timeout) for a socket whose handshake was in flight: shutdown closed connections,
+    and a socket in its handshake was not one yet. Reproduced with a client that opens
+    the WebSocket and sends nothing. Now shutdown closes it at once, saying why."""
+    settings = Settings(database_url=database_url, data_dir=tmp_path / "srv", port=0,
+                        master_key=TEST_MASTER_KEY)
+    server = VatraServer(settings)
+    await server.start()
+    try:
+        async with aiohttp.ClientSession() as http, http.ws_connect(server.url) as ws:
+            gateway = server.app[GATEWAY]
+            await _until(_const(lambda: len(gateway.handshaking) == 1), "the handshake began")
+            stopping = asyncio.create_task(server.stop())
+            closed = await asyncio.wait_for(ws.receive(), 30)
+            assert closed.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), closed
+            assert closed.extra == "server-shutting-down"
+            await asyncio.wait_for(stopping, 30)
+    finally:
+        if server.started.is_set():
+            await server.stop()
+
+
+def _const(check):
+    async def wrapped() -> bool:
+        return check()
+    return wrapped
+
+
+async def test_a_reader_that_stalls_is_released_and_shutdown_stays_clean(
+        database_url, tmp_path) -> None:
+    """Before (issue 13, fault 9): with a small outbox, ``outbox-overflow`` fired but the
+    server never released that session (no handler end within 90 s), and the next SIGTERM
+    crashed with ``CancelledError`` (exit 1, other clients not told): aborting the writer
+    while it waited in aiohttp's drain cancelled the shared drain future, and the later
+    close did not expect ``CancelledError``. Reproduced with a tablet that stops reading
+    while the server queues megabytes for it. Now the stuck socket is cut, the session
+    ends, and the server stops cleanly."""
+    from sync_server.app import CONNECTIONS
+    from sync_server.protocol import wire
+
+    settings = Settings(database_url=database_url, data_dir=tmp_path / "srv", port=0,
+                        master_key=TEST_MASTER_KEY, outbox_frames=4)
+    server = VatraServer(settings)
+    await server.start()
+    try:
+        provision = Provisioner(server.app[IDENTITY], server.http_url, server.app[SYNCHRONIZER])
+        ana = await provision.tablet(tmp_path / "ana", "ana")
+        async with raw_peer(server.url, ana, peer_id="stalled") as victim:
+            conn = next(c for c in server.app[CONNECTIONS] if c.peer_id == "stalled")
+            big = wire.Error("srv", "x" * 1000, "filler")
+            for _ in range(20):  # the writer gets stuck on a peer that reads nothing (frames
+                # under the peer's 4 MiB limit, more than the sockets buffer)
+                conn.send(wire.Sync("srv", "stalled", "x" * 27, b"\0" * 3_000_000))
+                await asyncio.sleep(0.05)
+            for _ in range(8):
+                conn.send(big)  # the outbox overflows: the connection is aborted
+
+            async def released() -> bool:
+                return conn not in server.app[CONNECTIONS]
+            await _until(released, "the stalled session's handler ends", 30.0)
+            assert conn.closed.is_set()
+            del victim
+        await server.stop()  # raised CancelledError before
+    finally:
+        if server.started.is_set():
+            await server.stop()

@@ -162,11 +162,12 @@ class IdentityStore:
         ~48,000 households)."""
         if user.role != "worker":
             return []
-        async with self._engine.connect() as conn:
-            return sorted((await conn.execute(
-                sa.select(household_team.c.household_id)
-                .where(household_team.c.user_id == user.id,
-                       ~_erased(household_team.c.household_id)))).scalars())
+        with _reachable("reading a caseload"):
+            async with self._engine.connect() as conn:
+                return sorted((await conn.execute(
+                    sa.select(household_team.c.household_id)
+                    .where(household_team.c.user_id == user.id,
+                           ~_erased(household_team.c.household_id)))).scalars())
 
     async def erased(self, user: User) -> list[str]:
         """The erased households a user's tablets may still hold, so that they discard them
@@ -180,8 +181,9 @@ class IdentityStore:
                 households.c.county == user.county, _erased(households.c.id))
         else:
             return []
-        async with self._engine.connect() as conn:
-            return sorted((await conn.execute(query)).scalars())
+        with _reachable("reading erased households"):
+            async with self._engine.connect() as conn:
+                return sorted((await conn.execute(query)).scalars())
 
     # -- enrollment ------------------------------------------------------------------------
 

@@ -17,7 +17,8 @@ async def open_store(settings: Settings, keyring: KeyRing | None = None,
     """The store on the settings' database (migrated), with ``keyring`` or the master keys
     the settings point at; the master key checked against the stored data keys unless
     ``verified`` is False. Raises :class:`~sync_server.store.keys.KeyRingError`."""
-    async with open_database(settings.database_url, settings.data_dir) as engine:
+    async with open_database(settings.database_url, settings.data_dir,
+                             database_timeout=settings.database_timeout) as engine:
         store = PostgresStore(engine, keyring if keyring is not None else load_keyring(settings))
         try:
             if verified:

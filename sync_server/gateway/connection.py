@@ -19,9 +19,9 @@ reconnect, which sends exactly what it misses.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
+from collections.abc import Callable
 from itertools import count
 
 from sync_server.auth.grants import Grants
@@ -43,7 +43,7 @@ class ConnectionState(enum.Enum):
 
 class Connection:
     def __init__(self, channel: FrameChannel, *, server_peer_id: str, outbox_frames: int,
-                 device: Device | None = None) -> None:
+                 device: Device | None = None, cut: Callable[[], None] | None = None) -> None:
         self.id = next(_ids)
         self.channel = channel
         self.device = device  # who is on the other end (set by the session handshake)
@@ -61,6 +61,9 @@ class Connection:
         self.closed = asyncio.Event()
         #: the device was revoked: nothing of a household is read, written or sent any more
         self.revoked = False
+        #: drops the socket at once (the server's: its transport's abort), for a send stuck
+        #: on a peer that stopped reading; without it the stuck send is cancelled instead
+        self._cut = cut
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} {self.state.value}>"
@@ -114,7 +117,14 @@ class Connection:
             self._outbox.get_nowait()
         self._outbox.put_nowait(None)
         if self._sending and self._writer is not None:
-            self._writer.cancel()  # a send stuck on a peer that stopped reading: give it up
+            # A send stuck on a peer that stopped reading: drop the socket, so that send
+            # fails and the read loop ends. (Cancelling the writer instead cancelled
+            # aiohttp's shared drain future: the session was never released, and the
+            # close at shutdown raised CancelledError.)
+            if self._cut is not None:
+                self._cut()
+            else:
+                self._writer.cancel()
 
     async def close(self, reason: str = "") -> None:
         """Flush queued frames (at most 5 s), then close the channel."""
@@ -151,6 +161,15 @@ class Connection:
                 task.uncancel()
         finally:
             self.state = ConnectionState.CLOSED
-            with contextlib.suppress(Exception):
+            try:
                 await self.channel.close(self._close_reason)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    self.closed.set()
+                    raise
+                # not this task's cancellation: a future of the socket's, cancelled under it
+                log.info("connection %s: the socket's close was cancelled", self.id)
+            except Exception:
+                log.debug("connection %s: closing the socket failed", self.id, exc_info=True)
             self.closed.set()

@@ -139,7 +139,8 @@ async def serve_connection(conn: Connection, synchronizer: Synchronizer, *,
             elif isinstance(msg, wire.Error):
                 log.info("connection %s: peer reported error code=%s", conn.id, msg.code[:40])
             # Ephemeral: accepted and not relayed (docs/decisions.md).
-    except (ProtocolError, DocumentError) as err:
+    except (ProtocolError, DocumentError, StorageError) as err:
+        # (StorageError: the caseload could not be read at join; the client retries)
         await asyncio.gather(*tails.values())  # let earlier messages finish, then refuse
         await fail(err)
         return

@@ -48,6 +48,9 @@ class Gateway:
     server_key: SigningKey
     limits: PeerLimits
     connections: set[Connection] = field(default_factory=set)
+    #: Sockets still in the session handshake (not yet connections): closed at shutdown,
+    #: which would otherwise wait for their handshake to time out.
+    handshaking: set[WebSocketChannel] = field(default_factory=set)
 
     def routes(self) -> list[web.RouteDef]:
         return [web.get("/v1/sync", self.handle)]
@@ -67,6 +70,7 @@ class Gateway:
             devices[device_id] = device
             return VerifyKey(device.signing_key)
 
+        self.handshaking.add(plain)
         try:
             channel, device_id = await accept_session(plain, self.server_key, lookup)
         except ProtocolError as err:  # a refused handshake (SessionError), or a text frame
@@ -78,9 +82,13 @@ class Gateway:
             log.info("session not opened: %s", err.code)
             await plain.close(str(err.code))
             return ws
+        finally:
+            self.handshaking.discard(plain)
         device = devices[device_id]
+        transport = request.transport
         conn = Connection(channel, server_peer_id=self.pipeline.server_peer_id,
-                          outbox_frames=lim.outbox_frames, device=device)
+                          outbox_frames=lim.outbox_frames, device=device,
+                          cut=transport.abort if transport is not None else None)
         conn.start()
         # Revocation is a barrier. The connection is where revocations are delivered
         # before the flag is read again (the lookup at ``hello`` may be long past: a thief
@@ -118,7 +126,10 @@ class Gateway:
         return ws
 
     async def close_all(self) -> None:
-        """Tell every live peer the server is stopping, and close it."""
+        """Tell every live peer the server is stopping, and close it; a socket still in
+        its handshake is closed with the same reason (it has no session to tell)."""
+        for plain in list(self.handshaking):
+            await plain.close(str(ErrorCode.SERVER_SHUTTING_DOWN))
         for conn in list(self.connections):
             conn.send_error(VatraError("server is shutting down; reconnect later",
                                        code=ErrorCode.SERVER_SHUTTING_DOWN))

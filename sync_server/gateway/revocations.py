@@ -3,7 +3,8 @@
 Two ways reach every server on the database: ``vatra device revoke`` commits the flag and
 ``NOTIFY vatra_revocations``, which this service hears and acts on at once; and every
 :data:`SWEEP_SECONDS` it asks the database which of its live devices are revoked, so a
-notification lost with its connection still cuts. A cut connection sends nothing more
+notification lost with its connection still cuts (and the listening connection is
+re-established after an outage: ``sync_server/gateway/listening.py``). A cut connection sends nothing more
 but the sealed ``device-revoked`` (its SDK wipes the replica) and the pipeline stores
 none of its batches.
 
@@ -16,12 +17,12 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Collection
-from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sync_server.auth.identity import REVOCATIONS, IdentityStore
 from sync_server.gateway.connection import Connection
+from sync_server.gateway.listening import Listening
 from sync_server.protocol.errors import ErrorCode, VatraError
 
 log = logging.getLogger(__name__)
@@ -56,31 +57,28 @@ class Revocations:
                 self._pending.add(task)
                 task.add_done_callback(self._pending.discard)
 
+    async def sweep_once(self) -> None:
+        live = {c.device.id for c in self._connections if c.device is not None}
+        self.cut(await self._identity.revoked_among(live))
+
     async def _sweep(self) -> None:
         while True:
             await asyncio.sleep(SWEEP_SECONDS)
-            live = {c.device.id for c in self._connections if c.device is not None}
             try:
-                revoked = await self._identity.revoked_among(live)
+                await self.sweep_once()
             except Exception:
                 log.warning("revocation sweep: the database did not answer; retrying")
-                continue
-            self.cut(revoked)
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
-        def on_revoked(_conn: Any, _pid: int, _channel: str, device_id: str) -> None:
-            self.cut({device_id})
-
-        async with self._engine.connect() as sa_conn:
-            raw = (await sa_conn.get_raw_connection()).driver_connection
-            assert raw is not None  # asyncpg's connection, open for the block
-            await raw.add_listener(REVOCATIONS, on_revoked)
+        listening = Listening(self._engine, "revocations",
+                              {REVOCATIONS: lambda device_id: self.cut({device_id})},
+                              on_reconnect=self.sweep_once)
+        async with listening.running():
             sweeper = asyncio.create_task(self._sweep(), name="vatra-revocation-sweep")
             try:
                 yield
             finally:
                 sweeper.cancel()
-                await raw.remove_listener(REVOCATIONS, on_revoked)
                 for task in self._pending:
                     task.cancel()

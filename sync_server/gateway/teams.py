@@ -7,10 +7,9 @@ server listens and has its live sessions decide again (:meth:`Synchronizer.team_
 a removed member's session stops receiving the household at once, a new member's
 session may sync it, and finds it in the caseload of its next session. The server that
 commits also tells its own sessions directly (``Synchronizer.on_team_change``), so they
-follow whatever becomes of the notification. A notification lost with another server's
-listening connection leaves that server's sessions deciding from their last decision
-until they reconnect (every sync is a new session for the reference client); the
-listener's reconnection is issue 13's, with the revocations' (docs/known-issues.md).
+follow whatever becomes of the notification. The listening connection is re-established
+after an outage (``sync_server/gateway/listening.py``), and then every household a live
+session holds is decided again, for the notifications missed meanwhile.
 
 Start and stop it with ``async with TeamChanges(...).running()`` (the app owns it).
 """
@@ -21,11 +20,11 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Collection
-from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sync_server.gateway.connection import Connection
+from sync_server.gateway.listening import Listening
 from sync_server.store.contract import TEAM_CHANGES
 from sync_server.sync.pipeline import Synchronizer
 
@@ -52,20 +51,22 @@ class TeamChanges:
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
+    async def catch_up(self) -> None:
+        """After an outage of the listening connection: every household a live session
+        holds is decided again (a team change notified meanwhile was not heard)."""
+        held = {hid for conn in self._connections for hid in conn.sync.documents}
+        for hid in sorted(held):
+            await self._apply(hid)
+
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
-        def on_change(_conn: Any, _pid: int, _channel: str, household_id: str) -> None:
-            self.changed(household_id)
-
-        async with self._engine.connect() as sa_conn:
-            raw = (await sa_conn.get_raw_connection()).driver_connection
-            assert raw is not None  # asyncpg's connection, open for the block
-            await raw.add_listener(TEAM_CHANGES, on_change)
+        listening = Listening(self._engine, "teams", {TEAM_CHANGES: self.changed},
+                              on_reconnect=self.catch_up)
+        async with listening.running():
             self._synchronizer.on_team_change = self.changed
             try:
                 yield
             finally:
                 self._synchronizer.on_team_change = None
-                await raw.remove_listener(TEAM_CHANGES, on_change)
                 for task in self._pending:
                     task.cancel()

@@ -64,10 +64,28 @@ DATABASE_ERRORS: tuple[type[BaseException], ...] = (
     SQLAlchemyError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
-def make_engine(url: str, *, pool_size: int = 5) -> AsyncEngine:
+#: Seconds a connect, a wait for a pooled connection, a statement or a lock wait may take
+#: by default (``VATRA_DATABASE_TIMEOUT``): a database that is down or frozen gives a
+#: bounded, retryable failure instead of a hang.
+DATABASE_TIMEOUT = 10.0
+
+
+def make_engine(url: str, *, pool_size: int = 5,
+                timeout: float | None = DATABASE_TIMEOUT) -> AsyncEngine:
+    """An engine with every wait bounded by ``timeout`` (None: unbounded, for migrations):
+    asyncpg's connect and per-statement timeouts (client side: they also hold when the
+    server is frozen), SQLAlchemy's pool wait, and PostgreSQL's own ``statement_timeout``
+    and ``lock_timeout``."""
+    connect_args: dict[str, object] = {}
+    options: dict[str, object] = {}
+    if timeout is not None:
+        ms = str(int(timeout * 1000))
+        connect_args = {"timeout": timeout, "command_timeout": timeout,
+                        "server_settings": {"statement_timeout": ms, "lock_timeout": ms}}
+        options = {"pool_timeout": timeout}
     # hide_parameters: change bodies are household content; they never go into logs.
     return create_async_engine(async_url(url), pool_size=pool_size, max_overflow=5,
-                               hide_parameters=True)
+                               hide_parameters=True, connect_args=connect_args, **options)
 
 
 @contextlib.asynccontextmanager
@@ -83,15 +101,22 @@ async def database_url(explicit: str | None, data_dir: Path) -> AsyncIterator[st
 
 @contextlib.asynccontextmanager
 async def open_database(explicit_url: str | None, data_dir: Path, *,
-                        migrated: bool = True) -> AsyncIterator[AsyncEngine]:
+                        migrated: bool = True,
+                        database_timeout: float | None = DATABASE_TIMEOUT,
+                        ) -> AsyncIterator[AsyncEngine]:
     """An engine on the database (``explicit_url``, or the embedded server in ``data_dir``
-    for the block's duration), migrated to the newest schema unless ``migrated`` is
-    False; disposed on the way out. Every command and the server open it this way."""
+    for the block's duration), its waits bounded by ``database_timeout``, migrated to the newest
+    schema unless ``migrated`` is False (by an engine without timeouts: a migration may
+    take long); disposed on the way out. Every command and the server open it this way."""
     async with database_url(explicit_url, data_dir) as url:
-        engine = make_engine(url)
+        if migrated:
+            migrating = make_engine(url, timeout=None)
+            try:
+                await migrate(migrating)
+            finally:
+                await migrating.dispose()
+        engine = make_engine(url, timeout=database_timeout)
         try:
-            if migrated:
-                await migrate(engine)
             yield engine
         finally:
             await engine.dispose()

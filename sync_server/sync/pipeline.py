@@ -52,6 +52,7 @@ from sync_server.store.contract import (
     HouseholdStore,
     UnknownHousehold,
 )
+from sync_server.store.database import DATABASE_ERRORS
 from sync_server.store.quarantine import Quarantine
 from sync_server.sync import conflicts, followups
 from sync_server.sync.apply import check_document_id, check_encoding, fork_for, hold, receive, stored
@@ -141,6 +142,11 @@ class Synchronizer:
                     and msg.document_id not in self.registry.erased):  # erased stays erased
                 await self._keep(peer, msg, err)
             raise
+        except DATABASE_ERRORS as exc:  # reading a record or loading a household: retry
+            log.warning("household %s: the database did not answer (%s)", msg.document_id,
+                        type(exc).__name__)
+            raise StorageError("the server cannot reach its database; retry later",
+                               document_id=msg.document_id) from exc
 
     async def _route(self, peer: Peer, msg: wire.Sync) -> None:
         """2. authorize. A household this device may not sync, or one erased, takes the
