@@ -336,3 +336,39 @@ async def test_a_reader_that_stalls_is_released_and_shutdown_stays_clean(
     finally:
         if server.started.is_set():
             await server.stop()
+
+
+def test_the_embedded_database_stops_after_a_killed_server(tmp_path) -> None:
+    """Before (issue 13, fault 5): after any ``kill -9`` of ``vatra serve``, its embedded
+    PostgreSQL survived every later graceful stop: the killed process's PID stayed in
+    pgserver's handle file, so pgserver never saw its last user leave. Reproduced by
+    killing (SIGKILL) a process that holds the embedded database, then opening and
+    closing it as the next ``vatra serve`` does. Now the dead PID is forgotten and the
+    graceful stop stops PostgreSQL."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from sync_server.store.database import _running, embedded_postgres
+
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        from sync_server.store.database import embedded_postgres
+        with embedded_postgres(Path({str(tmp_path)!r})) as url:
+            print(url, flush=True)
+            time.sleep(600)
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().startswith("postgres")
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()  # type: ignore[union-attr]
+    lock = tmp_path / "postgres" / "postmaster.pid"
+    postmaster = int(lock.read_text().split()[0])
+    assert _running(postmaster)  # PostgreSQL outlived the process that was using it
+
+    with embedded_postgres(tmp_path) as url:  # the next server: reuses it, then stops
+        assert url.startswith("postgres")
+    assert not _running(postmaster)

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import importlib.resources
+import json
 import logging
+import os
+import time
 import warnings
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -40,6 +43,7 @@ def embedded_postgres(data_dir: Path) -> Iterator[str]:
 
     pgdata = (data_dir / "postgres").resolve()
     pgdata.mkdir(parents=True, exist_ok=True)
+    _forget_the_dead(pgdata)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         server = pgserver.get_server(  # type: ignore[attr-defined]  # not re-exported by name
@@ -48,6 +52,66 @@ def embedded_postgres(data_dir: Path) -> Iterator[str]:
         yield server.get_uri()
     finally:
         server.cleanup()
+
+
+def _running(pid: int) -> bool:
+    """A process that exists and is not a zombie (dead, only not yet reaped)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it exists: another user's (the embedded PostgreSQL runs as "pgserver")
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc: it answered kill(pid, 0)
+    return state != "Z"
+
+
+def _forget_the_dead(pgdata: Path) -> None:
+    """Undo what a killed process (``kill -9``) left behind for the embedded PostgreSQL.
+
+    pgserver stops PostgreSQL when the last process using it leaves, counting them in
+    ``.handle_pids.json``: a killed one never leaves, so PostgreSQL outlived every later
+    graceful stop (issue 13, fault 5). And a killed postmaster that nobody reaped (a
+    zombie) still answers ``kill(pid, 0)``: pgserver took it for running and returned
+    the address of a server that refused every connection. Dead handles are forgotten,
+    and a zombie postmaster's lock file is removed (once its backends have gone) so a
+    new one starts."""
+    handles = pgdata / ".handle_pids.json"
+    try:
+        pids = json.loads(handles.read_text())
+    except (OSError, ValueError):
+        pids = None
+    if isinstance(pids, list):
+        alive = [p for p in pids if isinstance(p, int) and _running(p)]
+        if alive != pids:
+            log.warning("embedded PostgreSQL: forgetting %d process(es) that died without "
+                        "stopping it", len(pids) - len(alive))
+            handles.write_text(json.dumps(alive))
+    lock = pgdata / "postmaster.pid"
+    try:
+        postmaster = int(lock.read_text().split()[0])
+        zombie = Path(f"/proc/{postmaster}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, ValueError, IndexError):
+        return
+    if zombie:
+        for _ in range(50):  # its backends notice the postmaster's death and exit
+            if not _children(postmaster):
+                break
+            time.sleep(0.1)
+        log.warning("embedded PostgreSQL: the postmaster was killed; starting a new one")
+        lock.unlink(missing_ok=True)
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(stat.parent.name))
+    return out
 
 
 def async_url(url: str) -> str:

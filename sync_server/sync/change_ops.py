@@ -271,16 +271,18 @@ class ObjectIndex:
             decoded = [decode_ops(c.raw_bytes, c.max_op - c.start_op + 1) for c in changes]
         except Unreadable:
             return None
+        positions: dict[str | int, _Positions] = {}  # per list section, for this batch
         for change in decoded:
             for i, op in enumerate(change.ops):
-                prefix = self._prefix_of(doc, op, (change.actor, change.start_op + i), made)
+                prefix = self._prefix_of(doc, op, (change.actor, change.start_op + i), made,
+                                         positions)
                 if prefix is None:
                     return None
                 out.update(prefix)
         return out, made
 
-    def _prefix_of(self, doc: Document, op: Op, op_id: OpId,
-                   made: dict[OpId, Where]) -> list[Prefix] | None:
+    def _prefix_of(self, doc: Document, op: Op, op_id: OpId, made: dict[OpId, Where],
+                   positions: dict[str | int, _Positions]) -> list[Prefix] | None:
         if op.obj is None:  # a root field
             if not isinstance(op.key, str):
                 return None
@@ -309,7 +311,9 @@ class ObjectIndex:
                 made[op_id] = entry
             return [entry]
         if kind == ObjType.List and op.insert and got is not None:
-            index = _index_of(doc, got[1], op_id)
+            if section not in positions:
+                positions[section] = _Positions(doc, got[1])
+            index = positions[section].index(op_id)
             if op.action in _MAKE:  # this batch may fill it in: checked at its index
                 made[op_id] = (section, index)
             return [(section,) if index is None else (section, index)]
@@ -340,11 +344,27 @@ def _prefix(where: Where) -> Prefix:
     return tuple(seg for seg in where if seg is not None)
 
 
-def _index_of(doc: Document, lst: Any, op_id: OpId) -> int | None:
-    """The index of the element inserted by ``op_id``: searched from the end, where an
-    append lands (a few steps for a feed that only grows)."""
-    for i in range(doc.length(lst) - 1, -1, -1):
-        got = doc.get(lst, i)
-        if got is not None and exid_op(got[1]) == op_id:
-            return i
-    return None
+class _Positions:
+    """Where a batch's inserted elements sit in one list: one walk from the end, where
+    appends land, shared by every element of the batch (each lookup continues where the
+    last stopped). Before, each element searched from the end again: a batch of n
+    appends cost n²/2 reads, 14 s for 2,000 (issue 13, fault 6); now at most the list's
+    length per batch, and about n for appends."""
+
+    def __init__(self, doc: Document, lst: Any) -> None:
+        self._doc, self._lst = doc, lst
+        self._next = doc.length(lst) - 1
+        self._seen: dict[OpId, int] = {}
+
+    def index(self, op_id: OpId) -> int | None:
+        if op_id in self._seen:
+            return self._seen[op_id]
+        while self._next >= 0:
+            i, self._next = self._next, self._next - 1
+            got = self._doc.get(self._lst, i)
+            found = exid_op(got[1]) if got is not None else None
+            if found is not None:
+                self._seen[found] = i
+                if found == op_id:
+                    return i
+        return None
