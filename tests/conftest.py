@@ -136,3 +136,15 @@ def make_replica(tmp_path: Path):
         return Replica(tmp_path / "devices" / name, pin="1234")
 
     return make
+
+
+@pytest.fixture
+def postgres(tmp_path):
+    """A PostgreSQL of the test's own, to stop, start, freeze and thaw (tests/_faults.py)."""
+    from _faults import Postgres
+
+    pg = Postgres(tmp_path / "pg")
+    try:
+        yield pg
+    finally:
+        pg.server.cleanup()

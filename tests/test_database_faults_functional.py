@@ -9,18 +9,13 @@ A private embedded PostgreSQL per test, stopped and started as an operator would
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
-import re
-import signal
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 import sqlalchemy as sa
+from _faults import Postgres
 from _rawpeer import raw_peer
 from _scenes import active_household
 from aiohttp import web
@@ -37,59 +32,16 @@ from vatra_devtools.provision import Provisioner
 pytestmark = pytest.mark.functional
 
 
-class Postgres:
-    """An embedded PostgreSQL this test may stop and start."""
-
-    def __init__(self, data_dir: Path) -> None:
-        import pgserver
-        from pgserver._commands import pg_ctl
-
-        self._pg_ctl = pg_ctl
-        self.server: Any = pgserver.get_server(data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
-        self.url: str = self.server.get_uri()
-        self._socket_dir = re.search(r"host=([^&]+)", self.url).group(1)  # type: ignore[union-attr]
-
-    def _ctl(self, *args: str) -> None:
-        self._pg_ctl(list(args), pgdata=self.server.pgdata, user=self.server.system_user,
-                     timeout=60)
-
-    async def stop(self) -> None:
-        await asyncio.to_thread(self._ctl, "-w", "-m", "fast", "stop")
-
-    def _processes(self) -> list[int]:
-        """The postmaster and every process it started (the backends)."""
-        postmaster = int((Path(self.server.pgdata) / "postmaster.pid").read_text().split()[0])
-        children = []
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == postmaster:
-                    children.append(int(stat.parent.name))
-        return [postmaster, *children]
-
-    def freeze(self) -> None:
-        """SIGSTOP the whole server: connections stay open and nothing answers."""
-        for pid in self._processes():
-            os.kill(pid, signal.SIGSTOP)
-
-    def thaw(self) -> None:
-        for pid in self._processes():
-            os.kill(pid, signal.SIGCONT)
-
-    async def start(self) -> None:
-        from urllib.parse import unquote
-
-        await asyncio.to_thread(self._ctl, "-w", "-o", '-h ""', "-o",
-                                f"-k {unquote(self._socket_dir)}", "-l",
-                                str(self.server.log), "start")
-
-
-@pytest.fixture
-def postgres(tmp_path) -> Iterator[Postgres]:
-    pg = Postgres(tmp_path / "pg")
-    try:
-        yield pg
-    finally:
-        pg.server.cleanup()
+async def _a_tablet_with_an_unsaved_edit(server: VatraServer, tmp_path) -> tuple[Any, str]:
+    """Tablet ``ana``, enrolled, with a household the server has, and an edit it has not."""
+    provision = Provisioner(server.app[IDENTITY], server.http_url, server.app[SYNCHRONIZER])
+    ana = await provision.tablet(tmp_path / "ana", "ana")
+    hid = ana.create_household(locality="54975", county="CJ",
+                               address="Str. Lunga 3").household_id
+    assert (await SyncClient(ana, server.url).sync()).rejected == []
+    with ana.edit(hid) as h:
+        h.append_activity("visit", "written while the database was away")
+    return ana, hid
 
 
 async def test_a_database_down_is_a_retryable_storage_failure_not_an_identity_refusal(
@@ -105,13 +57,7 @@ async def test_a_database_down_is_a_retryable_storage_failure_not_an_identity_re
     settings = Settings(database_url=postgres.url, data_dir=tmp_path / "srv", port=0,
                         master_key=TEST_MASTER_KEY)
     async with VatraServer(settings) as server:
-        provision = Provisioner(server.app[IDENTITY], server.http_url, server.app[SYNCHRONIZER])
-        ana = await provision.tablet(tmp_path / "ana", "ana")
-        hid = ana.create_household(locality="54975", county="CJ",
-                                   address="Str. Lunga 3").household_id
-        assert (await SyncClient(ana, server.url).sync()).rejected == []
-        with ana.edit(hid) as h:
-            h.append_activity("visit", "written while the database was down")
+        ana, hid = await _a_tablet_with_an_unsaved_edit(server, tmp_path)
 
         caplog.set_level(logging.INFO)
         await postgres.stop()
@@ -205,13 +151,7 @@ async def test_a_frozen_database_gives_bounded_answers(postgres: Postgres, tmp_p
     settings = Settings(database_url=postgres.url, data_dir=tmp_path / "srv", port=0,
                         master_key=TEST_MASTER_KEY, database_timeout=1)
     async with VatraServer(settings) as server, aiohttp.ClientSession() as http:
-        provision = Provisioner(server.app[IDENTITY], server.http_url, server.app[SYNCHRONIZER])
-        ana = await provision.tablet(tmp_path / "ana", "ana")
-        hid = ana.create_household(locality="54975", county="CJ",
-                                   address="Str. Lunga 3").household_id
-        assert (await SyncClient(ana, server.url).sync()).rejected == []
-        with ana.edit(hid) as h:
-            h.append_activity("visit", "written while the database was frozen")
+        ana, hid = await _a_tablet_with_an_unsaved_edit(server, tmp_path)
 
         postgres.freeze()
         try:
