@@ -8,6 +8,7 @@ frames are handed to the dispatch loop (sync_server/gateway/dispatch.py) until i
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 
@@ -127,10 +128,13 @@ class Gateway:
 
     async def close_all(self) -> None:
         """Tell every live peer the server is stopping, and close it; a socket still in
-        its handshake is closed with the same reason (it has no session to tell)."""
-        for plain in list(self.handshaking):
-            await plain.close(str(ErrorCode.SERVER_SHUTTING_DOWN))
-        for conn in list(self.connections):
+        its handshake is closed with the same reason (it has no session to tell). All at
+        once: each close waits (at most 5 s) for its peer, so one after the other, n
+        peers that do not answer would hold the stop n times as long."""
+        reason = str(ErrorCode.SERVER_SHUTTING_DOWN)
+        connections = list(self.connections)
+        for conn in connections:
             conn.send_error(VatraError("server is shutting down; reconnect later",
                                        code=ErrorCode.SERVER_SHUTTING_DOWN))
-            await conn.close(str(ErrorCode.SERVER_SHUTTING_DOWN))
+        await asyncio.gather(*(plain.close(reason) for plain in list(self.handshaking)),
+                             *(conn.close(reason) for conn in connections))
