@@ -32,6 +32,15 @@ class Postgres:
     async def stop(self) -> None:
         await asyncio.to_thread(self._ctl, "-w", "-m", "fast", "stop")
 
+    def close(self) -> None:
+        """Stop it for good. (pgserver alone stops only the postmaster it started: one
+        this test restarted was left running after the test.)"""
+        with contextlib.suppress(Exception):
+            self.thaw()
+        with contextlib.suppress(Exception):
+            self._ctl("-w", "-m", "fast", "stop")
+        self.server.cleanup()
+
     def _processes(self) -> list[int]:
         """The postmaster and every process it started (the backends)."""
         postmaster = int((Path(self.server.pgdata) / "postmaster.pid").read_text().split()[0])

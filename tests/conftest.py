@@ -147,4 +147,4 @@ def postgres(tmp_path):
     try:
         yield pg
     finally:
-        pg.server.cleanup()
+        pg.close()
