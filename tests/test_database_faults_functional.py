@@ -95,7 +95,8 @@ async def test_notifications_are_heard_again_after_a_database_restart(
     ``LISTEN`` connection was never re-established, and nothing was logged. Reproduced by
     restarting PostgreSQL under a running server. Now both listeners (revocations, teams)
     listen again, say so in the log and in ``vatra_listener_up`` /
-    ``vatra_listener_reconnects_total``, and a team change notified by another process
+    ``vatra_listener_reconnects_total`` (and the projector in ``vatra_projector_up``:
+    its passes failed during the outage and resume), and a team change notified by another process
     after the restart reaches a live session (teams have no sweep: only the notification
     can do it)."""
     settings = Settings(database_url=postgres.url, data_dir=tmp_path / "srv", port=0,
@@ -112,12 +113,17 @@ async def test_notifications_are_heard_again_after_a_database_restart(
         hid, _, (_ana, nurse) = await active_household(server, provision, ("nurse", {}))
         caplog.set_level(logging.INFO)
         await postgres.stop()
+
+        async def projector_up(value: float) -> bool:
+            return REGISTRY.get_sample_value("vatra_projector_up") == value
+        await _until(lambda: projector_up(0.0), "the projector's passes fail, and it says so")
         await postgres.start()
 
         async def listening_again() -> bool:
             return all(_metric("vatra_listener_reconnects_total", n) > before[n]
                        and _metric("vatra_listener_up", n) == 1.0 for n in before)
         await _until(listening_again, "both listeners listen again")
+        await _until(lambda: projector_up(1.0), "the projector's passes succeed again")
         assert any("listening again" in r.getMessage() for r in caplog.records)
 
         sync = server.app[SYNCHRONIZER]

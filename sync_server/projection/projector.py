@@ -76,6 +76,10 @@ STOP_GRACE = 10.0
 #: Seconds between refreshes of the gauges by a busy projector.
 GAUGE_PERIOD = 1.0
 PROJECTED = Counter("vatra_projections_total", "Household projections committed")
+PROJECTOR_UP = Gauge("vatra_projector_up",
+                     "1 while projection passes succeed, 0 after one failed (the database?)")
+PASS_FAILURES = Counter("vatra_projector_pass_failures_total",
+                        "Projection passes that failed and were retried")
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +115,7 @@ class Projector:
         self.batch = batch
         self.coalesce = coalesce
         self.poll = poll
+        self.healthy = True  # the last pass succeeded (vatra_projector_up)
         self.lags: collections.deque[float] = collections.deque(maxlen=100_000)
         self.projected = 0
         self.failures = 0
@@ -137,10 +142,21 @@ class Projector:
                 done = await self.drain()
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as exc:
                 self.failures += 1
-                log.exception("projection pass failed; retrying")
+                PASS_FAILURES.inc()
+                if self.healthy:  # the first failure in full; later ones in a line
+                    log.exception("projection pass failed; retrying")
+                else:
+                    log.info("projection pass failed again (%s)", type(exc).__name__)
+                self.healthy = False
+                PROJECTOR_UP.set(0)
                 done = 0
+            else:
+                if not self.healthy:
+                    log.warning("projection passes succeed again")
+                self.healthy = True
+                PROJECTOR_UP.set(1)
             if done >= self.batch:
                 continue  # a backlog: the next batch at once
             if done == 0:
