@@ -19,6 +19,7 @@ from _faults import Postgres
 from _rawpeer import raw_peer
 from _scenes import active_household
 from aiohttp import web
+from automerge.core import Document
 from conftest import TEST_MASTER_KEY
 from prometheus_client import REGISTRY
 
@@ -86,6 +87,39 @@ async def _until(check, what: str, patience: float = 15.0) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"not within {patience} s: {what}")
+
+
+async def test_a_batch_in_a_live_session_during_an_outage_is_not_stored_then_lands(
+        postgres: Postgres, tmp_path) -> None:
+    """A session opened before PostgreSQL stops sends a batch during the outage: it is
+    answered ``storage-failure`` (nothing stored, nothing advertised, the connection kept),
+    ``vatra_group_commit_failures_total`` counts it, and the same batch sent on the same
+    connection once PostgreSQL is back lands."""
+    from sync_server.protocol import wire
+
+    settings = Settings(database_url=postgres.url, data_dir=tmp_path / "srv", port=0,
+                        master_key=TEST_MASTER_KEY, database_timeout=2)
+    failures = REGISTRY.get_sample_value("vatra_group_commit_failures_total") or 0.0
+    async with VatraServer(settings) as server:
+        ana, hid = await _a_tablet_with_an_unsaved_edit(server, tmp_path)
+        doc = ana.household(hid).doc
+        async with raw_peer(server.url, ana) as peer:
+            await peer.push(Document(), hid, kind=wire.Request)  # resident and subscribed
+            await postgres.stop()
+            try:
+                answer = await peer.push(doc.fork(), hid, strict=False)
+                assert isinstance(answer, wire.Error) and answer.code == "storage-failure"
+                assert (REGISTRY.get_sample_value("vatra_group_commit_failures_total")
+                        or 0.0) > failures
+            finally:
+                await postgres.start()
+            for _ in range(40):  # the pool reconnects on its next use
+                answer = await peer.push(doc.fork(), hid, strict=False)
+                if isinstance(answer, wire.Sync):
+                    break
+                await asyncio.sleep(0.25)
+            assert isinstance(answer, wire.Sync), answer
+        assert (await SyncClient(ana, server.url).sync()).rejected == [] and ana.is_saved(hid)
 
 
 async def test_notifications_are_heard_again_after_a_database_restart(

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any
 
 import sqlalchemy as sa
+from prometheus_client import Counter
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -30,6 +31,9 @@ from sync_server.store.keys import CHANGE, SEAL_OVERHEAD, DataKey
 from sync_server.store.tables import household_team
 
 log = logging.getLogger(__name__)
+
+FAILURES = Counter("vatra_group_commit_failures_total",
+                   "Group commits that failed: every batch in them was answered storage-failure")
 
 #: One caller's append waiting for a commit: household, changes, author, its result.
 _Pending = tuple[str, Sequence[StoredChange], "Author | None", "Sequence[str] | None",
@@ -174,6 +178,7 @@ class GroupCommit:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.commits = 0
+        self.healthy = True  # the last commit succeeded
 
     async def append(self, household_id: str, new: Sequence[StoredChange],
                      author: Author | None, team: Sequence[str] | None = None) -> AppendResult:
@@ -235,10 +240,18 @@ class GroupCommit:
                     if team is not None and h in keys and h not in erased:
                         await replace_team(conn, h, team)
         except Exception as exc:
+            FAILURES.inc()
+            if self.healthy:  # the first of a run of failures, in a line (no values)
+                log.warning("group commit: %d batch(es) not stored (%s); their devices retry",
+                            len(group), type(exc).__name__)
+            self.healthy = False
             for *_, fut in group:
                 if not fut.done():
                     fut.set_exception(exc)
             return
+        if not self.healthy:
+            log.warning("group commit: commits succeed again")
+        self.healthy = True
         self.commits += 1
         try:
             self._committed()
