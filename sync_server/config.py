@@ -81,7 +81,7 @@ class Settings:
             message_burst=_int(e, "VATRA_MESSAGE_BURST", base.message_burst),
             sessions_per_device=_int(e, "VATRA_SESSIONS_PER_DEVICE", base.sessions_per_device),
             heartbeat_seconds=_int(e, "VATRA_HEARTBEAT_SECONDS", int(base.heartbeat_seconds)),
-            database_timeout=_int(e, "VATRA_DATABASE_TIMEOUT", int(base.database_timeout)),
+            database_timeout=_positive(e, "VATRA_DATABASE_TIMEOUT", int(base.database_timeout)),
             resident_households=_int(e, "VATRA_RESIDENT_HOUSEHOLDS", base.resident_households),
             resident_bytes=_int(e, "VATRA_RESIDENT_BYTES", base.resident_bytes),
             master_key=e.get("VATRA_MASTER_KEY") or None,
@@ -111,3 +111,10 @@ def _int(env: os._Environ[str] | dict[str, str], name: str, default: int) -> int
         return int(raw)
     except ValueError:
         raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def _positive(env: os._Environ[str] | dict[str, str], name: str, default: int) -> int:
+    value = _int(env, name, default)
+    if value < 1:  # 0 would mean "no bound" to PostgreSQL, and an instant failure to asyncpg
+        raise ConfigError(f"{name} must be at least 1 (seconds), got {value}")
+    return value

@@ -12,6 +12,8 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from sync_server.store.database import children
+
 
 class Postgres:
     """An embedded PostgreSQL this test may stop and start."""
@@ -44,12 +46,7 @@ class Postgres:
     def _processes(self) -> list[int]:
         """The postmaster and every process it started (the backends)."""
         postmaster = int((Path(self.server.pgdata) / "postmaster.pid").read_text().split()[0])
-        children = []
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == postmaster:
-                    children.append(int(stat.parent.name))
-        return [postmaster, *children]
+        return [postmaster, *children(postmaster)]
 
     def freeze(self) -> None:
         """SIGSTOP the whole server: connections stay open and nothing answers."""

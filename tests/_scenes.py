@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from automerge.core import ROOT, ScalarType
 
 from client_sdk import SyncClient
@@ -40,3 +42,13 @@ def forge_write(replica, hid: str, address: str) -> None:
     with doc.transaction() as tx:
         tx.put(ROOT, "address", ScalarType.Str, address)
     replica.save(hid)
+
+
+async def until(check, what: str, patience: float = 10.0) -> None:
+    """Poll the async ``check`` until it is true; fail naming ``what`` after ``patience``
+    seconds (a bound on an effect that takes milliseconds, not a measurement)."""
+    for _ in range(int(patience / 0.05)):
+        if await check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"not within {patience} s: {what}")

@@ -76,3 +76,12 @@ def test_a_non_postgres_url_is_refused() -> None:
     with pytest.raises(ConfigError, match="postgresql://") as err:
         async_url("sqlite:///vatra.db")
     assert err.value.code is ErrorCode.INVALID_SETTING
+
+
+@pytest.mark.parametrize("raw", ["0", "-5", "ten"])
+def test_a_database_timeout_must_be_a_positive_number_of_seconds(raw: str) -> None:
+    from sync_server.config import Settings
+
+    with pytest.raises(ConfigError, match="VATRA_DATABASE_TIMEOUT"):
+        Settings.from_env({"VATRA_DATABASE_TIMEOUT": raw})
+    assert Settings.from_env({"VATRA_DATABASE_TIMEOUT": "3"}).database_timeout == 3

@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 from _faults import Postgres
 from _rawpeer import raw_peer
-from _scenes import active_household
+from _scenes import active_household, until
 from aiohttp import web
 from automerge.core import Document
 from conftest import TEST_MASTER_KEY
@@ -81,12 +81,6 @@ def _metric(name: str, listener: str) -> float:
     return REGISTRY.get_sample_value(name, {"listener": listener}) or 0.0
 
 
-async def _until(check, what: str, patience: float = 15.0) -> None:
-    for _ in range(int(patience / 0.05)):
-        if await check():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"not within {patience} s: {what}")
 
 
 async def test_a_batch_in_a_live_session_during_an_outage_is_not_stored_then_lands(
@@ -150,14 +144,15 @@ async def test_notifications_are_heard_again_after_a_database_restart(
 
         async def projector_up(value: float) -> bool:
             return REGISTRY.get_sample_value("vatra_projector_up") == value
-        await _until(lambda: projector_up(0.0), "the projector's passes fail, and it says so")
+        await until(lambda: projector_up(0.0), "the projector's passes fail, and it says so",
+                    15.0)
         await postgres.start()
 
         async def listening_again() -> bool:
             return all(_metric("vatra_listener_reconnects_total", n) > before[n]
                        and _metric("vatra_listener_up", n) == 1.0 for n in before)
-        await _until(listening_again, "both listeners listen again")
-        await _until(lambda: projector_up(1.0), "the projector's passes succeed again")
+        await until(listening_again, "both listeners listen again", 15.0)
+        await until(lambda: projector_up(1.0), "the projector's passes succeed again", 15.0)
         assert any("listening again" in r.getMessage() for r in caplog.records)
 
         sync = server.app[SYNCHRONIZER]
@@ -177,7 +172,7 @@ async def test_notifications_are_heard_again_after_a_database_restart(
 
             async def unsubscribed() -> bool:
                 return not any(p.peer_id == "nurse-live" for p in actor.subscribers)
-            await _until(unsubscribed, "the removed nurse's session is unsubscribed", 10.0)
+            await until(unsubscribed, "the removed nurse's session is unsubscribed", 10.0)
 
 
 async def test_a_frozen_database_gives_bounded_answers(postgres: Postgres, tmp_path) -> None:
@@ -261,7 +256,7 @@ async def test_stopping_does_not_wait_for_a_handshake_in_flight(database_url, tm
     try:
         async with aiohttp.ClientSession() as http, http.ws_connect(server.url) as ws:
             gateway = server.app[GATEWAY]
-            await _until(_const(lambda: len(gateway.handshaking) == 1), "the handshake began")
+            await until(_const(lambda: len(gateway.handshaking) == 1), "the handshake began")
             stopping = asyncio.create_task(server.stop())
             closed = await asyncio.wait_for(ws.receive(), 30)
             assert closed.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), closed
@@ -309,7 +304,7 @@ async def test_a_reader_that_stalls_is_released_and_shutdown_stays_clean(
 
             async def released() -> bool:
                 return conn not in server.app[CONNECTIONS]
-            await _until(released, "the stalled session's handler ends", 30.0)
+            await until(released, "the stalled session's handler ends", 30.0)
             assert conn.closed.is_set()
             del victim
         await server.stop()  # raised CancelledError before

@@ -5,11 +5,9 @@ real server, enrolled tablets, the supervisors' HTTP API)."""
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from _rawpeer import raw_peer
-from _scenes import active_household
+from _scenes import active_household, until
 from automerge.core import Document
 
 from client_sdk import SupervisorClient, SyncClient
@@ -19,16 +17,6 @@ from sync_server.protocol import wire
 
 pytestmark = pytest.mark.functional
 
-#: A bound on waiting for an asynchronous effect (polled; the effect takes milliseconds).
-PATIENCE_S = 10.0
-
-
-async def _until(check, what: str) -> None:
-    for _ in range(int(PATIENCE_S / 0.05)):
-        if await check():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"not within {PATIENCE_S} s: {what}")
 
 
 async def test_an_approved_team_change_gives_and_takes_access(server, provision) -> None:
@@ -55,7 +43,7 @@ async def test_an_approved_team_change_gives_and_takes_access(server, provision)
         async def new_nurse_may_sync() -> bool:
             reply = await peer.push(Document(), hid, kind=wire.Request, strict=False)
             return isinstance(reply, wire.Sync)
-        await _until(new_nurse_may_sync, "the new nurse's live session gets the household")
+        await until(new_nurse_may_sync, "the new nurse's live session gets the household")
 
     summary = await SyncClient(new_nurse, server.url).sync()  # the caseload lists it
     assert hid in new_nurse.household_ids() and summary.rejected == []
@@ -82,7 +70,7 @@ async def test_a_removed_members_live_session_stops_receiving_the_household(
 
         async def unsubscribed() -> bool:
             return not any(p.peer_id == "nurse-live" for p in actor.subscribers)
-        await _until(unsubscribed, "the removed nurse's session is unsubscribed")
+        await until(unsubscribed, "the removed nurse's session is unsubscribed")
 
 
 async def test_a_team_names_workers_of_the_households_locality_only(server, provision) -> None:

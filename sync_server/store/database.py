@@ -54,6 +54,15 @@ def embedded_postgres(data_dir: Path) -> Iterator[str]:
         server.cleanup()
 
 
+def _proc_stat(stat: Path) -> tuple[str, int] | None:
+    """(state, parent pid) from a ``/proc/<pid>/stat`` file; None if unreadable."""
+    try:
+        fields = stat.read_text().rsplit(")", 1)[1].split()  # after the command's name
+        return fields[0], int(fields[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _running(pid: int) -> bool:
     """A process that exists and is not a zombie (dead, only not yet reaped)."""
     try:
@@ -62,11 +71,8 @@ def _running(pid: int) -> bool:
         return False
     except PermissionError:
         pass  # it exists: another user's (the embedded PostgreSQL runs as "pgserver")
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True  # no /proc: it answered kill(pid, 0)
-    return state != "Z"
+    found = _proc_stat(Path(f"/proc/{pid}/stat"))
+    return found is None or found[0] != "Z"  # no /proc: it answered kill(pid, 0)
 
 
 def _forget_the_dead(pgdata: Path) -> None:
@@ -93,25 +99,22 @@ def _forget_the_dead(pgdata: Path) -> None:
     lock = pgdata / "postmaster.pid"
     try:
         postmaster = int(lock.read_text().split()[0])
-        zombie = Path(f"/proc/{postmaster}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except (OSError, ValueError, IndexError):
         return
-    if zombie:
+    found = _proc_stat(Path(f"/proc/{postmaster}/stat"))
+    if found is not None and found[0] == "Z":
         for _ in range(50):  # its backends notice the postmaster's death and exit
-            if not _children(postmaster):
+            if not children(postmaster):
                 break
             time.sleep(0.1)
         log.warning("embedded PostgreSQL: the postmaster was killed; starting a new one")
         lock.unlink(missing_ok=True)
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(stat.parent.name))
-    return out
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (a postmaster's backends), from ``/proc``."""
+    return [int(stat.parent.name) for stat in Path("/proc").glob("[0-9]*/stat")
+            if (found := _proc_stat(stat)) is not None and found[1] == pid]
 
 
 def async_url(url: str) -> str:
