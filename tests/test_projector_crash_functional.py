@@ -111,8 +111,8 @@ async def test_a_projector_killed_mid_batch_resumes_exactly(
     transaction. The test queues one batch and a few more households, and holds a row
     lock on the outbox row of one household X of the second batch: the projector commits
     the first batch, then writes the second batch's rows (X's included: X was projected
-    before, and now loses its vulnerability, gains a visit and a name) and blocks on the
-    DELETE that settles X's outbox row. There it is SIGKILLed; its transaction never
+    before, and now loses its vulnerability, gains a visit and a name) and blocks on
+    locking the outbox rows it settles (X's among them). There it is SIGKILLed; its transaction never
     commits. Then none of the second batch's writes may be visible (X keeps exactly its
     old rows, the others have none) and their outbox rows are untouched, while the first
     batch is exact and settled. ``vatra projector --once`` then projects the second
@@ -156,7 +156,7 @@ async def test_a_projector_killed_mid_batch_resumes_exactly(
                                    output=out)
         try:
             backend, statement = await blocked_by(engine, holder, proc, log)
-            assert "DELETE FROM projection_outbox" in statement
+            assert "FROM projection_outbox" in statement and "FOR UPDATE" in statement
         finally:
             proc.send_signal(signal.SIGKILL)
             await proc.wait()

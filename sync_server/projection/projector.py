@@ -19,9 +19,11 @@ batch in one transaction:
    from the store; walk it once with ``keys()`` / ``values()`` and compute its rows;
 5. compare them with the rows stored (one query per table for the batch): delete
    the rows gone, upsert the rows new or changed, leave the rest;
-6. delete each outbox row whose version is still the one read in step 2. A row a
-   sync batch wrote meanwhile stays, with ``enqueued_at`` moved to the oldest change
-   not yet projected, and the household is projected again on the next pass.
+6. lock the outbox rows in household order (the order in which the group commit
+   writes them, so the two never deadlock), then delete each one whose version is
+   still the one read in step 2. A row a sync batch wrote meanwhile stays, with
+   ``enqueued_at`` moved to the oldest change not yet projected, and the household is
+   projected again on the next pass.
 
 Everything is in the one transaction, so a projector killed anywhere leaves either
 the old rows and the outbox rows, or the new rows and no outbox rows: after a
@@ -249,9 +251,10 @@ class Projector:
             rows: dict[str, Rows] = {}
             seqs: dict[str, int] = {}
             docs = {}
+            unreadable = set()  # no data key: nothing can be read (not a household)
             for hid in targets:
-                if hid not in keys:  # no data key: nothing can be read (not a household)
-                    await conn.execute(sa.delete(outbox).where(outbox.c.household_id == hid))
+                if hid not in keys:  # its outbox row goes with the others, in order
+                    unreadable.add(hid)
                     continue
                 if keys[hid] is None:  # erased: its rows go
                     results[hid] = Projected(hid, 0, await delete_household_rows(conn, hid),
@@ -266,7 +269,8 @@ class Projector:
                 rows[hid] = project(hid, doc, locality=locality, county=county,
                                     log=facts[hid], catalogue=self.catalogue)
             written = await write_rows(conn, rows)
-            lags = await _settle_outbox(conn, {h: queued[h] for h in results.keys() | rows.keys()
+            lags = await _settle_outbox(conn, {h: queued[h] for h in
+                                               results.keys() | rows.keys() | unreadable
                                                if h in queued}, seqs)
         for hid, (upserted, deleted) in written.items():
             results[hid] = Projected(hid, upserted, deleted, lags.get(hid))
@@ -354,6 +358,14 @@ async def _log_facts(conn: AsyncConnection, last_seqs: dict[str, int]) -> dict[s
     return facts
 
 
+#: Lock the outbox rows to settle in household order, the order in which the group commit
+#: writes them: two transactions that lock several rows in different orders can each hold
+#: one the other waits for ("deadlock detected", and one of them is rolled back).
+_LOCK_ROWS = sa.text("""
+    SELECT 1 FROM projection_outbox
+    WHERE household_id = ANY(CAST(:ids AS text[]))
+    ORDER BY household_id FOR UPDATE
+""")
 #: Remove the outbox rows no sync batch wrote since they were read; for the others, move
 #: ``enqueued_at`` to the oldest change the projection did not include (never backwards).
 _DONE = sa.text("""
@@ -378,6 +390,7 @@ async def _settle_outbox(conn: AsyncConnection, queued: dict[str, Any],
     if not queued:
         return {}
     ids = list(queued)
+    await conn.execute(_LOCK_ROWS, {"ids": ids})
     gone = set((await conn.execute(
         _DONE, {"ids": ids, "versions": [queued[h].version for h in ids]})).scalars())
     left = [h for h in ids if h not in gone and h in seqs]

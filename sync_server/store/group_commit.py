@@ -52,7 +52,8 @@ DataKeys = Callable[[AsyncConnection, Collection[str]],
 #: Re-sent changes hit the primary key and are skipped. Bodies arrive sealed; nothing is
 #: written for a household whose data key was destroyed (erased by another process, while
 #: this one still held the key): such a household comes back as one row without a seq.
-#: The same statement queues each household that logged something for projection.
+#: The same statement queues each household that logged something for projection, its
+#: outbox rows written (so locked) in household order, as the projector locks them.
 _APPEND = sa.text("""
     WITH inserted AS (
         INSERT INTO changes (household_id, hash, deps, actor, body, device_id)
@@ -68,6 +69,7 @@ _APPEND = sa.text("""
     ), queued AS (
         INSERT INTO projection_outbox (household_id, last_seq)
         SELECT household_id, max(seq) FROM inserted GROUP BY household_id
+        ORDER BY household_id  -- the projector's order too: no deadlock between them
         ON CONFLICT (household_id) DO UPDATE
             SET last_seq = GREATEST(projection_outbox.last_seq, EXCLUDED.last_seq)
     )
