@@ -553,25 +553,75 @@ def _entries(doc: Document, section: str) -> dict[str, Any]:
             if (obj := _map_obj(doc, got[1], key)) is not None}
 
 
+def _entry_pairs(before: Document, after: Document, section: str,
+                 keys: Collection[str | int] | None) -> list[tuple[str, Any, Any | None]]:
+    """``(key, entry in after, the same entry in before or None)`` for the entries of a
+    section: all of them (``keys`` None), or only those at ``keys``: map keys, or
+    positions in ``after`` of a list section's elements. Looking at the entries a batch
+    touched keeps the check's cost to the batch's, not to the feed's length."""
+    if keys is None:
+        old = _entries(before, section)
+        return [(key, obj, old.get(key)) for key, obj in _entries(after, section).items()]
+    got = after.get(ROOT, section)
+    if got is None or not isinstance(got[0], ObjType):
+        return []
+    out = []
+    if got[0] == ObjType.List:
+        for i in sorted(k for k in keys if isinstance(k, int)):
+            item = after.get(got[1], i)
+            ident = element_id(item[1]) if item and isinstance(item[0], ObjType) else None
+            if item is not None and ident is not None:  # an element's id names one object
+                out.append((ident, item[1], item[1] if _exists(before, item[1]) else None))
+        return out
+    was = before.get(ROOT, section)
+    for key in sorted(k for k in keys if isinstance(k, str)):
+        obj = _map_obj(after, got[1], key)
+        if obj is not None:
+            out.append((key, obj, _map_obj(before, was[1], key)
+                        if was is not None and was[0] == ObjType.Map else None))
+    return out
+
+
+def _exists(doc: Document, obj: Any) -> bool:
+    """Whether ``doc`` holds the object ``obj`` (ids are the same in every fork)."""
+    try:
+        doc.object_type(obj)
+    except Exception:  # the binding raises a bare Exception: "invalid obj id"
+        return False
+    return True
+
+
+def _section_keys(touched: Collection[tuple[str | int, ...]] | None,
+                  section: str) -> Collection[str | int] | None:
+    """The keys of a section's entries ``touched`` names; None when it names the section
+    as a whole (or nothing is known): then every entry is looked at."""
+    if touched is None or (section,) in touched:
+        return None
+    return {p[1] for p in touched if len(p) >= 2 and p[0] == section}
+
+
 def attribution_violations(before: Document, after: Document, user: str, now: datetime,
-                           sections: Collection[str] | None = None) -> list[Violation]:
+                           sections: Collection[str] | None = None,
+                           touched: Collection[tuple[str | int, ...]] | None = None
+                           ) -> list[Violation]:
     """Attribution fields (:data:`ATTRIBUTIONS`) that ``after`` writes (an entry new since
     ``before``, or a value changed) naming anyone but ``user`` (``forged-attribution``),
     and times written later than ``now`` plus :data:`MAX_CLOCK_SKEW` (``future-instant``).
     A conflict record says who wrote which value, and when the server saw it: a device
     may not create one or change anything in it but its resolution (``conflict-record``).
-    ``sections``: the sections the batch touched (``None``: all). Device batches only (the
-    server's own changes are not checked)."""
+    ``sections``: the sections the batch touched (``None``: all); ``touched``: the
+    ``(section,)`` and ``(section, key or position)`` prefixes it touched, when known
+    (only those entries are looked at). Device batches only (the server's own changes
+    are not checked)."""
     latest = now + MAX_CLOCK_SKEW
     out: list[Violation] = []
     if sections is None or "conflicts" in sections:
-        out += _conflict_record_violations(before, after)
+        out += _conflict_record_violations(before, after, _section_keys(touched, "conflicts"))
     for section, (who, when) in ATTRIBUTIONS.items():
         if sections is not None and section not in sections:
             continue
-        old = _entries(before, section)
-        for key, obj in _entries(after, section).items():
-            was = old.get(key)
+        for key, obj, was in _entry_pairs(before, after, section,
+                                          _section_keys(touched, section)):
             for field in (*who, *when):
                 value = _value(after, obj, field)
                 if value is None or (was is not None and _value(before, was, field) == value):
@@ -589,11 +639,10 @@ def attribution_violations(before: Document, after: Document, user: str, now: da
 RESOLUTION_FIELDS = frozenset({"resolved_by", "resolution"})
 
 
-def _conflict_record_violations(before: Document, after: Document) -> list[Violation]:
-    old = _entries(before, "conflicts")
+def _conflict_record_violations(before: Document, after: Document,
+                                keys: Collection[str | int] | None) -> list[Violation]:
     out = []
-    for key, obj in _entries(after, "conflicts").items():
-        was = old.get(key)
+    for key, obj, was in _entry_pairs(before, after, "conflicts", keys):
         if was is None:
             out.append(_violation(("conflicts", key), PolicyRule.CONFLICT_RECORD))
             continue

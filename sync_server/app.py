@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -46,6 +47,7 @@ from sync_server.store.keys import load_keyring
 from sync_server.store.nonces import NonceStore
 from sync_server.store.postgres import PostgresStore
 from sync_server.store.quarantine import Quarantine
+from sync_server.sync import cpu
 from sync_server.sync.households import HouseholdRegistry
 from sync_server.sync.pipeline import Synchronizer
 
@@ -181,6 +183,9 @@ class VatraServer:
 
     @contextlib.asynccontextmanager
     async def _run(self) -> AsyncIterator[None]:
+        # Work on big households runs in worker threads (sync_server/sync/cpu.py); the
+        # event loop gets the GIL back within this interval (Python's default is 5 ms).
+        sys.setswitchinterval(cpu.SWITCH_INTERVAL)
         async with open_database(self.settings.database_url, self.settings.data_dir,
                                  database_timeout=self.settings.database_timeout) as engine:
             server_key = load_server_identity(self.settings.data_dir,

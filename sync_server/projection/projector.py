@@ -62,6 +62,7 @@ from sync_server.store.postgres import PostgresStore
 from sync_server.store.tables import PROJ_TABLES as TABLES
 from sync_server.store.tables import household_keys, households, proj_households
 from sync_server.store.tables import projection_outbox as outbox
+from sync_server.sync import cpu
 from sync_server.sync.households import HouseholdRegistry
 
 log = logging.getLogger(__name__)
@@ -266,8 +267,8 @@ class Projector:
                     seqs[hid] = got[3]
             facts = await _log_facts(conn, seqs)
             for hid, (doc, locality, county, _) in docs.items():
-                rows[hid] = project(hid, doc, locality=locality, county=county,
-                                    log=facts[hid], catalogue=self.catalogue)
+                rows[hid] = await cpu.offload(project, hid, doc, locality=locality, county=county,
+                                          log=facts[hid], catalogue=self.catalogue)
             written = await write_rows(conn, rows)
             lags = await _settle_outbox(conn, {h: queued[h] for h in
                                                results.keys() | rows.keys() | unreadable
@@ -281,16 +282,20 @@ class Projector:
 
     async def _read(self, household_id: str, queued: Any
                     ) -> tuple[dict[str, Any], str, str, int] | None:
-        """(document as plain values, locality, county, last change seq it holds)."""
+        """(document as plain values, locality, county, last change seq it holds), read in
+        a worker thread (sync_server/sync/cpu.py)."""
         actor = self.registry.resident(household_id) if self.registry is not None else None
         if actor is not None and queued is not None and actor.last_seq >= queued.last_seq:
-            doc = Household(actor.doc, household_id).to_dict()  # no await: no swap meanwhile
-            return doc, actor.record.locality, actor.record.county, actor.last_seq
+            # one committed copy and its facts, taken together (a swap replaces the copy)
+            doc, record, seq = actor.doc, actor.record, actor.last_seq
+            plain = await cpu.offload(_plain, doc, household_id)
+            return plain, record.locality, record.county, seq
         loaded = await self.store.load(household_id)
         if loaded is None:
             return None
-        doc = Household(Document.load(loaded.document_bytes()), household_id).to_dict()
-        return doc, loaded.record.locality, loaded.record.county, loaded.last_seq
+        data = loaded.document_bytes()
+        plain = await cpu.offload(_plain_from_bytes, data, household_id)
+        return plain, loaded.record.locality, loaded.record.county, loaded.last_seq
 
     async def project_household(self, household_id: str, *, force: bool = False
                                 ) -> Projected | None:
@@ -318,6 +323,14 @@ class Projector:
                 if known:
                     await asyncio.sleep(self.coalesce)
         return done
+
+
+def _plain(doc: Document, household_id: str) -> dict[str, Any]:
+    return Household(doc, household_id).to_dict()
+
+
+def _plain_from_bytes(data: bytes, household_id: str) -> dict[str, Any]:
+    return _plain(Document.load(data), household_id)
 
 
 #: Try each household's projector lock; the ones obtained (held until the transaction ends).

@@ -105,6 +105,16 @@ async def replace_team(conn: AsyncConnection, household_id: str, team: Sequence[
     await conn.execute(sa.select(sa.func.pg_notify(TEAM_CHANGES, household_id)))
 
 
+#: Bodies sealed on the event loop at most; more are sealed in a worker thread.
+SEAL_INLINE = 200
+
+
+def _sealed(batches: Sequence[tuple[str, Sequence[StoredChange], Author | None]],
+            keys: dict[str, DataKey]) -> list[bytes]:
+    return [keys[household_id].seal(CHANGE, c.body)
+            for household_id, new, _ in batches for c in new]
+
+
 async def insert_changes(conn: AsyncConnection,
                           batches: Sequence[tuple[str, Sequence[StoredChange], Author | None]],
                           keys: dict[str, DataKey], audit: AuditLog
@@ -115,16 +125,18 @@ async def insert_changes(conn: AsyncConnection,
     process, while this one still held their key): nothing of theirs was written, and
     their callers must not be told otherwise."""
     params: dict[str, list[Any]] = {k: [] for k in ("household_ids", "hashes", "deps",
-                                                    "actors", "bodies", "devices")}
+                                                    "actors", "devices")}
     for household_id, new, author in batches:
-        key = keys[household_id]
         for c in new:
             params["household_ids"].append(household_id)
             params["hashes"].append(c.hash)
             params["deps"].append(",".join(d.hex() for d in c.deps))
             params["actors"].append(c.actor)
-            params["bodies"].append(key.seal(CHANGE, c.body))
             params["devices"].append(author.device_id if author else None)
+    if len(params["hashes"]) > SEAL_INLINE:  # 2,000 changes: ~50 ms, off the event loop
+        params["bodies"] = await asyncio.to_thread(_sealed, batches, keys)
+    else:
+        params["bodies"] = _sealed(batches, keys)
     results = {household_id: AppendResult(0, 0, 0) for household_id, _, _ in batches}
     erased: set[str] = set()
     if not params["hashes"]:

@@ -186,15 +186,17 @@ def check_decisions(record: HouseholdRecord, before: Document, after: Document, 
 
 def check_attribution(household_id: str, before: Document, after: Document, user: User,
                       sections: set[str | int] | None = None,
-                      now: datetime | None = None) -> None:
+                      now: datetime | None = None, *,
+                      touched: set[tuple[str | int, ...]] | None = None) -> None:
     """Every attribution the batch writes names the signer (``forged-attribution``), and
     no time it records is ahead of the server's clock by more than the allowed skew
-    (:data:`conflict.policy.MAX_CLOCK_SKEW`); the rule is data in ``conflict/policy.py``."""
+    (:data:`conflict.policy.MAX_CLOCK_SKEW`); the rule is data in ``conflict/policy.py``.
+    ``touched``: the prefixes the batch touched, when known: only those entries are read."""
     names = None if sections is None else {str(x) for x in sections}
     if names is not None and not names & set(policy.ATTRIBUTIONS):
         return
     violations = policy.attribution_violations(before, after, user.id,
-                                               now or datetime.now(UTC), names)
+                                               now or datetime.now(UTC), names, touched)
     if violations:
         paths = ", ".join(f"{public_path(v.path)} ({v.rule})" for v in violations[:20])
         raise Refused(f"an entry must name its writer, this device's user, and a time not "

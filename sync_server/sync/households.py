@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from automerge.core import Document
 
 from sync_server.store.contract import HouseholdErased, HouseholdRecord, HouseholdStore
+from sync_server.sync import cpu
 from sync_server.sync.change_ops import ObjectIndex
 
 if TYPE_CHECKING:
@@ -128,7 +129,8 @@ class HouseholdRegistry:
         if loaded is None:
             return None
         self.loads += 1
-        doc = Document.load(loaded.document_bytes())
+        data = loaded.document_bytes()
+        doc = await cpu.offload(Document.load, data)
         return HouseholdActor(loaded.record, doc, snapshot_bytes=len(loaded.snapshot),
                               bytes_since_snapshot=loaded.bytes_since_snapshot,
                               last_seq=loaded.last_seq)

@@ -31,15 +31,15 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from automerge.core import Document
+from automerge.core import Document, SyncState
 from prometheus_client import Counter, Histogram
 
 from conflict import SERVER_AUTHOR, Household, validate
 from sync_server.auth.grants import Grants
-from sync_server.auth.identity import Device, IdentityStore
+from sync_server.auth.identity import Device, IdentityStore, User
 from sync_server.protocol import wire
 from sync_server.protocol.errors import DocumentError, ErrorCode, Refused, StorageError, VatraError
 from sync_server.protocol.preflight import DEFAULT_LIMITS, Limits, check_sync_message
@@ -54,7 +54,7 @@ from sync_server.store.contract import (
 )
 from sync_server.store.database import DATABASE_ERRORS
 from sync_server.store.quarantine import Quarantine
-from sync_server.sync import conflicts, followups
+from sync_server.sync import conflicts, cpu, followups
 from sync_server.sync.apply import check_document_id, check_encoding, fork_for, hold, receive, stored
 from sync_server.sync.checks import (
     check_actors,
@@ -93,6 +93,11 @@ SNAPSHOT_MIN_BYTES = 16 * 1024
 PERSISTED = Counter("vatra_changes_persisted_total", "Changes the pipeline logged")
 PERSIST_SECONDS = Histogram("vatra_persist_seconds",
                             "Time to commit one batch (waiting for its group commit included)")
+MERGE_SECONDS = Histogram(
+    "vatra_merge_seconds",
+    "Time to merge one device message into its household (apply, check, commit, "
+    "follow-ups, fan-out), under the household's lock",
+    buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
 CHECK_SECONDS = Histogram("vatra_check_seconds",
                           "Time to check one batch (rules, schema, lattice, conflicts)",
                           buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1))
@@ -135,7 +140,8 @@ class Synchronizer:
         _not_revoked(peer, msg.document_id)
         try:
             # 1. bound: before the binding or the database sees anything
-            check_sync_message(msg.data, self.limits, document_id=msg.document_id)
+            await cpu.run(len(msg.data), check_sync_message, msg.data, self.limits,
+                          document_id=msg.document_id)
             await self._route(peer, msg)
         except (Refused, DocumentError) as err:
             if (err.code in QUARANTINED and self.quarantine is not None
@@ -176,65 +182,51 @@ class Synchronizer:
         return await self.store.household(household_id)
 
     async def _merge(self, actor: HouseholdActor, peer: Peer, msg: wire.Sync) -> None:
-        hid, grants, device = actor.id, _grants(peer), _device(peer)
         async with actor.lock:
-            # 3. apply
-            fork = fork_for(peer.sync, actor)
-            before = actor.doc.get_heads()
-            with _resetting(peer, hid):
-                receive(fork, peer.sync.state(hid), msg.data, hid)
-                new = fork.get_changes(before)
-                if not new:
-                    hold(peer.sync, hid, fork, len(msg.data))
-                    self._answer_from(fork, hid, peer)
-                    return
-                peer.sync.held_bytes.pop(hid, None)
-                check_encoding(before, new, fork, hid)
-                # 4. check
-                started = time.perf_counter()
-                check_writer(device, grants.may_write(hid), hid, new)
-                read = read_touched(actor, fork, new)
-                touched = touched_prefixes(fork, before) if read is None else read[0]
-                sections = None if touched is None else {p[0] for p in touched}
-                check_schema(hid, fork, touched=touched)
-                check_catalogue(hid, actor.doc, fork, sections)
-                check_policy(actor.record, actor.doc, fork, grants.user, sections)
-                check_attribution(hid, actor.doc, fork, grants.user, sections)
-                if sections is None or sections & {"team", "change_requests"}:
-                    await self._check_team(actor.record, actor.doc, fork)
-                regressions = (lattice_fixes(fork, before, conflicts.batch_tips(new))
-                               if sections is None or "service_plan" in sections else [])
-                approved = (newly_approved(actor.doc, fork, hid)
-                            if grants.user.role == "supervisor"
-                            and (sections is None or "change_requests" in sections) else [])
-                # (a service's status has a domain merge policy instead: the lattice)
-                found = [c for c in conflicts.detect(fork, before, new)
-                         if c.path[:1] != ("service_plan",) or c.path[-1] != "status"]
-                CHECK_SECONDS.observe(time.perf_counter() - started)
-                _not_revoked(peer, hid)  # revoked while this batch was checked: not stored
-                # 5. persist, 6. swap
-                await self._commit(actor, fork, new, _author(device))
-            if read is None:
-                actor.objects.built = False  # rebuilt from the document on the next batch
-            else:
-                actor.objects.add(read[1])
-            # 7. follow up: server changes the batch calls for are committed before anyone
-            # is answered, so the device sees them in this very exchange (it stops when
-            # heads match).
-            user = grants.user
-            if regressions:
-                await self._follow_up(actor, followups.restore_lattice(regressions), user.id,
-                                      "restoring service statuses")
-            if found:
-                written = await followups.writers(self.store, self.identity, hid, found, user)
-                await self._follow_up(actor, followups.record_conflicts(found, written, user),
-                                      user.id, "recording conflicts")
-            if approved:
-                await self._follow_up(actor, followups.apply_approved(hid, approved), user.id,
-                                      "applying approved requests")
-            # 8. fan out
-            self._answer(actor, list(actor.subscribers))
-            await self._maybe_snapshot(actor)
+            with MERGE_SECONDS.time():
+                await self._merge_locked(actor, peer, msg)
+
+    async def _merge_locked(self, actor: HouseholdActor, peer: Peer, msg: wire.Sync) -> None:
+        hid, grants, device = actor.id, _grants(peer), _device(peer)
+        fork = fork_for(peer.sync, actor)
+        with _resetting(peer, hid):
+            # 3. apply and 4. check, in a worker thread when the message is big (cpu.py)
+            checked = await cpu.run(len(msg.data), _apply_and_check, actor, fork,
+                                    peer.sync.state(hid), msg.data, device,
+                                    grants.may_write(hid), grants.user)
+            if checked is None:
+                hold(peer.sync, hid, fork, len(msg.data))
+                self._answer_from(fork, hid, peer)
+                return
+            peer.sync.held_bytes.pop(hid, None)
+            if checked.team_touched:
+                await self._check_team(actor.record, actor.doc, fork)
+            _not_revoked(peer, hid)  # revoked while this batch was checked: not stored
+            # 5. persist, 6. swap
+            await self._commit(actor, fork, checked.new, _author(device))
+        if checked.read is None:
+            actor.objects.built = False  # rebuilt from the document on the next batch
+        else:
+            actor.objects.add(checked.read[1])
+        # 7. follow up: server changes the batch calls for are committed before anyone
+        # is answered, so the device sees them in this very exchange (it stops when
+        # heads match).
+        user = grants.user
+        if checked.regressions:
+            await self._follow_up(actor, followups.restore_lattice(checked.regressions),
+                                  user.id, "restoring service statuses")
+        if checked.found:
+            written = await followups.writers(self.store, self.identity, hid, checked.found,
+                                              user)
+            await self._follow_up(actor, followups.record_conflicts(checked.found, written,
+                                                                    user),
+                                  user.id, "recording conflicts")
+        if checked.approved:
+            await self._follow_up(actor, followups.apply_approved(hid, checked.approved),
+                                  user.id, "applying approved requests")
+        # 8. fan out
+        self._answer(actor, list(actor.subscribers))
+        await self._maybe_snapshot(actor)
 
     async def _check_team(self, record: HouseholdRecord, before: Document | None,
                           after: Document, registering: str | None = None) -> None:
@@ -313,10 +305,12 @@ class Synchronizer:
         hid = msg.document_id
         doc = Document()
         state = peer.sync.state(hid)
+        grants, device = _grants(peer), _device(peer)
         with _resetting(peer, hid):
-            receive(doc, state, msg.data, hid)
-            new = doc.get_changes([])
-            if not new:
+            # in a worker thread when the message is big (cpu.py)
+            checked = await cpu.run(len(msg.data), _apply_new, doc, state, msg.data, hid,
+                                    device, grants)
+            if checked is None:
                 # Handshake for a household the device has and the server does not (yet):
                 # answer from the empty document so the device sends its changes.
                 reply = doc.generate_sync_message(state)
@@ -324,23 +318,7 @@ class Synchronizer:
                     peer.send(wire.Sync(self.server_peer_id, peer.peer_id or "", hid,
                                         reply.encode()))
                 return
-            check_encoding([], new, doc, hid)
-            violations = validate(doc)
-            if violations:
-                rules = "; ".join(f"{public_path(v.path)}: {v.rule}" for v in violations[:10])
-                raise DocumentError(f"unknown household, and its changes do not form a valid "
-                                    f"household (schema v1): {rules}",
-                                    code=ErrorCode.NOT_A_HOUSEHOLD, document_id=hid)
-            record = HouseholdRecord(hid, root_str(doc, "locality", hid),
-                                     root_str(doc, "county", hid))
-            grants, device = _grants(peer), _device(peer)
-            if not grants.may_create(record.locality, record.county):
-                raise Refused("this user may not register households in this locality",
-                              code=ErrorCode.CREATION_REFUSED, document_id=hid)
-            check_actors(device, hid, new)
-            check_catalogue(hid, None, doc)
-            check_decisions(record, Document(), doc, grants.user)
-            check_attribution(hid, Document(), doc, grants.user)
+            record, new = checked
             await self._check_team(record, None, doc, registering=grants.user.id)
             if taken:
                 peer.sync.reset(hid)
@@ -423,12 +401,10 @@ class Synchronizer:
         returned and whether anything changed."""
         fork = actor.doc.fork()
         fork.set_actor(self.server_actor)
-        before = actor.doc.get_heads()
-        result = edit(Household(fork, actor.id, author=writer))
-        new = fork.get_changes(before)
+        result, new = await cpu.offload(_edit_and_validate, actor, fork, edit,
+                                        writer)
         if not new:
             return result, False
-        check_schema(actor.id, fork)
         await self._check_team(actor.record, actor.doc, fork)
         await self._commit(actor, fork, new, author, may_move=True)
         actor.objects.absorb(fork, new)
@@ -477,9 +453,10 @@ class Synchronizer:
         """Compact when the changes since the last snapshot outweigh it (and a floor)."""
         if actor.bytes_since_snapshot <= max(actor.snapshot_bytes, SNAPSHOT_MIN_BYTES):
             return
-        body = actor.doc.save()
+        doc, last_seq = actor.doc, actor.last_seq  # the worker saves this one copy
+        body, heads = await cpu.offload(_saved, doc)
         try:
-            await self.store.save_snapshot(actor.id, body, actor.doc.get_heads(), actor.last_seq)
+            await self.store.save_snapshot(actor.id, body, heads, last_seq)
         except Exception:
             log.exception("household %s: snapshot failed (the change log is intact)", actor.id)
             return
@@ -508,6 +485,101 @@ class Synchronizer:
                                                peer.device.id, detail))
         except Exception:
             log.exception("audit: could not record %s", kind)
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """What applying and checking a batch found (:func:`_apply_and_check`)."""
+
+    new: Sequence[Any]
+    #: the prefixes and objects read from the batch's operations (None: read by a diff)
+    read: tuple[set[Any], dict[Any, Any]] | None
+    #: the batch touched the team or the change requests: its team is checked too
+    team_touched: bool
+    regressions: list[tuple[str, str, str]]
+    approved: list[str]
+    found: list[Any]
+
+
+def _apply_and_check(actor: HouseholdActor, fork: Document, state: SyncState, data: bytes,
+                     device: Device, may_write: bool, user: User) -> _Checked | None:
+    """Stages 3 and 4 on ``fork``, without the database: apply the message, then every
+    rule but the team's (:meth:`Synchronizer._check_team` asks the database). None when
+    the message brought no change. Runs in a worker thread for a big message
+    (:mod:`sync_server.sync.cpu`): it reads the household's committed copy and uses its
+    object index, both under the household's lock its caller holds, and nothing else
+    shared."""
+    hid = actor.id
+    before = actor.doc.get_heads()
+    receive(fork, state, data, hid)
+    new = fork.get_changes(before)
+    if not new:
+        return None
+    check_encoding(before, new, fork, hid)
+    started = time.perf_counter()
+    check_writer(device, may_write, hid, new)
+    read = read_touched(actor, fork, new)
+    touched = touched_prefixes(fork, before) if read is None else read[0]
+    sections = None if touched is None else {p[0] for p in touched}
+    check_schema(hid, fork, touched=touched)
+    check_catalogue(hid, actor.doc, fork, sections)
+    check_policy(actor.record, actor.doc, fork, user, sections)
+    check_attribution(hid, actor.doc, fork, user, sections, touched=touched)
+    regressions = (lattice_fixes(fork, before, conflicts.batch_tips(new))
+                   if sections is None or "service_plan" in sections else [])
+    approved = (newly_approved(actor.doc, fork, hid)
+                if user.role == "supervisor"
+                and (sections is None or "change_requests" in sections) else [])
+    # (a service's status has a domain merge policy instead: the lattice)
+    found = [c for c in conflicts.detect(fork, before, new)
+             if c.path[:1] != ("service_plan",) or c.path[-1] != "status"]
+    CHECK_SECONDS.observe(time.perf_counter() - started)
+    return _Checked(new, read, sections is None or bool(sections & {"team", "change_requests"}),
+                    regressions, approved, found)
+
+
+def _apply_new(doc: Document, state: SyncState, data: bytes, hid: str, device: Device,
+               grants: Grants) -> tuple[HouseholdRecord, Sequence[Any]] | None:
+    """A registration's message applied to an empty ``doc`` and checked, but for its team
+    (:meth:`Synchronizer._check_team` asks the database): the household's registry record
+    and its changes, or None when the message brought no change. In a worker thread for
+    a big message (it touches ``doc``, new, and the peer's state for this id only)."""
+    receive(doc, state, data, hid)
+    new = doc.get_changes([])
+    if not new:
+        return None
+    check_encoding([], new, doc, hid)
+    violations = validate(doc)
+    if violations:
+        rules = "; ".join(f"{public_path(v.path)}: {v.rule}" for v in violations[:10])
+        raise DocumentError(f"unknown household, and its changes do not form a valid "
+                            f"household (schema v1): {rules}",
+                            code=ErrorCode.NOT_A_HOUSEHOLD, document_id=hid)
+    record = HouseholdRecord(hid, root_str(doc, "locality", hid), root_str(doc, "county", hid))
+    if not grants.may_create(record.locality, record.county):
+        raise Refused("this user may not register households in this locality",
+                      code=ErrorCode.CREATION_REFUSED, document_id=hid)
+    check_actors(device, hid, new)
+    check_catalogue(hid, None, doc)
+    check_decisions(record, Document(), doc, grants.user)
+    check_attribution(hid, Document(), doc, grants.user)
+    return record, new
+
+
+def _saved(doc: Document) -> tuple[bytes, list[bytes]]:
+    return doc.save(), doc.get_heads()
+
+
+def _edit_and_validate(actor: HouseholdActor, fork: Document, edit: Callable[[Household], Any],
+                       writer: str) -> tuple[Any, Sequence[Any]]:
+    """A server change on ``fork``: what ``edit`` returned and the changes it made, the
+    result validated in full (schema v1). In a worker thread for a big household."""
+    before = actor.doc.get_heads()
+    result = edit(Household(fork, actor.id, author=writer))
+    new = fork.get_changes(before)
+    if new:
+        check_schema(actor.id, fork)
+    return result, new
 
 
 class _resetting:
