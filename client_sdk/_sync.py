@@ -104,6 +104,48 @@ class _DocSync:
     refused: Document | None = None  # the local copy the server refused
     code: str = ""
     recovery: Recovery | None = None
+    #: a copy with the server's changes and the oldest unsent ones that fit a frame,
+    #: while the rest wait (:func:`stepped`); None: the whole copy is synced
+    step: Document | None = None
+
+
+#: The biggest frame the SDK takes from the server. The server's frame limit bounds what
+#: it accepts, not what it sends: a household with attachments arrives whole in one
+#: message (decision 66), up to this.
+MAX_DOWNLOAD_FRAME = 128 * 1024 * 1024
+
+#: Bytes of a frame kept for what wraps a sync message's changes: the message's heads
+#: and Bloom filter, the envelope (CBOR) and the sealing.
+FRAME_MARGIN = 32 * 1024
+
+
+def stepped(doc: Document, server_heads: list[bytes], budget: int) -> Document | None:
+    """A copy of ``doc`` to answer the server from when the changes it lacks would not
+    fit in one frame: what the server has, and the oldest of the rest whose size fits
+    ``budget`` (one change at least, whatever its size). The server acknowledges them, and the
+    next answer takes the next step. None when everything fits (or the server's heads
+    name changes this copy has not received yet: those come first).
+
+    Before (issue 13, fault 8), such a household could never sync: the server dropped
+    the oversized frame, and every retry sent it again."""
+    if not server_heads:
+        return None  # the session's first answer: no changes in it yet
+    missing = doc.get_changes(server_heads)
+    if sum(len(c.raw_bytes) for c in missing) <= budget:
+        return None
+    every = doc.get_changes([])  # causal order
+    if not set(server_heads) <= {c.hash for c in every}:
+        return None  # get_changes took unknown heads for "nothing known"
+    taken: set[bytes] = set()
+    size = 0
+    for c in missing:  # raw sizes: a message carries most changes uncompressed
+        if taken and size + len(c.raw_bytes) > budget:
+            break
+        taken.add(c.hash)
+        size += len(c.raw_bytes)
+    lacking = {c.hash for c in missing}
+    return Document.load(b"".join(c.bytes for c in every
+                                  if c.hash not in lacking or c.hash in taken))
 
 
 class SyncClient:
@@ -172,7 +214,8 @@ class SyncClient:
         summary = SyncSummary()
         ids = household_ids if household_ids is not None else self.replica.household_ids()
         async with aiohttp.ClientSession() as session, session.ws_connect(
-                self.server_url, max_msg_size=self.max_frame_bytes + 64 * 1024,
+                self.server_url, max_msg_size=max(self.max_frame_bytes, MAX_DOWNLOAD_FRAME)
+                + 64 * 1024,
                 heartbeat=30) as ws:
             try:
                 channel = await open_session(ClientChannel(ws), creds.device_id,
@@ -321,7 +364,11 @@ class SyncClient:
         if d.rounds > self.max_rounds:
             raise SyncStalled(hid, d.rounds)
         before = d.doc.get_heads()
-        d.doc.receive_sync_message(d.state, Message.decode(msg.data))
+        if d.step is None:
+            d.doc.receive_sync_message(d.state, Message.decode(msg.data))
+        else:  # what the server sends during a step reaches the whole copy too
+            d.step.receive_sync_message(d.state, Message.decode(msg.data))
+            d.doc.merge(d.step)
         d.server_heads = wire.sync_message_heads(msg.data)
         if d.first_server_heads is None:
             d.first_server_heads = d.server_heads
@@ -330,7 +377,7 @@ class SyncClient:
         if (after != before and self.on_remote_change is not None and d.phase != "fetching"
                 and self.replica.has_local_copy(hid)):
             self.on_remote_change(hid, len(d.doc.get_changes(before)))
-        reply = d.doc.generate_sync_message(d.state)
+        reply = self._reply(hid, d)
         if reply is not None:
             await send(wire.Sync(peer_id, server_id, hid, reply.encode()))
         saved = covers(d.doc, d.server_heads)
@@ -341,6 +388,21 @@ class SyncClient:
         d.done = sorted(after) == sorted(d.server_heads)
         if d.done and d.phase == "fetching":
             self._finish_fetch(d, hid, summary)
+
+    def _reply(self, hid: str, d: _DocSync) -> Message | None:
+        """The answer to the server: from the whole copy, or, while the changes the server
+        lacks do not fit one frame, from the current step (:func:`stepped`). Each step
+        runs with a sync state of its own, from its first message: a state carried over
+        from a bigger copy names changes the step cannot send, and it would send none."""
+        if d.step is not None and sorted(d.step.get_heads()) == sorted(d.server_heads):
+            d.step = None  # the server has this step: take the next one, if any
+            d.state = SyncState()
+        if d.step is None:
+            step = stepped(d.doc, d.server_heads, self.max_frame_bytes - FRAME_MARGIN)
+            if step is not None:
+                d.step, d.state = step, SyncState()
+                log.info("household %s: changes over one frame; sending them in steps", hid)
+        return (d.doc if d.step is None else d.step).generate_sync_message(d.state)
 
     async def _start_recovery(self, hid: str, refused: _DocSync, code: str, send: _Send,
                               peer_id: str, server_id: str) -> _DocSync:

@@ -20,6 +20,7 @@ from .household import (
     Household,
     InvalidValueError,
     UnknownEntityError,
+    ValueTooLarge,
     utc_instant,
 )
 from .ids import is_entity_id, is_household_id, new_entity_id, new_household_id
@@ -50,6 +51,7 @@ __all__ = [
     "InvalidValueError",
     "Rule",
     "UnknownEntityError",
+    "ValueTooLarge",
     "Violation",
     "format_path",
     "is_entity_id",

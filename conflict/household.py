@@ -42,6 +42,7 @@ entry in one change — bypassing the guard on purpose.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
 from typing import Any
@@ -70,6 +71,7 @@ APPROVED_ACTIVITY = "change_approved"
 
 _SCALAR_TYPE = {
     s.Kind.STR: ScalarType.Str,
+    s.Kind.BYTES: ScalarType.Bytes,
     s.Kind.INT: ScalarType.Int,
     s.Kind.NUMBER: ScalarType.F64,
     s.Kind.BOOL: ScalarType.Boolean,
@@ -105,6 +107,19 @@ class InvalidValueError(ValueError):
         super().__init__(f"{format_path(path)}: {rule}")
         self.path = path
         self.rule = rule
+
+
+class ValueTooLarge(InvalidValueError):
+    """A value longer than :data:`conflict.schema.MAX_TEXT_CHARS` characters, or an
+    attachment over :data:`conflict.schema.MAX_ATTACHMENT_BYTES`; nothing was written
+    (rule ``value-too-large``)."""
+
+    def __init__(self, path: Path, length: int, limit: int = s.MAX_TEXT_CHARS,
+                 unit: str = "characters") -> None:
+        super().__init__(path, "value-too-large")
+        self.length, self.limit = length, limit
+        self.args = (f"{format_path(path)}: value-too-large: {length:,} {unit}, more "
+                     f"than the {limit:,} a value may hold",)
 
 
 class ProtectedPathError(InvalidValueError):
@@ -158,6 +173,8 @@ def _scalar(spec: s.Spec, path: Path, value: Any) -> tuple[ScalarType, Any]:
     rule = s.check_python_value(spec, value)
     if rule is not None:
         raise InvalidValueError(path, rule)
+    if isinstance(value, str) and len(value) > s.MAX_TEXT_CHARS:
+        raise ValueTooLarge(path, len(value))
     if spec.kind in _SCALAR_TYPE:
         stype = _SCALAR_TYPE[spec.kind]
     elif isinstance(value, bool):
@@ -287,7 +304,8 @@ class Household:
             team_obj = tx.put_object(ROOT, "team", ObjType.Map)
             for key, stype, value in team_values:
                 tx.put(team_obj, key, stype, value)
-            for key in ("members", "assessments", "service_plan", "change_requests", "conflicts"):
+            for key in ("members", "assessments", "service_plan", "change_requests", "conflicts",
+                        "attachments"):
                 tx.put_object(ROOT, key, ObjType.Map)
             activity = tx.put_object(ROOT, "activity", ObjType.List)
             first = tx.insert_object(activity, 0, ObjType.Map)
@@ -654,7 +672,7 @@ class Household:
         note = self._obj(obj, "note")
         if note is None:
             raise InvalidValueError(("service_plan", service_id, "note"), "missing")
-        self._replace_text(note, text)
+        self._replace_text(note, text, ("service_plan", service_id, "note"))
 
     # --- same-field conflicts ---------------------------------------------
 
@@ -742,15 +760,71 @@ class Household:
             for key, stype, value in values:
                 tx.put(obj, key, stype, value)
 
+    def attach(self, name: str, content: bytes, *,
+               media_type: str = "application/octet-stream",
+               at: datetime | str | None = None) -> str:
+        """Keep ``content`` with the household (a scanned report, a note too long for the
+        notes text), by the author: a record (name, media type, size, SHA-256, who,
+        when), then the bytes in parts of :data:`conflict.schema.ATTACHMENT_PART_BYTES`,
+        each part its own change, so that a sync can send them in steps. Refused beyond
+        :data:`conflict.schema.MAX_ATTACHMENT_BYTES` (:class:`ValueTooLarge`) before
+        anything is written. Returns the attachment's id."""
+        if not isinstance(content, bytes | bytearray):
+            raise InvalidValueError(("attachments",), "type")
+        content = bytes(content)
+        if len(content) > s.MAX_ATTACHMENT_BYTES:
+            raise ValueTooLarge(("attachments",), len(content), s.MAX_ATTACHMENT_BYTES, "bytes")
+        section = self._obj(ROOT, "attachments")
+        if section is None:  # registered before attachments existed (decision 66)
+            raise InvalidValueError(("attachments",), "missing")
+        aid = new_entity_id()
+        values = _record_values(s.ATTACHMENT, ("attachments", aid), {
+            "name": name, "media_type": media_type, "size": len(content),
+            "sha256": hashlib.sha256(content).hexdigest(), "added_at": utc_instant(at),
+            "by": self._by()})
+        with self.doc.transaction() as tx:
+            obj = tx.put_object(section, aid, ObjType.Map)
+            for key, stype, value in values:
+                tx.put(obj, key, stype, value)
+            parts = tx.put_object(obj, "parts", ObjType.List)
+        step = s.ATTACHMENT_PART_BYTES
+        for n, i in enumerate(range(0, len(content), step)):
+            with self.doc.transaction() as tx:
+                tx.insert(parts, n, ScalarType.Bytes, content[i:i + step])
+        return aid
+
+    def attachments(self) -> dict[str, dict[str, Any]]:
+        """Attachment id -> its record without the bytes (name, media type, size, SHA-256,
+        who, when), and ``complete``: whether every part has arrived."""
+        out = {}
+        for aid, record in (self._read_key(ROOT, "attachments") or {}).items():
+            parts = record.pop("parts", [])
+            record["complete"] = _joined(parts, record) is not None
+            out[aid] = record
+        return out
+
+    def attachment(self, attachment_id: str) -> bytes:
+        """An attachment's bytes, checked against its size and SHA-256. Raises
+        :class:`UnknownEntityError`, or :class:`InvalidValueError` (rule ``incomplete``)
+        while parts are still on their way from another device."""
+        obj = self._entity("attachments", "attachment", attachment_id)
+        record = self._read((ObjType.Map, obj))
+        content = _joined(record.get("parts", []), record)
+        if content is None:
+            raise InvalidValueError(("attachments", attachment_id, "parts"), "incomplete")
+        return content
+
     def set_notes(self, text: str) -> None:
         """Replace the whole notes text (one splice)."""
-        self._replace_text(self._root_obj("notes"), text)
+        self._replace_text(self._root_obj("notes"), text, ("notes",))
 
     def append_notes(self, text: str) -> None:
         """Append to the notes text."""
         if not isinstance(text, str):
             raise InvalidValueError(("notes",), "type")
         notes = self._root_obj("notes")
+        if self.doc.length(notes) + len(text) > s.MAX_TEXT_CHARS:
+            raise ValueTooLarge(("notes",), self.doc.length(notes) + len(text))
         with self.doc.transaction() as tx:
             tx.splice_text(notes, tx.length(notes), 0, text)  # type: ignore[attr-defined]
 
@@ -1033,9 +1107,11 @@ class Household:
             out.append(answers)
         return out
 
-    def _replace_text(self, obj: bytes, text: str) -> None:
+    def _replace_text(self, obj: bytes, text: str, path: Path) -> None:
         if not isinstance(text, str):
-            raise InvalidValueError(("notes",), "type")
+            raise InvalidValueError(path, "type")
+        if len(text) > s.MAX_TEXT_CHARS:
+            raise ValueTooLarge(path, len(text))
         with self.doc.transaction() as tx:
             tx.splice_text(obj, 0, tx.length(obj), text)  # type: ignore[attr-defined]
 
@@ -1092,6 +1168,17 @@ class Household:
 
     def __repr__(self) -> str:
         return f"Household({self.household_id!r})"
+
+
+def _joined(parts: Sequence[Any], record: Mapping[str, Any]) -> bytes | None:
+    """An attachment's parts joined, or None unless they add up to its size and SHA-256."""
+    if not all(isinstance(p, bytes) for p in parts):
+        return None
+    content = b"".join(parts)
+    if len(content) != record.get("size") or \
+            hashlib.sha256(content).hexdigest() != record.get("sha256"):
+        return None
+    return content
 
 
 def _any_scalar(value: Any) -> tuple[ScalarType, Any]:

@@ -524,6 +524,7 @@ ATTRIBUTIONS: Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "service_plan": (("delivered_by",), ("delivered_at",)),
     "change_requests": (("requested_by", "decided_by"), ("requested_at", "decided_at")),
     "conflicts": (("resolved_by",), ()),
+    "attachments": (("by",), ("added_at",)),
 }
 """Section -> (the fields of its entries that say who wrote them, the ones that say
 when). Whoever writes one of these fields names themselves in it: the user of the device

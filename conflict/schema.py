@@ -62,6 +62,14 @@ One household is one Automerge document. Its root map::
         resolved_by       Str   user id     optional
         resolution        Str               optional
     notes            Text                                         required
+    attachments      Map  entity id -> attachment                  optional
+        name              Str   nonempty
+        media_type        Str   type/subtype
+        size              Int   bytes, at most MAX_ATTACHMENT_BYTES
+        sha256            Str   64 lowercase hex digits
+        parts             List  of Bytes, each at most ATTACHMENT_PART_BYTES
+        added_at          Str   instant
+        by                Str   user id
 
 Conventions:
 
@@ -128,6 +136,23 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 
+#: The longest value, in characters, a device writes: a string field, or a text (the
+#: notes) after an edit. Above it the SDK refuses the edit before it touches the
+#: replica (``value-too-large``). Automerge keeps a text as one operation per character
+#: (~300 bytes of memory each on the server and the tablet alike), and the server takes
+#: at most 100,000 deletions per message: a text this long can still be replaced in one
+#: edit. docs/decisions.md, decision 64.
+MAX_TEXT_CHARS = 100_000
+
+#: The biggest attachment a device adds, in bytes (a scanned report, a long note kept as
+#: a file). Above it the SDK refuses it before it touches the replica
+#: (``value-too-large``). Decision 66.
+MAX_ATTACHMENT_BYTES = 8 * 1024 * 1024
+
+#: Bytes in one part of an attachment: each part is written by a change of its own, so
+#: the SDK can send an attachment in steps that fit any frame (client_sdk/_sync.py).
+ATTACHMENT_PART_BYTES = 128 * 1024
+
 HOUSEHOLD_STATUSES = ("registration", "active", "closed")
 PRESENCES = ("present", "absent", "moved", "deceased")
 SEXES = ("F", "M", "X")
@@ -155,6 +180,7 @@ class Kind(enum.Enum):
     SCALAR = "scalar"  # Str | Int | F64 | Boolean (indicator answers, payloads)
     SCALAR_OR_NULL = "scalar_or_null"
     SEGMENT = "segment"  # Str | Int (a path segment)
+    BYTES = "bytes"  # Bytes (a part of an attachment)
 
 
 # --- formats -------------------------------------------------------------
@@ -166,6 +192,8 @@ _COUNTY_RE = re.compile(r"[A-Z]{1,2}")
 _USER_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
 _CODE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 ELEMENT_ID = re.compile(r"[0-9]{1,19}@[0-9a-f]{2,64}")
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+_MEDIA_TYPE_RE = re.compile(r"[a-z0-9][a-z0-9.+-]{0,62}/[a-z0-9][a-z0-9.+-]{0,62}")
 """A list element's id in a path: its creating operation's counter, ``@``, the actor in
 hex (Automerge's notation for an object id; see :mod:`conflict.paths`)."""
 
@@ -211,6 +239,11 @@ FORMATS: Mapping[str, Callable[[object], bool]] = {
     "longitude": _in_range(-180.0, 180.0),
     "non_negative": _in_range(0.0, math.inf),
     "positive": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+    "attachment_size": lambda v: (isinstance(v, int) and not isinstance(v, bool)
+                                  and 0 <= v <= MAX_ATTACHMENT_BYTES),
+    "sha256": _matches(_SHA256_RE),
+    "media_type": _matches(_MEDIA_TYPE_RE),
+    "part": lambda v: isinstance(v, bytes) and len(v) <= ATTACHMENT_PART_BYTES,
     "schema_version": lambda v: v == SCHEMA_VERSION,
 }
 """Named value formats: name -> predicate over the plain Python value."""
@@ -349,6 +382,21 @@ ACTIVITY_ENTRY = Record(
     }
 )
 
+ATTACHMENT = Record(
+    {
+        "name": _s("nonempty"),
+        "media_type": _s("media_type"),
+        "size": Scalar(Kind.INT, format="attachment_size"),
+        "sha256": _s("sha256"),
+        "parts": ListOf(Scalar(Kind.BYTES, format="part")),
+        "added_at": _s("instant"),
+        "by": _s("user_id"),
+    }
+)
+"""A file kept with the household: its bytes in ``parts`` of at most
+:data:`ATTACHMENT_PART_BYTES`, in order; ``size`` and ``sha256`` say what they add up to
+(a copy whose parts have not all arrived yet is incomplete, not invalid)."""
+
 WRITER = Record({"by": _s("user_id"), "at": _s("instant")})
 """Who wrote one of a conflict's values, and when the server received it."""
 
@@ -380,6 +428,8 @@ HOUSEHOLD = Record(
         "activity": ListOf(ACTIVITY_ENTRY),
         "conflicts": MapOf(CONFLICT, key_format="entity_id"),
         "notes": Text(),
+        # optional: households registered before attachments existed have none
+        "attachments": MapOf(ATTACHMENT, key_format="entity_id", required=False),
     }
 )
 """The root of a household document."""
@@ -407,10 +457,12 @@ def check_scalar(spec: Scalar, value: object) -> str | None:
 def _python_type_ok(kind: Kind, value: object) -> bool:
     if kind is Kind.SCALAR_OR_NULL and value is None:
         return True
+    if isinstance(value, bytes):
+        return kind is Kind.BYTES
     if isinstance(value, bool):
         return kind in (Kind.BOOL, Kind.SCALAR, Kind.SCALAR_OR_NULL)
     if isinstance(value, int):
-        return kind is not Kind.STR and kind is not Kind.BOOL
+        return kind not in (Kind.STR, Kind.BOOL, Kind.BYTES)
     if isinstance(value, float):
         return kind in (Kind.NUMBER, Kind.SCALAR, Kind.SCALAR_OR_NULL)
     if isinstance(value, str):

@@ -65,6 +65,7 @@ def format_path(path: Path) -> str:
 # Automerge's ScalarType is not hashable: tuples, matched by equality.
 _ACCEPTED: dict[s.Kind, tuple[ScalarType, ...]] = {
     s.Kind.STR: (ScalarType.Str,),
+    s.Kind.BYTES: (ScalarType.Bytes,),
     s.Kind.INT: (ScalarType.Int, ScalarType.Uint),
     s.Kind.NUMBER: (ScalarType.F64, ScalarType.Int, ScalarType.Uint),
     s.Kind.BOOL: (ScalarType.Boolean,),

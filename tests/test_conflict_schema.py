@@ -81,6 +81,7 @@ def test_exported_names_are_exactly_the_public_api():
         "InvalidValueError",
         "Rule",
         "UnknownEntityError",
+        "ValueTooLarge",
         "Violation",
         "format_path",
         "is_entity_id",
@@ -113,6 +114,7 @@ def test_enumerations():
     assert set(s.HOUSEHOLD.fields) == {
         "schema", "locality", "county", "address", "gps", "status", "team", "members",
         "assessments", "service_plan", "change_requests", "activity", "conflicts", "notes",
+        "attachments",
     }  # fmt: skip
 
 
@@ -710,3 +712,86 @@ def test_concurrent_valid_edits_merge_into_a_valid_document(data):
         random_edit(b, data)
     a.doc.merge(b.doc)
     assert validate(a.doc) == []
+
+
+def test_a_value_over_the_limit_is_refused_before_it_is_written() -> None:
+    """Issue 13, faults 7 and 8: a 3 MB note took the server 18-20 s and 1.6 GiB (a text
+    is one Automerge operation per character), and a 4.5 MB one never synced; the
+    tablet had accepted both. Now every value a device writes, a string or a text
+    after the edit, holds at most ``MAX_TEXT_CHARS`` characters: beyond, the edit is
+    refused as ``value-too-large`` and nothing reaches the document."""
+    h = make()
+    pid = h.add_member("Ana", "Pop", "2015-04-01", "F", "child")
+    sid = h.plan_service("counselling", pid, "school_absenteeism", "2026-12-20")
+    heads = h.doc.get_heads()
+    over = "x" * (s.MAX_TEXT_CHARS + 1)
+    for edit in (lambda: h.set_notes(over),
+                 lambda: h.set_service_note(sid, over),
+                 lambda: h.as_author("sw").append_activity("visit", over),
+                 lambda: h.set_address(over)):
+        with pytest.raises(conflict.ValueTooLarge) as refused:
+            edit()
+        assert refused.value.rule == "value-too-large"
+        assert refused.value.length == s.MAX_TEXT_CHARS + 1
+        assert f"{s.MAX_TEXT_CHARS:,}" in str(refused.value)
+    assert h.doc.get_heads() == heads  # nothing written
+    h.set_notes("x" * s.MAX_TEXT_CHARS)  # at the limit: written
+    with pytest.raises(conflict.ValueTooLarge):
+        h.append_notes("y")  # the text after the edit counts
+    assert h.notes == "x" * s.MAX_TEXT_CHARS
+
+
+def test_an_attachment_is_kept_in_parts_and_read_back_checked() -> None:
+    """A multi-megabyte note cannot be a text (issue 13, fault 7: one Automerge
+    operation per character, 1.6 GiB on the server for 3 MB); it is kept as an
+    attachment, its bytes in parts of ``ATTACHMENT_PART_BYTES``, each its own change."""
+    h = make()
+    content = bytes(range(256)) * 2049  # 524,544 bytes: four parts and a bit
+    before = h.doc.get_heads()
+    aid = h.attach("raport.pdf", content, media_type="application/pdf")
+    assert len(h.doc.get_changes(before)) == 1 + 5  # the record, then each part
+    assert h.attachment(aid) == content
+    [(got_id, record)] = h.attachments().items()
+    assert got_id == aid and record["complete"] and record["size"] == len(content)
+    assert record["by"] == "w-1" and record["media_type"] == "application/pdf"
+    assert validate(h.doc) == []
+
+    # a copy that has the record and only some parts is incomplete, not invalid
+    partial = Household(h.doc.fork(), h.household_id, author="w-1")
+    with partial.doc.transaction() as tx:
+        parts = partial.doc.get(partial.doc.get(partial.doc.get(ROOT, "attachments")[1],
+                                                aid)[1], "parts")[1]
+        tx.delete(parts, 4)
+    assert validate(partial.doc) == []
+    assert not partial.attachments()[aid]["complete"]
+    with pytest.raises(InvalidValueError) as missing:
+        partial.attachment(aid)
+    assert missing.value.rule == "incomplete"
+
+
+def test_an_attachment_over_the_limit_is_refused_before_it_is_written() -> None:
+    h = make()
+    heads = h.doc.get_heads()
+    with pytest.raises(conflict.ValueTooLarge) as refused:
+        h.attach("scan.tiff", b"\0" * (s.MAX_ATTACHMENT_BYTES + 1))
+    assert refused.value.rule == "value-too-large" and "bytes" in str(refused.value)
+    with pytest.raises(InvalidValueError):
+        h.attach("note.txt", "not bytes")  # type: ignore[arg-type]
+    with pytest.raises(InvalidValueError):
+        h.attach("note.txt", b"x", media_type="text")  # not type/subtype
+    assert h.doc.get_heads() == heads
+
+
+def test_an_oversized_part_or_a_wrong_digest_breaks_the_schema() -> None:
+    """What the server checks of a device's attachment: each part at most
+    ``ATTACHMENT_PART_BYTES``, a size within the limit, a SHA-256 in hex."""
+    h = make()
+    aid = h.attach("note.txt", b"hello", media_type="text/plain")
+    record = h.doc.get(h.doc.get(ROOT, "attachments")[1], aid)[1]
+    with h.doc.transaction() as tx:
+        parts = h.doc.get(record, "parts")[1]
+        tx.insert(parts, 1, ScalarType.Bytes, b"\0" * (s.ATTACHMENT_PART_BYTES + 1))
+        tx.put(record, "sha256", ScalarType.Str, "not-hex")
+        tx.put(record, "size", ScalarType.Int, s.MAX_ATTACHMENT_BYTES + 1)
+    assert sorted((v.path[2:], v.rule) for v in validate(h.doc)) == [
+        (("parts", 1), "format"), (("sha256",), "format"), (("size",), "format")]

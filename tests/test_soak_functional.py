@@ -141,7 +141,7 @@ async def _stalled_reader(service: Service, reader: Replica, writer: Replica,
         await peer.push(reader.household(hid).doc.fork(), hid, strict=False)
         for i in range(60):  # up to 24 MB of fan-out to a peer that reads nothing
             with writer.edit(hid) as h:
-                h.append_activity("visit", f"long entry {i} " + "x" * 400_000)
+                h.attach(f"scan-{i}.bin", os.urandom(400_000))
             summary = await SyncClient(writer, service.url, max_attempts=3).sync()
             assert summary.rejected == []
             if conn not in server.app[CONNECTIONS]:

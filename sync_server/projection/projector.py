@@ -421,6 +421,14 @@ def _comparable(row: dict[str, Any]) -> dict[str, Any]:
 _MAX_PARAMS = 30_000
 
 
+def _compare(pk: Sequence[str], stored: Sequence[Any], wanted: Sequence[dict[str, Any]]
+             ) -> tuple[list[tuple[Any, ...]], list[dict[str, Any]]]:
+    """(keys of the stored rows not wanted, wanted rows new or different)."""
+    have = {tuple(r[c] for c in pk): _comparable(dict(r)) for r in stored}
+    want = {tuple(r[c] for c in pk): r for r in wanted}
+    return [k for k in have if k not in want], [r for k, r in want.items() if have.get(k) != r]
+
+
 async def write_rows(conn: AsyncConnection, rows: dict[str, Rows]) -> dict[str, tuple[int, int]]:
     """Make the stored rows of each household in ``rows`` equal to its rows there: delete
     the ones gone, upsert the ones new or changed. ``{household: (upserted, deleted)}``."""
@@ -430,16 +438,16 @@ async def write_rows(conn: AsyncConnection, rows: dict[str, Rows]) -> dict[str, 
     ids = list(rows)
     for table in TABLES:
         pk = primary_key(table)
-        stored = {tuple(r[c] for c in pk): _comparable(dict(r)) for r in (await conn.execute(
-            sa.select(table).where(table.c.household_id.in_(ids)))).mappings()}
-        wanted = {tuple(r[c] for c in pk): r for hid in ids for r in rows[hid][table.name]}
-        gone = [k for k in stored if k not in wanted]
+        stored = (await conn.execute(
+            sa.select(table).where(table.c.household_id.in_(ids)))).mappings().all()
+        # a big household has tens of thousands of feed rows: compared off the event loop
+        gone, changed = await cpu.offload(_compare, pk, stored,
+                                          [r for hid in ids for r in rows[hid][table.name]])
         if gone:
             await conn.execute(sa.delete(table).where(
                 sa.tuple_(*(table.c[c] for c in pk)).in_(gone)))
             for k in gone:
                 counts[k[0]][1] += 1
-        changed = [r for k, r in wanted.items() if stored.get(k) != r]
         step = max(1, _MAX_PARAMS // len(table.columns))
         for i in range(0, len(changed), step):
             await conn.execute(_upsert(table, changed[i:i + step]))

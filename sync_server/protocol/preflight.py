@@ -78,7 +78,7 @@ class Limits:
     #: change chunks in a message, and changes inside a document chunk
     max_changes: int = 10_000
     #: operations in all chunks of a message (a column's rows, a group's members)
-    max_ops: int = 1_000_000
+    max_ops: int = 250_000
     #: delete operations in the changes of a message (each costs the binding ~7 µs)
     max_deletes: int = 100_000
     #: steps of the walk itself (runs, and values read one by one), so that walking a

@@ -530,9 +530,11 @@ def _apply_and_check(actor: HouseholdActor, fork: Document, state: SyncState, da
     approved = (newly_approved(actor.doc, fork, hid)
                 if user.role == "supervisor"
                 and (sections is None or "change_requests" in sections) else [])
-    # (a service's status has a domain merge policy instead: the lattice)
+    # (a service's status has a domain merge policy instead: the lattice; an attachment's
+    # parts are bytes, which a conflict record cannot hold, and only ever appended)
     found = [c for c in conflicts.detect(fork, before, new)
-             if c.path[:1] != ("service_plan",) or c.path[-1] != "status"]
+             if (c.path[:1] != ("service_plan",) or c.path[-1] != "status")
+             and c.path[:1] != ("attachments",)]
     CHECK_SECONDS.observe(time.perf_counter() - started)
     return _Checked(new, read, sections is None or bool(sections & {"team", "change_requests"}),
                     regressions, approved, found)
