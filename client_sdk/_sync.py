@@ -114,6 +114,13 @@ class _DocSync:
 #: message (decision 66), up to this.
 MAX_DOWNLOAD_FRAME = 128 * 1024 * 1024
 
+#: Changes in one step, at most (bytes): an upload bigger than this goes in steps even
+#: when a frame would take more. The server's memory for a message is about twenty
+#: times the message (copies on the way from the socket to the database), so smaller
+#: steps keep a big upload's peak low for a few more round trips (docs/performance.md,
+#: "Big values").
+STEP_BYTES = 1024 * 1024
+
 #: Bytes of a frame kept for what wraps a sync message's changes: the message's heads
 #: and Bloom filter, the envelope (CBOR) and the sealing.
 FRAME_MARGIN = 32 * 1024
@@ -161,6 +168,7 @@ class SyncClient:
                  on_saved: SavedCallback | None = None,
                  max_attempts: int = 5, backoff_base: float = 0.2, backoff_cap: float = 10.0,
                  idle_timeout: float = 30.0, max_frame_bytes: int = 4 * 1024 * 1024,
+                 max_step_bytes: int = STEP_BYTES,
                  max_rounds: int = 200) -> None:
         self.replica = replica
         self.server_url = server_url
@@ -171,6 +179,8 @@ class SyncClient:
         self.backoff_cap = backoff_cap
         self.idle_timeout = idle_timeout
         self.max_frame_bytes = max_frame_bytes
+        #: changes sent in one message at most, when they come in steps (:func:`stepped`)
+        self.step_bytes = min(max_step_bytes, max_frame_bytes - FRAME_MARGIN)
         self.max_rounds = max_rounds
 
     def backoff_delay(self, attempt: int) -> float:
@@ -398,7 +408,7 @@ class SyncClient:
             d.step = None  # the server has this step: take the next one, if any
             d.state = SyncState()
         if d.step is None:
-            step = stepped(d.doc, d.server_heads, self.max_frame_bytes - FRAME_MARGIN)
+            step = stepped(d.doc, d.server_heads, self.step_bytes)
             if step is not None:
                 d.step, d.state = step, SyncState()
                 log.info("household %s: changes over one frame; sending them in steps", hid)

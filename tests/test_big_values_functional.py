@@ -9,6 +9,7 @@ import string
 import pytest
 
 from client_sdk import SyncClient
+from sync_server.protocol import wire
 
 pytestmark = pytest.mark.functional
 
@@ -78,3 +79,27 @@ async def test_a_five_megabyte_note_syncs_to_a_teammate(server, provision) -> No
     copy = ion.household(h.household_id)
     assert copy.attachments()[aid]["complete"]
     assert copy.attachment(aid) == note
+
+
+async def test_a_note_of_megabytes_as_text_is_refused_before_the_binding_sees_it(
+        server, provision) -> None:
+    """Issue 13, fault 7: a 3 MB note written as the notes text (one Automerge operation
+    per character) took the server 18-20 s and a peak of 1.6 GiB, and stalled
+    ``/healthz`` 9 s. The SDK no longer writes one (``value-too-large``); a device that
+    sends one anyway, here 251,000 characters past the SDK, is refused by the message
+    limits (250,000 operations) before the binding reads it, and the server goes on."""
+    from _rawpeer import raw_peer
+    from automerge.core import ROOT
+
+    ana = await provision.tablet("ana")
+    h = ana.create_household(locality="54975", county="CJ", address="Str. Lunga 3")
+    ana.save(h.household_id)
+    assert not (await SyncClient(ana, server.url).sync()).rejected
+    doc = ana.household(h.household_id).doc.fork()  # the replica keeps its own copy
+    with doc.transaction() as tx:  # what the SDK refuses, written past it
+        tx.splice_text(doc.get(ROOT, "notes")[1], 0, 0, words(251_000, seed=3))
+    async with raw_peer(server.url, ana) as peer:
+        refused = await peer.push(doc, h.household_id, strict=False)
+    assert isinstance(refused, wire.Error) and refused.code == "limit-exceeded"
+    assert "operations" in refused.message
+    assert not (await SyncClient(ana, server.url).sync()).rejected  # still serving
