@@ -109,24 +109,132 @@ class IdentityStore:
 
     async def add_user(self, user_id: str, role: str, *, county: str | None = None,
                        localities: Iterable[tuple[str, str]] = ()) -> User:
-        if role not in ROLES:
-            raise IdentityError(f"role must be one of {', '.join(ROLES)}",
-                                code=ErrorCode.INVALID_ROLE)
-        if role == "supervisor" and not county:
-            raise IdentityError("a supervisor needs a county", code=ErrorCode.INVALID_ROLE)
-        if len(user_id) > 64 or not FORMATS["user_id"](user_id) or user_id == SERVER_AUTHOR:
-            # Households name users in their attributions: an id the schema cannot hold,
-            # or the server's own, would make every entry this user writes refused.
-            raise IdentityError(f"a user id is 1-64 letters, digits and _.:@- (starting with "
-                                f"a letter or digit), and not {SERVER_AUTHOR!r}",
-                                code=ErrorCode.INVALID_USER_ID)
+        check_user(user_id, role, county)
         places = sorted(set(localities))
+        _check_places(places)
         async with self._engine.begin() as conn:
+            if (await conn.execute(sa.select(users.c.id).where(users.c.id == user_id))).first():
+                raise IdentityError(f"user {user_id} exists already (vatra user update "
+                                    f"changes a user)", code=ErrorCode.USER_EXISTS)
             await conn.execute(sa.insert(users).values(id=user_id, role=role, county=county))
             if places:
                 await conn.execute(sa.insert(user_localities), [
                     {"user_id": user_id, "locality": loc, "county": cty} for loc, cty in places])
         return User(user_id, role, county, tuple(places))
+
+    async def users(self, *, role: str | None = None, county: str | None = None
+                    ) -> list[UserRecord]:
+        """Every user (of ``role``, of ``county``: a supervisor's, or a worker with a
+        locality there), with when they were disabled and their active devices."""
+        active = (sa.select(sa.func.count()).select_from(devices)
+                  .where(devices.c.user_id == users.c.id, devices.c.revoked_at.is_(None))
+                  .scalar_subquery())
+        query = sa.select(users, active.label("devices")).order_by(users.c.id)
+        if role is not None:
+            query = query.where(users.c.role == role)
+        if county is not None:
+            query = query.where(sa.or_(users.c.county == county, sa.exists().where(
+                user_localities.c.user_id == users.c.id, user_localities.c.county == county)))
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+            places: dict[str, list[tuple[str, str]]] = {}
+            for r in await conn.execute(sa.select(user_localities).order_by(
+                    user_localities.c.user_id, user_localities.c.locality)):
+                places.setdefault(r.user_id, []).append((r.locality, r.county))
+        return [UserRecord(User(r.id, r.role, r.county, tuple(places.get(r.id, ()))),
+                           r.created_at, r.disabled_at, r.devices) for r in rows]
+
+    async def update_user(self, user_id: str, *, role: str | None = None,
+                          county: str | None = None,
+                          add: Iterable[tuple[str, str]] = (),
+                          remove: Iterable[tuple[str, str]] = ()) -> User:
+        """Change a user's role, county or localities (the rules of :meth:`add_user` hold
+        for the result). Teams already naming the user stay (decision 61: a household's
+        team changes by an approved request); new teams check the new localities."""
+        add, remove = sorted(set(add)), sorted(set(remove))
+        _check_places(add)
+        async with self._engine.begin() as conn:
+            user = await _user(conn, user_id)
+            if user is None:
+                raise IdentityError(f"unknown user {user_id}", code=ErrorCode.UNKNOWN_USER)
+            new_role = role or user.role
+            new_county = county if county is not None else user.county
+            if new_role not in ROLES:
+                raise IdentityError(f"role must be one of {', '.join(ROLES)}",
+                                    code=ErrorCode.INVALID_ROLE)
+            if new_role == "supervisor" and not new_county:
+                raise IdentityError("a supervisor needs a county", code=ErrorCode.INVALID_ROLE)
+            missing = [f"{loc}:{cty}" for loc, cty in remove if (loc, cty) not in user.localities]
+            if missing:
+                raise IdentityError(f"user {user_id} has no locality {', '.join(missing)}",
+                                    code=ErrorCode.INVALID_LOCALITY)
+            await conn.execute(sa.update(users).where(users.c.id == user_id)
+                               .values(role=new_role, county=new_county))
+            for loc, _ in remove:
+                await conn.execute(sa.delete(user_localities).where(
+                    user_localities.c.user_id == user_id, user_localities.c.locality == loc))
+            fresh = [(loc, cty) for loc, cty in add if (loc, cty) not in user.localities]
+            if fresh:
+                await conn.execute(sa.insert(user_localities), [
+                    {"user_id": user_id, "locality": loc, "county": cty} for loc, cty in fresh])
+            updated = await _user(conn, user_id)
+        assert updated is not None
+        return updated
+
+    async def disable_user(self, user_id: str, *, by: str) -> list[str]:
+        """Disable a user (a worker who leaves): every active device of theirs is revoked
+        (live sessions cut on every server), no enrollment code enrolls another, and no
+        new code is made, until :meth:`enable_user`. The user stays, named in the audit
+        log and in the households' attributions. Returns the devices revoked now."""
+        async with self._engine.begin() as conn:
+            done = await conn.execute(sa.update(users).where(
+                users.c.id == user_id, users.c.disabled_at.is_(None))
+                .values(disabled_at=sa.func.now()))
+            if done.rowcount == 0:
+                if await _user(conn, user_id) is None:
+                    raise IdentityError(f"unknown user {user_id}", code=ErrorCode.UNKNOWN_USER)
+                raise IdentityError(f"user {user_id} is disabled already",
+                                    code=ErrorCode.USER_DISABLED)
+            revoked = list((await conn.execute(
+                sa.update(devices).where(devices.c.user_id == user_id,
+                                         devices.c.revoked_at.is_(None))
+                .values(revoked_at=sa.func.now()).returning(devices.c.id))).scalars())
+            if self.audit is not None:
+                await self.audit.append(conn, [
+                    AuditEvent("user-disabled", user_id=user_id,
+                               detail={"by": by, "devices_revoked": len(revoked)}),
+                    *(AuditEvent("device-revoked", user_id=user_id, device_id=d)
+                      for d in sorted(revoked))])
+            for d in revoked:
+                await conn.execute(sa.select(sa.func.pg_notify(REVOCATIONS, d)))
+        return sorted(revoked)
+
+    async def enable_user(self, user_id: str, *, by: str) -> None:
+        """Undo :meth:`disable_user`: new codes enroll new devices (the revoked ones stay
+        revoked)."""
+        async with self._engine.begin() as conn:
+            done = await conn.execute(sa.update(users).where(
+                users.c.id == user_id, users.c.disabled_at.is_not(None))
+                .values(disabled_at=None))
+            if done.rowcount == 0:
+                if await _user(conn, user_id) is None:
+                    raise IdentityError(f"unknown user {user_id}", code=ErrorCode.UNKNOWN_USER)
+                raise IdentityError(f"user {user_id} is not disabled",
+                                    code=ErrorCode.USER_DISABLED)
+            if self.audit is not None:
+                await self.audit.append(conn, [AuditEvent("user-enabled", user_id=user_id,
+                                                          detail={"by": by})])
+
+    async def devices(self, user_id: str | None = None) -> list[DeviceRecord]:
+        """Every device (of ``user_id``), newest first: id, user, enrolled, revoked."""
+        query = sa.select(devices.c.id, devices.c.user_id, devices.c.created_at,
+                          devices.c.revoked_at).order_by(devices.c.created_at.desc(),
+                                                         devices.c.id)
+        if user_id is not None:
+            query = query.where(devices.c.user_id == user_id)
+        async with self._engine.connect() as conn:
+            return [DeviceRecord(r.id, r.user_id, r.created_at, r.revoked_at)
+                    for r in await conn.execute(query)]
 
     async def user(self, user_id: str) -> User | None:
         async with self._engine.connect() as conn:
@@ -194,6 +302,9 @@ class IdentityStore:
         async with self._engine.begin() as conn:
             if await _user(conn, user_id) is None:
                 raise IdentityError(f"unknown user {user_id}", code=ErrorCode.UNKNOWN_USER)
+            if await _disabled(conn, user_id):
+                raise IdentityError(f"user {user_id} is disabled (vatra user enable)",
+                                    code=ErrorCode.USER_DISABLED)
             await conn.execute(sa.insert(enrollment_codes).values(
                 id=code_id, secret_hash=_hash_secret(secret), user_id=user_id,
                 expires_at=expires))
@@ -220,7 +331,8 @@ class IdentityStore:
                     .with_for_update())).first()
                 if row is None or row.used_at is not None \
                         or row.failed_attempts >= MAX_FAILED_ATTEMPTS \
-                        or row.expires_at <= datetime.now(UTC):
+                        or row.expires_at <= datetime.now(UTC) \
+                        or await _disabled(conn, row.user_id):
                     raise refused
                 if not sodium_memcmp(_hash_secret(secret), row.secret_hash):
                     # Counted (committed) before refusing: the code locks after a few guesses.
@@ -320,6 +432,53 @@ class IdentityStore:
                                               devices.c.revoked_at.is_not(None)))).scalars())
 
 
+@dataclass(frozen=True, slots=True)
+class UserRecord:
+    """A user as an operator sees it (:meth:`IdentityStore.users`)."""
+
+    user: User
+    created_at: datetime
+    disabled_at: datetime | None
+    active_devices: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRecord:
+    """A device as an operator sees it (:meth:`IdentityStore.devices`)."""
+
+    id: str
+    user_id: str
+    enrolled_at: datetime
+    revoked_at: datetime | None
+
+
+def check_user(user_id: str, role: str, county: str | None) -> None:
+    """The rules a new user keeps (IdentityError naming the one broken)."""
+    if role not in ROLES:
+        raise IdentityError(f"role must be one of {', '.join(ROLES)}",
+                            code=ErrorCode.INVALID_ROLE)
+    if role == "supervisor" and not county:
+        raise IdentityError("a supervisor needs a county", code=ErrorCode.INVALID_ROLE)
+    if len(user_id) > 64 or not FORMATS["user_id"](user_id) or user_id == SERVER_AUTHOR:
+        # Households name users in their attributions: an id the schema cannot hold,
+        # or the server's own, would make every entry this user writes refused.
+        raise IdentityError(f"a user id is 1-64 letters, digits and _.:@- (starting with "
+                            f"a letter or digit), and not {SERVER_AUTHOR!r}",
+                            code=ErrorCode.INVALID_USER_ID)
+
+
+def _check_places(places: Iterable[tuple[str, str]]) -> None:
+    for loc, cty in places:
+        if not (FORMATS["siruta"](loc) and FORMATS["county"](cty)):
+            raise IdentityError(f"a locality is SIRUTA:COUNTY, e.g. 54975:CJ (got "
+                                f"{loc}:{cty})", code=ErrorCode.INVALID_LOCALITY)
+
+
+async def _disabled(conn: AsyncConnection, user_id: str) -> bool:
+    return (await conn.execute(sa.select(users.c.disabled_at)
+                               .where(users.c.id == user_id))).scalar() is not None
+
+
 async def _user(conn: AsyncConnection, user_id: str) -> User | None:
     row = (await conn.execute(sa.select(users).where(users.c.id == user_id))).first()
     if row is None:
@@ -341,7 +500,9 @@ def load_server_identity(data_dir: Path, key_file: str | None = None) -> Signing
             raise ConfigError(f"{path}: a server identity key file holds exactly 32 bytes")
         return SigningKey(raw)
     if key_file:
-        raise ConfigError(f"{path}: server identity key file not found")
+        raise ConfigError(f"{path}: server identity key file not found (make one with "
+                          f"`vatra server-key generate --file {path}`, and give every "
+                          f"instance the same file)")
     path.parent.mkdir(parents=True, exist_ok=True)
     seed = os.urandom(32)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -4,7 +4,8 @@
     vatra migrate   apply database migrations and exit
     vatra demo      three team members edit one household offline, then sync
     vatra bench     throughput and latency of the sync pipeline (docs/performance.md)
-    vatra user | household | device …   administration (sync_server/cli/admin.py)
+    vatra user | household | device | server-key …   administration
+                                    (sync_server/cli/admin.py)
     vatra quarantine list | show ID   refused sync data, from which device, why
     vatra keys …    master keys; `vatra household erase H` crypto-shreds (sync_server/cli/keys.py)
     vatra projector [--once]        project households for the web tier
@@ -107,7 +108,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return asyncio.run(run_keys(settings, args))
     if args.command == "household" and args.action == "erase":
         return run_erase(settings, args)
-    if args.command in ("user", "household", "device", "audit"):
+    if args.command in ("user", "household", "device", "audit", "server-key"):
         return asyncio.run(run_admin(settings, args))
     parser.error(f"unknown command {args.command}")
     return 2

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import getpass
+import os
 from collections.abc import AsyncIterator
 
 from sync_server.config import Settings
@@ -26,3 +28,11 @@ async def open_store(settings: Settings, keyring: KeyRing | None = None,
             yield store
         finally:
             await store.close()
+
+
+def os_account() -> str:
+    """Who runs this command, for the audit log: ``os:<login>``."""
+    try:
+        return f"os:{getpass.getuser()}"
+    except (KeyError, OSError):  # no login name and no passwd entry (a bare container)
+        return f"os:uid-{os.getuid()}"

@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
-import os
 import sys
 from pathlib import Path
 
-from sync_server.cli.common import open_store
+from sync_server.cli.common import open_store, os_account
 from sync_server.config import Settings
 from sync_server.store.contract import UnknownHousehold
 from sync_server.store.keys import (
@@ -104,14 +102,7 @@ def run_erase(settings: Settings, args: argparse.Namespace) -> int:
         if input(f"Erase household {hid} for good? Type its id to confirm: ").strip() != hid:
             print("not confirmed; nothing erased", file=sys.stderr)
             return 2
-    return asyncio.run(_erase(settings, hid, args.by or _os_account()))
-
-
-def _os_account() -> str:
-    try:
-        return f"os:{getpass.getuser()}"
-    except (KeyError, OSError):  # no login name and no passwd entry (a bare container)
-        return f"os:uid-{os.getuid()}"
+    return asyncio.run(_erase(settings, hid, args.by or os_account()))
 
 
 async def _erase(settings: Settings, hid: str, by: str) -> int:

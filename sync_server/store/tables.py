@@ -87,6 +87,7 @@ users = sa.Table(
     sa.Column("county", sa.Text, nullable=True),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False,
               server_default=sa.func.now()),
+    sa.Column("disabled_at", sa.DateTime(timezone=True), nullable=True),  # 0010
     sa.CheckConstraint("role IN ('worker', 'supervisor', 'national', 'admin', 'ops')",
                        name="users_role"),
     sa.CheckConstraint("role <> 'supervisor' OR county IS NOT NULL",
