@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
+import aiohttp
 from automerge.core import ROOT, ScalarType
 
 from client_sdk import SyncClient
+from client_sdk._transport import ClientChannel
+from sync_server.protocol import wire
+from sync_server.protocol.session import SecureChannel, open_session
 
 
 async def active_household(server, provision, *mates, notes: str | None = None,
@@ -52,3 +58,16 @@ async def until(check, what: str, patience: float = 10.0) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"not within {patience} s: {what}")
+
+
+@contextlib.asynccontextmanager
+async def joined(server, replica) -> AsyncIterator[SecureChannel]:
+    """A live session of ``replica``'s device: handshake, ``join``, the server's ``peer``
+    read; yields the sealed channel (closed on exit)."""
+    creds = replica.credentials
+    async with aiohttp.ClientSession() as http, http.ws_connect(server.url) as ws:
+        channel = await open_session(ClientChannel(ws), creds.device_id, creds.signing_key,
+                                     creds.server_key)
+        await channel.send(wire.encode(wire.Join("live")))
+        assert isinstance(wire.decode(await channel.receive()), wire.Peer)
+        yield channel

@@ -7,7 +7,7 @@ import asyncio
 
 import aiohttp
 import pytest
-from _scenes import forge_write
+from _scenes import forge_write, joined
 from automerge.core import ROOT, ScalarType
 
 from client_sdk import ServerRejected, SyncClient
@@ -112,11 +112,7 @@ async def test_revocation_cuts_the_live_session_and_wipes_the_tablet(server, pro
     hid = register(ana)
     await SyncClient(ana, server.url).sync()
     creds = ana.credentials
-    async with aiohttp.ClientSession() as session, session.ws_connect(server.url) as ws:
-        channel = await open_session(ClientChannel(ws), creds.device_id, creds.signing_key,
-                                     creds.server_key)
-        await channel.send(wire.encode(wire.Join("live")))
-        assert isinstance(wire.decode(await channel.receive()), wire.Peer)
+    async with joined(server, ana) as channel:
         assert await server.app[IDENTITY].revoke_device(creds.device_id)
         # NOTIFY reaches the server at commit; the session is cut right away (the bound
         # here is generous only because this machine is shared).

@@ -24,7 +24,7 @@ import pytest
 import sqlalchemy as sa
 from _automerge_bytes import chunk, column, rechecksum, sync_message, uleb, with_column
 from _rawpeer import raw_peer
-from _scenes import active_household
+from _scenes import active_household, joined
 from automerge.core import ROOT, Document, Message, ScalarType, SyncState
 from conftest import TEST_MASTER_KEY
 
@@ -35,7 +35,7 @@ from sync_server.app import IDENTITY, PROJECTOR, STORE, SYNCHRONIZER, VatraServe
 from sync_server.protocol import wire
 from sync_server.protocol.errors import ErrorCode
 from sync_server.protocol.http_auth import sign
-from sync_server.protocol.session import ClientHandshake, FrameOpener, SecureChannel, open_session
+from sync_server.protocol.session import ClientHandshake, FrameOpener, SecureChannel
 from sync_server.store.quarantine import Quotas
 from sync_server.store.tables import households, proj_households, quarantine
 from vatra_devtools.provision import Provisioner
@@ -282,11 +282,7 @@ async def test_a_revocation_whose_notification_is_lost_still_cuts_within_a_secon
     still cuts it with ``device-revoked``."""
     ana = await provision.tablet("ana")
     creds = ana.credentials
-    async with aiohttp.ClientSession() as http, http.ws_connect(server.url) as ws:
-        channel = await open_session(ClientChannel(ws), creds.device_id, creds.signing_key,
-                                     creds.server_key)
-        await channel.send(wire.encode(wire.Join("live")))
-        assert isinstance(wire.decode(await channel.receive()), wire.Peer)
+    async with joined(server, ana) as channel:
         async with server.app[STORE]._engine.begin() as conn:
             await conn.execute(sa.text("UPDATE devices SET revoked_at = now() WHERE id = :d"),
                                {"d": creds.device_id})

@@ -9,14 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import aiohttp
 import pytest
+from _scenes import joined
 from conftest import TEST_MASTER_KEY
 
 from client_sdk import ServerRejected, SyncClient
-from client_sdk._transport import ClientChannel
 from sync_server.protocol import wire
-from sync_server.protocol.session import open_session
 
 pytestmark = pytest.mark.functional
 
@@ -115,12 +113,7 @@ async def test_disabling_a_user_revokes_their_devices_and_cuts_live_sessions(
     listed = await asyncio.to_thread(vatra, "device", "list", "--user", "ana")
     assert "2 device(s)" in listed.stdout and listed.stdout.count(" active") == 2
 
-    creds = ana.credentials
-    async with aiohttp.ClientSession() as session, session.ws_connect(server.url) as ws:
-        channel = await open_session(ClientChannel(ws), creds.device_id, creds.signing_key,
-                                     creds.server_key)
-        await channel.send(wire.encode(wire.Join("live")))
-        assert isinstance(wire.decode(await channel.receive()), wire.Peer)
+    async with joined(server, ana) as channel:
         disabled = await asyncio.to_thread(vatra, "user", "disable", "ana", "--by", "op:ion")
         assert disabled.returncode == 0, disabled.stdout
         assert "2 device(s) revoked" in disabled.stdout
