@@ -37,6 +37,7 @@ from sync_server.api.auth import SignedRequests
 from sync_server.auth.enrollment import FailureLimiter
 from sync_server.auth.identity import IdentityStore, load_server_identity
 from sync_server.config import Settings
+from sync_server.gateway.changes import Changes
 from sync_server.gateway.connection import Connection
 from sync_server.gateway.endpoint import Gateway, PeerLimits
 from sync_server.gateway.revocations import Revocations
@@ -81,6 +82,7 @@ def build_app(settings: Settings, engine: AsyncEngine, server_key: SigningKey) -
         heartbeat_seconds=settings.heartbeat_seconds))
     revocations = Revocations(engine, identity, gateway.connections)
     teams = TeamChanges(engine, pipeline, gateway.connections)
+    changes = Changes(engine, pipeline)
     projector = Projector(engine, store, registry=registry)
     signed = SignedRequests(identity, NonceStore(engine))
 
@@ -98,7 +100,7 @@ def build_app(settings: Settings, engine: AsyncEngine, server_key: SigningKey) -
     ])
 
     async def revoking(_: web.Application) -> AsyncIterator[None]:
-        async with revocations.running(), teams.running():
+        async with revocations.running(), teams.running(), changes.running():
             yield
 
     async def projecting(_: web.Application) -> AsyncIterator[None]:

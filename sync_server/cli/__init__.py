@@ -12,6 +12,7 @@
                                     (sync_server/cli/projections.py)
     vatra projections rebuild [--household H]   re-project from the change log
     vatra status    projection backlog and lag
+    vatra backup FILE | restore FILE   the database (sync_server/cli/backup.py)
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 
 from sync_server.app import VatraServer
 from sync_server.cli.admin import add_admin_commands, run_admin
+from sync_server.cli.backup import add_backup_commands, run_backup_command
 from sync_server.cli.keys import add_key_commands, run_erase, run_keys
 from sync_server.cli.projections import add_projection_commands, run_projection_command
 from sync_server.cli.quarantine import add_quarantine_commands, run_quarantine
@@ -62,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
                        help="cProfile the timed phases; write DIR/<workload>.prof")
 
     add_admin_commands(sub)
+    add_backup_commands(sub)
     add_key_commands(sub)
     add_quarantine_commands(sub)
     add_projection_commands(sub)
@@ -104,6 +107,8 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return asyncio.run(run_projection_command(settings, args))
     if args.command == "quarantine":
         return asyncio.run(run_quarantine(settings, args))
+    if args.command in ("backup", "restore"):
+        return run_backup_command(settings, args)
     if args.command == "keys":
         return asyncio.run(run_keys(settings, args))
     if args.command == "household" and args.action == "erase":

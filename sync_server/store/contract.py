@@ -19,6 +19,11 @@ from sync_server.protocol.errors import ErrorCode, StorageError, VatraError
 #: id), so every server reconsiders its live sessions' access at once.
 TEAM_CHANGES = "vatra_team"
 
+#: ``NOTIFY`` channel of every commit that logged changes: the payload is the household
+#: id and the seq of the latest change logged, separated by a space. Every instance
+#: listens (``sync_server/gateway/changes.py``).
+CHANGES = "vatra_changes"
+
 
 class StoreClosed(StorageError):
     """The store is closing (the server is stopping): nothing was stored; retry later."""
@@ -42,6 +47,16 @@ class HouseholdErased(VatraError, LookupError):
     def __init__(self, household_id: str) -> None:
         super().__init__(f"household {household_id} was erased (its data key is destroyed)",
                          document_id=household_id)
+        self.household_id = household_id
+
+
+class HouseholdStale(Exception):
+    """Another instance logged changes for this household since the copy a batch was
+    checked on was read: nothing of the batch was stored. Reload the copy and check the
+    batch again (docs/instances.md)."""
+
+    def __init__(self, household_id: str) -> None:
+        super().__init__(f"household {household_id}: changed by another instance")
         self.household_id = household_id
 
 
@@ -152,11 +167,19 @@ class HouseholdStore(Protocol):
 
     async def append_changes(self, household_id: str, new: Sequence[StoredChange],
                              author: Author | None = None,
-                             team: Sequence[str] | None = None) -> AppendResult:
+                             team: Sequence[str] | None = None,
+                             expected_seq: int | None = None) -> AppendResult:
         """Log ``new`` in one transaction; changes already logged are skipped. ``author``
         is recorded with each change and in the audit log. ``team``: the household's
         team changed with these changes; its users (those that exist) replace the team
-        in the same transaction, and every server hears of it (:data:`TEAM_CHANGES`)."""
+        in the same transaction, and every server hears of it (:data:`TEAM_CHANGES`).
+        ``expected_seq``: the last change the caller's copy holds; if the log holds a
+        later one, nothing is stored and :class:`HouseholdStale` is raised. Every commit
+        that logs something notifies :data:`CHANGES`."""
+        ...
+
+    async def last_seq(self, household_id: str) -> int:
+        """The seq of the household's latest logged change (0: none)."""
         ...
 
     async def load(self, household_id: str) -> LoadedHousehold | None: ...

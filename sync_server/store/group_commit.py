@@ -20,10 +20,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from sync_server.store.audit import AuditEvent, AuditLog
 from sync_server.store.contract import (
+    CHANGES,
     TEAM_CHANGES,
     AppendResult,
     Author,
     HouseholdErased,
+    HouseholdStale,
     StoreClosed,
     StoredChange,
 )
@@ -36,8 +38,9 @@ FAILURES = Counter("vatra_group_commit_failures_total",
                    "Group commits that failed: every batch in them was answered storage-failure")
 
 #: One caller's append waiting for a commit: household, changes, author, its result.
+#: (household, changes, author, team, expected seq, the caller's future)
 _Pending = tuple[str, Sequence[StoredChange], "Author | None", "Sequence[str] | None",
-                 "asyncio.Future[AppendResult]"]
+                 "int | None", "asyncio.Future[AppendResult]"]
 
 #: What the group commit needs of the store: the data keys of some households, and an
 #: error for each one that has none (erased, or never registered).
@@ -88,6 +91,14 @@ _APPEND = sa.text("""
     sa.bindparam("devices", type_=postgresql.ARRAY(sa.Text)),
 )
 
+#: Every instance hears, at commit, which households logged changes (sync_server/gateway/
+#: changes.py): its copies of them may be behind.
+#: The payload is "<household id> <latest seq logged>".
+_TELL = sa.text("""
+    SELECT pg_notify(:channel, t.h || ' ' || t.s)
+    FROM unnest(CAST(:ids AS text[]), CAST(:seqs AS bigint[])) AS t(h, s)
+""")
+
 #: A new household's first team: the named users that exist.
 TEAM = sa.text("""
     INSERT INTO household_team (household_id, user_id)
@@ -113,6 +124,32 @@ def _sealed(batches: Sequence[tuple[str, Sequence[StoredChange], Author | None]]
             keys: dict[str, DataKey]) -> list[bytes]:
     return [keys[household_id].seal(CHANGE, c.body)
             for household_id, new, _ in batches for c in new]
+
+
+#: Lock the households a group commit writes, in id order: two instances' commits for
+#: one household run one after the other, and never deadlock.
+_LOCK = sa.text("""
+    SELECT id FROM households WHERE id = ANY(CAST(:ids AS text[])) ORDER BY id FOR UPDATE
+""")
+#: The latest change each has logged. A statement of its own, after the lock: a statement
+#: reads the rows committed when it started, so one that waited for the lock would not
+#: see the changes the other instance committed meanwhile.
+_LATEST = sa.text("""
+    SELECT h AS id, COALESCE((SELECT max(c.seq) FROM changes c WHERE c.household_id = h), 0)
+           AS last_seq
+    FROM unnest(CAST(:ids AS text[])) AS h
+""")
+
+
+async def stale_households(conn: AsyncConnection, expected: dict[str, int]) -> set[str]:
+    """Of the households whose caller's copy holds the log up to ``expected[h]``, those
+    whose log holds more: another instance committed since the copy was read. The rows
+    stay locked to the end of the transaction, so none commits in between."""
+    if not expected:
+        return set()
+    await conn.execute(_LOCK, {"ids": sorted(expected)})
+    rows = await conn.execute(_LATEST, {"ids": sorted(expected)})
+    return {r.id for r in rows if r.last_seq > expected[r.id]}
 
 
 async def insert_changes(conn: AsyncConnection,
@@ -152,6 +189,10 @@ async def insert_changes(conn: AsyncConnection,
                                              r.inserted_bytes + size - SEAL_OVERHEAD,
                                              max(r.last_seq, seq))
         logged.setdefault(household_id, []).append(digest.hex())
+    if logged:
+        told = sorted(logged)
+        await conn.execute(_TELL, {"channel": CHANGES, "ids": told,
+                                   "seqs": [results[h].last_seq for h in told]})
     authors = {household_id: author for household_id, _, author in batches}
     events = []
     for household_id, hashes in sorted(logged.items()):
@@ -195,11 +236,12 @@ class GroupCommit:
         self.healthy = True  # the last commit succeeded
 
     async def append(self, household_id: str, new: Sequence[StoredChange],
-                     author: Author | None, team: Sequence[str] | None = None) -> AppendResult:
+                     author: Author | None, team: Sequence[str] | None = None,
+                     expected_seq: int | None = None) -> AppendResult:
         if self._closing:
             raise StoreClosed("the store is closing; retry later")
         fut: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
-        self._queue.append((household_id, new, author, team, fut))
+        self._queue.append((household_id, new, author, team, expected_seq, fut))
         self._wake.set()
         if self._task is None or self._task.done():
             self._start_writer()
@@ -247,11 +289,14 @@ class GroupCommit:
         try:
             async with self._engine.begin() as conn:
                 keys, missing = await self._data_keys(conn, {g[0] for g in group})
+                stale = await stale_households(
+                    conn, {h: seq for h, _, _, _, seq, _ in group if seq is not None and h in keys})
                 results, erased = await insert_changes(
-                    conn, [(h, new, author) for h, new, author, _, _ in group if h in keys],
+                    conn, [(h, new, author) for h, new, author, _, _, _ in group
+                           if h in keys and h not in stale],
                     keys, self._audit)
-                for h, _, _, team, _ in group:
-                    if team is not None and h in keys and h not in erased:
+                for h, _, _, team, _, _ in group:
+                    if team is not None and h in keys and h not in erased | stale:
                         await replace_team(conn, h, team)
         except Exception as exc:
             FAILURES.inc()
@@ -271,11 +316,13 @@ class GroupCommit:
             self._committed()
         except Exception:  # a listener's fault must not keep the callers from their results
             log.exception("group commit: the committed() callback failed")
-        for household_id, _, _, _, fut in group:
+        for household_id, _, _, _, _, fut in group:
             if fut.done():  # a caller cancelled meanwhile: its rows are stored anyway
                 continue
             if household_id in erased:  # one erased household fails only its own callers
                 fut.set_exception(HouseholdErased(household_id))
+            elif household_id in stale:  # changed by another instance: nothing stored
+                fut.set_exception(HouseholdStale(household_id))
             elif household_id in keys:
                 fut.set_result(results[household_id])
             else:

@@ -231,15 +231,22 @@ class PostgresStore:
 
     async def append_changes(self, household_id: str, new: Sequence[StoredChange],
                              author: Author | None = None,
-                             team: Sequence[str] | None = None) -> AppendResult:
+                             team: Sequence[str] | None = None,
+                             expected_seq: int | None = None) -> AppendResult:
         if not new:
             return AppendResult(0, 0, 0)
         await self.verify_master_key()
         try:
-            return await self._group.append(household_id, new, author, team)
+            return await self._group.append(household_id, new, author, team, expected_seq)
         except HouseholdErased:  # by another process: this one's cached key is stale
             self.keyring.forget(household_id)
             raise
+
+    async def last_seq(self, household_id: str) -> int:
+        async with self._engine.connect() as conn:
+            return int((await conn.execute(
+                sa.select(sa.func.coalesce(sa.func.max(changes.c.seq), 0))
+                .where(changes.c.household_id == household_id))).scalar_one())
 
     async def load(self, household_id: str) -> LoadedHousehold | None:
         """Snapshot and later changes, opened. ``None`` for an unknown household;

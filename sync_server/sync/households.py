@@ -47,6 +47,8 @@ class HouseholdActor:
         #: where each object of ``doc`` lives, to read what a batch touched from its
         #: operations (built on the first batch; see :mod:`sync_server.sync.change_ops`)
         self.objects = ObjectIndex()
+        #: another instance said it logged changes this copy may lack (gateway/changes.py)
+        self.stale = False
 
     @property
     def id(self) -> str:
@@ -58,6 +60,16 @@ class HouseholdActor:
         self.doc = fork
         self.bytes_since_snapshot += stored.inserted_bytes
         self.last_seq = max(self.last_seq, stored.last_seq)
+
+    def replace(self, fresh: HouseholdActor) -> None:
+        """Take ``fresh``'s copy (the household as the store holds it now, with what other
+        instances committed), keeping this actor's lock and subscribers."""
+        self.record, self.doc = fresh.record, fresh.doc
+        self.snapshot_bytes = fresh.snapshot_bytes
+        self.bytes_since_snapshot = fresh.bytes_since_snapshot
+        self.last_seq = fresh.last_seq
+        self.objects = ObjectIndex()
+        self.stale = False
 
     @property
     def stored_bytes(self) -> int:
@@ -83,6 +95,10 @@ class HouseholdRegistry:
 
     def __len__(self) -> int:
         return len(self._resident)
+
+    def actors(self) -> list[HouseholdActor]:
+        """Every resident household's actor."""
+        return list(self._resident.values())
 
     def resident(self, household_id: str) -> HouseholdActor | None:
         return self._resident.get(household_id)
@@ -134,6 +150,22 @@ class HouseholdRegistry:
         return HouseholdActor(loaded.record, doc, snapshot_bytes=len(loaded.snapshot),
                               bytes_since_snapshot=loaded.bytes_since_snapshot,
                               last_seq=loaded.last_seq)
+
+    async def refresh(self, actor: HouseholdActor, *, check: bool = True) -> bool:
+        """Bring ``actor`` (its lock held by the caller) up to the log: if the store holds
+        a change later than its copy's (another instance committed one), reload it.
+        ``check=False`` reloads without asking. True if it was reloaded. Several
+        instances serve one household; each trusts its copy only once it knows it is
+        not behind (docs/instances.md)."""
+        if check and await self.store.last_seq(actor.id) <= actor.last_seq:
+            actor.stale = False
+            return False
+        fresh = await self._load(actor.id)
+        if fresh is None:  # erased meanwhile (or gone): answered like an unknown id
+            self.forget_erased(actor.id)
+            return False
+        actor.replace(fresh)
+        return True
 
     def forget_erased(self, household_id: str) -> None:
         """The store found the household erased: drop its copy; from now on it is answered

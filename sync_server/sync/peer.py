@@ -52,6 +52,10 @@ class PeerSync:
     def documents(self) -> list[str]:
         return list(self._states)
 
+    def syncing(self, household_id: str) -> bool:
+        """Whether this session has exchanged sync messages for the household."""
+        return household_id in self._states
+
 
 class Peer(Protocol):
     """A connected, authenticated device, as the pipeline sees it."""

@@ -49,6 +49,7 @@ from sync_server.store.contract import (
     HouseholdErased,
     HouseholdIdTaken,
     HouseholdRecord,
+    HouseholdStale,
     HouseholdStore,
     UnknownHousehold,
 )
@@ -183,8 +184,27 @@ class Synchronizer:
 
     async def _merge(self, actor: HouseholdActor, peer: Peer, msg: wire.Sync) -> None:
         async with actor.lock:
+            # Several instances serve one household: a copy is trusted once it is known not
+            # to be behind the log (at a session's first message for the household, and
+            # whenever another instance said it committed; docs/instances.md).
+            if actor.stale or not peer.sync.syncing(actor.id):
+                await self.registry.refresh(actor)
             with MERGE_SECONDS.time():
-                await self._merge_locked(actor, peer, msg)
+                try:
+                    await self._merge_locked(actor, peer, msg)
+                except HouseholdStale:
+                    # Another instance committed to this household since the copy was
+                    # read: nothing of the batch was stored. The batch is taken again, on
+                    # the log's copy; a second time, the device is told to retry.
+                    await self.registry.refresh(actor, check=False)
+                    try:
+                        await self._merge_locked(actor, peer, msg)
+                    except HouseholdStale as again:
+                        actor.stale = True
+                        peer.sync.reset(actor.id)
+                        raise StorageError("the household changed on another server while "
+                                           "this batch was stored; retry",
+                                           document_id=actor.id) from again
 
     async def _merge_locked(self, actor: HouseholdActor, peer: Peer, msg: wire.Sync) -> None:
         hid, grants, device = actor.id, _grants(peer), _device(peer)
@@ -278,8 +298,9 @@ class Synchronizer:
                 actor.record = record
             else:
                 result = await self.store.append_changes(actor.id, stored(new), author,
-                                                         team=changed_team)
-        except StorageError:
+                                                         team=changed_team,
+                                                         expected_seq=actor.last_seq)
+        except (StorageError, HouseholdStale):
             raise
         except HouseholdErased as exc:
             self.registry.forget_erased(actor.id)
@@ -372,8 +393,14 @@ class Synchronizer:
                 raise HouseholdErased(household_id)
             raise UnknownHousehold(household_id)
         async with actor.lock:
-            result, changed = await self._server_change(actor, edit, author,
-                                                        writer=author.user_id or SERVER_AUTHOR)
+            await self.registry.refresh(actor)
+            try:
+                result, changed = await self._server_change(
+                    actor, edit, author, writer=author.user_id or SERVER_AUTHOR)
+            except HouseholdStale:  # committed to by another instance meanwhile: once more
+                await self.registry.refresh(actor, check=False)
+                result, changed = await self._server_change(
+                    actor, edit, author, writer=author.user_id or SERVER_AUTHOR)
             if changed:
                 self._answer(actor, list(actor.subscribers))
                 await self._maybe_snapshot(actor)
@@ -390,6 +417,10 @@ class Synchronizer:
         except StorageError:  # _commit logged the cause
             log.warning("household %s: %s was not stored (the batch itself is)",
                         actor.id, what)
+        except HouseholdStale:  # another instance committed meanwhile: from the log next
+            actor.stale = True
+            log.warning("household %s: %s was not stored (changed by another instance; "
+                        "the batch itself is)", actor.id, what)
         except Exception:
             log.exception("household %s: %s failed", actor.id, what)
 
@@ -409,6 +440,23 @@ class Synchronizer:
         await self._commit(actor, fork, new, author, may_move=True)
         actor.objects.absorb(fork, new)
         return result, True
+
+    # -- other instances -----------------------------------------------------------------
+
+    async def changed_elsewhere(self, household_id: str, seq: int | None = None) -> None:
+        """An instance (perhaps this one) committed changes to the household, up to
+        ``seq`` (None: unknown). A copy held here that lacks them is marked behind; if
+        sessions follow it, it is brought up to the log now and they are answered from
+        it, so a teammate on another instance sees a live edit."""
+        actor = self.registry.resident(household_id)
+        if actor is None or (seq is not None and actor.last_seq >= seq):
+            return  # not held here, or this instance's own commit
+        actor.stale = True
+        if not actor.subscribers:
+            return  # refreshed when it is next used
+        async with actor.lock:
+            if await self.registry.refresh(actor):
+                self._answer(actor, list(actor.subscribers))
 
     # -- access follows the team ------------------------------------------------------------
 
