@@ -22,8 +22,6 @@ from typing import Any
 from prometheus_client import Counter, Gauge
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from sync_server.store.database import DATABASE_ERRORS
-
 log = logging.getLogger(__name__)
 
 #: Seconds between checks that the listening connection is still open.
@@ -89,7 +87,9 @@ class Listening:
                 try:
                     await self._listen()
                     break
-                except DATABASE_ERRORS as exc:
+                # (the driver's own state errors too: a connection handed out while the
+                # database restarts can fail "another operation is in progress")
+                except Exception as exc:  # DATABASE_ERRORS, and the driver's own
                     log.info("listener %s: the database did not answer (%s); retrying in "
                              "%.1f s", self.name, type(exc).__name__, delay)
                     await asyncio.sleep(delay)
@@ -111,8 +111,12 @@ class Listening:
             yield
         finally:
             keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await keeper
+            except asyncio.CancelledError:
+                pass
+            except Exception:  # never raised to the server's shutdown: logged
+                log.exception("listener %s: the listening task failed", self.name)
             await self._drop()
             LISTENER_UP.labels(self.name).set(0)
 
