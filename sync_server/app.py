@@ -30,6 +30,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from nacl.signing import SigningKey
+from prometheus_client import Gauge
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sync_server.api import approvals, enrollment, openapi, ops, read
@@ -65,7 +66,12 @@ CONNECTIONS = web.AppKey("connections", set[Connection])
 PROJECTOR = web.AppKey("projector", Projector)
 
 
+#: Connections of the server's database pool in use (the latest server of this process).
+POOL_IN_USE = Gauge("vatra_db_pool_in_use", "Database connections checked out of the pool")
+
+
 def build_app(settings: Settings, engine: AsyncEngine, server_key: SigningKey) -> web.Application:
+    POOL_IN_USE.set_function(lambda: float(_checked_out(engine)))
     # master keys: sync_server/store/keys.py; every resident household's data key cached
     store = PostgresStore(engine, load_keyring(
         settings, cache_size=max(4096, 2 * settings.resident_households)))
@@ -204,3 +210,8 @@ class VatraServer:
                 yield
             finally:
                 await runner.cleanup()
+
+
+def _checked_out(engine: AsyncEngine) -> int:
+    checked_out = getattr(engine.sync_engine.pool, "checkedout", None)
+    return int(checked_out()) if callable(checked_out) else 0

@@ -23,12 +23,14 @@
 | VATRA_SERVER_KEY_FILE      | (data dir)       | server identity key (32-byte Ed25519 seed); default  |
 |                            |                  | <data dir>/server_identity.key, created on first run |
 | VATRA_MAX_CHANGES_PER_MESSAGE | 10000         | changes one sync message may carry ...               |
-| VATRA_MAX_OPS_PER_MESSAGE  | 1000000          | ... operations in all of them ...                    |
+| VATRA_MAX_OPS_PER_MESSAGE  | 250000           | ... operations in all of them ...                    |
 | VATRA_MAX_DELETES_PER_MESSAGE | 100000        | ... delete operations ...                            |
 | VATRA_MAX_INFLATED_BYTES   | 33554432         | ... and bytes once inflated (protocol/preflight.py)  |
 | VATRA_QUARANTINE_DEVICE_BYTES | 67108864      | refused data kept per device (bytes) ...             |
 | VATRA_QUARANTINE_DEVICE_ROWS | 1000           | ... (refused inputs) ...                             |
 | VATRA_QUARANTINE_TOTAL_BYTES | 2147483648     | ... and in all (table size, store/quarantine.py)     |
+| VATRA_LOG_FORMAT           | text             | ``json``: one JSON object per log line (cli/logs.py) |
+| VATRA_PG_BIN               | (embedded's)     | pg_dump / pg_restore for ``vatra backup`` / restore  |
 """
 
 from __future__ import annotations

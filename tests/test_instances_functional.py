@@ -51,6 +51,21 @@ def provisioner(server: VatraServer) -> Provisioner:
     return Provisioner(server.app[IDENTITY], server.http_url, server.app[SYNCHRONIZER])
 
 
+async def teammates(a: VatraServer, teammate_url: str, tmp_path: Path
+                    ) -> tuple[Replica, Replica, str]:
+    """Ana registers a household through ``a``, shares it with Ion, and Ion syncs it
+    through ``teammate_url``: (ana, ion, household id)."""
+    provision = provisioner(a)
+    ana = await provision.tablet(tmp_path / "ana", "ana")
+    ion = await provision.tablet(tmp_path / "ion", "ion")
+    h = ana.create_household(locality="54975", county="CJ", address="Str. Lunga 3")
+    ana.save(h.household_id)
+    assert not (await SyncClient(ana, a.url).sync()).rejected
+    await provision.share(h.household_id, ana, ion)
+    assert not (await SyncClient(ion, teammate_url).sync()).rejected
+    return ana, ion, h.household_id
+
+
 def feed(replica: Replica, hid: str) -> list[str]:
     return [e["text"] for e in replica.household(hid).to_dict()["activity"]]
 
@@ -75,15 +90,7 @@ async def test_a_change_confirmed_by_one_instance_is_served_by_every_instance(
     B, big enough for B to snapshot the household. Every instance then serves both, and
     the log and snapshot, loaded as after a restart, hold both."""
     async with instances(database_url, tmp_path) as (a, b, c):
-        provision = provisioner(a)
-        ana = await provision.tablet(tmp_path / "ana", "ana")
-        ion = await provision.tablet(tmp_path / "ion", "ion")
-        h = ana.create_household(locality="54975", county="CJ", address="Str. Lunga 3")
-        ana.save(h.household_id)
-        hid = h.household_id
-        assert not (await SyncClient(ana, a.url).sync()).rejected
-        await provision.share(hid, ana, ion)
-        assert not (await SyncClient(ion, b.url).sync()).rejected  # B holds a copy now
+        ana, ion, hid = await teammates(a, b.url, tmp_path)  # B holds a copy now
 
         with ana.edit(hid) as mine:
             mine.append_activity("visit", "confirmed through A")
@@ -120,15 +127,7 @@ async def test_a_teammate_on_another_instance_receives_a_live_edit(
     """A live session on instance B follows a household; an edit confirmed through A
     reaches it without the teammate syncing again (cross-instance fan-out)."""
     async with instances(database_url, tmp_path, 2) as (a, b):
-        provision = provisioner(a)
-        ana = await provision.tablet(tmp_path / "ana", "ana")
-        ion = await provision.tablet(tmp_path / "ion", "ion")
-        h = ana.create_household(locality="54975", county="CJ", address="Str. Lunga 3")
-        ana.save(h.household_id)
-        hid = h.household_id
-        assert not (await SyncClient(ana, a.url).sync()).rejected
-        await provision.share(hid, ana, ion)
-        assert not (await SyncClient(ion, a.url).sync()).rejected
+        ana, ion, hid = await teammates(a, a.url, tmp_path)
 
         doc, state = ion.household(hid).doc.fork(), SyncState()
         async with raw_peer(b.url, ion) as peer:
@@ -148,15 +147,7 @@ async def test_concurrent_batches_through_two_instances_both_land_and_converge(
     one that finds its copy behind reloads it and takes the batch again. Both land, and
     every copy converges."""
     async with instances(database_url, tmp_path, 2) as (a, b):
-        provision = provisioner(a)
-        ana = await provision.tablet(tmp_path / "ana", "ana")
-        ion = await provision.tablet(tmp_path / "ion", "ion")
-        h = ana.create_household(locality="54975", county="CJ", address="Str. Lunga 3")
-        ana.save(h.household_id)
-        hid = h.household_id
-        assert not (await SyncClient(ana, a.url).sync()).rejected
-        await provision.share(hid, ana, ion)
-        assert not (await SyncClient(ion, b.url).sync()).rejected
+        ana, ion, hid = await teammates(a, b.url, tmp_path)
         for round_ in range(5):
             with ana.edit(hid) as mine:
                 mine.append_activity("visit", f"ana {round_}")

@@ -30,6 +30,7 @@ from sync_server.app import VatraServer
 from sync_server.cli.admin import add_admin_commands, run_admin
 from sync_server.cli.backup import add_backup_commands, run_backup_command
 from sync_server.cli.keys import add_key_commands, run_erase, run_keys
+from sync_server.cli.logs import configure as configure_logs
 from sync_server.cli.projections import add_projection_commands, run_projection_command
 from sync_server.cli.quarantine import add_quarantine_commands, run_quarantine
 from sync_server.config import Settings
@@ -71,8 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     quiet = args.command in ("demo", "bench", "status")  # their output is the report
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logs(logging.WARNING if quiet else logging.INFO)  # VATRA_LOG_FORMAT=json
     for noisy in ("pgserver", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:

@@ -25,7 +25,9 @@ import sqlalchemy as sa
 from sync_server.config import Settings
 from sync_server.store.database import database_url, make_engine, open_database
 
-#: The web tier's role, as migration 0007 makes it: the restored policies name it.
+#: The web tier's role, as migration 0007 makes it: the restored policies name it, and the
+#: restored schema is at its head already, so the migration will not run it again. (A
+#: copy of the migration's statement: migrations stay self-contained, as written then.)
 _WEB_ROLE = """
     DO $$
     BEGIN

@@ -24,6 +24,8 @@ import logging
 from collections.abc import Callable
 from itertools import count
 
+from prometheus_client import Counter
+
 from sync_server.auth.grants import Grants
 from sync_server.auth.identity import Device
 from sync_server.protocol import wire
@@ -39,6 +41,14 @@ class ConnectionState(enum.Enum):
     AWAITING_JOIN = "awaiting-join"
     OPEN = "open"
     CLOSED = "closed"
+
+
+# Labels are message types and error codes only: never a household, a device or a user.
+MESSAGES_OUT = Counter("vatra_messages_out_total", "Messages sent to devices", ["type"])
+BYTES_OUT = Counter("vatra_bytes_out_total", "Bytes of messages sent to devices (plaintext)")
+REFUSALS = Counter("vatra_refusals_total", "Errors sent to devices, by code", ["code"])
+OUTBOX_OVERFLOWS = Counter("vatra_outbox_overflows_total",
+                           "Connections dropped because their outbox was full")
 
 
 class Connection:
@@ -64,6 +74,9 @@ class Connection:
         #: drops the socket at once (the server's: its transport's abort), for a send stuck
         #: on a peer that stopped reading; without it the stuck send is cancelled instead
         self._cut = cut
+        #: bytes received and sent (plaintext frames), for the session's closing log line
+        self.bytes_in = 0
+        self.bytes_out = 0
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} {self.state.value}>"
@@ -90,11 +103,19 @@ class Connection:
         if self.revoked and not (isinstance(message, wire.Error)
                                  and message.code == ErrorCode.DEVICE_REVOKED):
             return
+        frame = wire.encode(message)
         try:
-            self._outbox.put_nowait(wire.encode(message))
+            self._outbox.put_nowait(frame)
         except asyncio.QueueFull:
             log.warning("connection %s: outbox full, closing", self.id)
+            OUTBOX_OVERFLOWS.inc()
             self.abort(ErrorCode.OUTBOX_OVERFLOW)
+            return
+        self.bytes_out += len(frame)
+        MESSAGES_OUT.labels(message.type).inc()
+        BYTES_OUT.inc(len(frame))
+        if isinstance(message, wire.Error):
+            REFUSALS.labels(message.code).inc()
 
     def send_error(self, err: VatraError) -> None:
         self.send(wire.Error(self.server_peer_id, err.message[:wire.MAX_TEXT_CHARS], str(err.code),

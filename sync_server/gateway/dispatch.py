@@ -21,6 +21,8 @@ import logging
 import time
 from collections.abc import Callable
 
+from prometheus_client import Counter
+
 from sync_server.gateway.connection import Connection, ConnectionState
 from sync_server.protocol import wire
 from sync_server.protocol.errors import (
@@ -63,6 +65,10 @@ class TokenBucket:
             return False
         self._tokens -= 1
         return True
+
+
+MESSAGES_IN = Counter("vatra_messages_in_total", "Messages received from devices", ["type"])
+BYTES_IN = Counter("vatra_bytes_in_total", "Bytes of messages received from devices (plaintext)")
 
 
 async def serve_connection(conn: Connection, synchronizer: Synchronizer, *,
@@ -115,6 +121,9 @@ async def serve_connection(conn: Connection, synchronizer: Synchronizer, *,
                 raise ProtocolError("too many messages; slow down and reconnect",
                                     code=ErrorCode.RATE_LIMITED)
             msg = wire.decode(frame)
+            conn.bytes_in += len(frame)
+            MESSAGES_IN.labels(msg.type).inc()
+            BYTES_IN.inc(len(frame))
             if conn.state is ConnectionState.AWAITING_JOIN:
                 if not isinstance(msg, wire.Join):
                     raise ProtocolError("the first message must be 'join'",

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 
 from aiohttp import web
 from nacl.signing import SigningKey, VerifyKey
+from prometheus_client import Counter, Gauge, Histogram
 
 from sync_server.auth.identity import Device, IdentityStore
 from sync_server.gateway.channel import WebSocketChannel
@@ -26,6 +28,14 @@ from sync_server.sync.pipeline import Synchronizer
 
 log = logging.getLogger(__name__)
 
+
+# Labels are error codes only: never a device, a user or a household.
+SESSIONS_OPENED = Counter("vatra_sessions_opened_total", "Sessions opened (handshake done)")
+SESSIONS_REFUSED = Counter("vatra_sessions_refused_total",
+                           "Sessions refused or not opened, by code", ["code"])
+SESSIONS_ACTIVE = Gauge("vatra_sessions_active", "Sessions open now")
+SESSION_SECONDS = Histogram("vatra_session_seconds", "How long sessions lasted",
+                            buckets=(.1, .5, 1, 5, 15, 60, 300, 1800, 3600, 14400))
 
 @dataclass(frozen=True, slots=True)
 class PeerLimits:
@@ -75,12 +85,14 @@ class Gateway:
         try:
             channel, device_id = await accept_session(plain, self.server_key, lookup)
         except ProtocolError as err:  # a refused handshake (SessionError), or a text frame
-            log.info("session refused: %s", err.code)
+            log.info("session refused: %s", err.code, extra={"code": str(err.code)})
+            SESSIONS_REFUSED.labels(str(err.code)).inc()
             await plain.close(str(err.code))
             return ws
         except StorageError as err:  # the device lookup's database did not answer: the
             # device was told storage-failure (retry), never that its identity is refused
-            log.info("session not opened: %s", err.code)
+            log.info("session not opened: %s", err.code, extra={"code": str(err.code)})
+            SESSIONS_REFUSED.labels(str(err.code)).inc()
             await plain.close(str(err.code))
             return ws
         finally:
@@ -105,6 +117,7 @@ class Gateway:
                 return ws
             if revoked:
                 # The device proved it holds the key: tell it (sealed), so its SDK wipes.
+                SESSIONS_REFUSED.labels(str(ErrorCode.DEVICE_REVOKED)).inc()
                 conn.revoke()
                 await refuse_revoked(conn)
                 await self.pipeline.record(conn, "session-refused",
@@ -113,14 +126,28 @@ class Gateway:
             live = sum(1 for c in self.connections if c.device and c.device.id == device.id)
             if live > lim.sessions_per_device:
                 log.warning("device %s: too many concurrent sessions", device.id)
+                SESSIONS_REFUSED.labels(str(ErrorCode.TOO_MANY_SESSIONS)).inc()
                 conn.send_error(VatraError(f"at most {lim.sessions_per_device} sessions per "
                                            f"device", code=ErrorCode.TOO_MANY_SESSIONS))
                 await conn.close(str(ErrorCode.TOO_MANY_SESSIONS))
                 return ws
             conn.grants = self.pipeline.grants(device)
             await self.pipeline.record(conn, "session-opened")
-            await serve_connection(conn, self.pipeline,
-                                   limit=TokenBucket(lim.messages_per_second, lim.message_burst))
+            opened = time.monotonic()
+            SESSIONS_OPENED.inc()
+            SESSIONS_ACTIVE.inc()
+            log.info("session opened", extra={"device_id": device.id, "connection": conn.id})
+            try:
+                await serve_connection(conn, self.pipeline, limit=TokenBucket(
+                    lim.messages_per_second, lim.message_burst))
+            finally:
+                seconds = time.monotonic() - opened
+                SESSIONS_ACTIVE.dec()
+                SESSION_SECONDS.observe(seconds)
+                log.info("session closed", extra={
+                    "device_id": device.id, "connection": conn.id,
+                    "seconds": round(seconds, 3), "bytes_in": conn.bytes_in,
+                    "bytes_out": conn.bytes_out, "households": len(conn.sync.documents)})
         finally:
             self.connections.discard(conn)
             self.pipeline.registry.unsubscribe(conn)

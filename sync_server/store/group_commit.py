@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -34,6 +34,8 @@ from sync_server.store.tables import household_team
 
 log = logging.getLogger(__name__)
 
+GROUP_BATCHES = Histogram("vatra_group_commit_batches", "Batches committed together",
+                          buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
 FAILURES = Counter("vatra_group_commit_failures_total",
                    "Group commits that failed: every batch in them was answered storage-failure")
 
@@ -286,6 +288,7 @@ class GroupCommit:
                 return
 
     async def _commit(self, group: list[_Pending]) -> None:
+        GROUP_BATCHES.observe(len(group))
         try:
             async with self._engine.begin() as conn:
                 keys, missing = await self._data_keys(conn, {g[0] for g in group})

@@ -22,6 +22,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 from automerge.core import Document
+from prometheus_client import Counter, Gauge
 
 from sync_server.store.contract import HouseholdErased, HouseholdRecord, HouseholdStore
 from sync_server.sync import cpu
@@ -32,6 +33,10 @@ if TYPE_CHECKING:
     from sync_server.sync.peer import Peer
 
 log = logging.getLogger(__name__)
+
+RESIDENT = Gauge("vatra_households_resident", "Households held in memory")
+EVICTIONS = Counter("vatra_household_evictions_total", "Idle households dropped from memory")
+LOADS = Counter("vatra_household_loads_total", "Households loaded from the store")
 
 
 class HouseholdActor:
@@ -145,6 +150,7 @@ class HouseholdRegistry:
         if loaded is None:
             return None
         self.loads += 1
+        LOADS.inc()
         data = loaded.document_bytes()
         doc = await cpu.offload(Document.load, data)
         return HouseholdActor(loaded.record, doc, snapshot_bytes=len(loaded.snapshot),
@@ -172,6 +178,7 @@ class HouseholdRegistry:
         like an unknown id (its subscribers keep a reference nobody answers from)."""
         self.erased.add(household_id)
         self._resident.pop(household_id, None)
+        RESIDENT.set(len(self._resident))
 
     def admit_new(self, actor: HouseholdActor) -> HouseholdActor:
         """Register an actor for a household just created (its first changes committed)."""
@@ -199,6 +206,8 @@ class HouseholdRegistry:
                 total -= actor.stored_bytes
                 evicted += 1
         self.evictions += evicted
+        EVICTIONS.inc(evicted)
+        RESIDENT.set(len(self._resident))
         return evicted
 
     def unsubscribe(self, conn: Peer) -> None:

@@ -145,6 +145,10 @@ class Synchronizer:
                           document_id=msg.document_id)
             await self._route(peer, msg)
         except (Refused, DocumentError) as err:
+            # the message names the rule and the paths, never a value (public_path)
+            log.info("batch refused (%s): %s", err.code, err.message, extra={
+                "code": str(err.code), "household_id": msg.document_id,
+                "device_id": peer.device.id if peer.device is not None else None})
             if (err.code in QUARANTINED and self.quarantine is not None
                     and msg.document_id not in self.registry.erased):  # erased stays erased
                 await self._keep(peer, msg, err)
