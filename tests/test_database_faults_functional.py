@@ -347,3 +347,30 @@ def test_the_embedded_database_stops_after_a_killed_server(tmp_path) -> None:
     with embedded_postgres(tmp_path) as url:  # the next server: reuses it, then stops
         assert url.startswith("postgres")
     assert not _running(postmaster)
+
+
+async def test_a_database_slower_than_the_handshake_is_a_retry_not_a_refusal(
+        postgres: Postgres, tmp_path) -> None:
+    """Looking for the cause of one ``handshake-failed`` in the long soak run: the
+    handshake's device lookup was bounded only by the database's own bound
+    (``VATRA_DATABASE_TIMEOUT``, 10 s by default), as long as the handshake's. Reproduced
+    with the database's bound longer than the handshake's and PostgreSQL frozen: the
+    device got no answer at all before its own timeout (at its 10 s the server answers
+    ``handshake-failed``, the answer to a refused identity). The lookup is now bounded
+    at half the handshake's time, and the device is told ``storage-failure``, which the
+    SDK retries."""
+    settings = Settings(database_url=postgres.url, data_dir=tmp_path / "srv", port=0,
+                        master_key=TEST_MASTER_KEY, database_timeout=60)
+    async with VatraServer(settings) as server:
+        ana, hid = await _a_tablet_with_an_unsaved_edit(server, tmp_path)
+        postgres.freeze()
+        try:
+            client = SyncClient(ana, server.url, max_attempts=1)
+            with pytest.raises(SyncFailed) as failed:
+                await asyncio.wait_for(client.sync(), 60)
+            assert isinstance(failed.value.last, ServerUnavailable), failed.value.last
+            assert failed.value.last.code == "storage-failure"
+        finally:
+            postgres.thaw()
+        summary = await SyncClient(ana, server.url, max_attempts=10, backoff_base=0.05).sync()
+        assert summary.rejected == [] and ana.is_saved(hid)

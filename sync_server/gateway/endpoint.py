@@ -23,11 +23,14 @@ from sync_server.gateway.connection import Connection
 from sync_server.gateway.dispatch import TokenBucket, serve_connection
 from sync_server.gateway.revocations import refuse_revoked
 from sync_server.protocol.errors import ErrorCode, ProtocolError, StorageError, VatraError
-from sync_server.protocol.session import accept_session
+from sync_server.protocol.session import HANDSHAKE_TIMEOUT, accept_session
 from sync_server.sync.pipeline import Synchronizer
 
 log = logging.getLogger(__name__)
 
+
+#: Seconds the handshake's device lookup may take: half the handshake's own bound.
+LOOKUP_SECONDS = HANDSHAKE_TIMEOUT / 2
 
 # Labels are error codes only: never a device, a user or a household.
 SESSIONS_OPENED = Counter("vatra_sessions_opened_total", "Sessions opened (handshake done)")
@@ -75,7 +78,15 @@ class Gateway:
         devices: dict[str, Device] = {}
 
         async def lookup(device_id: str) -> VerifyKey | None:
-            device = await self.identity.device(device_id)
+            # Bounded well within the handshake's own time: a database slow enough to run
+            # the handshake out of time must be answered storage-failure (retry), not the
+            # handshake-failed that tells a device its identity is refused.
+            try:
+                async with asyncio.timeout(LOOKUP_SECONDS):
+                    device = await self.identity.device(device_id)
+            except TimeoutError as exc:
+                log.warning("session: the device lookup took over %.0f s", LOOKUP_SECONDS)
+                raise StorageError("the server's database is slow; retry later") from exc
             if device is None:
                 return None
             devices[device_id] = device
