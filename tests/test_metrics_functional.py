@@ -63,6 +63,7 @@ async def test_a_sync_and_a_refusal_show_in_metrics_and_logs(server, provision, 
     assert grew("vatra_group_commit_batches_count") > 0
     assert grew("vatra_changes_persisted_total") > 0
     assert value(after, "vatra_households_resident") >= 1
+    assert value(after, "vatra_quarantine_bytes") > 0  # the refused batch was kept
     assert ("vatra_db_pool_in_use", ()) in after
     device = ana.credentials.device_id
     for (_, labels) in after:

@@ -28,7 +28,7 @@ from datetime import datetime
 import nacl.encoding
 import nacl.hash
 import sqlalchemy as sa
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from sync_server.store.contract import HouseholdErased, UnknownHousehold
 from sync_server.store.keys import QUARANTINE, DataKey
@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 STORED = Counter("vatra_quarantine_stored_total", "Refused inputs kept in the quarantine",
                  ["code"])
+SIZE = Gauge("vatra_quarantine_bytes",
+             "The quarantine table's size on disk, as measured when an input was last refused")
 DROPPED = Counter("vatra_quarantine_dropped_total",
                   "Refused inputs not kept: a copy is kept already (duplicate) or a quota "
                   "is full (device-bytes, device-rows, total-bytes)", ["reason"])
@@ -119,6 +121,7 @@ class Quarantine:
                     .where(quarantine.c.device_id.is_not_distinct_from(device_id)))).one()
                 total = (await conn.execute(sa.select(
                     sa.func.pg_total_relation_size("quarantine")))).scalar_one()
+                SIZE.set(total)
                 if rows + 1 > q.device_rows:
                     full = "device-rows"
                 elif used + len(body) > q.device_bytes:
