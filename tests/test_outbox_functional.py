@@ -168,3 +168,35 @@ async def test_a_group_commit_waiting_for_one_outbox_row_holds_no_other(store, e
         await projecting
     await committing
     assert {e.household_id for e in await store.outbox_pending()} == set(ids)
+
+
+async def test_a_projector_pass_locks_households_in_the_group_commits_order(store, engine
+                                                                           ) -> None:
+    """Issue 14: with three instances under load, PostgreSQL reported ``deadlock
+    detected`` between a group commit and the projector (18 live edits refused with
+    ``storage-failure`` in 30 s of `loadtests`). The group commit locks the registry
+    rows of the households it writes FOR UPDATE, in household order; the projector's
+    rows reference the same registry rows, and the foreign key check locked them (FOR KEY
+    SHARE) in the order the projector wrote them, which was the outbox's.
+
+    Reproduced without a race: the test holds the first household's registry row FOR
+    UPDATE, as a group commit that locked it and goes on to the next one does, and a
+    projector pass for both, last one first, starts and waits. Before the fix it already
+    held the second household's row, so that commit's next lock (tried here with NOWAIT)
+    could not be had: a cycle. Now the projector locks the rows in household order and
+    holds none while it waits for the first."""
+    first, second = await _ids(engine, 2)
+    for hid in (second, first):
+        await store.create_household(HouseholdRecord(hid, "54975", "CJ"), edits(1)[1])
+    projector = Projector(engine, store)
+    async with engine.connect() as hold, hold.begin():
+        await hold.execute(sa.text("SELECT 1 FROM households WHERE id = :h FOR UPDATE"),
+                           {"h": first})
+        projecting = asyncio.create_task(projector.project([second, first]))
+        assert not await _done_or_waiting(engine, projecting, 1)
+        async with engine.connect() as commit, commit.begin():
+            await commit.execute(sa.text("SET LOCAL lock_timeout = '1s'"))
+            await commit.execute(sa.text(  # the group commit's next lock
+                "SELECT 1 FROM households WHERE id = :h FOR UPDATE NOWAIT"), {"h": second})
+    done = await projecting
+    assert {p.household_id for p in done} == {first, second}

@@ -269,6 +269,13 @@ class Projector:
             for hid, (doc, locality, county, _) in docs.items():
                 rows[hid] = await cpu.offload(project, hid, doc, locality=locality, county=county,
                                           log=facts[hid], catalogue=self.catalogue)
+            # The rows written below reference their households (a foreign key), and
+            # PostgreSQL checks it by locking each household's registry row (FOR KEY
+            # SHARE), in the order written. A group commit locks the same rows FOR UPDATE
+            # in household order (sync_server/store/group_commit.py): taken in any other
+            # order, the two deadlocked (three instances under load, issue 14). Lock them
+            # here, all at once, in that order, before the outbox rows.
+            await conn.execute(_KEY_SHARE, {"ids": sorted(rows)})
             written = await write_rows(conn, rows)
             lags = await _settle_outbox(conn, {h: queued[h] for h in
                                                results.keys() | rows.keys() | unreadable
@@ -331,6 +338,13 @@ def _plain(doc: Document, household_id: str) -> dict[str, Any]:
 
 def _plain_from_bytes(data: bytes, household_id: str) -> dict[str, Any]:
     return _plain(Document.load(data), household_id)
+
+
+#: The registry rows of the households about to be written, locked as a foreign key check
+#: locks them, in household order (see Projector.project).
+_KEY_SHARE = sa.text("""
+    SELECT id FROM households WHERE id = ANY(CAST(:ids AS text[])) ORDER BY id FOR KEY SHARE
+""")
 
 
 #: Try each household's projector lock; the ones obtained (held until the transaction ends).

@@ -90,6 +90,11 @@ QUARANTINED = frozenset({ErrorCode.READ_ONLY, ErrorCode.ACTOR_NOT_REGISTERED,
 #: Below this many bytes of changes since the last snapshot, loading them is cheaper than
 #: writing a snapshot (a young household: a few KiB). See docs/storage.md.
 SNAPSHOT_MIN_BYTES = 16 * 1024
+#: Tries of one batch whose household another instance keeps committing to (each on a
+#: copy reloaded from the log) before the device is answered storage-failure. Two were
+#: too few for two teammates editing one household live through two instances: 11 of
+#: about 1,800 live edits were refused in 30 s of loadtests (docs/capacity.md).
+STALE_ATTEMPTS = 4
 
 PERSISTED = Counter("vatra_changes_persisted_total", "Changes the pipeline logged")
 PERSIST_SECONDS = Histogram("vatra_persist_seconds",
@@ -194,21 +199,22 @@ class Synchronizer:
             if actor.stale or not peer.sync.syncing(actor.id):
                 await self.registry.refresh(actor)
             with MERGE_SECONDS.time():
-                try:
-                    await self._merge_locked(actor, peer, msg)
-                except HouseholdStale:
-                    # Another instance committed to this household since the copy was
-                    # read: nothing of the batch was stored. The batch is taken again, on
-                    # the log's copy; a second time, the device is told to retry.
-                    await self.registry.refresh(actor, check=False)
+                for attempt in range(1, STALE_ATTEMPTS + 1):
                     try:
                         await self._merge_locked(actor, peer, msg)
-                    except HouseholdStale as again:
-                        actor.stale = True
-                        peer.sync.reset(actor.id)
-                        raise StorageError("the household changed on another server while "
-                                           "this batch was stored; retry",
-                                           document_id=actor.id) from again
+                        break
+                    except HouseholdStale as stale:
+                        # Another instance committed to this household since the copy was
+                        # read: nothing of the batch was stored. The batch is taken again,
+                        # on the log's copy; after STALE_ATTEMPTS, the device is told to
+                        # retry.
+                        if attempt == STALE_ATTEMPTS:
+                            actor.stale = True
+                            peer.sync.reset(actor.id)
+                            raise StorageError("the household changed on another server "
+                                               "while this batch was stored; retry",
+                                               document_id=actor.id) from stale
+                        await self.registry.refresh(actor, check=False)
 
     async def _merge_locked(self, actor: HouseholdActor, peer: Peer, msg: wire.Sync) -> None:
         hid, grants, device = actor.id, _grants(peer), _device(peer)
