@@ -98,7 +98,7 @@ def build_app(settings: Settings, engine: AsyncEngine, server_key: SigningKey) -
     app[CONNECTIONS], app[PROJECTOR] = gateway.connections, projector
     app.add_routes([
         *gateway.routes(),
-        *enrollment.routes(identity, server_key, FailureLimiter()),
+        *enrollment.routes(identity, server_key, FailureLimiter(), settings.trusted_proxies),
         *approvals.routes(pipeline, engine, signed),
         *read.routes(engine, signed),
         *openapi.routes(),

@@ -35,6 +35,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -63,6 +64,9 @@ class Settings:
     master_key_file: str | None = None
     server_key_file: str | None = None
     projector: bool = True  # run the projector in the server process (VATRA_PROJECTOR=0: not)
+    #: load balancers whose X-Forwarded-For names the client (VATRA_TRUSTED_PROXIES: comma-
+    #: separated addresses or networks); from anyone else the header is ignored
+    trusted_proxies: tuple[str, ...] = ()
     limits: Limits = field(default_factory=Limits)  # what one sync message may cost
     quarantine: Quotas = field(default_factory=Quotas)  # how much refused data is kept
 
@@ -90,6 +94,7 @@ class Settings:
             master_key_file=e.get("VATRA_MASTER_KEY_FILE") or None,
             server_key_file=e.get("VATRA_SERVER_KEY_FILE") or None,
             projector=e.get("VATRA_PROJECTOR", "1") not in ("0", "false", "no", "off"),
+            trusted_proxies=_networks(e, "VATRA_TRUSTED_PROXIES"),
             limits=replace(
                 base.limits,
                 max_changes=_int(e, "VATRA_MAX_CHANGES_PER_MESSAGE", base.limits.max_changes),
@@ -113,6 +118,17 @@ def _int(env: os._Environ[str] | dict[str, str], name: str, default: int) -> int
         return int(raw)
     except ValueError:
         raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def _networks(env: os._Environ[str] | dict[str, str], name: str) -> tuple[str, ...]:
+    items = [item.strip() for item in env.get(name, "").split(",") if item.strip()]
+    for item in items:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ConfigError(f"{name}: {item!r} is not an IP address or network "
+                              f"(e.g. 10.0.0.5 or 10.0.0.0/24)") from None
+    return tuple(items)
 
 
 def _positive(env: os._Environ[str] | dict[str, str], name: str, default: int) -> int:

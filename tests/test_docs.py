@@ -11,13 +11,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PATH = re.compile(r"(?<![\w/.-])((?:sync_server|client_sdk|conflict|tests|vatra_devtools|docs"
                   r"|loadtests|deploy)/[\w./*-]*[\w*])")
-DOTTED = re.compile(r"(?<![\w/.-])((?:sync_server|client_sdk|conflict|vatra_devtools)"
+DOTTED = re.compile(r"(?<![\w/.-])((?:sync_server|client_sdk|conflict|vatra_devtools|loadtests)"
                     r"(?:\.[A-Za-z_]\w*)+)")
 
 
 def _texts() -> list[Path]:
     files = [ROOT / "README.md", ROOT / "ARCHITECTURE.md", *sorted((ROOT / "docs").glob("*.md"))]
-    for package in ("sync_server", "client_sdk", "conflict", "vatra_devtools", "tests"):
+    for package in ("sync_server", "client_sdk", "conflict", "vatra_devtools", "loadtests",
+                    "tests"):
         files += sorted((ROOT / package).rglob("*.py"))
     return files
 

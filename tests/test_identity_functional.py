@@ -30,9 +30,9 @@ def request_body(code: str, actor: bytes | None = None) -> dict:
             "actor_ids": [(actor or os.urandom(16)).hex()]}
 
 
-async def post(server, body) -> tuple[int, dict]:
+async def post(server, body, headers: dict[str, str] | None = None) -> tuple[int, dict]:
     async with aiohttp.ClientSession() as s, s.post(f"{server.http_url}/v1/enroll",
-                                                     json=body) as r:
+                                                     json=body, headers=headers) as r:
         return r.status, await r.json()
 
 
@@ -91,6 +91,46 @@ async def test_refusals_from_one_address_are_limited(server) -> None:
         assert status == 403
     status, answer = await post(server, request_body("NOSUCH-AAAA-AAAA-AAAA-AAAA"))
     assert (status, answer["code"]) == (429, "too-many-attempts")
+
+
+async def test_behind_a_trusted_balancer_each_client_has_its_own_limit(
+        database_url: str, tmp_path) -> None:
+    """Before: behind a load balancer every device had the balancer's address, so ten
+    wrong codes from one tablet blocked every enrollment in the county (seen while
+    writing deploy/). From a balancer listed in ``VATRA_TRUSTED_PROXIES`` the limiter
+    counts the forwarded client; a forwarded address from anyone else is ignored."""
+    import dataclasses
+
+    from conftest import TEST_MASTER_KEY
+
+    from sync_server.app import VatraServer
+    from sync_server.config import Settings
+
+    wrong = request_body("NOSUCH-AAAA-AAAA-AAAA-AAAA")
+    base = Settings(database_url=database_url, data_dir=tmp_path / "s", port=0,
+                    master_key=TEST_MASTER_KEY)
+    behind = dataclasses.replace(base, trusted_proxies=("127.0.0.0/8",))
+    async with VatraServer(behind) as srv:
+        tablet = {"X-Forwarded-For": "198.51.100.7, 203.0.113.5"}
+        for _ in range(MAX_FAILURES_PER_ADDRESS):
+            assert (await post(srv, wrong, tablet))[0] == 403
+        assert (await post(srv, wrong, tablet))[0] == 429
+        other = {"X-Forwarded-For": "203.0.113.9"}
+        assert (await post(srv, wrong, other))[0] == 403  # another client: its own count
+    async with VatraServer(dataclasses.replace(base, data_dir=tmp_path / "t")) as srv:
+        for n in range(MAX_FAILURES_PER_ADDRESS):  # no trusted balancer: the header is
+            assert (await post(srv, wrong, {"X-Forwarded-For": f"203.0.113.{n}"}))[0] == 403
+        assert (await post(srv, wrong, {"X-Forwarded-For": "203.0.113.99"}))[0] == 429
+
+
+def test_a_trusted_proxy_that_is_not_an_address_is_a_clear_error() -> None:
+    from sync_server.config import Settings
+    from sync_server.protocol.errors import ConfigError
+
+    assert Settings.from_env({"VATRA_TRUSTED_PROXIES": "10.0.0.5, 10.1.0.0/16"}
+                             ).trusted_proxies == ("10.0.0.5", "10.1.0.0/16")
+    with pytest.raises(ConfigError, match=r"VATRA_TRUSTED_PROXIES: 'lb\.internal'"):
+        Settings.from_env({"VATRA_TRUSTED_PROXIES": "lb.internal"})
 
 
 async def test_malformed_enrollment_requests_are_refused(server) -> None:

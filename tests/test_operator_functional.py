@@ -136,3 +136,48 @@ async def test_disabling_a_user_revokes_their_devices_and_cuts_live_sessions(
     assert enabled.returncode == 0
     back = await provision.tablet("ana-new", "ana")  # a new code enrolls a new device
     assert not (await SyncClient(back, server.url).sync()).rejected
+
+
+async def test_teams_are_imported_from_csv_through_the_pipeline(
+        server, provision, database_url: str, tmp_path: Path) -> None:
+    """Issue 14, part 5: an operator setting up a county could set a team only one
+    household at a time, by an approved ``change_team`` request. ``vatra household
+    import-teams`` sets many, checking every row first: a dry run reports and sets
+    nothing; the real run sets the rows that pass, as the server's own change, while
+    this server runs on the same database. A teammate named in the file then downloads
+    the household, and the registering worker's tablet receives the new team."""
+    vatra = vatra_on(database_url, tmp_path / "data")
+    ana = await provision.tablet("ana")
+    ion = await provision.tablet("ion")
+    await provision.tablet("dan", localities=[("54984", "CJ")])  # another locality
+    first = ana.create_household(locality="54975", county="CJ", address="Str. Lunga 3")
+    second = ana.create_household(locality="54975", county="CJ", address="Str. Scurta 4")
+    assert not (await SyncClient(ana, server.url).sync()).rejected
+    assert (await SyncClient(ion, server.url).sync()).households_synced == 0
+    teams = tmp_path / "teams.csv"
+    teams.write_text(
+        "household_id,social_worker,nurse\n"
+        f"{first.household_id},ana,ion\n"
+        f"{second.household_id},ana,dan\n"
+        "HhNoSuchHouseholdAAAAAAAAAAA,ana,\n"
+        f"{first.household_id},ana,\n")
+
+    dry = await asyncio.to_thread(vatra, "household", "import-teams", str(teams), "--dry-run")
+    report = dry.stdout.splitlines()
+    assert report[0].startswith("line 3: rejected (invalid-team-member): nurse: not a worker")
+    assert report[1].startswith("line 4: rejected (not-found)")
+    assert report[2].startswith("line 5: rejected (duplicate-row)")
+    assert report[3] == "1 team(s) would be set (dry run: nothing was); 3 row(s) rejected"
+    assert dry.returncode == 1
+    assert (await SyncClient(ion, server.url).sync()).households_synced == 0
+
+    done = await asyncio.to_thread(vatra, "household", "import-teams", str(teams),
+                                   "--by", "op:maria")
+    assert done.stdout.splitlines()[:3] == report[:3]
+    assert done.stdout.splitlines()[3] == "1 team(s) set; 3 row(s) rejected"
+    assert (await SyncClient(ion, server.url).sync()).households_synced == 1
+    assert ion.household(first.household_id).to_dict()["team"] == {
+        "social_worker": "ana", "nurse": "ion"}
+    assert not (await SyncClient(ana, server.url).sync()).rejected
+    assert ana.household(first.household_id).to_dict()["team"]["nurse"] == "ion"
+    assert "nurse" not in ana.household(second.household_id).to_dict()["team"]

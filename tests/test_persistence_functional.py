@@ -326,6 +326,32 @@ async def test_a_full_outbox_closes_that_connection_only() -> None:
     assert healthy.closed_with == ""
 
 
+async def test_the_outbox_gauges_show_a_peer_falling_behind() -> None:
+    """Issue 14, part 2: an operator could see outbox overflows only after the fact. The
+    gauges ``vatra_outbox_frames`` (all connections) and ``vatra_outbox_frames_max`` (the
+    deepest one) show frames waiting for a peer whose send is stuck, and fall back when
+    the connection is closed."""
+    from prometheus_client import REGISTRY
+
+    def gauge(name: str) -> float:
+        return REGISTRY.get_sample_value(name) or 0.0
+
+    base = gauge("vatra_outbox_frames")
+    slow = Connection(StuckChannel(), server_peer_id="srv", outbox_frames=8)
+    slow.start()
+    slow.opened("slow")
+    for i in range(5):
+        slow.send(wire.Sync("srv", "p", "doc", bytes([i])))
+        await asyncio.sleep(0)
+    # the writer took one frame and is stuck sending it: four wait
+    assert slow.outbox_depth == 4
+    assert gauge("vatra_outbox_frames") - base == 4
+    assert gauge("vatra_outbox_frames_max") >= 4
+    slow.abort(ErrorCode.OUTBOX_OVERFLOW)
+    await asyncio.wait_for(slow.closed.wait(), TIMEOUT)
+    assert gauge("vatra_outbox_frames") == base
+
+
 async def test_outbox_overflow_on_a_real_connection(server, provision) -> None:
     """On the real server, a connection whose outbox overflows is closed with a policy
     close ``outbox-overflow``, dropped from its household's subscribers, and a teammate on

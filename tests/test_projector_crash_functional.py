@@ -198,3 +198,45 @@ async def test_a_projector_killed_mid_batch_resumes_exactly(
     rebuilt = await Projector(engine, store).rebuild()
     assert sorted((p.household_id, p.upserted, p.deleted) for p in rebuilt) == \
         sorted((hid, 0, 0) for hid in order)
+
+
+async def test_a_projector_on_its_own_serves_its_metrics(database_url: str, tmp_path: Path
+                                                         ) -> None:
+    """Issue 14, part 4: deployed on its own (deploy/), the projector had no HTTP server,
+    so its lag and backlog reached no Prometheus. ``vatra projector --metrics-port P``
+    serves them."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path / "projector.log"
+    with log.open("wb") as out:
+        proc = await projector(database_url, tmp_path / "projector", "--metrics-port",
+                               str(port), output=out)
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            return str(r.read().decode())
+
+    try:
+        text = ""
+        for _ in range(300):
+            if proc.returncode is not None:
+                pytest.fail(f"vatra projector exited:\n{log.read_text()}")
+            try:
+                text = await asyncio.to_thread(scrape)
+            except OSError:
+                await asyncio.sleep(0.1)
+                continue
+            if "vatra_projector_up 1.0" in text:
+                break
+            await asyncio.sleep(0.1)
+        assert "vatra_projector_up 1.0" in text
+        assert "vatra_projection_lag_seconds" in text
+        assert "vatra_projection_pending_households" in text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 30)
+    assert proc.returncode == 0, log.read_text()

@@ -13,13 +13,20 @@ handshake. Refusals: ``400`` (malformed), ``403`` ``enrollment-refused``
 (same answer for an unknown, wrong, expired, used or locked code), ``429``
 ``too-many-attempts`` after :data:`MAX_FAILURES_PER_ADDRESS` refusals from
 one client address within :data:`WINDOW_SECONDS`.
+
+The client address is the peer's, unless the peer is one of the trusted load balancers
+(``VATRA_TRUSTED_PROXIES``): then it is the nearest address in ``X-Forwarded-For`` that
+is not a trusted balancer. Behind a balancer, without this, every device had the
+balancer's address, and ten wrong codes anywhere blocked every enrollment.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import logging
+from collections.abc import Iterable
 
 from aiohttp import web
 from nacl.signing import SigningKey
@@ -34,11 +41,37 @@ log = logging.getLogger(__name__)
 __all__ = ["MAX_FAILURES_PER_ADDRESS", "routes"]
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def client_address(request: web.Request, trusted: Iterable[Network]) -> str:
+    """Who is asking: the peer, or (from a trusted balancer) the forwarded client."""
+    trusted = list(trusted)
+
+    def is_trusted(address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in net for net in trusted)
+
+    address = request.remote or "unknown"
+    if not trusted or not is_trusted(address):
+        return address
+    forwarded = [a.strip() for h in request.headers.getall("X-Forwarded-For", [])
+                 for a in h.split(",") if a.strip()]
+    for hop in reversed(forwarded):  # the balancer appended the address it saw last
+        if not is_trusted(hop):
+            return hop
+    return address
+
+
 def routes(identity: IdentityStore, server_key: SigningKey,
-           limiter: FailureLimiter) -> list[web.RouteDef]:
+           limiter: FailureLimiter, trusted_proxies: Iterable[str] = ()) -> list[web.RouteDef]:
+    trusted = [ipaddress.ip_network(p, strict=False) for p in trusted_proxies]
 
     async def enroll(request: web.Request) -> web.Response:
-        address = request.remote or "unknown"
+        address = client_address(request, trusted)
         if limiter.blocked(address):
             log.warning("enrollment: too many refusals from one address")
             raise http_error(429, ErrorCode.TOO_MANY_ATTEMPTS,

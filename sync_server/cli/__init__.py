@@ -33,6 +33,7 @@ from sync_server.cli.keys import add_key_commands, run_erase, run_keys
 from sync_server.cli.logs import configure as configure_logs
 from sync_server.cli.projections import add_projection_commands, run_projection_command
 from sync_server.cli.quarantine import add_quarantine_commands, run_quarantine
+from sync_server.cli.teams import run_import_teams
 from sync_server.config import Settings
 from sync_server.protocol.errors import ConfigError, VatraError
 from sync_server.store.database import open_database
@@ -113,6 +114,8 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return asyncio.run(run_keys(settings, args))
     if args.command == "household" and args.action == "erase":
         return run_erase(settings, args)
+    if args.command == "household" and args.action == "import-teams":
+        return asyncio.run(run_import_teams(settings, args))
     if args.command in ("user", "household", "device", "audit", "server-key"):
         return asyncio.run(run_admin(settings, args))
     parser.error(f"unknown command {args.command}")

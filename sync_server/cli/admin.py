@@ -8,6 +8,7 @@
     vatra user disable U [--by WHO]      revoke every device of U; no code enrolls another
     vatra user enable U [--by WHO]
     vatra user import FILE.csv [--dry-run]   user_id,role,county,localities (see below)
+    vatra household import-teams FILE.csv [--dry-run]   teams (sync_server/cli/teams.py)
     vatra device enroll-code --user U [--hours 24]
     vatra device list [--user U] [--active]
     vatra device revoke D
@@ -50,6 +51,7 @@ from sync_server.auth.identity import (
 )
 from sync_server.cli.common import open_store, os_account
 from sync_server.cli.keys import add_erase_command
+from sync_server.cli.teams import add_import_teams_command
 from sync_server.config import Settings
 from sync_server.protocol.errors import ErrorCode
 from sync_server.store.keys import KeyRingError
@@ -87,9 +89,10 @@ def add_admin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
 
     household = sub.add_parser("household", help="manage households")
     hsub = household.add_subparsers(dest="action", required=True)
-    # No command sets a team: a household's team is its document's (who registered it,
-    # then approved change_team requests), and access follows it (docs/decisions.md, 61).
     add_erase_command(hsub)  # vatra household erase H (sync_server/cli/keys.py)
+    # vatra household import-teams FILE.csv: through the sync pipeline, as the server's own
+    # change (a team is the household's document: docs/decisions.md, 61, 73)
+    add_import_teams_command(hsub)
 
     device = sub.add_parser("device", help="manage devices").add_subparsers(dest="action",
                                                                             required=True)

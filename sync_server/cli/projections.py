@@ -2,7 +2,9 @@
 
 ``vatra projector`` runs the projector on its own (the server also runs one unless
 ``VATRA_PROJECTOR=0``; two can run side by side, each household is projected by
-one at a time). ``--once`` drains the outbox and exits.
+one at a time). ``--once`` drains the outbox and exits. ``--metrics-port P`` serves the projector's
+Prometheus metrics (lag, backlog, passes) on ``http://0.0.0.0:P/metrics``, for a
+projector deployed on its own (deploy/).
 
 ``vatra projections rebuild [--household H ...]`` re-projects households from the
 change log, queued or not, and prints what changed: after a fix to the projection
@@ -21,6 +23,8 @@ import signal
 import sys
 from pathlib import Path
 
+from prometheus_client import start_http_server
+
 from sync_server.cli.common import open_store
 from sync_server.config import Settings
 from sync_server.projection.projector import Projector, projection_status, registered
@@ -33,6 +37,8 @@ def add_projection_commands(sub: argparse._SubParsersAction[argparse.ArgumentPar
     run.add_argument("--once", action="store_true", help="drain the outbox, then exit")
     run.add_argument("--poll", type=float, default=0.25, help="seconds between outbox polls")
     run.add_argument("--data-dir", type=Path)
+    run.add_argument("--metrics-port", type=int, metavar="P",
+                     help="serve Prometheus metrics on this port (all addresses)")
     proj = sub.add_parser("projections", help="projection maintenance")
     psub = proj.add_subparsers(dest="action", required=True)
     rebuild = psub.add_parser("rebuild", help="re-project households from the change log")
@@ -82,6 +88,8 @@ async def _run(store: PostgresStore, args: argparse.Namespace) -> int:
         n = await projector.drain_all()
         print(f"projected {n} household(s); the outbox is empty", flush=True)
         return 0
+    if args.metrics_port is not None:
+        start_http_server(args.metrics_port)  # a daemon thread; exits with the process
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -21,10 +21,11 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import weakref
 from collections.abc import Callable
 from itertools import count
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from sync_server.auth.grants import Grants
 from sync_server.auth.identity import Device
@@ -49,6 +50,15 @@ BYTES_OUT = Counter("vatra_bytes_out_total", "Bytes of messages sent to devices 
 REFUSALS = Counter("vatra_refusals_total", "Errors sent to devices, by code", ["code"])
 OUTBOX_OVERFLOWS = Counter("vatra_outbox_overflows_total",
                            "Connections dropped because their outbox was full")
+
+#: Every connection of this process, while it lives: the outbox gauges read them at scrape time.
+_LIVE: weakref.WeakSet[Connection] = weakref.WeakSet()
+OUTBOX_FRAMES = Gauge("vatra_outbox_frames",
+                      "Frames queued for devices, summed over this instance's connections")
+OUTBOX_FRAMES.set_function(lambda: sum(c.outbox_depth for c in list(_LIVE)))
+OUTBOX_DEEPEST = Gauge("vatra_outbox_frames_max",
+                       "Frames queued for the one connection with the most (0 with none)")
+OUTBOX_DEEPEST.set_function(lambda: max((c.outbox_depth for c in list(_LIVE)), default=0))
 
 
 class Connection:
@@ -77,6 +87,7 @@ class Connection:
         #: bytes received and sent (plaintext frames), for the session's closing log line
         self.bytes_in = 0
         self.bytes_out = 0
+        _LIVE.add(self)
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} {self.state.value}>"
@@ -89,6 +100,13 @@ class Connection:
                                 code=ErrorCode.HANDSHAKE_REQUIRED)
         self.peer_id = peer_id
         self.state = ConnectionState.OPEN
+
+    @property
+    def outbox_depth(self) -> int:
+        """Frames queued and not yet handed to the socket (a closed connection's queue
+        ends with the close marker, which is not a frame)."""
+        queued = self._outbox.qsize()
+        return queued - 1 if queued and self.state is ConnectionState.CLOSED else queued
 
     # -- outbox --------------------------------------------------------------------------
 
