@@ -11,6 +11,7 @@ thread; it is started before the coroutine is submitted, so a fast result is not
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -47,6 +48,13 @@ def loop() -> asyncio.AbstractEventLoop:
         return _loop
 
 
+def _wake(watcher: object) -> None:
+    """Signal the waiting greenlet (from the asyncio thread); after a timeout it has
+    closed the watcher and gone."""
+    with contextlib.suppress(Exception):
+        watcher.send()  # type: ignore[attr-defined]
+
+
 def call(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
     """Run ``coro`` on the asyncio thread; wait for it in this greenlet only. Raises what
     it raised, or :class:`TimeoutError` (the coroutine is cancelled) after ``timeout``."""
@@ -56,7 +64,7 @@ def call(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
     watcher.start(finished.set)
     try:
         future = asyncio.run_coroutine_threadsafe(coro, loop())
-        future.add_done_callback(lambda _: watcher.send())
+        future.add_done_callback(lambda _: _wake(watcher))
         if not finished.wait(timeout):
             future.cancel()
             raise TimeoutError(f"no answer within {timeout} s")

@@ -14,7 +14,8 @@ way the device would, over the real protocol and the real end-to-end session:
 - :class:`CoEditor`: two team members with one household open live
   (:class:`loadtests.live.LiveSession`), each appending a visit note every
   ``--vatra-edit-every`` s or so; measured: the edit saved on the server, and the edit
-  reaching the teammate's tablet.
+  reaching the teammate's tablet (both teammates in one Locust process: with
+  ``--processes N``, a pair split over two processes reports no teammate figure).
 - :class:`Supervisor`: lists the county's pending change requests and approves them over
   the signed HTTP API.
 - :class:`WebReader`: the web tier reading household lists, profiles and summaries.
@@ -25,8 +26,8 @@ calls: ``sync`` (a tablet's whole sync; its size is the bytes sent and received)
 ``live`` (edit saved; teammate received), ``refusal`` (one row per refusal code, each a
 failure), ``retried`` (a sync or live edit answered with a retryable code such as
 ``storage-failure`` and done again: nothing lost, counted, not a failure) and ``server``
-(the projection lag, sampled every second from the instances' ``/metrics``). Any
-failure makes Locust exit with status 1.
+(the projection lag, sampled every second from the instances' ``/metrics``, or from
+``--vatra-metrics``). Any failure makes Locust exit with status 1.
 """
 
 from __future__ import annotations
@@ -87,6 +88,9 @@ def _options(parser: Any) -> None:
     parser.add_argument("--vatra-register-share", type=float, default=0.2,
                         env_var="VATRA_REGISTER_SHARE",
                         help="share of returns that register a new household")
+    parser.add_argument("--vatra-metrics", default="", env_var="VATRA_METRICS",
+                        help="comma-separated /metrics URLs to sample the projection lag "
+                             "from (default: each instance of the plan; 'off': none)")
     parser.add_argument("--vatra-edit-every", type=float, default=1.0,
                         env_var="VATRA_EDIT_EVERY",
                         help="mean seconds between a co-editor's live edits")
@@ -324,18 +328,23 @@ class WebReader(_Signed):
 LAG = "vatra_projection_lag_seconds"
 
 
-def _sample(environment: Environment) -> None:
-    """Every second: the projection lag, the largest any instance reports (one instance
-    runs the projector; the others report 0)."""
+def _sample(environment: Environment, urls: list[str]) -> None:
+    """Every second: the projection lag, the largest any of ``urls`` reports. Every
+    instance may run a projector (each household is projected by one at a time); one
+    that runs none reports 0. Behind a load balancer that hides ``/metrics`` (deploy/),
+    name the instances or the projector with ``--vatra-metrics``."""
     import requests  # Locust's own dependency, gevent-friendly once patched
 
     while True:
         started = time.perf_counter()
         lag, error = 0.0, None
-        for target in RUN.plan.targets:
+        for url in urls:
             try:
-                text = requests.get(target.http_url + "/metrics", timeout=5).text
-                for family in text_string_to_metric_families(text):
+                answer = requests.get(url, timeout=5)
+                if answer.status_code != 200:
+                    raise RuntimeError(f"{url} answered {answer.status_code}: not a Vatra "
+                                       f"/metrics (see --vatra-metrics)")
+                for family in text_string_to_metric_families(answer.text):
                     for s in family.samples:
                         if s.name == LAG:
                             lag = max(lag, s.value)
@@ -349,8 +358,14 @@ def _sample(environment: Environment) -> None:
 def _start_sampler(environment: Environment, **_: Any) -> None:
     runner = environment.runner
     first_worker = isinstance(runner, WorkerRunner) and runner.worker_index == 0
+    options = environment.parsed_options
+    chosen = str(options.vatra_metrics or "") if options is not None else ""
+    urls = ([u.strip() for u in chosen.split(",") if u.strip()] if chosen else
+            [t.http_url + "/metrics" for t in RUN.plan.targets])
+    if chosen == "off":
+        return
     if isinstance(runner, LocalRunner) or first_worker:
-        sampler = gevent.spawn(_sample, environment)
+        sampler = gevent.spawn(_sample, environment, urls)
         environment.events.test_stopping.add_listener(lambda **_: sampler.kill(block=False))
 
 

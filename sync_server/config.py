@@ -31,6 +31,8 @@
 | VATRA_QUARANTINE_TOTAL_BYTES | 2147483648     | ... and in all (table size, store/quarantine.py)     |
 | VATRA_LOG_FORMAT           | text             | ``json``: one JSON object per log line (cli/logs.py) |
 | VATRA_PG_BIN               | (embedded's)     | pg_dump / pg_restore for ``vatra backup`` / restore  |
+| VATRA_TRUSTED_PROXIES      | (none)           | load balancers (addresses, networks) whose           |
+|                            |                  | X-Forwarded-For the enrollment limiter believes      |
 """
 
 from __future__ import annotations

@@ -85,3 +85,36 @@ def test_a_database_timeout_must_be_a_positive_number_of_seconds(raw: str) -> No
     with pytest.raises(ConfigError, match="VATRA_DATABASE_TIMEOUT"):
         Settings.from_env({"VATRA_DATABASE_TIMEOUT": raw})
     assert Settings.from_env({"VATRA_DATABASE_TIMEOUT": "3"}).database_timeout == 3
+
+
+async def test_instances_migrating_an_empty_database_at_once_all_succeed(postgres_url) -> None:
+    """Found in review (issue 14, deploy/): on a first deployment the migration Job, the
+    projector and every sync pod start together, and each migrates the empty database.
+    Nothing serialized them (docs/deploy.md said Alembic did): the losers failed on
+    relations the winner had just created, and crash-looped. Now a migration holds a
+    PostgreSQL advisory lock for its transaction; the others wait, then find the schema
+    at head. Reproduced with three migrations of one empty database at once."""
+    import asyncio
+
+    import sqlalchemy as sa
+    from conftest import _with_database
+
+    name = "vatra_race_" + uuid.uuid4().hex[:10]
+    admin = make_engine(postgres_url)
+    async with admin.connect() as conn:
+        conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        await conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    engines = [make_engine(_with_database(postgres_url, name), timeout=None) for _ in range(3)]
+    try:
+        await asyncio.gather(*(migrate(e) for e in engines))
+        async with engines[0].connect() as conn:
+            versions = (await conn.execute(sa.text("SELECT version_num FROM alembic_version"))
+                        ).scalars().all()
+        assert len(versions) == 1
+    finally:
+        for e in engines:
+            await e.dispose()
+        async with admin.connect() as conn:
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await admin.dispose()

@@ -103,6 +103,24 @@ def test_the_sync_pods_are_probed_spread_protected_and_unprivileged() -> None:
     assert Path(config["VATRA_SERVER_KEY_FILE"]).name in keys
 
 
+def test_every_pod_can_read_its_key_files() -> None:
+    """Found in review: the key files were mounted mode 0400, owned by root, and every
+    container runs as user 10001, so no Vatra process could read its master key. A
+    pod that mounts the keys must give them to its user's group (``fsGroup``) and let
+    the group read them."""
+    pods = [m for m in manifests() if containers(m)]
+    assert len(pods) == 3  # the sync pods, the projector, the migration
+    for m in pods:
+        spec = m["spec"]["template"]["spec"]
+        [keys] = [v for v in spec["volumes"] if v["name"] == "keys"]
+        mode = keys["secret"]["defaultMode"]
+        context = spec["securityContext"]
+        assert context["runAsUser"] == dockerfile_user(), m["metadata"]["name"]
+        assert context["fsGroup"] == context["runAsGroup"], m["metadata"]["name"]
+        assert mode & 0o040, f"{m['metadata']['name']}: keys not readable by the group"
+        assert not mode & 0o007, f"{m['metadata']['name']}: keys readable by anyone"
+
+
 def containers(manifest: dict[str, Any]) -> list[dict[str, Any]]:
     spec = manifest.get("spec", {}).get("template", {}).get("spec", {})
     return list(spec.get("containers", []))
@@ -152,6 +170,13 @@ def test_compose_runs_three_instances_behind_tls_and_a_projector_all_scraped() -
     assert re.search(r"bind :\d+ ssl crt ", haproxy)
     assert "timeout tunnel" in haproxy  # WebSocket sessions outlive the HTTP timeouts
     assert "option httpchk GET /readyz" in haproxy
+    # The enrollment limiter trusts X-Forwarded-For from the balancer alone, and the
+    # balancer replaces the header rather than appending to what a client sent.
+    lb_address = services["lb"]["networks"]["default"]["ipv4_address"]
+    assert all(services[i]["environment"]["VATRA_TRUSTED_PROXIES"] == lb_address
+               for i in instances)
+    assert "http-request set-header X-Forwarded-For %[src]" in haproxy
+    assert "option forwardfor" not in haproxy
     mounted = " ".join(services["lb"]["volumes"])
     assert "haproxy.cfg" in mounted and "vatra.pem" in mounted
 

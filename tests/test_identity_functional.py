@@ -117,6 +117,9 @@ async def test_behind_a_trusted_balancer_each_client_has_its_own_limit(
         assert (await post(srv, wrong, tablet))[0] == 429
         other = {"X-Forwarded-For": "203.0.113.9"}
         assert (await post(srv, wrong, other))[0] == 403  # another client: its own count
+        for n in range(MAX_FAILURES_PER_ADDRESS):  # made-up hops count as the balancer
+            assert (await post(srv, wrong, {"X-Forwarded-For": f"guess-{n}"}))[0] == 403
+        assert (await post(srv, wrong, {"X-Forwarded-For": "guess-x"}))[0] == 429
     async with VatraServer(dataclasses.replace(base, data_dir=tmp_path / "t")) as srv:
         for n in range(MAX_FAILURES_PER_ADDRESS):  # no trusted balancer: the header is
             assert (await post(srv, wrong, {"X-Forwarded-For": f"203.0.113.{n}"}))[0] == 403

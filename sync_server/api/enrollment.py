@@ -16,8 +16,10 @@ one client address within :data:`WINDOW_SECONDS`.
 
 The client address is the peer's, unless the peer is one of the trusted load balancers
 (``VATRA_TRUSTED_PROXIES``): then it is the nearest address in ``X-Forwarded-For`` that
-is not a trusted balancer. Behind a balancer, without this, every device had the
-balancer's address, and ten wrong codes anywhere blocked every enrollment.
+is not a trusted balancer. A hop that is not an IP address makes it the balancer's:
+made-up keys would each get ten tries, and fill the limiter's memory. Behind a
+balancer, without this, every device had the balancer's address, and ten wrong codes
+anywhere blocked every enrollment.
 """
 
 from __future__ import annotations
@@ -61,6 +63,10 @@ def client_address(request: web.Request, trusted: Iterable[Network]) -> str:
     forwarded = [a.strip() for h in request.headers.getall("X-Forwarded-For", [])
                  for a in h.split(",") if a.strip()]
     for hop in reversed(forwarded):  # the balancer appended the address it saw last
+        try:
+            ipaddress.ip_address(hop)
+        except ValueError:  # not an address: made up by someone, count the balancer's
+            return address
         if not is_trusted(hop):
             return hop
     return address

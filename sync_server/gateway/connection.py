@@ -87,6 +87,7 @@ class Connection:
         #: bytes received and sent (plaintext frames), for the session's closing log line
         self.bytes_in = 0
         self.bytes_out = 0
+        self._marker_queued = False  # the close marker (None) is in the outbox
         _LIVE.add(self)
 
     def __repr__(self) -> str:
@@ -103,10 +104,10 @@ class Connection:
 
     @property
     def outbox_depth(self) -> int:
-        """Frames queued and not yet handed to the socket (a closed connection's queue
-        ends with the close marker, which is not a frame)."""
+        """Frames queued and not yet handed to the socket (the close marker, queued last
+        when the connection closes, is not a frame)."""
         queued = self._outbox.qsize()
-        return queued - 1 if queued and self.state is ConnectionState.CLOSED else queued
+        return queued - 1 if self._marker_queued and queued else queued
 
     # -- outbox --------------------------------------------------------------------------
 
@@ -155,6 +156,7 @@ class Connection:
         while not self._outbox.empty():
             self._outbox.get_nowait()
         self._outbox.put_nowait(None)
+        self._marker_queued = True
         if self._sending and self._writer is not None:
             # A send stuck on a peer that stopped reading: drop the socket, so that send
             # fails and the read loop ends. (Cancelling the writer instead cancelled
@@ -172,6 +174,7 @@ class Connection:
             self.state = ConnectionState.CLOSED
             try:
                 self._outbox.put_nowait(None)
+                self._marker_queued = True
             except asyncio.QueueFull:
                 self.abort(ErrorCode.OUTBOX_OVERFLOW)
         if self._writer is not None:
@@ -185,6 +188,7 @@ class Connection:
             while True:
                 frame = await self._outbox.get()
                 if frame is None:
+                    self._marker_queued = False
                     break
                 self._sending = True
                 await self.channel.send(frame)

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
+import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import Connection
@@ -195,6 +196,10 @@ def alembic_config() -> Config:
     return cfg
 
 
+#: The advisory lock space migrations take (distinct from the projector's).
+MIGRATION_LOCK_SPACE = 0x7661_7401
+
+
 async def migrate(engine: AsyncEngine, revision: str = "head") -> None:
     """Upgrade the schema to ``revision`` (idempotent)."""
 
@@ -204,4 +209,8 @@ async def migrate(engine: AsyncEngine, revision: str = "head") -> None:
         command.upgrade(cfg, revision)
 
     async with engine.begin() as conn:
+        # One migration at a time: on a first deployment every instance, the projector and
+        # the migration job start together on the empty database (held to the commit).
+        await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:space, 0)"),
+                           {"space": MIGRATION_LOCK_SPACE})
         await conn.run_sync(upgrade)

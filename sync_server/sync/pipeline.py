@@ -396,7 +396,8 @@ class Synchronizer:
         path as a device's batch: fork, edit, validate, persist (one transaction, audited
         under ``author``), swap, fan out. Returns what ``edit`` returned. Raises
         UnknownHousehold (or HouseholdErased), Refused if the result breaks the schema and
-        StorageError if it could not be stored."""
+        StorageError if it could not be stored (also when other instances kept committing
+        to the household through STALE_ATTEMPTS tries)."""
         actor = await self.registry.get(household_id)
         if actor is None:
             if household_id in self.registry.erased:
@@ -404,13 +405,18 @@ class Synchronizer:
             raise UnknownHousehold(household_id)
         async with actor.lock:
             await self.registry.refresh(actor)
-            try:
-                result, changed = await self._server_change(
-                    actor, edit, author, writer=author.user_id or SERVER_AUTHOR)
-            except HouseholdStale:  # committed to by another instance meanwhile: once more
-                await self.registry.refresh(actor, check=False)
-                result, changed = await self._server_change(
-                    actor, edit, author, writer=author.user_id or SERVER_AUTHOR)
+            for attempt in range(1, STALE_ATTEMPTS + 1):
+                try:
+                    result, changed = await self._server_change(
+                        actor, edit, author, writer=author.user_id or SERVER_AUTHOR)
+                    break
+                except HouseholdStale as stale:  # another instance committed meanwhile
+                    if attempt == STALE_ATTEMPTS:
+                        actor.stale = True
+                        raise StorageError("the household changed on another server while "
+                                           "this change was stored; retry",
+                                           document_id=actor.id) from stale
+                    await self.registry.refresh(actor, check=False)
             if changed:
                 self._answer(actor, list(actor.subscribers))
                 await self._maybe_snapshot(actor)
