@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import json
 import os
 import sys
 from pathlib import Path
@@ -57,16 +58,25 @@ async def changes_persisted(server) -> float:
                if line.startswith("vatra_changes_persisted_total "))
 
 
-async def test_a_bounded_locust_run_of_every_scenario_has_no_failure(
-        server, database_url: str, tmp_path: Path) -> None:
+async def provisioned(server, database_url: str, tmp_path: Path, *counts: str
+                      ) -> tuple[Path, dict[str, str]]:
+    """``python -m loadtests.provision`` against ``server``: the plan, and the environment
+    (the server's database and master key) the commands run in."""
     env = {**os.environ, "DATABASE_URL": database_url, "VATRA_MASTER_KEY": TEST_MASTER_KEY,
            "VATRA_DATA_DIR": str(tmp_path / "provisioning")}
     plan = tmp_path / "plan"
     code, out = await run("-m", "loadtests.provision", str(plan), "--server", server.http_url,
-                          "--tablets", "14", "--households", "3", "--pairs", "3",
-                          "--supervisors", "1", "--readers", "3", env=env, seconds=180)
+                          *counts, env=env, seconds=180)
     assert code == 0, out
-    assert "provisioned 24 devices" in out
+    return plan, env
+
+
+async def test_a_bounded_locust_run_of_every_scenario_has_no_failure(
+        server, database_url: str, tmp_path: Path) -> None:
+    plan, env = await provisioned(server, database_url, tmp_path, "--tablets", "14",
+                                  "--households", "3", "--pairs", "3", "--supervisors", "1",
+                                  "--readers", "3")
+    assert len(json.loads((plan / "plan.json").read_text())["devices"]) == 24
     before = await changes_persisted(server)
 
     prefix = tmp_path / "locust"
@@ -99,13 +109,9 @@ async def test_a_refused_device_fails_the_run(server, database_url: str, provisi
     """The bounded run must be able to fail: a plan whose only tablet was revoked after
     provisioning makes every sync refused, and Locust exits with status 1, the refusal
     named in its failures."""
-    env = {**os.environ, "DATABASE_URL": database_url, "VATRA_MASTER_KEY": TEST_MASTER_KEY,
-           "VATRA_DATA_DIR": str(tmp_path / "provisioning")}
-    plan = tmp_path / "plan"
-    code, out = await run("-m", "loadtests.provision", str(plan), "--server", server.http_url,
-                          "--tablets", "1", "--households", "1", "--pairs", "0",
-                          "--supervisors", "0", "--readers", "0", env=env, seconds=120)
-    assert code == 0, out
+    plan, env = await provisioned(server, database_url, tmp_path, "--tablets", "1",
+                                  "--households", "1", "--pairs", "0", "--supervisors", "0",
+                                  "--readers", "0")
     [device] = await provision.identity.devices("lt-sw-0001")
     await provision.identity.revoke_device(device.id)
 

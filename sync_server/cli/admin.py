@@ -31,10 +31,7 @@ checks every row and adds none.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
-import csv
-import io
 import os
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -49,7 +46,7 @@ from sync_server.auth.identity import (
     check_user,
     load_server_identity,
 )
-from sync_server.cli.common import open_store, os_account
+from sync_server.cli.common import open_store, os_account, read_csv
 from sync_server.cli.keys import add_erase_command
 from sync_server.cli.teams import add_import_teams_command
 from sync_server.config import Settings
@@ -218,12 +215,9 @@ IMPORT_COLUMNS = ("user_id", "role", "county", "localities")
 
 async def _import_users(ids: IdentityStore, path: Path, *, dry_run: bool) -> int:
     """Add the file's users; report every rejected row (line, rule). Exit 1 if any."""
-    try:
-        text = await asyncio.to_thread(path.read_text, encoding="utf-8-sig")
-    except OSError as exc:
-        print(f"refused (unreadable-file): {path}: {exc.strerror}")
+    reader = await read_csv(path)
+    if reader is None:
         return 1
-    reader = csv.DictReader(io.StringIO(text))
     if reader.fieldnames is None or set(IMPORT_COLUMNS) - set(reader.fieldnames):
         print(f"refused (bad-header): the first row must name the columns "
               f"{','.join(IMPORT_COLUMNS)} (got {','.join(reader.fieldnames or [])})")

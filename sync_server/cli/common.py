@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import csv
 import getpass
+import io
 import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from sync_server.config import Settings
 from sync_server.store.database import open_database
@@ -36,3 +40,14 @@ def os_account() -> str:
         return f"os:{getpass.getuser()}"
     except (KeyError, OSError):  # no login name and no passwd entry (a bare container)
         return f"os:uid-{os.getuid()}"
+
+
+async def read_csv(path: Path) -> csv.DictReader[str] | None:
+    """The rows of an operator's CSV file (a spreadsheet's BOM allowed), or None after
+    saying why it cannot be read."""
+    try:
+        text = await asyncio.to_thread(path.read_text, encoding="utf-8-sig")
+    except OSError as exc:
+        print(f"refused (unreadable-file): {path}: {exc.strerror}")
+        return None
+    return csv.DictReader(io.StringIO(text))

@@ -27,9 +27,6 @@ The exit status is 1 if any row was rejected.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import csv
-import io
 import uuid
 from functools import partial
 from pathlib import Path
@@ -37,7 +34,7 @@ from pathlib import Path
 from conflict import SERVER_AUTHOR, TEAM_ROLES, Household
 from conflict.ids import is_household_id
 from sync_server.auth.identity import IdentityStore
-from sync_server.cli.common import open_store, os_account
+from sync_server.cli.common import open_store, os_account, read_csv
 from sync_server.config import Settings
 from sync_server.protocol.errors import ErrorCode, Refused, StorageError
 from sync_server.store.contract import Author, HouseholdErased, UnknownHousehold
@@ -71,13 +68,9 @@ def add_import_teams_command(
 
 
 async def run_import_teams(settings: Settings, args: argparse.Namespace) -> int:
-    path: Path = args.file
-    try:
-        text = await asyncio.to_thread(path.read_text, encoding="utf-8-sig")
-    except OSError as exc:
-        print(f"refused (unreadable-file): {path}: {exc.strerror}")
+    reader = await read_csv(args.file)
+    if reader is None:
         return 1
-    reader = csv.DictReader(io.StringIO(text))
     columns = list(reader.fieldnames or [])
     roles = [c for c in columns if c in TEAM_ROLES]
     if "household_id" not in columns or not roles or len(roles) + 1 != len(columns):
