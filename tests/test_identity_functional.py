@@ -171,3 +171,33 @@ async def test_teams_and_revocation(ids: IdentityStore, store) -> None:
     assert await ids.revoke_device(dev.id)
     assert not await ids.revoke_device(dev.id)
     assert (await ids.device(dev.id)).revoked
+
+
+async def test_the_enrollment_exchange_is_the_one_the_openapi_document_describes(
+        server) -> None:
+    """Issue 15: a client written from the docs alone had to guess the enrollment request
+    (field names, base64 or hex, the actor id's form) and its 201 body; every wrong guess
+    cost one of the ten refusals allowed per address. ``/v1/openapi.json`` now gives both
+    schemas: the request the SDK sends and the answer the server gives conform to them."""
+    import aiohttp
+    import jsonschema
+
+    async with aiohttp.ClientSession() as s, s.get(f"{server.http_url}/v1/openapi.json") as r:
+        document = await r.json()
+    operation = document["paths"]["/v1/enroll"]["post"]
+    schemas = document["components"]["schemas"]
+    request_ref = operation["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    answer_ref = operation["responses"]["201"]["content"]["application/json"]["schema"]["$ref"]
+
+    def schema(ref: str) -> dict:
+        return schemas[ref.rsplit("/", 1)[1]]
+
+    ids = IdentityStore(server.app[ENGINE])
+    await ids.add_user("sw-ana", "worker", localities=[("54975", "CJ")])
+    body = request_body((await ids.create_enrollment_code("sw-ana")).code)
+    jsonschema.validate(body, schema(request_ref))
+    status, answer = await post(server, body)
+    assert status == 201
+    jsonschema.validate(answer, schema(answer_ref))
+    with pytest.raises(jsonschema.ValidationError):  # the check can fail: an actor id
+        jsonschema.validate({**body, "actor_ids": ["ACTOR-1"]}, schema(request_ref))

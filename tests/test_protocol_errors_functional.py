@@ -282,6 +282,37 @@ async def test_message_before_join_is_refused(server, team: Team) -> None:
     await team.bystander_catches_up()
 
 
+async def test_a_second_join_is_handshake_required(server, team: Team) -> None:
+    """Issue 15: a client written from docs/protocol.md alone sent ``join`` twice and got
+    ``unknown-message-type``, where the docs say ``handshake-required``. It is now."""
+    async with raw_peer(server.url, team.mate) as again:
+        await again.send(wire.Join(again.peer_id))
+        msg = await again.receive()
+        assert isinstance(msg, wire.Error), msg
+        assert msg.code == ErrorCode.HANDSHAKE_REQUIRED
+        await again.expect_closed()
+    await team.device_edits_and_syncs(server.url, "after")
+
+
+async def test_a_join_naming_its_metadata_peer_metadata_gets_its_caseload(
+        server, team: Team) -> None:
+    """Issue 15: automerge-repo's WebSocket adapter sends ``peerMetadata`` in ``join``;
+    the server read only ``metadata``, so a ``join`` with ``peerMetadata:
+    {vatraCaseload: true}`` silently got no caseload. Both names are read, and ``peer``
+    carries both."""
+    async with raw_peer(server.url, team.mate, join=False) as repo:
+        frame = cbor2.dumps({"type": "join", "senderId": repo.peer_id,
+                             "supportedProtocolVersions": ["1"],
+                             "peerMetadata": {"vatraCaseload": True}})
+        await repo.send_frame(frame)
+        peer = await repo.receive()
+        assert isinstance(peer, wire.Peer), peer
+        assert cbor2.loads(repo.last_frame)["peerMetadata"] == {"isEphemeral": False}
+        caseload = await repo.receive()
+        assert isinstance(caseload, wire.Caseload), caseload
+        assert team.hid in caseload.document_ids
+
+
 async def test_unknown_household_that_is_not_a_household_is_refused(server, team: Team,
                                                                     store) -> None:
     """A ``sync`` creating an unknown document whose changes are no valid household gets

@@ -29,13 +29,14 @@ import binascii
 import ipaddress
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 from aiohttp import web
 from nacl.signing import SigningKey
 
 from sync_server.api.errors import http_error
 from sync_server.auth.enrollment import MAX_FAILURES_PER_ADDRESS, FailureLimiter
-from sync_server.auth.identity import IdentityError, IdentityStore
+from sync_server.auth.identity import ROLES, IdentityError, IdentityStore
 from sync_server.protocol.errors import ErrorCode
 
 log = logging.getLogger(__name__)
@@ -111,10 +112,45 @@ def routes(identity: IdentityStore, server_key: SigningKey,
     return [web.post("/v1/enroll", enroll)]
 
 
+_BASE64_KEY = {"type": "string", "format": "byte",
+               "description": "standard base64 (with padding) of a 32-byte public key"}
+
+SCHEMAS: dict[str, Any] = {
+    "EnrollRequest": {
+        "type": "object", "additionalProperties": False,
+        "required": ["code", "signing_key", "exchange_key", "actor_ids"],
+        "properties": {
+            "code": {"type": "string", "example": "K7Q2M9-ABCD-EFGH-JKLM-NPQR",
+                     "description": "the one-time code from `vatra device enroll-code`"},
+            "signing_key": {**_BASE64_KEY, "description": "the device's Ed25519 public key "
+                                                         "(standard base64, 32 bytes)"},
+            "exchange_key": {**_BASE64_KEY, "description": "the device's X25519 public key "
+                                                          "(standard base64, 32 bytes)"},
+            "actor_ids": {"type": "array", "minItems": 1, "items": {
+                "type": "string", "pattern": "^[0-9a-f]+$",
+                "description": "an Automerge actor id the device writes with, lowercase hex "
+                               "(the SDK's are 16 bytes: 32 hex characters)"}},
+        }},
+    "Enrolled": {
+        "type": "object", "required": ["device_id", "user_id", "role", "server_signing_key"],
+        "properties": {
+            "device_id": {"type": "string", "description": "the enrolled device's id: the "
+                                                           "session handshake's `device`"},
+            "user_id": {"type": "string"},
+            "role": {"type": "string", "enum": list(ROLES)},
+            "server_signing_key": {**_BASE64_KEY, "description": "the server's Ed25519 "
+                                   "identity key (standard base64, 32 bytes): pin it, and "
+                                   "check it in every session handshake"},
+        }},
+}
+
 PATHS = {
     "/v1/enroll": {"post": {
         "summary": "enroll a device with a one-time code (sync_server/api/enrollment.py)",
-        "responses": {"201": {"description": "enrolled"},
+        "requestBody": {"required": True, "content": {"application/json": {
+            "schema": {"$ref": "#/components/schemas/EnrollRequest"}}}},
+        "responses": {"201": {"description": "enrolled", "content": {"application/json": {
+                          "schema": {"$ref": "#/components/schemas/Enrolled"}}}},
                       **{s: {"description": "refused", "content": {"application/json": {
                           "schema": {"$ref": "#/components/schemas/Error"}}}}
                          for s in ("400", "403", "429")}}}},

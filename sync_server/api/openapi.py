@@ -22,7 +22,8 @@ DOCUMENT: dict[str, Any] = {
             "description": "Vatra-Device id=<device>, ts=<unix seconds>, nonce=<base64>, "
                            "sig=<base64 Ed25519 signature>; see "
                            "sync_server/protocol/http_auth.py"}},
-        "schemas": {"Error": ERROR_SCHEMA, **approvals.SCHEMAS, **read.SCHEMAS},
+        "schemas": {"Error": ERROR_SCHEMA, **enrollment.SCHEMAS, **approvals.SCHEMAS,
+                    **read.SCHEMAS},
     },
     "paths": {**enrollment.PATHS, **approvals.PATHS, **read.PATHS, **ops.PATHS},
 }

@@ -136,6 +136,9 @@ async def serve_connection(conn: Connection, synchronizer: Synchronizer, *,
                     conn.send(wire.Caseload(synchronizer.server_peer_id, msg.sender_id,
                                             tuple(live), tuple(erased)))
                 continue
+            if isinstance(msg, wire.Join):  # docs/protocol.md: a second join
+                raise ProtocolError("join is only valid once, as the first message",
+                                    code=ErrorCode.HANDSHAKE_REQUIRED)
             if not isinstance(msg, FROM_CLIENT_ALLOWED):
                 raise ProtocolError(f"'{msg.type}' is not a message a client may send",
                                     code=ErrorCode.UNKNOWN_MESSAGE_TYPE)

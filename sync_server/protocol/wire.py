@@ -72,7 +72,7 @@ class Peer:
     def to_wire(self) -> dict[str, Any]:
         return {"type": self.type, "senderId": self.sender_id, "targetId": self.target_id,
                 "selectedProtocolVersion": self.selected_protocol_version,
-                "metadata": self.metadata}
+                "metadata": self.metadata, "peerMetadata": self.metadata}
 
     @classmethod
     def from_wire(cls, m: dict[str, Any]) -> Peer:
@@ -282,5 +282,12 @@ def _bytes(m: dict[str, Any], key: str) -> bytes:
 
 
 def _metadata(m: dict[str, Any]) -> dict[str, Any]:
-    value = m.get("metadata", {})
-    return value if isinstance(value, dict) else {}
+    """A ``join``'s or ``peer``'s metadata: automerge-repo's WebSocket adapter names it
+    ``peerMetadata``; Vatra's first clients named it ``metadata``. Both are read (a key
+    in both: ``metadata``'s value)."""
+    merged: dict[str, Any] = {}
+    for key in ("peerMetadata", "metadata"):
+        value = m.get(key, {})
+        if isinstance(value, dict):
+            merged.update(value)
+    return merged
