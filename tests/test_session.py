@@ -203,9 +203,13 @@ def vectors() -> dict[str, str]:
         "hello": hello.hex(),
         "welcome": welcome.hex(),
         "auth": auth.hex(),
+        "personalisation vatra-th1, as BLAKE2b takes it (16 bytes)":
+            b"vatra-th1".ljust(16, b"\0").hex(),
+        "transcript th1": server._th1.hex(),
         "transcript th2": ck.transcript.hex(),
         "key device-to-server": ck.send.hex(),
         "key server-to-device": ck.receive.hex(),
+        "frame 0 plaintext: the 4 ASCII bytes 'join'": b"join".hex(),
         "frame 0 device-to-server (plaintext 'join')": FrameSealer(ck.send).seal(b"join").hex(),
     }
 
@@ -224,3 +228,23 @@ def test_the_crypto_bench_runs_and_reports_every_figure(capsys) -> None:
     for label in ("handshake, both sides", "seal + open    200 B", "Argon2id (interactive)",
                   "every 6-digit PIN"):
         assert label in out
+
+
+def test_the_transcript_is_plain_blake2b_and_the_hello_carries_untagged_bytes() -> None:
+    """Issue 15: a client written from the docs had to guess how BLAKE2b's
+    personalisation is padded, and whether CBOR byte strings are tagged (a common
+    JavaScript encoder adds tag 64). The documented th1 is Python's own BLAKE2b over the
+    documented inputs, with the name zero-padded; the hello's key is an untagged byte
+    string."""
+    import hashlib
+
+    import cbor2
+
+    v = vectors()
+    hello = bytes.fromhex(v["hello"])
+    welcome = cbor2.loads(bytes.fromhex(v["welcome"]))
+    th1 = hashlib.blake2b(hello + welcome["eph"] + bytes(SERVER.verify_key), digest_size=32,
+                          person=b"vatra-th1")
+    assert th1.hexdigest() == v["transcript th1"]
+    eph = cbor2.loads(hello)["eph"]
+    assert b"\x58\x20" + eph in hello and b"\xd8\x40" not in hello  # no tag 64
