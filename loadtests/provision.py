@@ -32,10 +32,13 @@ from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
-from client_sdk import Replica, SyncClient, enroll
-from sync_server.auth.identity import IdentityStore
+import aiohttp
+
+from client_sdk import Replica, SyncClient, VatraClientError, enroll
+from sync_server.auth.identity import IdentityError, IdentityStore
 from sync_server.cli.admin import identity_store
 from sync_server.config import Settings
+from sync_server.store.keys import KeyRingError
 
 from .plan import CO_EDITING, PIN, PLAN_FILE, RETURNING, SUPERVISOR, WEB, Device, Plan, Target
 
@@ -146,17 +149,31 @@ async def provision(args: argparse.Namespace) -> Plan:
     return plan
 
 
+def _http_base(value: str) -> str:
+    if not value.startswith(("http://", "https://")) or not value.split("://", 1)[1].strip("/"):
+        raise argparse.ArgumentTypeError(f"{value!r} is not an HTTP base such as "
+                                         f"http://host:8080")
+    return value
+
+
+def _count(value: str) -> int:
+    n = int(value)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{value} is not a count (0 or more)")
+    return n
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m loadtests.provision",
                                 description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("dir", type=Path, help="where the plan and the devices go (new)")
-    p.add_argument("--server", action="append", required=True,
+    p.add_argument("--server", action="append", required=True, type=_http_base,
                    help="a target instance's HTTP base, e.g. http://host:8080 (repeatable)")
-    p.add_argument("--tablets", type=int, default=20, help="returning tablets")
-    p.add_argument("--households", type=int, default=10, help="households per returning tablet")
-    p.add_argument("--pairs", type=int, default=2, help="pairs of co-editing tablets")
-    p.add_argument("--supervisors", type=int, default=1)
-    p.add_argument("--readers", type=int, default=2, help="web-tier users (national)")
+    p.add_argument("--tablets", type=_count, default=20, help="returning tablets")
+    p.add_argument("--households", type=_count, default=10, help="households per returning tablet")
+    p.add_argument("--pairs", type=_count, default=2, help="pairs of co-editing tablets")
+    p.add_argument("--supervisors", type=_count, default=1)
+    p.add_argument("--readers", type=_count, default=2, help="web-tier users (national)")
     p.add_argument("--county", default="CJ")
     p.add_argument("--locality", default="54975", help="SIRUTA code of the workers' locality")
     p.add_argument("--prefix", default="lt", help="user ids start with this")
@@ -169,7 +186,15 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{args.dir / PLAN_FILE} exists: provision into a new directory")
     args.dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    plan = asyncio.run(provision(args))
+    try:
+        plan = asyncio.run(provision(args))
+    except (IdentityError, KeyRingError, VatraClientError, aiohttp.ClientError,
+            OSError) as err:
+        code = getattr(err, "code", type(err).__name__)
+        print(f"provisioning failed ({code}): {getattr(err, 'message', None) or err}; "
+              f"no plan was written (users and devices made so far stay: provision into a "
+              f"new directory, with another --prefix if they are in the way)", file=sys.stderr)
+        return 1
     counts = {s: len(plan.of(s)) for s in (RETURNING, CO_EDITING, SUPERVISOR, WEB)}
     print(f"provisioned {len(plan.devices)} devices in {time.perf_counter() - started:.1f} s "
           f"({', '.join(f'{n} {s}' for s, n in counts.items())}) against "

@@ -124,3 +124,21 @@ async def test_a_refused_device_fails_the_run(server, database_url: str, provisi
     failures = read_csv(f"{prefix}_failures.csv")
     assert failures and any("revoked" in row["Error"] or "unauthorized" in row["Error"]
                             or "handshake" in row["Error"] for row in failures), failures
+
+
+async def test_provisioning_mistakes_are_one_line_and_write_no_plan(
+        server, database_url: str, tmp_path: Path) -> None:
+    """Found reviewing issue 14: ``loadtests.provision`` given a server that is not an
+    HTTP base, or one that does not answer, ended in a Python traceback. Each is now one
+    line; no plan is written, so no Locust run starts on half a provisioning."""
+    env = {**os.environ, "DATABASE_URL": database_url, "VATRA_MASTER_KEY": TEST_MASTER_KEY,
+           "VATRA_DATA_DIR": str(tmp_path / "provisioning")}
+    code, out = await run("-m", "loadtests.provision", str(tmp_path / "a"), "--server",
+                          "staging:8080", env=env, seconds=60)
+    assert code == 2 and "is not an HTTP base such as http://host:8080" in out, out
+    code, out = await run("-m", "loadtests.provision", str(tmp_path / "b"), "--server",
+                          "http://127.0.0.1:9", "--tablets", "1", "--pairs", "0",
+                          "--supervisors", "0", "--readers", "0", env=env, seconds=60)
+    assert code == 1 and "Traceback" not in out, out
+    assert out.startswith("provisioning failed (") and "no plan was written" in out, out
+    assert not (tmp_path / "b" / "plan.json").exists()
