@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import aiohttp
 from automerge.core import Document, Message, SyncState
 
-from sync_server.protocol import wire
+from sync_server.protocol import fastpath, wire
 from sync_server.protocol.errors import ProtocolError
 from sync_server.protocol.session import SessionError, open_session
 
@@ -77,6 +77,9 @@ class SyncSummary:
     recovered: dict[str, Recovery] = field(default_factory=dict)
     attempts: int = 1
     seconds: float = 0.0
+    #: households the reconnect fast path found the same on both sides (not synced;
+    #: counted in ``households_synced``)
+    households_unchanged: int = 0
 
     def absorb(self, other: SyncSummary) -> None:
         """Add a follow-up session's figures (the households are already counted)."""
@@ -87,6 +90,16 @@ class SyncSummary:
         self.rejected += other.rejected
         self.erased.update(other.erased)
         self.discarded.update(other.discarded)
+
+
+@dataclass
+class _Offer:
+    """What a fast-path ``vatra-heads`` offered (see :meth:`SyncClient._heads_offer`)."""
+
+    tagged: list[tuple[str, bytes]] = field(default_factory=list)
+    named: list[tuple[str, bytes]] = field(default_factory=list)
+    fresh: list[str] = field(default_factory=list)  # never synced: not offered
+    message: wire.Heads = field(default_factory=lambda: wire.Heads("", b""))
 
 
 @dataclass
@@ -174,8 +187,12 @@ class SyncClient:
                  max_attempts: int = 5, backoff_base: float = 0.2, backoff_cap: float = 10.0,
                  idle_timeout: float = 30.0, max_frame_bytes: int = 4 * 1024 * 1024,
                  max_step_bytes: int = STEP_BYTES,
-                 max_rounds: int = 200) -> None:
+                 max_rounds: int = 200, fast_path: bool = True) -> None:
         self.replica = replica
+        #: offer the reconnect fast path (docs/protocol.md); False syncs every household
+        #: as a plain automerge-repo peer would
+        self.fast_path = fast_path
+        self._plain_only = False  # the server did not take the offer: not offered again
         self.server_url = server_url
         self.on_remote_change = on_remote_change
         self.on_saved = on_saved
@@ -228,17 +245,27 @@ class SyncClient:
         started = time.perf_counter()
         summary = SyncSummary()
         ids = household_ids if household_ids is not None else self.replica.household_ids()
+        peer_id = self.replica.peer_id
+        metadata: dict[str, object] = {"isEphemeral": False, "vatraCaseload": True}
+        offer = None
+        if household_ids is None and self.fast_path and not self._plain_only:
+            offer = self._heads_offer(peer_id, creds.role)
+            metadata["vatraHeads"] = fastpath.VERSION
+        # join, and the fast path's vatra-heads, go in the handshake's last flight
+        early = [wire.encode(wire.Join(peer_id, metadata=metadata))]
+        if offer is not None:
+            early.append(wire.encode(offer.message))
+        summary.bytes_sent += sum(len(f) for f in early)
         async with aiohttp.ClientSession() as session, session.ws_connect(
                 self.server_url, max_msg_size=max(self.max_frame_bytes, MAX_DOWNLOAD_FRAME)
                 + 64 * 1024,
                 heartbeat=30) as ws:
             try:
                 channel = await open_session(ClientChannel(ws), creds.device_id,
-                                             creds.signing_key, creds.server_key)
+                                             creds.signing_key, creds.server_key, early=early)
             except SessionError as err:  # the server's refusal, in a frame
                 refusal = ServerUnavailable if err.code in RETRYABLE_CODES else ServerRejected
                 raise refusal(str(err.code), err.message) from err
-            peer_id = self.replica.peer_id
 
             async def send(message: wire.Message) -> None:
                 frame = wire.encode(message)
@@ -252,26 +279,39 @@ class SyncClient:
                 summary.bytes_received += len(frame)
                 return wire.decode(frame)
 
-            await send(wire.Join(peer_id, metadata={"isEphemeral": False,
-                                                     "vatraCaseload": True}))
             first = await receive()
             if isinstance(first, wire.Error):
                 raise self._rejected(first)
             if not isinstance(first, wire.Peer):
                 raise ProtocolError(f"expected 'peer', got '{first.type}'")
             server_id = first.sender_id
-            caseload = await receive()
-            if isinstance(caseload, wire.Error):
-                raise self._rejected(caseload)
-            if not isinstance(caseload, wire.Caseload):
-                raise ProtocolError(f"expected 'vatra-caseload', got '{caseload.type}'")
-            erased = set(caseload.erased)
-            self._discard(sorted(erased & set(self.replica.household_ids())), summary,
-                          erased=True)
-            if household_ids is None:
-                ids = self._apply_caseload(set(caseload.document_ids), summary)
+            server_first: set[str] = set()  # households the server opens (the fast path)
+            if offer is not None:
+                if first.metadata.get("vatraHeads") != fastpath.VERSION:
+                    # A server older than the fast path: it refuses vatra-heads and closes.
+                    log.info("the server does not offer the reconnect fast path; "
+                             "syncing without it")
+                    self._plain_only = True
+                    raise ConnectionError("the server does not offer the reconnect fast path")
+                reply = await receive()
+                if isinstance(reply, wire.Error):
+                    raise self._rejected(reply)
+                if not isinstance(reply, wire.HeadsReply):
+                    raise ProtocolError(f"expected 'vatra-heads-reply', got '{reply.type}'")
+                ids, server_first = self._apply_heads(offer, reply, summary)
             else:
-                ids = [hid for hid in ids if hid not in erased]
+                caseload = await receive()
+                if isinstance(caseload, wire.Error):
+                    raise self._rejected(caseload)
+                if not isinstance(caseload, wire.Caseload):
+                    raise ProtocolError(f"expected 'vatra-caseload', got '{caseload.type}'")
+                erased = set(caseload.erased)
+                self._discard(sorted(erased & set(self.replica.household_ids())), summary,
+                              erased=True)
+                if household_ids is None:
+                    ids = self._apply_caseload(set(caseload.document_ids), summary)
+                else:
+                    ids = [hid for hid in ids if hid not in erased]
 
             docs: dict[str, _DocSync] = {}
             try:
@@ -280,6 +320,8 @@ class SyncClient:
                     doc = self.replica.document(hid)
                     d = docs[hid] = _DocSync(doc, SyncState(),
                                              {c.hash for c in doc.get_changes([])} if local else set())
+                    if hid in server_first:
+                        continue  # the server speaks first: its heads and what it has
                     m = doc.generate_sync_message(d.state)
                     assert m is not None  # a fresh SyncState always has something to say
                     kind = wire.Sync if local else wire.Request
@@ -336,6 +378,50 @@ class SyncClient:
         if err.document_id is None and err.code in RETRYABLE_CODES:
             return ServerUnavailable(err.code, err.message)
         return ServerRejected(err.code, err.message, err.document_id)
+
+    def _heads_offer(self, peer_id: str, role: str) -> _Offer:
+        """The fast path's ``vatra-heads``: a tag of the heads of every household synced
+        before, anonymous for a worker's (its caseload), named otherwise; households
+        never synced are known to differ and are not offered."""
+        offer = _Offer()
+        for hid in self.replica.household_ids():
+            if not self.replica.server_heads(hid):
+                offer.fresh.append(hid)
+                continue
+            tag = fastpath.heads_tag(hid, self.replica.document(hid).get_heads())
+            (offer.tagged if role == "worker" else offer.named).append((hid, tag))
+        offer.message = wire.Heads(peer_id, b"".join(tag for _, tag in offer.tagged),
+                                   tuple(offer.named))
+        return offer
+
+    def _apply_heads(self, offer: _Offer, reply: wire.HeadsReply,
+                     summary: SyncSummary) -> tuple[list[str], set[str]]:
+        """The server's ``vatra-heads-reply``: the households to sync, and those of them
+        the server opens. Erased ones are deleted; a worker's household that is neither
+        the same nor differing left the caseload and is deleted too. The rest (never
+        synced, or named and not compared) the device opens itself."""
+        entries = offer.tagged + offer.named
+        same = {hid for (hid, _), s in zip(entries, fastpath.bits(reply.same, len(entries)),
+                                          strict=True) if s}
+        differ, erased = set(reply.differ), set(reply.erased)
+        self._discard(sorted(erased & set(self.replica.household_ids())), summary,
+                      erased=True)
+        gone = [hid for hid, _ in offer.tagged
+                if hid not in same and hid not in differ and hid not in erased]
+        self._discard(gone, summary, erased=False)
+        for hid in sorted(differ - set(self.replica.household_ids())):
+            self.replica.track(hid)
+        for hid in sorted(same):  # the server holds exactly these heads: saved
+            heads = self.replica.document(hid).get_heads()
+            if sorted(self.replica.server_heads(hid)) != sorted(heads):
+                self.replica.set_server_heads(hid, heads, flush=False)
+                if self.on_saved is not None:
+                    self.on_saved(hid, heads)
+        summary.households_synced += len(same)
+        summary.households_unchanged = len(same)
+        own = {hid for hid in offer.fresh + [hid for hid, _ in offer.named]
+               if hid not in same and hid not in erased}
+        return sorted(differ | own), differ
 
     def _apply_caseload(self, caseload: set[str], summary: SyncSummary) -> list[str]:
         """Households to sync: ours plus the caseload's. A worker's households the server

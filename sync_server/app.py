@@ -85,7 +85,7 @@ def build_app(settings: Settings, engine: AsyncEngine, server_key: SigningKey) -
         max_frame_bytes=settings.max_frame_bytes, outbox_frames=settings.outbox_frames,
         messages_per_second=settings.messages_per_second, message_burst=settings.message_burst,
         sessions_per_device=settings.sessions_per_device,
-        heartbeat_seconds=settings.heartbeat_seconds))
+        heartbeat_seconds=settings.heartbeat_seconds, fast_path=settings.fast_path))
     revocations = Revocations(engine, identity, gateway.connections)
     teams = TeamChanges(engine, pipeline, gateway.connections)
     changes = Changes(engine, pipeline)

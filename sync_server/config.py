@@ -66,6 +66,9 @@ class Settings:
     master_key_file: str | None = None
     server_key_file: str | None = None
     projector: bool = True  # run the projector in the server process (VATRA_PROJECTOR=0: not)
+    #: take the reconnect fast path a device offers (VATRA_FAST_PATH=0: not, as a server
+    #: from before it; docs/protocol.md)
+    fast_path: bool = True
     #: load balancers whose X-Forwarded-For names the client (VATRA_TRUSTED_PROXIES: comma-
     #: separated addresses or networks); from anyone else the header is ignored
     trusted_proxies: tuple[str, ...] = ()
@@ -96,6 +99,7 @@ class Settings:
             master_key_file=e.get("VATRA_MASTER_KEY_FILE") or None,
             server_key_file=e.get("VATRA_SERVER_KEY_FILE") or None,
             projector=e.get("VATRA_PROJECTOR", "1") not in ("0", "false", "no", "off"),
+            fast_path=e.get("VATRA_FAST_PATH", "1") not in ("0", "false", "no", "off"),
             trusted_proxies=_networks(e, "VATRA_TRUSTED_PROXIES"),
             limits=replace(
                 base.limits,

@@ -29,6 +29,8 @@ SAMPLES = [
     wire.Ephemeral("device-1", HID, b"\x01"),
     wire.Caseload("vatra-1", "device-1", (HID,)),
     wire.Caseload("vatra-1", "device-1", (), erased=(HID,)),
+    wire.Heads("device-1", bytes(32), ((HID, bytes(16)),)),
+    wire.HeadsReply("vatra-1", "device-1", b"\x01", (HID,), (HID,)),
 ]
 
 

@@ -19,12 +19,12 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from prometheus_client import Counter
 
 from sync_server.gateway.connection import Connection, ConnectionState
-from sync_server.protocol import wire
+from sync_server.protocol import fastpath, wire
 from sync_server.protocol.errors import (
     DocumentError,
     ErrorCode,
@@ -69,11 +69,14 @@ class TokenBucket:
 
 MESSAGES_IN = Counter("vatra_messages_in_total", "Messages received from devices", ["type"])
 BYTES_IN = Counter("vatra_bytes_in_total", "Bytes of messages received from devices (plaintext)")
+FAST_PATH = Counter("vatra_fast_path_households_total",
+                    "Households compared by the reconnect fast path, by outcome (same: not "
+                    "synced; differ: the server opened them)", ["outcome"])
 
 
 async def serve_connection(conn: Connection, synchronizer: Synchronizer, *,
                            max_in_flight: int = MAX_IN_FLIGHT,
-                           limit: TokenBucket | None = None) -> None:
+                           limit: TokenBucket | None = None, fast_path: bool = True) -> None:
     """Read frames until the peer leaves or breaks a rule; errors close only this peer."""
     tails: dict[str, asyncio.Task[None]] = {}  # the latest task of each household
     slots = asyncio.Semaphore(max_in_flight)
@@ -84,18 +87,18 @@ async def serve_connection(conn: Connection, synchronizer: Synchronizer, *,
         await conn.close(str(err.code))
         await synchronizer.record(conn, "session-closed", err.document_id, code=str(err.code))
 
-    async def handle_in_order(previous: asyncio.Task[None] | None, msg: wire.Sync) -> None:
+    async def handle_in_order(previous: asyncio.Task[None] | None, hid: str,
+                              work: Callable[[], Awaitable[None]]) -> None:
         try:
             if previous is not None:
                 await previous  # never raises: each task handles its own errors
             if conn.state is ConnectionState.CLOSED:
                 return
-            await synchronizer.handle(conn, msg)
+            await work()
         except (StorageError, Refused) as err:
             conn.send_error(err)  # one batch refused (or not stored): tell, keep the connection
             if isinstance(err, Refused):
-                await synchronizer.record(conn, "batch-refused", msg.document_id,
-                                          code=str(err.code))
+                await synchronizer.record(conn, "batch-refused", hid, code=str(err.code))
         except (ProtocolError, DocumentError) as err:
             await fail(err)  # the peer broke a rule: its sync state is reset, it reconnects
         except _PASS_THROUGH:
@@ -111,6 +114,16 @@ async def serve_connection(conn: Connection, synchronizer: Synchronizer, *,
     def forget(hid: str, task: asyncio.Task[None]) -> None:
         if tails.get(hid) is task:
             del tails[hid]
+
+    async def in_order(hid: str, work: Callable[[], Awaitable[None]]) -> None:
+        """Run ``work`` after the household's earlier messages, at most ``max_in_flight``
+        households at a time."""
+        await slots.acquire()
+        task = asyncio.create_task(handle_in_order(tails.get(hid), hid, work))
+        tails[hid] = task
+        task.add_done_callback(functools.partial(forget, hid))
+
+    awaiting_heads = False  # join offered the fast path: vatra-heads must come next
 
     try:
         while conn.state is not ConnectionState.CLOSED:
@@ -129,9 +142,14 @@ async def serve_connection(conn: Connection, synchronizer: Synchronizer, *,
                     raise ProtocolError("the first message must be 'join'",
                                         code=ErrorCode.HANDSHAKE_REQUIRED)
                 conn.opened(msg.sender_id)
+                offer = msg.metadata.get("vatraHeads")
+                awaiting_heads = fast_path and type(offer) is int and offer == fastpath.VERSION
+                metadata: dict[str, object] = {"isEphemeral": False}
+                if awaiting_heads:
+                    metadata["vatraHeads"] = fastpath.VERSION
                 conn.send(wire.Peer(synchronizer.server_peer_id, msg.sender_id,
-                                    metadata={"isEphemeral": False}))
-                if msg.metadata.get("vatraCaseload") is True:
+                                    metadata=metadata))
+                if msg.metadata.get("vatraCaseload") is True and not awaiting_heads:
                     live, erased = await _caseload(conn)
                     conn.send(wire.Caseload(synchronizer.server_peer_id, msg.sender_id,
                                             tuple(live), tuple(erased)))
@@ -139,15 +157,25 @@ async def serve_connection(conn: Connection, synchronizer: Synchronizer, *,
             if isinstance(msg, wire.Join):  # docs/protocol.md: a second join
                 raise ProtocolError("join is only valid once, as the first message",
                                     code=ErrorCode.HANDSHAKE_REQUIRED)
+            if awaiting_heads != isinstance(msg, wire.Heads):
+                raise ProtocolError("'vatra-heads' comes right after a join that offers "
+                                    "vatraHeads, and only then",
+                                    code=ErrorCode.HANDSHAKE_REQUIRED)
+            if isinstance(msg, wire.Heads):
+                awaiting_heads = False
+                reply = await synchronizer.compare_heads(conn, msg)
+                conn.send(reply)
+                FAST_PATH.labels("same").inc(len(conn.sync.watched))
+                FAST_PATH.labels("differ").inc(len(reply.differ))
+                for hid in reply.differ:
+                    await in_order(hid, functools.partial(synchronizer.open, conn, hid))
+                continue
             if not isinstance(msg, FROM_CLIENT_ALLOWED):
                 raise ProtocolError(f"'{msg.type}' is not a message a client may send",
                                     code=ErrorCode.UNKNOWN_MESSAGE_TYPE)
             if isinstance(msg, wire.Sync):  # Request is a Sync
-                await slots.acquire()
-                hid = msg.document_id
-                task = asyncio.create_task(handle_in_order(tails.get(hid), msg))
-                tails[hid] = task
-                task.add_done_callback(functools.partial(forget, hid))
+                await in_order(msg.document_id,
+                               functools.partial(synchronizer.handle, conn, msg))
             elif isinstance(msg, wire.Error):
                 log.info("connection %s: peer reported error code=%s", conn.id, msg.code[:40])
             # Ephemeral: accepted and not relayed (docs/decisions.md).

@@ -50,6 +50,7 @@ class PeerLimits:
     message_burst: int
     sessions_per_device: int
     heartbeat_seconds: float = 30.0
+    fast_path: bool = True  # take the reconnect fast path when a device offers it
 
 
 @dataclass
@@ -150,7 +151,7 @@ class Gateway:
             log.info("session opened", extra={"device_id": device.id, "connection": conn.id})
             try:
                 await serve_connection(conn, self.pipeline, limit=TokenBucket(
-                    lim.messages_per_second, lim.message_burst))
+                    lim.messages_per_second, lim.message_burst), fast_path=lim.fast_path)
             finally:
                 seconds = time.monotonic() - opened
                 SESSIONS_ACTIVE.dec()

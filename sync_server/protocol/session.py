@@ -37,7 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -284,12 +284,21 @@ async def _from_server(channel: FrameChannel, what: str) -> bytes:
 
 
 async def open_session(channel: FrameChannel, device_id: str, device_key: SigningKey,
-                       server_identity: VerifyKey) -> SecureChannel:
+                       server_identity: VerifyKey, *,
+                       early: Sequence[bytes] = ()) -> SecureChannel:
     """Device side: run the handshake on ``channel`` and return the sealed channel.
 
     The server confirms a session with a sealed ``vatra-ready`` as its first frame, or
     refuses it with a plaintext ``error`` (e.g. a revoked device): either way the device
-    knows where it stands before it sends any data.
+    knows where it stands before it reads any data.
+
+    ``early``: plaintext frames sealed and sent right behind ``auth``, in the same flight
+    (the device's ``join``, and the fast path's ``vatra-heads``), which saves a round
+    trip. This is safe: the device holds the session keys once it has checked the
+    server's signature over the transcript, which binds the server's ephemeral key, so
+    only the server it pinned can open them; they cannot be replayed into another
+    session (its keys differ); and the server opens them only after checking ``auth``.
+    A refused session discards them unread.
     """
     hs = ClientHandshake(device_id, device_key, server_identity)
     await channel.send(hs.hello())
@@ -297,6 +306,8 @@ async def open_session(channel: FrameChannel, device_id: str, device_key: Signin
     auth, keys = hs.on_welcome(welcome)
     await channel.send(auth)
     secure = SecureChannel(channel, keys)
+    for frame in early:
+        await secure.send(frame)
     first = await asyncio.wait_for(_from_server(channel, "ready"), HANDSHAKE_TIMEOUT)
     if first[:1] != bytes(1):  # a sealed frame starts with counter 0; anything else is a refusal
         _load(first, "vatra-ready")  # raises SessionError with the server's reason

@@ -203,11 +203,79 @@ class Caseload:
                    ids("vatraErased", []))
 
 
-Message = Join | Peer | Sync | Request | DocUnavailable | Error | Ephemeral | Caseload
+#: Bytes of one tag in ``vatra-heads`` (sync_server/protocol/fastpath.py).
+HEADS_TAG_BYTES = 16
+#: Households one ``vatra-heads`` may list (a session syncs at most this many).
+MAX_HEADS_ENTRIES = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Heads:
+    """Vatra extension (reconnect fast path, version 1), client → server, the frame right
+    after a ``join`` whose metadata offers ``"vatraHeads": 1``: one 16-byte tag per
+    household the device keeps as part of its caseload (``tags``, concatenated), and
+    ``[household id, tag]`` pairs for households it holds outside it (``named``)."""
+
+    type: ClassVar[str] = "vatra-heads"
+    sender_id: str
+    tags: bytes
+    named: tuple[tuple[str, bytes], ...] = ()
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": self.type, "senderId": self.sender_id, "tags": self.tags,
+                "named": [[hid, tag] for hid, tag in self.named]}
+
+    @classmethod
+    def from_wire(cls, m: dict[str, Any]) -> Heads:
+        tags = _bytes(m, "tags")
+        if len(tags) % HEADS_TAG_BYTES:
+            raise _bad(f"vatra-heads.tags must be {HEADS_TAG_BYTES}-byte tags")
+        named = m.get("named", [])
+        if not isinstance(named, list) or not all(
+                isinstance(e, list) and len(e) == 2 and isinstance(e[0], str)
+                and len(e[0]) <= MAX_ID_CHARS and isinstance(e[1], bytes)
+                and len(e[1]) == HEADS_TAG_BYTES for e in named):
+            raise _bad("vatra-heads.named must be a list of [document id, tag] pairs")
+        if len(tags) // HEADS_TAG_BYTES + len(named) > MAX_HEADS_ENTRIES:
+            raise ProtocolError(f"vatra-heads may list at most {MAX_HEADS_ENTRIES} households",
+                                code=ErrorCode.LIMIT_EXCEEDED)
+        return cls(_str(m, "senderId"), tags, tuple((e[0], e[1]) for e in named))
+
+
+@dataclass(frozen=True, slots=True)
+class HeadsReply:
+    """Vatra extension (reconnect fast path, version 1), server → client, the answer to
+    ``vatra-heads``, right after ``peer`` (in place of ``vatra-caseload``). ``same``: one
+    bit per entry of ``tags`` then of ``named`` (bit i is bit i % 8 of byte i // 8), set
+    when the server's heads are the device's. ``differ``: households the server holds
+    other heads of; for each, the server sends the first ``sync`` message. ``erased``:
+    as ``vatra-caseload``'s ``vatraErased``."""
+
+    type: ClassVar[str] = "vatra-heads-reply"
+    sender_id: str
+    target_id: str
+    same: bytes
+    differ: tuple[str, ...] = ()
+    erased: tuple[str, ...] = ()
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": self.type, "senderId": self.sender_id, "targetId": self.target_id,
+                "same": self.same, "differ": list(self.differ), "erased": list(self.erased)}
+
+    @classmethod
+    def from_wire(cls, m: dict[str, Any]) -> HeadsReply:
+        return cls(_str(m, "senderId"), _str(m, "targetId"), _bytes(m, "same"),
+                   _ids(m, "vatra-heads-reply", "differ"),
+                   _ids(m, "vatra-heads-reply", "erased"))
+
+
+Message = (Join | Peer | Sync | Request | DocUnavailable | Error | Ephemeral | Caseload
+           | Heads | HeadsReply)
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.type: cls
-    for cls in (Join, Peer, Sync, Request, DocUnavailable, Error, Ephemeral, Caseload)
+    for cls in (Join, Peer, Sync, Request, DocUnavailable, Error, Ephemeral, Caseload,
+                Heads, HeadsReply)
 }
 
 
@@ -272,6 +340,14 @@ def _str(m: dict[str, Any], key: str, limit: int = MAX_ID_CHARS) -> str:
         raise ProtocolError(f"field {key!r} is longer than {limit} characters",
                             code=ErrorCode.LIMIT_EXCEEDED)
     return value
+
+
+def _ids(m: dict[str, Any], what: str, key: str) -> tuple[str, ...]:
+    value = m.get(key, [])
+    if not isinstance(value, list) or not all(
+            isinstance(i, str) and len(i) <= MAX_ID_CHARS for i in value):
+        raise _bad(f"{what}.{key} must be a list of document ids")
+    return tuple(value)
 
 
 def _bytes(m: dict[str, Any], key: str) -> bytes:

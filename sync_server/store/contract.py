@@ -165,6 +165,12 @@ class HouseholdStore(Protocol):
 
     async def household(self, household_id: str) -> HouseholdRecord | None: ...
 
+    async def heads(self, household_ids: Collection[str]
+                    ) -> dict[str, tuple[HouseholdRecord, list[bytes]]]:
+        """The registry row and the log's heads of each of these households that exists
+        and is not erased (the reconnect fast path compares them with a device's)."""
+        ...
+
     async def append_changes(self, household_id: str, new: Sequence[StoredChange],
                              author: Author | None = None,
                              team: Sequence[str] | None = None,

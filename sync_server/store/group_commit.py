@@ -54,7 +54,10 @@ DataKeys = Callable[[AsyncConnection, Collection[str]],
 #: spans: the rows travel as five array parameters, so the statement is prepared once
 #: and cached (a multi-row VALUES list would be a new statement per batch size).
 #: ``deps`` arrive as comma-joined hex because PostgreSQL arrays cannot be ragged.
-#: Re-sent changes hit the primary key and are skipped. Bodies arrive sealed; nothing is
+#: Re-sent changes hit the primary key and are skipped. Each household's ``heads`` follow
+#: its log in the same statement (a change is stored only after its dependencies, so the
+#: new heads are the old ones and the new changes, less those a new change depends on);
+#: the households are locked first (:func:`lock_households`). Bodies arrive sealed; nothing is
 #: written for a household whose data key was destroyed (erased by another process, while
 #: this one still held the key): such a household comes back as one row without a seq.
 #: The same statement queues each household that logged something for projection, its
@@ -70,7 +73,17 @@ _APPEND = sa.text("""
         WHERE EXISTS (SELECT 1 FROM household_keys k
                       WHERE k.household_id = u.household_id AND k.wrapped IS NOT NULL)
         ON CONFLICT (household_id, hash) DO NOTHING
-        RETURNING household_id, seq, length(body) AS size, hash
+        RETURNING household_id, seq, length(body) AS size, hash, deps
+    ), grown AS (
+        SELECT i.household_id, array_agg(i.hash) AS hashes,
+               ARRAY(SELECT d FROM inserted j, unnest(j.deps) AS d
+                     WHERE j.household_id = i.household_id) AS deps
+        FROM inserted i GROUP BY i.household_id
+    ), heads AS (  -- the log's heads: the old ones and the new changes, less what these depend on
+        UPDATE households h
+        SET heads = ARRAY(SELECT DISTINCT x FROM unnest(h.heads || g.hashes) AS x
+                          WHERE x <> ALL (g.deps) ORDER BY x)
+        FROM grown g WHERE h.id = g.household_id
     ), queued AS (
         INSERT INTO projection_outbox (household_id, last_seq)
         SELECT household_id, max(seq) FROM inserted GROUP BY household_id
@@ -129,9 +142,13 @@ def _sealed(batches: Sequence[tuple[str, Sequence[StoredChange], Author | None]]
 
 
 #: Lock the households a group commit writes, in id order: two instances' commits for
-#: one household run one after the other, and never deadlock.
+#: one household run one after the other, and never deadlock. ``FOR NO KEY UPDATE`` is
+#: the lock the ``heads`` update takes anyway; unlike ``FOR UPDATE`` it lets the
+#: projector's ``FOR KEY SHARE`` (its foreign keys' lock) through, so a sync batch never
+#: waits for a projector pass.
 _LOCK = sa.text("""
-    SELECT id FROM households WHERE id = ANY(CAST(:ids AS text[])) ORDER BY id FOR UPDATE
+    SELECT id FROM households WHERE id = ANY(CAST(:ids AS text[])) ORDER BY id
+    FOR NO KEY UPDATE
 """)
 #: The latest change each has logged. A statement of its own, after the lock: a statement
 #: reads the rows committed when it started, so one that waited for the lock would not
@@ -143,13 +160,19 @@ _LATEST = sa.text("""
 """)
 
 
+async def lock_households(conn: AsyncConnection, household_ids: Collection[str]) -> None:
+    """Lock the households a commit writes (their ``heads``), in id order, to the end of
+    the transaction."""
+    if household_ids:
+        await conn.execute(_LOCK, {"ids": sorted(household_ids)})
+
+
 async def stale_households(conn: AsyncConnection, expected: dict[str, int]) -> set[str]:
     """Of the households whose caller's copy holds the log up to ``expected[h]``, those
-    whose log holds more: another instance committed since the copy was read. The rows
-    stay locked to the end of the transaction, so none commits in between."""
+    whose log holds more: another instance committed since the copy was read. The caller
+    holds their locks (:func:`lock_households`), so none commits in between."""
     if not expected:
         return set()
-    await conn.execute(_LOCK, {"ids": sorted(expected)})
     rows = await conn.execute(_LATEST, {"ids": sorted(expected)})
     return {r.id for r in rows if r.last_seq > expected[r.id]}
 
@@ -292,6 +315,7 @@ class GroupCommit:
         try:
             async with self._engine.begin() as conn:
                 keys, missing = await self._data_keys(conn, {g[0] for g in group})
+                await lock_households(conn, keys)
                 stale = await stale_households(
                     conn, {h: seq for h, _, _, _, seq, _ in group if seq is not None and h in keys})
                 results, erased = await insert_changes(

@@ -229,6 +229,18 @@ class PostgresStore:
             return None
         return HouseholdRecord(row.id, row.locality, row.county, row.created_at)
 
+    async def heads(self, household_ids: Collection[str]
+                    ) -> dict[str, tuple[HouseholdRecord, list[bytes]]]:
+        if not household_ids:
+            return {}
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(
+                sa.select(households).select_from(households.join(household_keys))
+                .where(households.c.id.in_(sorted(household_ids)),
+                       household_keys.c.wrapped.is_not(None)))).all()
+        return {r.id: (HouseholdRecord(r.id, r.locality, r.county, r.created_at),
+                       sorted(r.heads)) for r in rows}
+
     async def append_changes(self, household_id: str, new: Sequence[StoredChange],
                              author: Author | None = None,
                              team: Sequence[str] | None = None,

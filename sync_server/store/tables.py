@@ -24,6 +24,10 @@ households = sa.Table(
     sa.Column("county", sa.Text, nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False,
               server_default=sa.func.now()),
+    #: the heads of its change log, kept by the statement that appends to it
+    #: (sync_server/store/group_commit.py): the reconnect fast path compares them
+    sa.Column("heads", postgresql.ARRAY(sa.LargeBinary), nullable=False,
+              server_default="{}"),
 )
 
 changes = sa.Table(

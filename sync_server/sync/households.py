@@ -97,6 +97,9 @@ class HouseholdRegistry:
         self.evictions = 0
         #: Households found erased (crypto-shredded): answered like unknown ones, never recreated.
         self.erased: set[str] = set()
+        #: Peers holding a household as the server does, by household, whether it is
+        #: resident or not: when it changes they are subscribed and answered.
+        self._watchers: dict[str, set[Peer]] = {}
 
     def __len__(self) -> int:
         return len(self._resident)
@@ -215,4 +218,32 @@ class HouseholdRegistry:
             actor = self._resident.get(hid)
             if actor is not None:
                 actor.subscribers.discard(conn)
+        for hid in list(conn.sync.watched):
+            self.unwatch(hid, conn)
         self.evict_idle()
+
+    # -- watchers: the reconnect fast path's households that were the same ------------------
+
+    def watch(self, household_id: str, peer: Peer) -> None:
+        """``peer`` holds the household as the log does: when it changes, ``peer`` is
+        subscribed to it and answered (:meth:`take_watchers`). Nothing is loaded for it."""
+        self._watchers.setdefault(household_id, set()).add(peer)
+        peer.sync.watched.add(household_id)
+
+    def unwatch(self, household_id: str, peer: Peer) -> None:
+        peers = self._watchers.get(household_id)
+        if peers is not None:
+            peers.discard(peer)
+            if not peers:
+                del self._watchers[household_id]
+        peer.sync.watched.discard(household_id)
+
+    def watched(self, household_id: str) -> bool:
+        return household_id in self._watchers
+
+    def take_watchers(self, household_id: str) -> set[Peer]:
+        """The household's watchers, who stop watching it (their caller subscribes them)."""
+        peers = self._watchers.pop(household_id, set())
+        for peer in peers:
+            peer.sync.watched.discard(household_id)
+        return peers

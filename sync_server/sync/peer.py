@@ -30,6 +30,10 @@ class PeerSync:
         self._max = max_documents
         self.held: dict[str, Document] = {}
         self.held_bytes: dict[str, int] = {}
+        #: households this peer holds as the server does (the reconnect fast path said
+        #: so): not loaded for it, but opened for it when they change
+        #: (:meth:`~sync_server.sync.households.HouseholdRegistry.watch`)
+        self.watched: set[str] = set()
 
     def state(self, household_id: str) -> SyncState:
         state = self._states.get(household_id)

@@ -40,7 +40,7 @@ from prometheus_client import Counter, Histogram
 from conflict import SERVER_AUTHOR, Household, validate
 from sync_server.auth.grants import Grants
 from sync_server.auth.identity import Device, IdentityStore, User
-from sync_server.protocol import wire
+from sync_server.protocol import fastpath, wire
 from sync_server.protocol.errors import DocumentError, ErrorCode, Refused, StorageError, VatraError
 from sync_server.protocol.preflight import DEFAULT_LIMITS, Limits, check_sync_message
 from sync_server.store.audit import AuditEvent, AuditLog
@@ -255,7 +255,7 @@ class Synchronizer:
             await self._follow_up(actor, followups.apply_approved(hid, checked.approved),
                                   user.id, "applying approved requests")
         # 8. fan out
-        self._answer(actor, list(actor.subscribers))
+        self._fan_out(actor)
         await self._maybe_snapshot(actor)
 
     async def _check_team(self, record: HouseholdRecord, before: Document | None,
@@ -386,7 +386,7 @@ class Synchronizer:
                 last_seq=result.last_seq))
         actor.subscribers.add(peer)
         async with actor.lock:
-            self._answer(actor, list(actor.subscribers))
+            self._fan_out(actor)
 
     # -- the server's own changes -----------------------------------------------------------
 
@@ -418,7 +418,7 @@ class Synchronizer:
                                            document_id=actor.id) from stale
                     await self.registry.refresh(actor, check=False)
             if changed:
-                self._answer(actor, list(actor.subscribers))
+                self._fan_out(actor)
                 await self._maybe_snapshot(actor)
             return result
 
@@ -463,16 +463,75 @@ class Synchronizer:
         """An instance (perhaps this one) committed changes to the household, up to
         ``seq`` (None: unknown). A copy held here that lacks them is marked behind; if
         sessions follow it, it is brought up to the log now and they are answered from
-        it, so a teammate on another instance sees a live edit."""
+        it, so a teammate on another instance sees a live edit. A household not held
+        here that sessions watch (the fast path found them up to date) is loaded for them."""
         actor = self.registry.resident(household_id)
-        if actor is None or (seq is not None and actor.last_seq >= seq):
-            return  # not held here, or this instance's own commit
+        if actor is None:
+            if self.registry.watched(household_id):
+                try:
+                    actor = await self.registry.get(household_id)  # read from the log now
+                except DATABASE_ERRORS as exc:  # they hear of it at their next change
+                    log.warning("household %s: could not load it for its watchers (%s)",
+                                household_id, type(exc).__name__)
+                    return
+                if actor is not None:
+                    async with actor.lock:
+                        if actor.stale:
+                            await self.registry.refresh(actor)
+                        self._fan_out(actor)
+            return
+        if seq is not None and actor.last_seq >= seq:
+            return  # this instance's own commit
         actor.stale = True
-        if not actor.subscribers:
+        if not actor.subscribers and not self.registry.watched(household_id):
             return  # refreshed when it is next used
         async with actor.lock:
-            if await self.registry.refresh(actor):
-                self._answer(actor, list(actor.subscribers))
+            if await self.registry.refresh(actor) or self.registry.watched(household_id):
+                self._fan_out(actor)
+
+    # -- the reconnect fast path -------------------------------------------------------------
+
+    async def compare_heads(self, peer: Peer, msg: wire.Heads) -> wire.HeadsReply:
+        """The answer to a device's ``vatra-heads`` (sync_server/protocol/fastpath.py): the
+        households it holds as the log does are watched for it, not loaded; the ones
+        that differ are listed, and the caller opens each (:meth:`open`)."""
+        grants = _grants(peer)
+        caseload, erased = await grants.caseload(), await grants.erased()
+        named = [hid for hid, _ in msg.named]
+        try:
+            rows = await self.store.heads(set(caseload) | set(named))
+        except DATABASE_ERRORS as exc:
+            raise StorageError("the server cannot reach its database; retry later") from exc
+        may_open = [hid for hid in named if hid in rows and await grants.may_sync(rows[hid][0])]
+        result = fastpath.compare(fastpath.split_tags(msg.tags), msg.named, caseload,
+                                  {hid: heads for hid, (_, heads) in rows.items()}, may_open)
+        for hid in result.matched:
+            self.registry.watch(hid, peer)
+        return wire.HeadsReply(self.server_peer_id, peer.peer_id or "", result.same,
+                               tuple(result.differ), tuple(erased))
+
+    async def open(self, peer: Peer, household_id: str) -> None:
+        """The fast path found the device's copy of the household other than the log's:
+        the server speaks first, from a fresh sync state (its heads, and what it has),
+        and the device answers. One it may no longer sync is ``doc-unavailable``."""
+        check_document_id(household_id)
+        _not_revoked(peer, household_id)
+        try:
+            record = await self._record(household_id)
+            grants = _grants(peer)
+            if record is not None and await grants.may_sync(record):
+                actor = await self.registry.get(household_id)
+                if actor is not None and await grants.may_sync(actor.record):
+                    async with actor.lock:
+                        if actor.stale or not peer.sync.syncing(actor.id):
+                            await self.registry.refresh(actor)
+                        actor.subscribers.add(peer)
+                        self._answer(actor, [peer])
+                    return
+        except DATABASE_ERRORS as exc:
+            raise StorageError("the server cannot reach its database; retry later",
+                               document_id=household_id) from exc
+        self._unavailable(peer, household_id)
 
     # -- access follows the team ------------------------------------------------------------
 
@@ -491,12 +550,21 @@ class Synchronizer:
             grants = peer.grants
             if grants is None or not grants.concerned(household_id, team):
                 continue
-            if not await grants.refresh(record) and household_id in peer.sync.documents:
-                if actor is not None:
-                    actor.subscribers.discard(peer)
-                peer.sync.reset(household_id)
+            if not await grants.refresh(record):
+                self.registry.unwatch(household_id, peer)
+                if household_id in peer.sync.documents:
+                    if actor is not None:
+                        actor.subscribers.discard(peer)
+                    peer.sync.reset(household_id)
 
     # -- answers, snapshots, records --------------------------------------------------------
+
+    def _fan_out(self, actor: HouseholdActor) -> None:
+        """8. fan out: every subscribed peer, and every peer watching the household (it
+        held the household as the log did at its reconnect), which is subscribed now."""
+        for peer in self.registry.take_watchers(actor.id):
+            actor.subscribers.add(peer)
+        self._answer(actor, list(actor.subscribers))
 
     def _unavailable(self, peer: Peer, household_id: str) -> None:
         peer.send(wire.DocUnavailable(self.server_peer_id, peer.peer_id or "", household_id))
