@@ -26,10 +26,11 @@ uploaded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -37,7 +38,7 @@ from automerge.core import Document, Message, SyncState
 
 from sync_server.protocol import fastpath, wire
 from sync_server.protocol.errors import ProtocolError
-from sync_server.protocol.session import SessionError, open_session
+from sync_server.protocol.session import SecureChannel, SessionError, open_session
 
 from ._errors import (
     RETRYABLE_CODES,
@@ -187,8 +188,15 @@ class SyncClient:
                  max_attempts: int = 5, backoff_base: float = 0.2, backoff_cap: float = 10.0,
                  idle_timeout: float = 30.0, max_frame_bytes: int = 4 * 1024 * 1024,
                  max_step_bytes: int = STEP_BYTES,
-                 max_rounds: int = 200, fast_path: bool = True) -> None:
+                 max_rounds: int = 200, fast_path: bool = True,
+                 on_progress: ProgressCallback | None = None,
+                 heartbeat: float = 30.0) -> None:
         self.replica = replica
+        #: ``on_progress(Progress)``: n of m households synced, bytes so far (each sync,
+        #: and each live session's first exchange)
+        self.on_progress = on_progress
+        #: seconds between WebSocket pings; a link that answers none is dropped
+        self.heartbeat = heartbeat
         #: offer the reconnect fast path (docs/protocol.md); False syncs every household
         #: as a plain automerge-repo peer would
         self.fast_path = fast_path
@@ -239,19 +247,36 @@ class SyncClient:
 
     async def _sync_once(self, household_ids: list[str] | None, *,
                          recover: bool) -> SyncSummary:
+        started = time.perf_counter()
+        summary = SyncSummary()
+        async with self._connected(summary, fast=household_ids is None) as (channel, offer):
+            session = _Session(self, channel, summary, recover=recover)
+            try:
+                await session.begin(offer, household_ids)
+                while not session.settled():
+                    await session.dispatch(await session.receive(self.idle_timeout))
+                session.count()
+            finally:
+                # One write per sync, also when it fails half-way: households keep what
+                # arrived, and the server heads recorded are ones the server advertised.
+                self.replica.flush()
+        summary.seconds = time.perf_counter() - started
+        return summary
+
+    @contextlib.asynccontextmanager
+    async def _connected(self, summary: SyncSummary, *, fast: bool
+                         ) -> AsyncIterator[tuple[SecureChannel, _Offer | None]]:
+        """A session with the server, ``join`` (and, with ``fast``, the fast path's offer)
+        sent behind the handshake's ``auth``: the sealed channel and the offer made."""
         creds = self.replica.credentials
         if creds is None:
             raise NotEnrolled("enroll this replica before syncing (client_sdk.enroll)")
-        started = time.perf_counter()
-        summary = SyncSummary()
-        ids = household_ids if household_ids is not None else self.replica.household_ids()
         peer_id = self.replica.peer_id
         metadata: dict[str, object] = {"isEphemeral": False, "vatraCaseload": True}
         offer = None
-        if household_ids is None and self.fast_path and not self._plain_only:
+        if fast and self.fast_path and not self._plain_only:
             offer = self._heads_offer(peer_id, creds.role)
             metadata["vatraHeads"] = fastpath.VERSION
-        # join, and the fast path's vatra-heads, go in the handshake's last flight
         early = [wire.encode(wire.Join(peer_id, metadata=metadata))]
         if offer is not None:
             early.append(wire.encode(offer.message))
@@ -259,116 +284,18 @@ class SyncClient:
         async with aiohttp.ClientSession() as session, session.ws_connect(
                 self.server_url, max_msg_size=max(self.max_frame_bytes, MAX_DOWNLOAD_FRAME)
                 + 64 * 1024,
-                heartbeat=30) as ws:
+                heartbeat=self.heartbeat) as ws:
             try:
                 channel = await open_session(ClientChannel(ws), creds.device_id,
                                              creds.signing_key, creds.server_key, early=early)
             except SessionError as err:  # the server's refusal, in a frame
                 refusal = ServerUnavailable if err.code in RETRYABLE_CODES else ServerRejected
                 raise refusal(str(err.code), err.message) from err
+            yield channel, offer
 
-            async def send(message: wire.Message) -> None:
-                frame = wire.encode(message)
-                summary.bytes_sent += len(frame)
-                await channel.send(frame)
-
-            async def receive() -> wire.Message:
-                frame = await asyncio.wait_for(channel.receive(), self.idle_timeout)
-                if frame is None:
-                    raise ConnectionError("server closed the connection")
-                summary.bytes_received += len(frame)
-                return wire.decode(frame)
-
-            first = await receive()
-            if isinstance(first, wire.Error):
-                raise self._rejected(first)
-            if not isinstance(first, wire.Peer):
-                raise ProtocolError(f"expected 'peer', got '{first.type}'")
-            server_id = first.sender_id
-            server_first: set[str] = set()  # households the server opens (the fast path)
-            if offer is not None:
-                if first.metadata.get("vatraHeads") != fastpath.VERSION:
-                    # A server older than the fast path: it refuses vatra-heads and closes.
-                    log.info("the server does not offer the reconnect fast path; "
-                             "syncing without it")
-                    self._plain_only = True
-                    raise ConnectionError("the server does not offer the reconnect fast path")
-                reply = await receive()
-                if isinstance(reply, wire.Error):
-                    raise self._rejected(reply)
-                if not isinstance(reply, wire.HeadsReply):
-                    raise ProtocolError(f"expected 'vatra-heads-reply', got '{reply.type}'")
-                ids, server_first = self._apply_heads(offer, reply, summary)
-            else:
-                caseload = await receive()
-                if isinstance(caseload, wire.Error):
-                    raise self._rejected(caseload)
-                if not isinstance(caseload, wire.Caseload):
-                    raise ProtocolError(f"expected 'vatra-caseload', got '{caseload.type}'")
-                erased = set(caseload.erased)
-                self._discard(sorted(erased & set(self.replica.household_ids())), summary,
-                              erased=True)
-                if household_ids is None:
-                    ids = self._apply_caseload(set(caseload.document_ids), summary)
-                else:
-                    ids = [hid for hid in ids if hid not in erased]
-
-            docs: dict[str, _DocSync] = {}
-            try:
-                for hid in ids:
-                    local = self.replica.has_local_copy(hid)
-                    doc = self.replica.document(hid)
-                    d = docs[hid] = _DocSync(doc, SyncState(),
-                                             {c.hash for c in doc.get_changes([])} if local else set())
-                    if hid in server_first:
-                        continue  # the server speaks first: its heads and what it has
-                    m = doc.generate_sync_message(d.state)
-                    assert m is not None  # a fresh SyncState always has something to say
-                    kind = wire.Sync if local else wire.Request
-                    await send(kind(peer_id, server_id, hid, m.encode()))
-
-                while not all(d.done for d in docs.values()):
-                    msg = await receive()
-                    if isinstance(msg, wire.Sync):
-                        known = docs.get(msg.document_id)
-                        if known is None:
-                            continue  # a household we did not ask for in this session
-                        await self._on_sync(msg, known, send, peer_id, server_id, summary)
-                    elif isinstance(msg, wire.DocUnavailable):
-                        if msg.document_id in docs:
-                            docs[msg.document_id].done = True
-                            summary.unavailable.append(msg.document_id)
-                    elif isinstance(msg, wire.Error):
-                        rejection = self._rejected(msg)
-                        summary.rejected.append(rejection)
-                        if msg.document_id is None or msg.document_id not in docs:
-                            raise rejection
-                        hid = msg.document_id
-                        d = docs[hid]
-                        d.done = True
-                        if (msg.code in RECOVERABLE_CODES and d.phase == "" and recover
-                                and self.replica.has_local_copy(hid)):
-                            docs[hid] = await self._start_recovery(hid, d, msg.code, send,
-                                                                    peer_id, server_id)
-                        elif not recover:
-                            log.warning("household %s: the re-applied edits were refused "
-                                        "too (%s)", hid, msg.code)
-
-                for hid, d in docs.items():
-                    if hid in summary.unavailable or not d.doc.get_heads():
-                        continue
-                    summary.households_synced += 1
-                    if d.phase:
-                        continue  # counted by _finish_fetch
-                    if not self.replica.has_local_copy(hid):
-                        self.replica.adopt(hid, d.doc)
-                    self._count(d, summary)
-            finally:
-                # One write per sync, also when it fails half-way: households keep what
-                # arrived, and the server heads recorded are ones the server advertised.
-                self.replica.flush()
-        summary.seconds = time.perf_counter() - started
-        return summary
+    def live(self, *, on_connected: Callable[[SyncSummary], None] | None = None) -> LiveSync:
+        """Stay connected: ``async with client.live() as live: …``. See :class:`LiveSync`."""
+        return LiveSync(self, on_connected=on_connected)
 
     def _rejected(self, err: wire.Error) -> ServerRejected:
         """The server's ``error`` as an exception; a revoked device wipes its replica."""
@@ -552,3 +479,310 @@ class SyncClient:
         # What we had that the server's first message did not cover.
         lacking = {c.hash for c in d.doc.get_changes(first)} if first else after
         summary.changes_sent += len(lacking & d.hashes_before)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far a session's first exchange is: ``done`` of ``total`` households synced,
+    and the bytes sent (uploads) and received (downloads) so far."""
+
+    done: int
+    total: int
+    bytes_sent: int
+    bytes_received: int
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+class _Session:
+    """One connected session's exchange, shared by :meth:`SyncClient.sync` (until every
+    household is settled) and :class:`LiveSync` (for as long as the link holds)."""
+
+    def __init__(self, client: SyncClient, channel: SecureChannel, summary: SyncSummary, *,
+                 recover: bool, follow: bool = False) -> None:
+        self.client, self.channel, self.summary = client, channel, summary
+        self.recover = recover
+        #: answer the server about any household of the replica it sends (live mode);
+        #: otherwise only about those this session opened
+        self.follow = follow
+        self.peer_id = client.replica.peer_id
+        self.server_id = ""
+        self.docs: dict[str, _DocSync] = {}
+        self._first: set[str] = set()  # the households of the first exchange
+        self._finished: set[str] = set()
+
+    async def send(self, message: wire.Message) -> None:
+        frame = wire.encode(message)
+        self.summary.bytes_sent += len(frame)
+        await self.channel.send(frame)
+
+    async def receive(self, idle: float | None) -> wire.Message:
+        """The next message; ``idle``: seconds to wait at most (None: as long as it takes)."""
+        frame = await asyncio.wait_for(self.channel.receive(), idle)
+        if frame is None:
+            raise ConnectionError("server closed the connection")
+        self.summary.bytes_received += len(frame)
+        return wire.decode(frame)
+
+    async def begin(self, offer: _Offer | None, household_ids: list[str] | None) -> None:
+        """Read ``peer`` and the caseload (or the fast path's reply), and open every
+        household to sync: the server opens those the fast path found different."""
+        client, summary = self.client, self.summary
+        first = await self.receive(client.idle_timeout)
+        if isinstance(first, wire.Error):
+            raise client._rejected(first)
+        if not isinstance(first, wire.Peer):
+            raise ProtocolError(f"expected 'peer', got '{first.type}'")
+        self.server_id = first.sender_id
+        server_first: set[str] = set()  # households the server opens (the fast path)
+        if offer is not None:
+            if first.metadata.get("vatraHeads") != fastpath.VERSION:
+                # A server older than the fast path: it refuses vatra-heads and closes.
+                log.info("the server does not offer the reconnect fast path; syncing "
+                         "without it")
+                client._plain_only = True
+                raise ConnectionError("the server does not offer the reconnect fast path")
+            reply = await self.receive(client.idle_timeout)
+            if isinstance(reply, wire.Error):
+                raise client._rejected(reply)
+            if not isinstance(reply, wire.HeadsReply):
+                raise ProtocolError(f"expected 'vatra-heads-reply', got '{reply.type}'")
+            ids, server_first = client._apply_heads(offer, reply, summary)
+        else:
+            caseload = await self.receive(client.idle_timeout)
+            if isinstance(caseload, wire.Error):
+                raise client._rejected(caseload)
+            if not isinstance(caseload, wire.Caseload):
+                raise ProtocolError(f"expected 'vatra-caseload', got '{caseload.type}'")
+            erased = set(caseload.erased)
+            client._discard(sorted(erased & set(client.replica.household_ids())), summary,
+                            erased=True)
+            if household_ids is None:
+                ids = client._apply_caseload(set(caseload.document_ids), summary)
+            else:
+                ids = [hid for hid in household_ids if hid not in erased]
+        self._first = set(ids)
+        self._progress()
+        for hid in ids:
+            await self.open(hid, server_first=hid in server_first)
+
+    async def open(self, hid: str, *, server_first: bool = False) -> _DocSync:
+        """Start syncing ``hid`` from a fresh sync state; the first message is ours unless
+        the server speaks first."""
+        replica = self.client.replica
+        local = replica.has_local_copy(hid)
+        doc = replica.document(hid)
+        d = self.docs[hid] = _DocSync(doc, SyncState(),
+                                      {c.hash for c in doc.get_changes([])} if local else set())
+        if not server_first:
+            m = doc.generate_sync_message(d.state)
+            assert m is not None  # a fresh SyncState always has something to say
+            kind = wire.Sync if local else wire.Request
+            await self.send(kind(self.peer_id, self.server_id, hid, m.encode()))
+        return d
+
+    async def push(self, hid: str) -> None:
+        """Local changes to ``hid`` (live mode): send them on the household's sync state."""
+        d = self.docs.get(hid)
+        if d is None or d.phase:
+            if d is None:
+                await self.open(hid)
+            return
+        d.done = False
+        m = self.client._reply(hid, d)
+        if m is not None:
+            await self.send(wire.Sync(self.peer_id, self.server_id, hid, m.encode()))
+
+    def settled(self) -> bool:
+        return all(d.done for d in self.docs.values())
+
+    async def dispatch(self, msg: wire.Message) -> None:
+        """Handle one message from the server."""
+        client, docs, summary = self.client, self.docs, self.summary
+        if isinstance(msg, wire.Sync):
+            known = docs.get(msg.document_id)
+            if known is None:
+                if not (self.follow and client.replica.has_local_copy(msg.document_id)):
+                    return  # a household this session did not open
+                known = await self.open(msg.document_id, server_first=True)
+            await client._on_sync(msg, known, self.send, self.peer_id, self.server_id,
+                                  summary)
+            if known.done:
+                known.rounds = 0
+        elif isinstance(msg, wire.DocUnavailable):
+            if msg.document_id in docs:
+                docs[msg.document_id].done = True
+                summary.unavailable.append(msg.document_id)
+        elif isinstance(msg, wire.Error):
+            rejection = client._rejected(msg)
+            summary.rejected.append(rejection)
+            if msg.document_id is None or msg.document_id not in docs:
+                raise rejection
+            hid = msg.document_id
+            d = docs[hid]
+            d.done = True
+            if (msg.code in RECOVERABLE_CODES and d.phase == "" and self.recover
+                    and client.replica.has_local_copy(hid)):
+                docs[hid] = await client._start_recovery(hid, d, msg.code, self.send,
+                                                          self.peer_id, self.server_id)
+            elif not self.recover:
+                log.warning("household %s: the re-applied edits were refused too (%s)",
+                            hid, msg.code)
+        else:
+            return
+        doc_id = msg.document_id
+        if doc_id in self._first and doc_id not in self._finished and docs[doc_id].done:
+            self._finished.add(doc_id)
+            self._progress()
+
+    def _progress(self) -> None:
+        if self.client.on_progress is not None:
+            self.client.on_progress(Progress(len(self._finished), len(self._first),
+                                             self.summary.bytes_sent,
+                                             self.summary.bytes_received))
+
+    def count(self) -> None:
+        """The summary's per-household figures, once the exchange settled."""
+        client, summary = self.client, self.summary
+        for hid, d in self.docs.items():
+            if hid in summary.unavailable or not d.doc.get_heads():
+                continue
+            summary.households_synced += 1
+            if d.phase:
+                continue  # counted by _finish_fetch
+            if not client.replica.has_local_copy(hid):
+                client.replica.adopt(hid, d.doc)
+            client._count(d, summary)
+
+
+class LiveSync:
+    """A replica that stays connected (:meth:`SyncClient.live`).
+
+    It syncs the caseload as :meth:`SyncClient.sync` does (with the fast path), then
+    keeps the session open: the server's pushes are merged into the replica as they
+    come (``on_remote_change``, ``on_saved`` fire per household, and each copy is saved
+    to disk), and :meth:`changed` sends a local edit at once. When the link drops it
+    reconnects, waiting with exponential backoff and full jitter between tries, and
+    resumes with the fast path. A refusal that names no household (the device was
+    revoked) ends it: :meth:`wait` raises it.
+
+    ``on_connected(summary)`` fires each time a session's first exchange is done; the
+    summary is that exchange's.
+    """
+
+    def __init__(self, client: SyncClient, *,
+                 on_connected: Callable[[SyncSummary], None] | None = None) -> None:
+        self.client = client
+        self.on_connected = on_connected
+        #: set while a session is open and its first exchange done
+        self.connected = asyncio.Event()
+        self.sessions = 0  #: sessions whose first exchange completed
+        self._dirty: set[str] = set()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> LiveSync:
+        self._task = asyncio.create_task(self._run(), name="vatra-live-sync")
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+    def changed(self, household_id: str) -> None:
+        """The replica's copy of ``household_id`` changed here: send it (now if connected,
+        else at the next session, which sends it anyway)."""
+        self._dirty.add(household_id)
+        self._wake.set()
+
+    async def wait(self) -> None:
+        """Until the live session ends: only by a refusal, which is raised."""
+        assert self._task is not None
+        try:
+            await asyncio.shield(self._task)
+        except ServerRejected:
+            self._reported = True
+            raise
+
+    async def close(self) -> None:
+        """Stop; a refusal that ended the session and that :meth:`wait` did not raise is
+        raised here."""
+        try:
+            if self._task is not None:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+        except ServerRejected:
+            if not self._reported:
+                raise
+        finally:
+            self.connected.clear()
+            self.client.replica.flush()
+
+    _reported = False  # wait() raised the refusal that ended the session
+
+    async def _run(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                await self._session()
+            except (aiohttp.ClientError, OSError, TimeoutError, ConnectionError,
+                    ServerUnavailable) as exc:
+                self.connected.clear()
+                attempt = 1 if self.connected_once else attempt + 1
+                self.connected_once = False
+                delay = self.client.backoff_delay(attempt)
+                log.info("live sync: link lost (%s); reconnecting in %.1f s",
+                         type(exc).__name__, delay)
+                await asyncio.sleep(delay)
+
+    connected_once = False  # the last session got through its first exchange
+
+    async def _session(self) -> None:
+        client = self.client
+        summary = SyncSummary()
+        started = time.perf_counter()
+        self._dirty.clear()  # the first exchange sends every local change anyway
+        async with client._connected(summary, fast=True) as (channel, offer):
+            session = _Session(client, channel, summary, recover=True, follow=True)
+            try:
+                await session.begin(offer, None)
+                while not session.settled():
+                    await session.dispatch(await session.receive(client.idle_timeout))
+                session.count()
+            finally:
+                client.replica.flush()
+            summary.seconds = time.perf_counter() - started
+            self.sessions += 1
+            self.connected_once = True
+            self.connected.set()
+            if self.on_connected is not None:
+                self.on_connected(summary)
+            await self._follow(session)
+
+    async def _follow(self, session: _Session) -> None:
+        """Merge what the server pushes, send what changes here, until the link drops."""
+        incoming = asyncio.ensure_future(session.receive(None))
+        try:
+            while True:
+                woken = asyncio.ensure_future(self._wake.wait())
+                done, _ = await asyncio.wait({incoming, woken},
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if woken not in done:
+                    woken.cancel()
+                if incoming in done:
+                    msg = incoming.result()  # raises when the link dropped
+                    try:
+                        await session.dispatch(msg)
+                    finally:
+                        self.client.replica.flush()
+                    incoming = asyncio.ensure_future(session.receive(None))
+                if self._wake.is_set():
+                    self._wake.clear()
+                    dirty, self._dirty = sorted(self._dirty), set()
+                    for hid in dirty:
+                        await session.push(hid)
+        finally:
+            incoming.cancel()
+            with contextlib.suppress(BaseException):
+                await incoming

@@ -12,7 +12,8 @@ from client_sdk._replica import covers
 
 def test_public_names_are_exactly_the_intended_ones() -> None:
     assert sorted(client_sdk.__all__) == [
-        "Credentials", "HouseholdNotFound", "NotEnrolled", "Recovery", "Replica", "ReplicaError",
+        "Credentials", "HouseholdNotFound", "LiveSync", "NotEnrolled", "Progress", "Recovery",
+        "Replica", "ReplicaError",
         "RepoTransport", "ServerRejected", "ServerUnavailable", "SupervisorClient", "SyncClient",
         "SyncFailed", "SyncStalled", "SyncSummary", "VatraClientError", "WrongPin", "enroll"]
     for name in client_sdk.__all__:
