@@ -536,6 +536,7 @@ class _Session:
             raise ProtocolError(f"expected 'peer', got '{first.type}'")
         self.server_id = first.sender_id
         server_first: set[str] = set()  # households the server opens (the fast path)
+        overtaking: list[wire.Sync] = []
         if offer is not None:
             if first.metadata.get("vatraHeads") != fastpath.VERSION:
                 # A server older than the fast path: it refuses vatra-heads and closes.
@@ -544,6 +545,11 @@ class _Session:
                 client._plain_only = True
                 raise ConnectionError("the server does not offer the reconnect fast path")
             reply = await self.receive(client.idle_timeout)
+            while isinstance(reply, wire.Sync):
+                # A change stored while the server compared: pushed to this session as a
+                # watcher, ahead of the reply. Handled once the households are open.
+                overtaking.append(reply)
+                reply = await self.receive(client.idle_timeout)
             if isinstance(reply, wire.Error):
                 raise client._rejected(reply)
             if not isinstance(reply, wire.HeadsReply):
@@ -566,6 +572,8 @@ class _Session:
         self._progress()
         for hid in ids:
             await self.open(hid, server_first=hid in server_first)
+        for msg in overtaking:
+            await self.dispatch(msg)
 
     async def open(self, hid: str, *, server_first: bool = False) -> _DocSync:
         """Start syncing ``hid`` from a fresh sync state; the first message is ours unless

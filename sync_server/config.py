@@ -66,8 +66,9 @@ class Settings:
     master_key_file: str | None = None
     server_key_file: str | None = None
     projector: bool = True  # run the projector in the server process (VATRA_PROJECTOR=0: not)
-    #: take the reconnect fast path a device offers (VATRA_FAST_PATH=0: not, as a server
-    #: from before it; docs/protocol.md)
+    #: take the reconnect fast path a device offers (VATRA_FAST_PATH=0: not; the offer is
+    #: then declined, and a vatra-heads behind it refused with handshake-required, which
+    #: makes the SDK sync without it as it does with a server from before the extension)
     fast_path: bool = True
     #: load balancers whose X-Forwarded-For names the client (VATRA_TRUSTED_PROXIES: comma-
     #: separated addresses or networks); from anyone else the header is ignored

@@ -40,11 +40,13 @@ async def active_household(server, provision, *mates, notes: str | None = None,
     return hid, pid, tablets
 
 
-def forge_write(replica, hid: str, address: str) -> None:
-    """Write ``address`` into the replica's copy under an actor id no device registered
-    (what a tampered client would send): the server must refuse and quarantine it."""
+async def forge_write(provision, replica, hid: str, address: str) -> None:
+    """Write ``address`` into the replica's copy under an actor id another device holds
+    (what a tampered client would send, to pass its edits off as someone else's): the
+    server must refuse and quarantine it."""
+    other = await provision.tablet(f"owner-of-{replica.credentials.device_id}", "mallory")
     doc = replica.household(hid).doc
-    doc.set_actor(bytes(16))
+    doc.set_actor(other.actor_id)
     with doc.transaction() as tx:
         tx.put(ROOT, "address", ScalarType.Str, address)
     replica.save(hid)

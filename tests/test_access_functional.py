@@ -69,7 +69,7 @@ async def test_a_forged_actor_id_is_refused_and_nothing_merges(server, provision
     ana = await provision.tablet("ana")
     hid = register(ana)
     await SyncClient(ana, server.url).sync()
-    forge_write(ana, hid, "written under a forged actor")
+    await forge_write(provision, ana, hid, "written under a forged actor")
     summary = await SyncClient(ana, server.url).sync()
     assert [r.code for r in summary.rejected] == ["actor-not-registered"]
     actor = await server.app[SYNCHRONIZER].registry.get(hid)
@@ -207,7 +207,7 @@ async def test_refused_data_is_quarantined_sealed_and_can_be_reviewed(server, pr
     ana = await provision.tablet("ana")
     hid = register(ana)
     await SyncClient(ana, server.url).sync()
-    forge_write(ana, hid, "Zamfirescu forged")
+    await forge_write(provision, ana, hid, "Zamfirescu forged")
     await SyncClient(ana, server.url).sync()
     elsewhere = register(ana, locality="55000")  # outside ana's localities: no such household
     await SyncClient(ana, server.url).sync()
@@ -263,7 +263,7 @@ async def test_vatra_quarantine_list_and_show(server, provision, database_url) -
     ana = await provision.tablet("ana")
     hid = register(ana)
     await SyncClient(ana, server.url).sync()
-    forge_write(ana, hid, "Zamfirescu forged")
+    await forge_write(provision, ana, hid, "Zamfirescu forged")
     await SyncClient(ana, server.url).sync()
     env = {**os.environ, "DATABASE_URL": database_url, "VATRA_MASTER_KEY": TEST_MASTER_KEY}
 

@@ -30,7 +30,7 @@ async def busy_day(server, provision) -> tuple[str, str]:
     ana = await provision.tablet("ana")
     hid = ana.create_household(locality="54975", county="CJ", address="Str. Lunga 3").household_id
     await SyncClient(ana, server.url).sync()
-    forge_write(ana, hid, "forged")
+    await forge_write(provision, ana, hid, "forged")
     await SyncClient(ana, server.url).sync()
     device = ana.credentials.device_id
     await server.app[IDENTITY].revoke_device(device)

@@ -281,3 +281,133 @@ async def test_a_server_that_does_not_take_the_offer_is_synced_without_it(
         again = await client.sync()
         assert again.attempts == 1 and again.households_unchanged == 0
         assert again.households_synced == 2
+
+
+# -- regressions found in review of the first version -----------------------------------
+
+
+async def shared(server, provision) -> tuple[Replica, Replica, str]:
+    """Ana's household, shared with Ion; both hold it; nothing of it resident."""
+    ana, ion = await provision.tablet("ana"), await provision.tablet("ion")
+    hid = register(ana, 1)[0]
+    await SyncClient(ana, server.url).sync()
+    await provision.share(hid, ana, ion)
+    await SyncClient(ana, server.url).sync()
+    ion.track(hid)
+    await SyncClient(ion, server.url).sync()
+    server.app[SYNCHRONIZER].registry.evict_idle()
+    return ana, ion, hid
+
+
+async def pushed(channel: SecureChannel, hid: str, seconds: float = 3.0) -> bool:
+    """Whether the server sends the session a ``sync`` for ``hid`` within ``seconds``
+    (a bound for an absence: nothing else marks it)."""
+    try:
+        while (frame := await asyncio.wait_for(channel.receive(), seconds)) is not None:
+            msg = wire.decode(frame)
+            if isinstance(msg, wire.Sync) and msg.document_id == hid:
+                return True
+    except TimeoutError:
+        pass
+    return False
+
+
+async def test_a_watcher_taken_off_the_team_during_a_listener_outage_is_not_pushed(
+        server, provision) -> None:
+    """Before: after the team listener reconnected, its catch-up decided again only the
+    households a session had synced, not those it watched; and the fan-out subscribed
+    watchers without asking. Reproduced by removing Ana from the team behind the
+    listener's back and running the catch-up: Ion's next edit was pushed to Ana."""
+    from sync_server.app import CONNECTIONS
+    from sync_server.gateway.teams import TeamChanges
+    from sync_server.store.tables import household_team
+
+    ana, ion, hid = await shared(server, provision)
+    synchronizer = server.app[SYNCHRONIZER]
+    async with fast_session(server, ana, offer_of(ana, [hid])) as channel:
+        assert isinstance(await next_message(channel), wire.Peer)
+        assert fastpath.bits((await next_message(channel)).same, 1) == [True]
+        async with synchronizer.store.engine.begin() as conn:  # no NOTIFY: missed
+            await conn.execute(sa.delete(household_team).where(
+                household_team.c.household_id == hid,
+                household_team.c.user_id == ana.credentials.user_id))
+        await TeamChanges(synchronizer.store.engine, synchronizer,
+                          server.app[CONNECTIONS]).catch_up()
+        with ion.edit(hid) as e:
+            e.append_activity("visit", "after ana left the team")
+        assert not (await SyncClient(ion, server.url).sync()).rejected
+        assert not await pushed(channel, hid)
+
+
+async def test_a_change_stored_while_the_server_compares_is_pushed(server, provision) -> None:
+    """Before: the heads were read, then the household watched; a change stored in between
+    was answered "same" and never pushed. Reproduced by holding the server's heads read
+    until Ion's change is stored. Now the household is watched before its heads are read,
+    so the change reaches the session (its push may come ahead of the reply)."""
+    ana, ion, hid = await shared(server, provision)
+    store = server.app[SYNCHRONIZER].store
+    read, gate = store.heads, asyncio.Event()
+
+    async def held_read(ids):
+        rows = await read(ids)
+        if hid in rows:
+            held.set()
+            await gate.wait()
+        return rows
+
+    held = asyncio.Event()
+
+    store.heads = held_read
+    try:
+        async with fast_session(server, ana, offer_of(ana, [hid])) as channel:
+            assert isinstance(await next_message(channel), wire.Peer)
+            await asyncio.wait_for(held.wait(), 10)
+            with ion.edit(hid) as e:
+                e.append_activity("visit", "while the server compared")
+            # (a plain sync: Ion reads no heads, so nothing holds Ion's)
+            assert not (await SyncClient(ion, server.url, fast_path=False).sync()).rejected
+            gate.set()
+            assert await pushed(channel, hid)
+    finally:
+        store.heads = read
+
+
+async def test_the_heads_follow_any_statement_that_logs_changes(server, provision) -> None:
+    """Before: the append statement kept the heads, so an instance from before migration
+    0011 (a rolling upgrade) appended without them, and tablets were told they held what
+    they did not. Now a trigger keeps them: a change logged by a bare INSERT (rolled back
+    after) moves the heads from its dependency to itself."""
+    ana = await provision.tablet("ana")
+    hid = register(ana, 1)[0]
+    await SyncClient(ana, server.url).sync()
+    [head] = ana.document(hid).get_heads()
+    new = bytes(range(32))
+    async with server.app[SYNCHRONIZER].store.engine.connect() as conn, conn.begin() as tx:
+        await conn.execute(sa.text(
+            "INSERT INTO changes (household_id, hash, deps, actor, body) "
+            "VALUES (:h, :hash, ARRAY[CAST(:dep AS bytea)], :actor, :body)"),
+            {"h": hid, "hash": new, "dep": head, "actor": bytes(16), "body": b"x"})
+        heads = (await conn.execute(sa.select(households.c.heads)
+                                    .where(households.c.id == hid))).scalar_one()
+        await tx.rollback()
+    assert heads == [new]
+
+
+async def test_a_watcher_that_cannot_follow_more_households_does_not_fail_the_writer(
+        server, provision) -> None:
+    """Before: a watcher whose session held its limit of sync states made the fan-out
+    raise limit-exceeded in the writer's task, and Ion's sync was refused. Reproduced by
+    lowering Ana's session's limit. Now Ana is simply not followed."""
+    from sync_server.app import CONNECTIONS
+
+    ana, ion, hid = await shared(server, provision)
+    async with fast_session(server, ana, offer_of(ana, [hid])) as channel:
+        assert isinstance(await next_message(channel), wire.Peer)
+        await next_message(channel)
+        conn = next(c for c in server.app[CONNECTIONS]
+                    if c.device.id == ana.credentials.device_id)
+        conn.sync._max = len(conn.sync.documents)  # as if it had opened 10,000
+        with ion.edit(hid) as e:
+            e.append_activity("visit", "by ion")
+        assert not (await SyncClient(ion, server.url, max_attempts=1).sync()).rejected
+        assert not await pushed(channel, hid, seconds=1.0)

@@ -11,12 +11,14 @@ import contextlib
 
 import aiohttp
 import pytest
+import sqlalchemy as sa
 from automerge import ImmutableString
 from automerge.core import ROOT
 from automerge.repo import InMemoryStorage, Repo
 
 from client_sdk import RepoTransport, SyncClient
 from sync_server.app import SYNCHRONIZER
+from sync_server.store.tables import audit
 
 pytestmark = pytest.mark.functional
 
@@ -39,28 +41,40 @@ async def wait_for(predicate, what: str) -> None:
     raise AssertionError(what)
 
 
+async def samod_household(repo: Repo, address: str):
+    """A schema v1 household, written with plain automerge in a stock samod Repo."""
+    handle = await repo.create()
+    with handle.change() as d:
+        d["schema"] = 1
+        for key, value in {"locality": "54975", "county": "CJ", "address": address,
+                           "status": "registration"}.items():
+            d[key] = ImmutableString(value)
+        d["team"] = {"social_worker": ImmutableString("sw-ana")}  # who may sync it
+        for key in ("members", "assessments", "service_plan", "change_requests",
+                    "conflicts"):
+            d[key] = {}
+        d["activity"] = []
+        d["notes"] = ""
+    return handle
+
+
 async def test_samod_repo_and_vatra_replica_exchange_edits(server, provision) -> None:
-    """A samod Repo registers a household offline, then syncs it through an encrypting
-    Transport built on the SDK's session code, as its own enrolled device. Edits flow
-    samod -> Vatra -> SDK tablet and back (the latter pushed live by fan-out)."""
+    """A stock samod Repo registers two households offline, then syncs them through an
+    encrypting Transport built on the SDK's session code, as its own enrolled device,
+    unmodified: samod makes a random actor id per document, and the server binds each to
+    the device on first use (audited). Before, every change was refused
+    ``actor-not-registered`` unless the device enrolled with the Repo's actor id. Edits
+    flow samod -> Vatra -> SDK tablet and back (the latter pushed live by fan-out)."""
+    from sync_server.app import IDENTITY
+
     repo = await Repo.load(InMemoryStorage())
     async with repo:
-        handle = await repo.create()
-        with handle.change() as d:  # a schema v1 household, written with plain automerge
-            d["schema"] = 1
-            for key, value in {"locality": "54975", "county": "CJ", "address": "Str. Samod 1",
-                               "status": "registration"}.items():
-                d[key] = ImmutableString(value)
-            d["team"] = {"social_worker": ImmutableString("sw-ana")}  # who may sync it
-            for key in ("members", "assessments", "service_plan", "change_requests",
-                        "conflicts"):
-                d[key] = {}
-            d["activity"] = []
-            d["notes"] = ""
-        samod_actor = handle.doc()._doc.get_last_local_change().actor_id
+        handle = await samod_household(repo, "Str. Samod 1")
+        second = await samod_household(repo, "Str. Samod 2")
+        actors = {h.doc()._doc.get_last_local_change().actor_id for h in (handle, second)}
         hid = str(handle.document_id)
-        # samod makes one actor per document: the device enrolls with that actor id
-        samod_device = await provision.tablet("samod", "sw-ana", actor_id=samod_actor)
+        samod_device = await provision.tablet("samod", "sw-ana")  # the SDK's own actor id
+        assert not actors & {samod_device.actor_id}
         tablet = await provision.tablet("tablet", "sw-ana")
 
         async with aiohttp.ClientSession() as session, session.ws_connect(server.url) as ws:
@@ -69,6 +83,15 @@ async def test_samod_repo_and_vatra_replica_exchange_edits(server, provision) ->
             try:
                 await wait_for(lambda: _server_address(server, hid) == "Str. Samod 1",
                                "the samod household never reached the server")
+                await wait_for(lambda: _server_address(server, str(second.document_id))
+                               == "Str. Samod 2", "the second samod household never arrived")
+                device = await server.app[IDENTITY].device(samod_device.credentials.device_id)
+                assert actors <= device.actor_ids  # bound to the samod device
+                async with server.app[SYNCHRONIZER].store.engine.connect() as db:
+                    bound = [r.detail["actor_ids"] for r in await db.execute(
+                        sa.select(audit.c.detail).where(audit.c.kind == "actors-bound",
+                                                        audit.c.device_id == device.id))]
+                assert sorted(a for ids in bound for a in ids) == sorted(a.hex() for a in actors)
                 tablet.track(hid)
                 await SyncClient(tablet, server.url).sync()
                 assert tablet.household(hid).to_dict()["address"] == "Str. Samod 1"

@@ -45,7 +45,7 @@ async def test_a_sync_and_a_refusal_show_in_metrics_and_logs(server, provision, 
     with ana.edit(hid) as mine:
         mine.append_activity("visit", "first visit")
     assert not (await SyncClient(ana, server.url).sync()).rejected
-    forge_write(ana, hid, "Str. Zamfirescu 9")
+    await forge_write(provision, ana, hid, "Str. Zamfirescu 9")
     refused = await SyncClient(ana, server.url).sync()
     assert [r.code for r in refused.rejected] == ["actor-not-registered"]
     after = await scrape(server)

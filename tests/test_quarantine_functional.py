@@ -46,7 +46,7 @@ async def test_show_states_the_rule_and_reads_every_refused_batch(
         tx.put(ROOT, "favourite_colour", ScalarType.Str, "blue")
     assert [r.code for r in (await SyncClient(ana, server.url).sync()).rejected] == [
         "schema-violation"]
-    forge_write(ana, hid, "Str. Falsa 9")
+    await forge_write(provision, ana, hid, "Str. Falsa 9")
     assert [r.code for r in (await SyncClient(ana, server.url).sync()).rejected] == [
         "actor-not-registered"]
     with nat.edit(hid) as h:

@@ -311,6 +311,7 @@ async def _workload_tablets(server: VatraServer, root: Path, n_tablets: int, n_h
         "worker_cpu_s": worker["cpu_s"],
         "worker_wall_s": worker["wall_s"],
         "postgres_cpu_s": None if pg_before is None or pg_after is None else pg_after - pg_before,
+        **_per_change(cpu, pg_before, pg_after, rows),
         "persist_s": _metric("vatra_persist_seconds_sum") - persist_before,
         **_check_figures(checks_before, checked_before, wall),
         **(await _projection_figures(server, lags_before)),
@@ -324,6 +325,18 @@ async def _workload_tablets(server: VatraServer, root: Path, n_tablets: int, n_h
         "ok": (rows == expected and raw_changes == expected and not worker["rejected"]
                and not stalled),
     }
+
+
+def _per_change(cpu: float, pg_before: float | None, pg_after: float | None,
+                changes: int) -> dict[str, float | None]:
+    """CPU milliseconds per persisted change: the server process's, PostgreSQL's and both
+    (the figure issue 15 compares with the reference server's)."""
+    pg = None if pg_before is None or pg_after is None else pg_after - pg_before
+    n = max(changes, 1)
+    return {"server_cpu_ms_per_change": 1000 * cpu / n,
+            "postgres_cpu_ms_per_change": None if pg is None else 1000 * pg / n,
+            "server_and_postgres_cpu_ms_per_change": None if pg is None
+            else 1000 * (cpu + pg) / n}
 
 
 # -- workload (b): live session -------------------------------------------------------------
@@ -449,6 +462,7 @@ async def _workload_live(server: VatraServer, root: Path, k: int,
         "latency_max_s": max(latencies) if latencies else math.nan,
         "process_cpu_s": cpu,
         "postgres_cpu_s": None if pg_before is None or pg_after is None else pg_after - pg_before,
+        **_per_change(cpu, pg_before, pg_after, rows),
         "persist_s": _metric("vatra_persist_seconds_sum") - persist_before,
         **_check_figures(checks_before, checked_before, wall),
         **(await _projection_figures(server, lags_before)),
@@ -546,6 +560,17 @@ def _print_table(result: dict[str, Any]) -> None:
                   f"{cpu(b['process_cpu_s'])} incl. client")
     table.add_row("tablet worker CPU", cpu(a["worker_cpu_s"]), "— (client in process)")
     table.add_row("PostgreSQL CPU", cpu(a["postgres_cpu_s"]), cpu(b["postgres_cpu_s"]))
+
+    def ms(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.2f} ms"
+
+    table.add_row("server CPU per change", ms(a["server_cpu_ms_per_change"]),
+                  f"{ms(b['server_cpu_ms_per_change'])} incl. client")
+    table.add_row("PostgreSQL CPU per change", ms(a["postgres_cpu_ms_per_change"]),
+                  ms(b["postgres_cpu_ms_per_change"]))
+    table.add_row("[bold]server + PostgreSQL CPU per change[/bold]",
+                  ms(a["server_and_postgres_cpu_ms_per_change"]),
+                  ms(b["server_and_postgres_cpu_ms_per_change"]))
     table.add_row("awaiting persist (summed)", f"{a['persist_s']:.3f} s",
                   f"{b['persist_s']:.3f} s")
     table.add_row("batch checks per batch", _ms(a["checks_per_batch_s"]),

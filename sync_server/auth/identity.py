@@ -30,6 +30,7 @@ import nacl.hash
 import sqlalchemy as sa
 from nacl.bindings import sodium_memcmp
 from nacl.signing import SigningKey
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from conflict import SERVER_AUTHOR
@@ -55,6 +56,11 @@ MAX_FAILED_ATTEMPTS = 5
 REVOCATIONS = "vatra_revocations"  # NOTIFY channel: payload = the revoked device id
 _CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: read aloud over a phone
 
+
+
+#: Actor ids one device may hold: its SDK's, and those a stock automerge-repo peer makes
+#: (one per document it creates or loads) bound on first use over its session.
+MAX_ACTORS_PER_DEVICE = 100_000
 
 
 class IdentityError(VatraError):
@@ -396,6 +402,51 @@ class IdentityStore:
         assert user is not None
         return Device(row.id, user, row.signing_key, row.exchange_key, actors,
                       row.revoked_at is not None)
+
+    async def bind_actors(self, device: Device, actor_ids: Collection[bytes], *,
+                          household_id: str | None = None) -> frozenset[bytes]:
+        """Bind actor ids first seen on ``device``'s own session to it (docs/security.md,
+        "Actor ids"): a stock automerge-repo peer makes a new random actor id for its
+        documents. Returns the device's actor ids now. An id bound to another device, a
+        revoked device, or more than :data:`MAX_ACTORS_PER_DEVICE` ids in all, is refused:
+        :class:`IdentityError` with ``actor-not-registered``, and nothing is bound. The
+        binding and its audit row are one transaction."""
+        wanted = sorted(set(actor_ids) - device.actor_ids)
+        if not wanted:
+            return device.actor_ids
+        if any(len(a) != 16 for a in wanted):
+            raise IdentityError("actor ids are 16 bytes", code=ErrorCode.ACTOR_NOT_REGISTERED)
+        with _reachable("binding actor ids"):
+            async with self._engine.begin() as conn:
+                row = (await conn.execute(
+                    sa.select(devices.c.revoked_at).where(devices.c.id == device.id)
+                    .with_for_update())).first()
+                if row is None or row.revoked_at is not None:
+                    raise IdentityError("this device is revoked",
+                                        code=ErrorCode.ACTOR_NOT_REGISTERED)
+                held = (await conn.execute(
+                    sa.select(sa.func.count()).select_from(device_actors)
+                    .where(device_actors.c.device_id == device.id))).scalar_one()
+                bound = set((await conn.execute(
+                    postgresql.insert(device_actors)
+                    .values([{"actor_id": a, "device_id": device.id} for a in wanted])
+                    .on_conflict_do_nothing(index_elements=["actor_id"])
+                    .returning(device_actors.c.actor_id))).scalars())
+                owners = {r.actor_id: r.device_id for r in await conn.execute(
+                    sa.select(device_actors.c.actor_id, device_actors.c.device_id)
+                    .where(device_actors.c.actor_id.in_(wanted)))}
+                if any(owners.get(a) != device.id for a in wanted):
+                    raise IdentityError(  # rolls back the ones bound above
+                        "a change carries an actor id registered to another device",
+                        code=ErrorCode.ACTOR_NOT_REGISTERED)
+                if held + len(bound) > MAX_ACTORS_PER_DEVICE:
+                    raise IdentityError(f"a device may hold at most {MAX_ACTORS_PER_DEVICE} "
+                                        f"actor ids", code=ErrorCode.ACTOR_NOT_REGISTERED)
+                if bound and self.audit is not None:
+                    await self.audit.append(conn, [AuditEvent(
+                        "actors-bound", household_id, device.user.id, device.id,
+                        {"actor_ids": sorted(a.hex() for a in bound)})])
+        return device.actor_ids | frozenset(wanted)
 
     async def revoke_device(self, device_id: str) -> bool:
         """Mark the device revoked; True if it existed and was active.

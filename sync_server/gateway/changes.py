@@ -48,9 +48,15 @@ class Changes:
         task.add_done_callback(self._pending.discard)
 
     async def catch_up(self) -> None:
-        """After an outage: every resident copy may have missed a notification."""
-        for actor in self._synchronizer.registry.actors():
+        """After an outage: every resident copy may have missed a notification, and so
+        may every household a session watches (the fast path): each is brought up to the
+        log, and the sessions following it are answered if it moved."""
+        registry = self._synchronizer.registry
+        for actor in registry.actors():
             actor.stale = True
+        for hid in sorted({a.id for a in registry.actors() if a.subscribers}
+                          | registry.watched_households()):
+            await self._apply(hid, None)
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:

@@ -168,6 +168,10 @@ async def serve_connection(conn: Connection, synchronizer: Synchronizer, *,
                 FAST_PATH.labels("same").inc(len(conn.sync.watched))
                 FAST_PATH.labels("differ").inc(len(reply.differ))
                 for hid in reply.differ:
+                    # each household opened costs what a sync message would
+                    if limit is not None and not limit.take():
+                        raise ProtocolError("too many households to open; slow down and "
+                                            "reconnect", code=ErrorCode.RATE_LIMITED)
                     await in_order(hid, functools.partial(synchronizer.open, conn, hid))
                 continue
             if not isinstance(msg, FROM_CLIENT_ALLOWED):

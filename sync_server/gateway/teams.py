@@ -54,7 +54,8 @@ class TeamChanges:
     async def catch_up(self) -> None:
         """After an outage of the listening connection: every household a live session
         holds is decided again (a team change notified meanwhile was not heard)."""
-        held = {hid for conn in self._connections for hid in conn.sync.documents}
+        held = {hid for conn in self._connections
+                for hid in (*conn.sync.documents, *conn.sync.watched)}
         for hid in sorted(held):
             await self._apply(hid)
 

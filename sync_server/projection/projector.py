@@ -271,10 +271,11 @@ class Projector:
                                           log=facts[hid], catalogue=self.catalogue)
             # The rows written below reference their households (a foreign key), and
             # PostgreSQL checks it by locking each household's registry row (FOR KEY
-            # SHARE), in the order written. A group commit locks the same rows FOR UPDATE
-            # in household order (sync_server/store/group_commit.py): taken in any other
-            # order, the two deadlocked (three instances under load, issue 14). Lock them
-            # here, all at once, in that order, before the outbox rows.
+            # SHARE), in the order written. A group commit used to lock the same rows FOR
+            # UPDATE in household order (sync_server/store/group_commit.py): taken in any
+            # other order, the two deadlocked (three instances under load, issue 14). It
+            # now takes FOR NO KEY UPDATE, which KEY SHARE does not wait for; the rows are
+            # still locked here, all at once, in that order, before the outbox rows.
             await conn.execute(_KEY_SHARE, {"ids": sorted(rows)})
             written = await write_rows(conn, rows)
             lags = await _settle_outbox(conn, {h: queued[h] for h in

@@ -120,8 +120,9 @@ RULES: Mapping[ErrorCode, str] = {
     ErrorCode.NOT_A_HOUSEHOLD: "a household the server does not know is registered by its "
                                "first sync, whose changes must form a valid household",
     ErrorCode.READ_ONLY: "a national user's device reads households and changes none",
-    ErrorCode.ACTOR_NOT_REGISTERED: "every change must carry an actor id registered to the "
-                                    "device that sends it",
+    ErrorCode.ACTOR_NOT_REGISTERED: "every change must carry an actor id of the device that "
+                                    "sends it: registered at enrollment, or first seen on "
+                                    "its session and held by no other device",
     ErrorCode.CREATION_REFUSED: "a worker registers households only in her own localities",
     ErrorCode.SCHEMA_VIOLATION: "the merged household must keep schema v1 and the indicator "
                                 "catalogue",

@@ -55,9 +55,8 @@ DataKeys = Callable[[AsyncConnection, Collection[str]],
 #: and cached (a multi-row VALUES list would be a new statement per batch size).
 #: ``deps`` arrive as comma-joined hex because PostgreSQL arrays cannot be ragged.
 #: Re-sent changes hit the primary key and are skipped. Each household's ``heads`` follow
-#: its log in the same statement (a change is stored only after its dependencies, so the
-#: new heads are the old ones and the new changes, less those a new change depends on);
-#: the households are locked first (:func:`lock_households`). Bodies arrive sealed; nothing is
+#: its log: a trigger on ``changes`` updates them in the same statement (migration 0011),
+#: on the households locked first (:func:`lock_households`). Bodies arrive sealed; nothing is
 #: written for a household whose data key was destroyed (erased by another process, while
 #: this one still held the key): such a household comes back as one row without a seq.
 #: The same statement queues each household that logged something for projection, its
@@ -73,17 +72,7 @@ _APPEND = sa.text("""
         WHERE EXISTS (SELECT 1 FROM household_keys k
                       WHERE k.household_id = u.household_id AND k.wrapped IS NOT NULL)
         ON CONFLICT (household_id, hash) DO NOTHING
-        RETURNING household_id, seq, length(body) AS size, hash, deps
-    ), grown AS (
-        SELECT i.household_id, array_agg(i.hash) AS hashes,
-               ARRAY(SELECT d FROM inserted j, unnest(j.deps) AS d
-                     WHERE j.household_id = i.household_id) AS deps
-        FROM inserted i GROUP BY i.household_id
-    ), heads AS (  -- the log's heads: the old ones and the new changes, less what these depend on
-        UPDATE households h
-        SET heads = ARRAY(SELECT DISTINCT x FROM unnest(h.heads || g.hashes) AS x
-                          WHERE x <> ALL (g.deps) ORDER BY x)
-        FROM grown g WHERE h.id = g.household_id
+        RETURNING household_id, seq, length(body) AS size, hash
     ), queued AS (
         INSERT INTO projection_outbox (household_id, last_seq)
         SELECT household_id, max(seq) FROM inserted GROUP BY household_id

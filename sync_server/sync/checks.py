@@ -28,21 +28,17 @@ from sync_server.sync.households import HouseholdActor
 from sync_server.sync.touched import touched_prefixes
 
 
-def check_writer(device: Device, may_write: bool, household_id: str,
-                 new: Sequence[Any]) -> None:
-    """Refuse a batch the device may not write, or whose changes are not its own."""
+def check_writer(may_write: bool, household_id: str) -> None:
+    """Refuse a batch the device may not write."""
     if not may_write:
         raise Refused("this device may read this household but not change it",
                       code=ErrorCode.READ_ONLY, document_id=household_id)
-    check_actors(device, household_id, new)
 
 
-def check_actors(device: Device, household_id: str, new: Sequence[Any]) -> None:
-    foreign = [c for c in new if c.actor_id not in device.actor_ids]
-    if foreign:
-        raise Refused(f"{len(foreign)} change(s) carry an actor id not registered to this "
-                      f"device; nothing of this batch was merged",
-                      code=ErrorCode.ACTOR_NOT_REGISTERED, document_id=household_id)
+def unbound_actors(device: Device, new: Sequence[Any]) -> frozenset[bytes]:
+    """The actor ids of ``new`` not (yet) the device's: the pipeline binds them to it, or
+    refuses the batch if another device holds one (IdentityStore.bind_actors)."""
+    return frozenset(c.actor_id for c in new) - device.actor_ids
 
 
 def read_touched(actor: HouseholdActor, fork: Document, new: Sequence[Any]

@@ -241,6 +241,9 @@ class HouseholdRegistry:
     def watched(self, household_id: str) -> bool:
         return household_id in self._watchers
 
+    def watched_households(self) -> set[str]:
+        return set(self._watchers)
+
     def take_watchers(self, household_id: str) -> set[Peer]:
         """The household's watchers, who stop watching it (their caller subscribes them)."""
         peers = self._watchers.pop(household_id, set())

@@ -39,7 +39,7 @@ from prometheus_client import Counter, Histogram
 
 from conflict import SERVER_AUTHOR, Household, validate
 from sync_server.auth.grants import Grants
-from sync_server.auth.identity import Device, IdentityStore, User
+from sync_server.auth.identity import Device, IdentityError, IdentityStore, User
 from sync_server.protocol import fastpath, wire
 from sync_server.protocol.errors import DocumentError, ErrorCode, Refused, StorageError, VatraError
 from sync_server.protocol.preflight import DEFAULT_LIMITS, Limits, check_sync_message
@@ -58,7 +58,6 @@ from sync_server.store.quarantine import Quarantine
 from sync_server.sync import conflicts, cpu, followups
 from sync_server.sync.apply import check_document_id, check_encoding, fork_for, hold, receive, stored
 from sync_server.sync.checks import (
-    check_actors,
     check_attribution,
     check_catalogue,
     check_decisions,
@@ -72,6 +71,7 @@ from sync_server.sync.checks import (
     root_str,
     team_requests,
     team_user_ids,
+    unbound_actors,
 )
 from sync_server.sync.households import HouseholdActor, HouseholdRegistry
 from sync_server.sync.peer import Peer
@@ -231,6 +231,8 @@ class Synchronizer:
             peer.sync.held_bytes.pop(hid, None)
             if checked.team_touched:
                 await self._check_team(actor.record, actor.doc, fork)
+            if checked.unbound:
+                await self._bind(peer, hid, checked.unbound)
             _not_revoked(peer, hid)  # revoked while this batch was checked: not stored
             # 5. persist, 6. swap
             await self._commit(actor, fork, checked.new, _author(device))
@@ -255,7 +257,7 @@ class Synchronizer:
             await self._follow_up(actor, followups.apply_approved(hid, checked.approved),
                                   user.id, "applying approved requests")
         # 8. fan out
-        self._fan_out(actor)
+        await self._fan_out(actor)
         await self._maybe_snapshot(actor)
 
     async def _check_team(self, record: HouseholdRecord, before: Document | None,
@@ -355,6 +357,9 @@ class Synchronizer:
                 peer.sync.reset(hid)
                 self._unavailable(peer, hid)
                 return
+            unbound = unbound_actors(device, new)
+            if unbound:
+                await self._bind(peer, hid, unbound)
             _not_revoked(peer, hid)
         try:
             result = await self.store.create_household(
@@ -386,7 +391,7 @@ class Synchronizer:
                 last_seq=result.last_seq))
         actor.subscribers.add(peer)
         async with actor.lock:
-            self._fan_out(actor)
+            await self._fan_out(actor)
 
     # -- the server's own changes -----------------------------------------------------------
 
@@ -418,7 +423,7 @@ class Synchronizer:
                                            document_id=actor.id) from stale
                     await self.registry.refresh(actor, check=False)
             if changed:
-                self._fan_out(actor)
+                await self._fan_out(actor)
                 await self._maybe_snapshot(actor)
             return result
 
@@ -478,7 +483,7 @@ class Synchronizer:
                     async with actor.lock:
                         if actor.stale:
                             await self.registry.refresh(actor)
-                        self._fan_out(actor)
+                        await self._fan_out(actor)
             return
         if seq is not None and actor.last_seq >= seq:
             return  # this instance's own commit
@@ -487,28 +492,41 @@ class Synchronizer:
             return  # refreshed when it is next used
         async with actor.lock:
             if await self.registry.refresh(actor) or self.registry.watched(household_id):
-                self._fan_out(actor)
+                await self._fan_out(actor)
 
     # -- the reconnect fast path -------------------------------------------------------------
 
     async def compare_heads(self, peer: Peer, msg: wire.Heads) -> wire.HeadsReply:
         """The answer to a device's ``vatra-heads`` (sync_server/protocol/fastpath.py): the
         households it holds as the log does are watched for it, not loaded; the ones
-        that differ are listed, and the caller opens each (:meth:`open`)."""
+        that differ are listed, and the caller opens each (:meth:`open`).
+
+        Every household that may match is watched *before* its heads are read, so a
+        change stored at any moment reaches the device: before the read, the heads
+        differ and the household is opened; after it, the watch pushes it. Caseload
+        households that were erased meanwhile (no heads) are listed as erased."""
         grants = _grants(peer)
         caseload, erased = await grants.caseload(), await grants.erased()
         named = [hid for hid, _ in msg.named]
         try:
-            rows = await self.store.heads(set(caseload) | set(named))
+            records = await self.store.heads(named)
+            may_open = [hid for hid in named
+                        if hid in records and await grants.may_sync(records[hid][0])]
+            candidates = set(caseload) | set(may_open)
+            for hid in candidates:
+                self.registry.watch(hid, peer)
+            rows = await self.store.heads(candidates)
         except DATABASE_ERRORS as exc:
+            for hid in list(peer.sync.watched):
+                self.registry.unwatch(hid, peer)
             raise StorageError("the server cannot reach its database; retry later") from exc
-        may_open = [hid for hid in named if hid in rows and await grants.may_sync(rows[hid][0])]
         result = fastpath.compare(fastpath.split_tags(msg.tags), msg.named, caseload,
                                   {hid: heads for hid, (_, heads) in rows.items()}, may_open)
-        for hid in result.matched:
-            self.registry.watch(hid, peer)
+        for hid in candidates - set(result.matched):
+            self.registry.unwatch(hid, peer)  # opened (differ) or gone
+        gone = sorted(set(caseload) - set(rows) - set(erased))
         return wire.HeadsReply(self.server_peer_id, peer.peer_id or "", result.same,
-                               tuple(result.differ), tuple(erased))
+                               tuple(result.differ), tuple(sorted(set(erased) | set(gone))))
 
     async def open(self, peer: Peer, household_id: str) -> None:
         """The fast path found the device's copy of the household other than the log's:
@@ -559,11 +577,26 @@ class Synchronizer:
 
     # -- answers, snapshots, records --------------------------------------------------------
 
-    def _fan_out(self, actor: HouseholdActor) -> None:
+    async def _bind(self, peer: Peer, household_id: str, actor_ids: frozenset[bytes]) -> None:
+        """Bind the batch's new actor ids to the peer's device (a stock automerge-repo
+        peer's random ones), or refuse the batch: one is another device's."""
+        device = _device(peer)
+        try:
+            held = await self.identity.bind_actors(device, actor_ids, household_id=household_id)
+        except IdentityError as err:
+            raise Refused(f"{err.message}; nothing of this batch was merged", code=err.code,
+                          document_id=household_id) from err
+        peer.device = replace(device, actor_ids=held)
+
+    async def _fan_out(self, actor: HouseholdActor) -> None:
         """8. fan out: every subscribed peer, and every peer watching the household (it
-        held the household as the log did at its reconnect), which is subscribed now."""
+        held the household as the log did at its reconnect), which is subscribed now if
+        it may still sync it (its access is decided again, as a subscriber's is when its
+        team changes)."""
         for peer in self.registry.take_watchers(actor.id):
-            actor.subscribers.add(peer)
+            grants = peer.grants
+            if grants is not None and not peer.revoked and await grants.may_sync(actor.record):
+                actor.subscribers.add(peer)
         self._answer(actor, list(actor.subscribers))
 
     def _unavailable(self, peer: Peer, household_id: str) -> None:
@@ -574,7 +607,13 @@ class Synchronizer:
             held = target.sync.held.get(actor.id)
             if held is not None:  # a peer with queued changes is answered from its fork
                 held.merge(actor.doc)
-            self._answer_from(actor.doc if held is None else held, actor.id, target)
+            try:
+                self._answer_from(actor.doc if held is None else held, actor.id, target)
+            except DocumentError as err:  # that peer's session holds too many households:
+                # it is not followed; the others, the writer included, are answered
+                log.info("household %s: not followed by connection %s (%s)", actor.id,
+                         getattr(target, "id", "?"), err.code)
+                actor.subscribers.discard(target)
 
     def _answer_from(self, doc: Document, hid: str, target: Peer) -> None:
         m = doc.generate_sync_message(target.sync.state(hid))
@@ -631,6 +670,8 @@ class _Checked:
     regressions: list[tuple[str, str, str]]
     approved: list[str]
     found: list[Any]
+    #: actor ids of the batch not yet the device's: bound to it before the commit
+    unbound: frozenset[bytes] = frozenset()
 
 
 def _apply_and_check(actor: HouseholdActor, fork: Document, state: SyncState, data: bytes,
@@ -649,7 +690,8 @@ def _apply_and_check(actor: HouseholdActor, fork: Document, state: SyncState, da
         return None
     check_encoding(before, new, fork, hid)
     started = time.perf_counter()
-    check_writer(device, may_write, hid, new)
+    check_writer(may_write, hid)
+    unbound = unbound_actors(device, new)
     read = read_touched(actor, fork, new)
     touched = touched_prefixes(fork, before) if read is None else read[0]
     sections = None if touched is None else {p[0] for p in touched}
@@ -669,7 +711,7 @@ def _apply_and_check(actor: HouseholdActor, fork: Document, state: SyncState, da
              and c.path[:1] != ("attachments",)]
     CHECK_SECONDS.observe(time.perf_counter() - started)
     return _Checked(new, read, sections is None or bool(sections & {"team", "change_requests"}),
-                    regressions, approved, found)
+                    regressions, approved, found, unbound)
 
 
 def _apply_new(doc: Document, state: SyncState, data: bytes, hid: str, device: Device,
@@ -693,7 +735,6 @@ def _apply_new(doc: Document, state: SyncState, data: bytes, hid: str, device: D
     if not grants.may_create(record.locality, record.county):
         raise Refused("this user may not register households in this locality",
                       code=ErrorCode.CREATION_REFUSED, document_id=hid)
-    check_actors(device, hid, new)
     check_catalogue(hid, None, doc)
     check_decisions(record, Document(), doc, grants.user)
     check_attribution(hid, Document(), doc, grants.user)
