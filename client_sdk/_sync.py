@@ -598,6 +598,7 @@ class _Session:
                 await self.open(hid)
             return
         d.done = False
+        d.was_saved = covers(d.doc, d.server_heads)  # False: the new edit is not saved yet
         m = self.client._reply(hid, d)
         if m is not None:
             await self.send(wire.Sync(self.peer_id, self.server_id, hid, m.encode()))

@@ -71,16 +71,21 @@ async def test_a_connected_tablet_gets_a_teammates_edit_without_syncing(
     assert "by ion, while ana is online" in activity(reopened, hid)
 
 
-async def test_a_local_edit_is_sent_at_once_and_saved(server, provision) -> None:
+async def test_each_local_edit_is_sent_at_once_and_saved(server, provision) -> None:
+    """Three edits one after the other, each announced with ``changed``: each one gets its
+    own saved-to-server event. (Before: only the first did; the household's copy was
+    still marked saved from the edit before.)"""
     ana, ion, hid = await shared_household(server, provision)
     async with live(ana, server.url) as (session, _remote, saved):
-        with ana.edit(hid) as e:
-            e.append_activity("visit", "by ana, live")
-        session.changed(hid)
-        await until(lambda: asyncio.sleep(0, hid in saved), "the saved-to-server event")
-        assert ana.is_saved(hid)
+        for i in range(3):
+            with ana.edit(hid) as e:
+                e.append_activity("visit", f"by ana, live {i}")
+            session.changed(hid)
+            await until(lambda n=i: asyncio.sleep(0, len(saved) == n + 1),
+                        f"the saved-to-server event of edit {i}")
+            assert ana.is_saved(hid)
     await SyncClient(ion, server.url).sync()
-    assert "by ana, live" in activity(ion, hid)
+    assert {f"by ana, live {i}" for i in range(3)} <= set(activity(ion, hid))
 
 
 async def test_a_dropped_link_is_reconnected_and_what_happened_meanwhile_syncs(

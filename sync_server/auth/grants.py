@@ -10,7 +10,7 @@ the live sessions decide again (:meth:`Grants.refresh`, from
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 from sync_server.auth import access
 from sync_server.auth.identity import IdentityStore, User
@@ -67,15 +67,22 @@ class Grants:
         if self._team is not None:
             self._team.add(household_id)
 
-    async def refresh(self, record: HouseholdRecord) -> bool:
-        """Decide again for this household on its user's caseload read anew (its team
-        changed). The old decision stands until the new one is made, so a batch checked
-        meanwhile is judged by one or the other, never by none. Returns :meth:`may_sync`."""
-        team: tuple[str, ...] = ()
-        if self.user.role == "worker" and record.id in await self._read_caseload():
-            team = (self.user.id,)
-        allowed = self._sync[record.id] = access.may_sync(self.user, record, team)
-        self._write[record.id] = access.may_write(self.user, record, team)
+    async def refresh(self, record: HouseholdRecord, team: Collection[str]) -> bool:
+        """Decide again for this household, whose team changed and is now ``team`` (read
+        by the caller); the caseload read before follows it. (It used to read the whole
+        caseload again: a worker registering 100 households read it 100 times, once per
+        team notification.) The old decision stands until the new one is made, so a
+        batch checked meanwhile is judged by one or the other, never by none. Returns
+        :meth:`may_sync`."""
+        on_team = self.user.role == "worker" and self.user.id in team
+        if self._team is not None:
+            if on_team:
+                self._team.add(record.id)
+            else:
+                self._team.discard(record.id)
+        mine: tuple[str, ...] = (self.user.id,) if on_team else ()
+        allowed = self._sync[record.id] = access.may_sync(self.user, record, mine)
+        self._write[record.id] = access.may_write(self.user, record, mine)
         return allowed
 
     def concerned(self, household_id: str, team: Iterable[str]) -> bool:

@@ -265,10 +265,13 @@ class IdentityStore:
         return [u for u in wanted if u not in eligible]
 
     async def team(self, household_id: str) -> list[str]:
+        """Who may sync the household as its team: nobody once it is erased (its team rows
+        are kept, to tell the team's tablets of the erasure)."""
         async with self._engine.connect() as conn:
             return sorted((await conn.execute(
                 sa.select(household_team.c.user_id)
-                .where(household_team.c.household_id == household_id))).scalars())
+                .where(household_team.c.household_id == household_id,
+                       ~_erased(household_team.c.household_id)))).scalars())
 
     async def caseload(self, user: User) -> list[str]:
         """The households a user's devices keep: a worker's team households, erased ones

@@ -485,14 +485,27 @@ class Synchronizer:
                             await self.registry.refresh(actor)
                         await self._fan_out(actor)
             return
-        if seq is not None and actor.last_seq >= seq:
+        if self._own(actor, seq):
             return  # this instance's own commit
+        if seq is not None and actor.lock.locked():
+            # A batch of this instance may be committing this very change: PostgreSQL
+            # can deliver the notification before the commit's own answer. Once it is
+            # swapped in, the copy is seen to hold it, and nothing is read again.
+            async with actor.lock:
+                pass
+            if self._own(actor, seq):
+                return
         actor.stale = True
         if not actor.subscribers and not self.registry.watched(household_id):
             return  # refreshed when it is next used
         async with actor.lock:
             if await self.registry.refresh(actor) or self.registry.watched(household_id):
                 await self._fan_out(actor)
+
+    def _own(self, actor: HouseholdActor, seq: int | None) -> bool:
+        """The copy already holds the log up to ``seq`` (a commit of this process's)."""
+        return seq is not None and max(actor.last_seq,
+                                       self.store.logged_here(actor.id)) >= seq
 
     # -- the reconnect fast path -------------------------------------------------------------
 
@@ -568,7 +581,7 @@ class Synchronizer:
             grants = peer.grants
             if grants is None or not grants.concerned(household_id, team):
                 continue
-            if not await grants.refresh(record):
+            if not await grants.refresh(record, team):
                 self.registry.unwatch(household_id, peer)
                 if household_id in peer.sync.documents:
                     if actor is not None:
