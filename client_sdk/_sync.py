@@ -495,6 +495,15 @@ class Progress:
 ProgressCallback = Callable[[Progress], None]
 
 
+#: What a peer with an empty document says first (heads, need and an empty Bloom filter).
+_EMPTY_PEER: bytes = Document().generate_sync_message(SyncState()).encode()
+
+
+def fits_one_step(doc: Document, client: SyncClient) -> bool:
+    """Whether all of ``doc``'s changes fit one step of an upload (:func:`stepped`)."""
+    return sum(len(c.raw_bytes) for c in doc.get_changes([])) <= client.step_bytes
+
+
 class _Session:
     """One connected session's exchange, shared by :meth:`SyncClient.sync` (until every
     household is settled) and :class:`LiveSync` (for as long as the link holds)."""
@@ -584,6 +593,12 @@ class _Session:
         d = self.docs[hid] = _DocSync(doc, SyncState(),
                                       {c.hash for c in doc.get_changes([])} if local else set())
         if not server_first:
+            if local and not replica.server_heads(hid) and fits_one_step(doc, self.client):
+                # Never synced (registered offline): the server holds nothing of it. Told
+                # what an empty peer says, the sync state lets the first message carry the
+                # changes, which saves the round trip that would only learn that.
+                doc.receive_sync_message(d.state, Message.decode(_EMPTY_PEER))
+                d.first_server_heads = []  # what the server held: nothing
             m = doc.generate_sync_message(d.state)
             assert m is not None  # a fresh SyncState always has something to say
             kind = wire.Sync if local else wire.Request

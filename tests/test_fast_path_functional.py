@@ -411,3 +411,20 @@ async def test_a_watcher_that_cannot_follow_more_households_does_not_fail_the_wr
             e.append_activity("visit", "by ion")
         assert not (await SyncClient(ion, server.url, max_attempts=1).sync()).rejected
         assert not await pushed(channel, hid, seconds=1.0)
+
+
+async def test_a_household_registered_offline_goes_up_in_the_first_message(
+        server, provision) -> None:
+    """A household never synced is one the server holds nothing of: the SDK's first sync
+    message for it carries its changes (the plain exchange spent a round trip on
+    heads and a Bloom filter first). Counted on the server: one sync message in, where
+    the plain exchange took two."""
+    from sync_server.gateway.dispatch import MESSAGES_IN
+
+    ana = await provision.tablet("ana")
+    await SyncClient(ana, server.url).sync()  # the session's fixed cost, out of the count
+    register(ana, 1)
+    before = MESSAGES_IN.labels("sync")._value.get()
+    summary = await SyncClient(ana, server.url).sync()
+    assert summary.households_synced == 1 and summary.changes_sent == 2
+    assert MESSAGES_IN.labels("sync")._value.get() - before == 1
