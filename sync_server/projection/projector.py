@@ -190,8 +190,9 @@ class Projector:
         ids = [e.household_id for e in entries]
         try:
             done = await self.project(ids)
-        except Exception:
-            log.warning("projection of a batch of %d households failed; one at a time", len(ids))
+        except Exception as exc:
+            log.warning("projection of a batch of %d households failed (%s); one at a time",
+                        len(ids), type(exc).__name__)
             done = []
             for hid in ids:
                 try:

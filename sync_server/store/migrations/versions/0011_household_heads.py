@@ -44,12 +44,12 @@ FUNCTION = """
     CREATE FUNCTION vatra_household_heads() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
         UPDATE households h
-        SET heads = ARRAY(SELECT DISTINCT x FROM unnest(h.heads || g.hashes) AS x
-                          WHERE x <> ALL (g.deps) ORDER BY x)
-        FROM (SELECT i.household_id, array_agg(i.hash) AS hashes,
-                     ARRAY(SELECT d FROM inserted j, unnest(j.deps) AS d
-                           WHERE j.household_id = i.household_id) AS deps
-              FROM inserted i GROUP BY i.household_id) g
+        SET heads = ARRAY(SELECT unnest(h.heads || g.hashes)
+                          EXCEPT SELECT unnest(g.deps) ORDER BY 1)
+        FROM (SELECT i.household_id, array_agg(DISTINCT i.hash) AS hashes,
+                     coalesce(array_agg(d.dep) FILTER (WHERE d.dep IS NOT NULL), '{}') AS deps
+              FROM inserted i LEFT JOIN LATERAL unnest(i.deps) AS d(dep) ON true
+              GROUP BY i.household_id) g
         WHERE h.id = g.household_id;
         RETURN NULL;
     END $$
