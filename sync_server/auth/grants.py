@@ -14,6 +14,7 @@ from collections.abc import Collection, Iterable
 
 from sync_server.auth import access
 from sync_server.auth.identity import IdentityStore, User
+from sync_server.auth.ids import CompactIds
 from sync_server.store.contract import HouseholdRecord
 
 
@@ -21,7 +22,8 @@ class Grants:
     def __init__(self, user: User, identity: IdentityStore) -> None:
         self.user = user
         self._identity = identity
-        self._team: set[str] | None = None  # a worker's team households, read once
+        #: a worker's team households, read once (compact: sessions are mostly idle)
+        self._team: CompactIds | None = None
         self._read = 0  # counts caseload reads begun: an older read never overwrites a newer
         self._sync: dict[str, bool] = {}
         self._write: dict[str, bool] = {}
@@ -29,13 +31,13 @@ class Grants:
     async def caseload(self) -> list[str]:
         """The households this device should hold (its user's team households)."""
         if self._team is None:
-            return sorted(await self._read_caseload())
-        return sorted(self._team)
+            return (await self._read_caseload()).sorted()
+        return self._team.sorted()
 
-    async def _read_caseload(self) -> set[str]:
+    async def _read_caseload(self) -> CompactIds:
         self._read += 1
         started = self._read
-        team = set(await self._identity.caseload(self.user))
+        team = CompactIds(await self._identity.caseload(self.user))
         if started == self._read:
             self._team = team
         return team

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import os
 import secrets
+import sys
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -276,12 +277,13 @@ class IdentityStore:
     async def caseload(self, user: User) -> list[str]:
         """The households a user's devices keep: a worker's team households, erased ones
         left out. Supervisors and national users open households on demand (a county is
-        ~48,000 households)."""
+        ~48,000 households). The ids are interned: every session of the user, and the
+        server's watch lists, share one copy of each (most sessions are idle)."""
         if user.role != "worker":
             return []
         with _reachable("reading a caseload"):
             async with self._engine.connect() as conn:
-                return sorted((await conn.execute(
+                return sorted(sys.intern(h) for h in (await conn.execute(
                     sa.select(household_team.c.household_id)
                     .where(household_team.c.user_id == user.id,
                            ~_erased(household_team.c.household_id)))).scalars())

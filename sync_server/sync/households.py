@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
+from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 from automerge.core import Document
@@ -218,8 +219,7 @@ class HouseholdRegistry:
             actor = self._resident.get(hid)
             if actor is not None:
                 actor.subscribers.discard(conn)
-        for hid in list(conn.sync.watched):
-            self.unwatch(hid, conn)
+        self.unwatch_all(list(conn.sync.watched), conn)
         self.evict_idle()
 
     # -- watchers: the reconnect fast path's households that were the same ------------------
@@ -230,13 +230,23 @@ class HouseholdRegistry:
         self._watchers.setdefault(household_id, set()).add(peer)
         peer.sync.watched.add(household_id)
 
+    def watch_all(self, household_ids: Collection[str], peer: Peer) -> None:
+        """:meth:`watch` each of these households."""
+        for hid in household_ids:
+            self._watchers.setdefault(hid, set()).add(peer)
+        peer.sync.watched.update(household_ids)
+
     def unwatch(self, household_id: str, peer: Peer) -> None:
-        peers = self._watchers.get(household_id)
-        if peers is not None:
-            peers.discard(peer)
-            if not peers:
-                del self._watchers[household_id]
-        peer.sync.watched.discard(household_id)
+        self.unwatch_all((household_id,), peer)
+
+    def unwatch_all(self, household_ids: Collection[str], peer: Peer) -> None:
+        for hid in household_ids:
+            peers = self._watchers.get(hid)
+            if peers is not None:
+                peers.discard(peer)
+                if not peers:
+                    del self._watchers[hid]
+        peer.sync.watched.difference_update(household_ids)
 
     def watched(self, household_id: str) -> bool:
         return household_id in self._watchers

@@ -13,6 +13,7 @@ from automerge.core import Document, SyncState
 
 from sync_server.auth.grants import Grants
 from sync_server.auth.identity import Device
+from sync_server.auth.ids import CompactIds
 from sync_server.protocol import wire
 from sync_server.protocol.errors import DocumentError, ErrorCode
 
@@ -33,7 +34,7 @@ class PeerSync:
         #: households this peer holds as the server does (the reconnect fast path said
         #: so): not loaded for it, but opened for it when they change
         #: (:meth:`~sync_server.sync.households.HouseholdRegistry.watch`)
-        self.watched: set[str] = set()
+        self.watched = CompactIds()
 
     def state(self, household_id: str) -> SyncState:
         state = self._states.get(household_id)

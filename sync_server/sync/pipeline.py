@@ -526,17 +526,14 @@ class Synchronizer:
             may_open = [hid for hid in named
                         if hid in records and await grants.may_sync(records[hid][0])]
             candidates = set(caseload) | set(may_open)
-            for hid in candidates:
-                self.registry.watch(hid, peer)
+            self.registry.watch_all(candidates, peer)
             rows = await self.store.heads(candidates)
         except DATABASE_ERRORS as exc:
-            for hid in list(peer.sync.watched):
-                self.registry.unwatch(hid, peer)
+            self.registry.unwatch_all(list(peer.sync.watched), peer)
             raise StorageError("the server cannot reach its database; retry later") from exc
         result = fastpath.compare(fastpath.split_tags(msg.tags), msg.named, caseload,
                                   {hid: heads for hid, (_, heads) in rows.items()}, may_open)
-        for hid in candidates - set(result.matched):
-            self.registry.unwatch(hid, peer)  # opened (differ) or gone
+        self.registry.unwatch_all(candidates - set(result.matched), peer)  # opened, or gone
         gone = sorted(set(caseload) - set(rows) - set(erased))
         return wire.HeadsReply(self.server_peer_id, peer.peer_id or "", result.same,
                                tuple(result.differ), tuple(sorted(set(erased) | set(gone))))
