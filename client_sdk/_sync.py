@@ -251,15 +251,7 @@ class SyncClient:
         summary = SyncSummary()
         async with self._connected(summary, fast=household_ids is None) as (channel, offer):
             session = _Session(self, channel, summary, recover=recover)
-            try:
-                await session.begin(offer, household_ids)
-                while not session.settled():
-                    await session.dispatch(await session.receive(self.idle_timeout))
-                session.count()
-            finally:
-                # One write per sync, also when it fails half-way: households keep what
-                # arrived, and the server heads recorded are ones the server advertised.
-                self.replica.flush()
+            await session.first_exchange(offer, household_ids)
         summary.seconds = time.perf_counter() - started
         return summary
 
@@ -534,6 +526,20 @@ class _Session:
         self.summary.bytes_received += len(frame)
         return wire.decode(frame)
 
+    async def first_exchange(self, offer: _Offer | None,
+                             household_ids: list[str] | None) -> None:
+        """:meth:`begin`, then every household's messages until all are settled, then the
+        summary's figures."""
+        try:
+            await self.begin(offer, household_ids)
+            while not self.settled():
+                await self.dispatch(await self.receive(self.client.idle_timeout))
+            self.count()
+        finally:
+            # One write per sync, also when it fails half-way: households keep what
+            # arrived, and the server heads recorded are ones the server advertised.
+            self.client.replica.flush()
+
     async def begin(self, offer: _Offer | None, household_ids: list[str] | None) -> None:
         """Read ``peer`` and the caseload (or the fast path's reply), and open every
         household to sync: the server opens those the fast path found different."""
@@ -769,13 +775,7 @@ class LiveSync:
         self._dirty.clear()  # the first exchange sends every local change anyway
         async with client._connected(summary, fast=True) as (channel, offer):
             session = _Session(client, channel, summary, recover=True, follow=True)
-            try:
-                await session.begin(offer, None)
-                while not session.settled():
-                    await session.dispatch(await session.receive(client.idle_timeout))
-                session.count()
-            finally:
-                client.replica.flush()
+            await session.first_exchange(offer, None)
             summary.seconds = time.perf_counter() - started
             self.sessions += 1
             self.connected_once = True

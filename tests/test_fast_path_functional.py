@@ -158,15 +158,7 @@ async def test_a_household_found_the_same_is_pushed_when_a_teammate_changes_it(
         server, provision) -> None:
     """The fast path does not load what is the same, but it follows it: a teammate's edit
     reaches the live session, the server speaking first from a fresh sync state."""
-    ana, ion = await provision.tablet("ana"), await provision.tablet("ion")
-    hid = register(ana, 1)[0]
-    await SyncClient(ana, server.url).sync()
-    await provision.share(hid, ana, ion)
-    await SyncClient(ana, server.url).sync()
-    ion.track(hid)
-    await SyncClient(ion, server.url).sync()
-    synchronizer = server.app[SYNCHRONIZER]
-    synchronizer.registry.evict_idle()
+    ana, ion, hid = await shared(server, provision)
 
     async with fast_session(server, ana, offer_of(ana, [hid])) as channel:
         assert isinstance(await next_message(channel), wire.Peer)
