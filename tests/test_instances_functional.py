@@ -164,3 +164,21 @@ async def test_concurrent_batches_through_two_instances_both_land_and_converge(
         assert sorted(ana.household(hid).doc.get_heads()) == \
             sorted(ion.household(hid).doc.get_heads())
         assert want <= set(await stored_feed(a, hid))
+
+
+async def test_a_household_changed_through_another_instance_is_found_different(
+        database_url: str, tmp_path: Path) -> None:
+    """The reconnect fast path across instances: Ion's edit is stored through B while A
+    holds the household resident; Ana's reconnect to A finds it different (the heads the
+    log keeps, not A's copy, are compared), and A serves it from the log."""
+    async with instances(database_url, tmp_path, 2) as (a, b):
+        ana, ion, hid = await teammates(a, a.url, tmp_path)
+        await SyncClient(ana, a.url).sync()  # the team Ion joined: the share's change
+        assert (await SyncClient(ana, a.url).sync()).households_unchanged == 1  # resident on A
+        with ion.edit(hid) as theirs:
+            theirs.append_activity("visit", "through B")
+        assert not (await SyncClient(ion, b.url).sync()).rejected
+        summary = await SyncClient(ana, a.url).sync()
+        assert summary.households_unchanged == 0 and summary.changes_received == 1
+        assert "through B" in feed(ana, hid)
+        assert (await SyncClient(ana, b.url).sync()).households_unchanged == 1

@@ -163,7 +163,7 @@ async def serve_connection(conn: Connection, synchronizer: Synchronizer, *,
                                     code=ErrorCode.HANDSHAKE_REQUIRED)
             if isinstance(msg, wire.Heads):
                 awaiting_heads = False
-                reply = await synchronizer.compare_heads(conn, msg)
+                reply, read = await synchronizer.compare_heads(conn, msg)
                 conn.send(reply)
                 FAST_PATH.labels("same").inc(len(conn.sync.watched))
                 FAST_PATH.labels("differ").inc(len(reply.differ))
@@ -172,7 +172,8 @@ async def serve_connection(conn: Connection, synchronizer: Synchronizer, *,
                     if limit is not None and not limit.take():
                         raise ProtocolError("too many households to open; slow down and "
                                             "reconnect", code=ErrorCode.RATE_LIMITED)
-                    await in_order(hid, functools.partial(synchronizer.open, conn, hid))
+                    await in_order(hid, functools.partial(synchronizer.open, conn, hid,
+                                                          read[hid]))
                 continue
             if not isinstance(msg, FROM_CLIENT_ALLOWED):
                 raise ProtocolError(f"'{msg.type}' is not a message a client may send",

@@ -509,10 +509,13 @@ class Synchronizer:
 
     # -- the reconnect fast path -------------------------------------------------------------
 
-    async def compare_heads(self, peer: Peer, msg: wire.Heads) -> wire.HeadsReply:
+    async def compare_heads(self, peer: Peer, msg: wire.Heads
+                            ) -> tuple[wire.HeadsReply, dict[str, tuple[HouseholdRecord,
+                                                                        list[bytes]]]]:
         """The answer to a device's ``vatra-heads`` (sync_server/protocol/fastpath.py): the
         households it holds as the log does are watched for it, not loaded; the ones
-        that differ are listed, and the caller opens each (:meth:`open`).
+        that differ are listed, and the caller opens each (:meth:`open`, given what was
+        read of it: its registry row and heads).
 
         Every household that may match is watched *before* its heads are read, so a
         change stored at any moment reaches the device: before the read, the heads
@@ -535,23 +538,28 @@ class Synchronizer:
                                   {hid: heads for hid, (_, heads) in rows.items()}, may_open)
         self.registry.unwatch_all(candidates - set(result.matched), peer)  # opened, or gone
         gone = sorted(set(caseload) - set(rows) - set(erased))
-        return wire.HeadsReply(self.server_peer_id, peer.peer_id or "", result.same,
-                               tuple(result.differ), tuple(sorted(set(erased) | set(gone))))
+        reply = wire.HeadsReply(self.server_peer_id, peer.peer_id or "", result.same,
+                                tuple(result.differ), tuple(sorted(set(erased) | set(gone))))
+        return reply, {hid: rows[hid] for hid in result.differ}
 
-    async def open(self, peer: Peer, household_id: str) -> None:
+    async def open(self, peer: Peer, household_id: str,
+                   read: tuple[HouseholdRecord, list[bytes]] | None = None) -> None:
         """The fast path found the device's copy of the household other than the log's:
         the server speaks first, from a fresh sync state (its heads, and what it has),
-        and the device answers. One it may no longer sync is ``doc-unavailable``."""
+        and the device answers. One it may no longer sync is ``doc-unavailable``.
+        ``read``: its registry row and the log's heads, read a moment ago: a resident
+        copy with those heads holds the whole log, and is not checked again."""
         check_document_id(household_id)
         _not_revoked(peer, household_id)
         try:
-            record = await self._record(household_id)
+            record = read[0] if read is not None else await self._record(household_id)
             grants = _grants(peer)
             if record is not None and await grants.may_sync(record):
                 actor = await self.registry.get(household_id)
                 if actor is not None and await grants.may_sync(actor.record):
                     async with actor.lock:
-                        if actor.stale or not peer.sync.syncing(actor.id):
+                        current = read is not None and sorted(actor.doc.get_heads()) == read[1]
+                        if actor.stale or not (peer.sync.syncing(actor.id) or current):
                             await self.registry.refresh(actor)
                         actor.subscribers.add(peer)
                         self._answer(actor, [peer])
