@@ -1,9 +1,13 @@
-"""Syncing a replica's whole caseload with the server in one session.
+"""Syncing a replica's whole caseload with the server in one session, or staying connected.
 
-One WebSocket, one ``join``/``peer`` handshake, then for every household a
-fresh Automerge ``SyncState`` and the usual exchange of sync messages until
-the server's advertised heads equal ours. Households we have never
-downloaded are asked for with ``request``.
+One WebSocket, the end-to-end session, and ``join`` sealed behind its last handshake
+frame. With the reconnect fast path (docs/protocol.md), ``vatra-heads`` goes in the same
+flight: the server says which households are the same (not synced at all) and which
+differ, and speaks first for those. Then, for every household to sync, a fresh
+Automerge ``SyncState`` and the usual exchange of sync messages until the server's
+advertised heads equal ours. Households we have never downloaded are asked for with
+``request``; households never uploaded go up in the first message. :class:`LiveSync`
+keeps the session open after that first exchange (docs/sdk.md).
 
 Connection failures are retried with exponential backoff and full jitter;
 an ``error`` from the server is not retried (it names a rule, and the same
@@ -20,7 +24,8 @@ only, where both peers start from fresh sync states. (Continuing on the fetch's
 state sometimes produced no message at all for the rebased copy, and the
 exchange stalled until the idle timeout.)
 ``SyncSummary.recovered`` says what was re-applied, re-filed, dropped and
-uploaded.
+uploaded. (A live session rebuilds such a household at once, then starts a fresh
+session, whose first exchange uploads it.)
 """
 
 from __future__ import annotations
@@ -686,6 +691,18 @@ class _Session:
             client._count(d, summary)
 
 
+class _Resync(ConnectionError):
+    """A refused batch was rebuilt on the server's copy: a fresh session uploads it."""
+
+
+def _uploaded_or_resync(summary: SyncSummary) -> None:
+    """Raise :class:`_Resync` when a household recovered in this session still has to go
+    up (as :meth:`SyncClient.sync` uploads it in a second session)."""
+    if any(not r.uploaded for r in summary.recovered.values()):
+        raise _Resync("a refused batch was rebuilt on the server's copy; uploading it in "
+                      "a fresh session")
+
+
 class LiveSync:
     """A replica that stays connected (:meth:`SyncClient.live`).
 
@@ -776,6 +793,7 @@ class LiveSync:
         async with client._connected(summary, fast=True) as (channel, offer):
             session = _Session(client, channel, summary, recover=True, follow=True)
             await session.first_exchange(offer, None)
+            _uploaded_or_resync(summary)
             summary.seconds = time.perf_counter() - started
             self.sessions += 1
             self.connected_once = True
@@ -800,6 +818,7 @@ class LiveSync:
                         await session.dispatch(msg)
                     finally:
                         self.client.replica.flush()
+                    _uploaded_or_resync(session.summary)
                     incoming = asyncio.ensure_future(session.receive(None))
                 if self._wake.is_set():
                     self._wake.clear()

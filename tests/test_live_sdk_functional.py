@@ -150,3 +150,30 @@ async def test_progress_says_n_of_m_households_and_bytes_so_far(server, provisio
     assert [(p.done, p.total) for p in events] == [(i, 6) for i in range(7)]
     received = [p.bytes_received for p in events]
     assert received == sorted(received) and received[-1] > received[0]
+
+
+async def test_a_refused_live_edit_is_rebuilt_and_uploaded_without_waiting(
+        server, provision) -> None:
+    """A live edit the server refuses for its content (a protected path, written past the
+    SDK's guard) is rebuilt on the server's copy with the allowed edits re-applied, and
+    uploaded by a fresh session at once: the allowed edit reaches a teammate while the
+    live session stays up."""
+    from _scenes import active_household
+
+    from conflict import Household
+
+    hid, pid, (ana, ion) = await active_household(server, provision, ("ion", {}))
+    async with live(ana, server.url) as (session, _remote, _saved):
+        raw = Household(ana.household(hid).doc, hid, author="ana")  # past the guard
+        raw.set_member_field(pid, "presence", "moved")
+        raw.append_activity("home_visit", "allowed, and re-applied")
+        ana.save(hid)
+        session.changed(hid)
+
+        async def uploaded() -> bool:
+            await SyncClient(ion, server.url).sync()
+            return "allowed, and re-applied" in activity(ion, hid)
+        await until(uploaded, "the re-applied edit at the teammate's")
+        assert session.sessions >= 2  # the fresh session that uploaded it
+    members = ion.household(hid).to_dict()["members"]
+    assert members[pid]["presence"] != "moved"  # refiled as a change request, not applied
