@@ -35,7 +35,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -506,9 +506,13 @@ class _Session:
     household is settled) and :class:`LiveSync` (for as long as the link holds)."""
 
     def __init__(self, client: SyncClient, channel: SecureChannel, summary: SyncSummary, *,
-                 recover: bool, follow: bool = False) -> None:
+                 recover: bool, follow: bool = False,
+                 rebuilt: Collection[str] = ()) -> None:
         self.client, self.channel, self.summary = client, channel, summary
         self.recover = recover
+        #: households rebuilt on the server's copy in the session before: refused again,
+        #: they are reported, not rebuilt again
+        self.rebuilt = frozenset(rebuilt)
         #: answer the server about any household of the replica it sends (live mode);
         #: otherwise only about those this session opened
         self.follow = follow
@@ -658,10 +662,10 @@ class _Session:
             d = docs[hid]
             d.done = True
             if (msg.code in RECOVERABLE_CODES and d.phase == "" and self.recover
-                    and client.replica.has_local_copy(hid)):
+                    and hid not in self.rebuilt and client.replica.has_local_copy(hid)):
                 docs[hid] = await client._start_recovery(hid, d, msg.code, self.send,
                                                           self.peer_id, self.server_id)
-            elif not self.recover:
+            elif not self.recover or hid in self.rebuilt:
                 log.warning("household %s: the re-applied edits were refused too (%s)",
                             hid, msg.code)
         else:
@@ -695,14 +699,6 @@ class _Resync(ConnectionError):
     """A refused batch was rebuilt on the server's copy: a fresh session uploads it."""
 
 
-def _uploaded_or_resync(summary: SyncSummary) -> None:
-    """Raise :class:`_Resync` when a household recovered in this session still has to go
-    up (as :meth:`SyncClient.sync` uploads it in a second session)."""
-    if any(not r.uploaded for r in summary.recovered.values()):
-        raise _Resync("a refused batch was rebuilt on the server's copy; uploading it in "
-                      "a fresh session")
-
-
 class LiveSync:
     """A replica that stays connected (:meth:`SyncClient.live`).
 
@@ -726,6 +722,7 @@ class LiveSync:
         self.connected = asyncio.Event()
         self.sessions = 0  #: sessions whose first exchange completed
         self._dirty: set[str] = set()
+        self._rebuilt: set[str] = set()  # households rebuilt, for the next session to upload
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -773,6 +770,8 @@ class LiveSync:
         while True:
             try:
                 await self._session()
+            except _Resync:
+                self.connected.clear()  # at once: the link is fine
             except (aiohttp.ClientError, OSError, TimeoutError, ConnectionError,
                     ServerUnavailable) as exc:
                 self.connected.clear()
@@ -785,15 +784,27 @@ class LiveSync:
 
     connected_once = False  # the last session got through its first exchange
 
+    def _resync_if_rebuilt(self, summary: SyncSummary) -> None:
+        """A household recovered in this session still has to go up: a fresh session
+        uploads it (as :meth:`SyncClient.sync` does in a second session), and if its
+        re-applied edits are refused too, reports that instead of rebuilding it again."""
+        pending = {hid for hid, r in summary.recovered.items() if not r.uploaded}
+        if pending:
+            self._rebuilt = pending
+            raise _Resync("a refused batch was rebuilt on the server's copy; uploading it "
+                          "in a fresh session")
+
     async def _session(self) -> None:
         client = self.client
         summary = SyncSummary()
         started = time.perf_counter()
         self._dirty.clear()  # the first exchange sends every local change anyway
         async with client._connected(summary, fast=True) as (channel, offer):
-            session = _Session(client, channel, summary, recover=True, follow=True)
+            session = _Session(client, channel, summary, recover=True, follow=True,
+                               rebuilt=self._rebuilt)
+            self._rebuilt = set()
             await session.first_exchange(offer, None)
-            _uploaded_or_resync(summary)
+            self._resync_if_rebuilt(summary)
             summary.seconds = time.perf_counter() - started
             self.sessions += 1
             self.connected_once = True
@@ -818,7 +829,7 @@ class LiveSync:
                         await session.dispatch(msg)
                     finally:
                         self.client.replica.flush()
-                    _uploaded_or_resync(session.summary)
+                    self._resync_if_rebuilt(session.summary)
                     incoming = asyncio.ensure_future(session.receive(None))
                 if self._wake.is_set():
                     self._wake.clear()

@@ -87,7 +87,7 @@ class Settings:
             host=e.get("VATRA_HOST", base.host),
             port=_int(e, "VATRA_PORT", base.port),
             max_frame_bytes=_int(e, "VATRA_MAX_FRAME_BYTES", base.max_frame_bytes),
-            outbox_frames=_int(e, "VATRA_OUTBOX_FRAMES", base.outbox_frames),
+            outbox_frames=_positive(e, "VATRA_OUTBOX_FRAMES", base.outbox_frames),
             messages_per_second=_int(e, "VATRA_MESSAGES_PER_SECOND",
                                      int(base.messages_per_second)),
             message_burst=_int(e, "VATRA_MESSAGE_BURST", base.message_burst),
@@ -141,5 +141,5 @@ def _networks(env: os._Environ[str] | dict[str, str], name: str) -> tuple[str, .
 def _positive(env: os._Environ[str] | dict[str, str], name: str, default: int) -> int:
     value = _int(env, name, default)
     if value < 1:  # 0 would mean "no bound" to PostgreSQL, and an instant failure to asyncpg
-        raise ConfigError(f"{name} must be at least 1 (seconds), got {value}")
+        raise ConfigError(f"{name} must be at least 1, got {value}")
     return value

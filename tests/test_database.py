@@ -118,3 +118,14 @@ async def test_instances_migrating_an_empty_database_at_once_all_succeed(postgre
             conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
             await conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         await admin.dispose()
+
+
+@pytest.mark.parametrize("raw", ["0", "-5"])
+def test_an_outbox_of_no_frames_is_refused_at_start(raw: str) -> None:
+    """Before: ``VATRA_OUTBOX_FRAMES=0`` was taken, and once the outbox was a bounded
+    deque (issue 15) every connection overflowed on its first frame and its close raised.
+    Found in review. Now the setting must be at least 1."""
+    from sync_server.config import Settings
+
+    with pytest.raises(ConfigError, match="VATRA_OUTBOX_FRAMES"):
+        Settings.from_env({"VATRA_OUTBOX_FRAMES": raw})

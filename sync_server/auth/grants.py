@@ -77,6 +77,7 @@ class Grants:
         batch checked meanwhile is judged by one or the other, never by none. Returns
         :meth:`may_sync`."""
         on_team = self.user.role == "worker" and self.user.id in team
+        self._read += 1  # a caseload read begun before this does not overwrite it
         if self._team is not None:
             if on_team:
                 self._team.add(record.id)

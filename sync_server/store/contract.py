@@ -184,12 +184,6 @@ class HouseholdStore(Protocol):
         that logs something notifies :data:`CHANGES`."""
         ...
 
-    def logged_here(self, household_id: str) -> int:
-        """The seq of the household's latest change this process committed (0: none),
-        known from the moment the commit returns: a notification of a commit whose seq
-        is not above it is this process's own."""
-        ...
-
     async def last_seq(self, household_id: str) -> int:
         """The seq of the household's latest logged change (0: none)."""
         ...

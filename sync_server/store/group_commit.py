@@ -248,9 +248,7 @@ class GroupCommit:
         self._closing = False
         self.commits = 0
         self.healthy = True  # the last commit succeeded
-        #: the latest seq each household's commits logged here (set as each commit
-        #: returns, before anything else runs: see HouseholdStore.logged_here)
-        self.logged: dict[str, int] = {}
+
 
     async def append(self, household_id: str, new: Sequence[StoredChange],
                      author: Author | None, team: Sequence[str] | None = None,
@@ -327,10 +325,6 @@ class GroupCommit:
                 if not fut.done():
                     fut.set_exception(exc)
             return
-        for household_id, result in results.items():
-            if result.last_seq:
-                self.logged[household_id] = max(self.logged.get(household_id, 0),
-                                                result.last_seq)
         if not self.healthy:
             log.warning("group commit: commits succeed again")
         self.healthy = True

@@ -195,7 +195,6 @@ class PostgresStore:
             results, _ = await insert_changes(conn, [(record.id, first_changes, author)],
                                               {record.id: new_key}, self.audit)
             result = results[record.id]
-        self._group.logged[record.id] = result.last_seq
         self.keyring.remember(new_key)  # only once committed
         self.committed()
         return result
@@ -219,8 +218,6 @@ class PostgresStore:
             if team is not None:
                 await replace_team(conn, record.id, team)
             result = results[record.id]
-        self._group.logged[record.id] = max(self._group.logged.get(record.id, 0),
-                                            result.last_seq)
         self.committed()
         return result
 
@@ -243,9 +240,6 @@ class PostgresStore:
                        household_keys.c.wrapped.is_not(None)))).all()
         return {r.id: (HouseholdRecord(r.id, r.locality, r.county, r.created_at),
                        sorted(r.heads)) for r in rows}
-
-    def logged_here(self, household_id: str) -> int:
-        return self._group.logged.get(household_id, 0)
 
     async def append_changes(self, household_id: str, new: Sequence[StoredChange],
                              author: Author | None = None,

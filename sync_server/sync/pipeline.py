@@ -489,8 +489,10 @@ class Synchronizer:
             return  # this instance's own commit
         if seq is not None and actor.lock.locked():
             # A batch of this instance may be committing this very change: PostgreSQL
-            # can deliver the notification before the commit's own answer. Once it is
-            # swapped in, the copy is seen to hold it, and nothing is read again.
+            # can deliver the notification before the commit's own answer, and the
+            # batch holds the lock until its commit is swapped in. Then the copy is seen
+            # to hold it, and nothing is read again. (A commit whose caller never swapped
+            # it in, cancelled at shutdown, leaves the copy behind: marked stale below.)
             async with actor.lock:
                 pass
             if self._own(actor, seq):
@@ -502,10 +504,10 @@ class Synchronizer:
             if await self.registry.refresh(actor) or self.registry.watched(household_id):
                 await self._fan_out(actor)
 
-    def _own(self, actor: HouseholdActor, seq: int | None) -> bool:
+    @staticmethod
+    def _own(actor: HouseholdActor, seq: int | None) -> bool:
         """The copy already holds the log up to ``seq`` (a commit of this process's)."""
-        return seq is not None and max(actor.last_seq,
-                                       self.store.logged_here(actor.id)) >= seq
+        return seq is not None and actor.last_seq >= seq
 
     # -- the reconnect fast path -------------------------------------------------------------
 
@@ -604,7 +606,8 @@ class Synchronizer:
         except IdentityError as err:
             raise Refused(f"{err.message}; nothing of this batch was merged", code=err.code,
                           document_id=household_id) from err
-        peer.device = replace(device, actor_ids=held)
+        current = _device(peer)  # (another household's bind may have run meanwhile)
+        peer.device = replace(current, actor_ids=current.actor_ids | held)
 
     async def _fan_out(self, actor: HouseholdActor) -> None:
         """8. fan out: every subscribed peer, and every peer watching the household (it
