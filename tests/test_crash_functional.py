@@ -38,6 +38,7 @@ class ServerProcess:
         text = line.decode()
         assert marker in text, f"unexpected first line from vatra serve: {text!r}"
         self.url = text.split(marker, 1)[1].split()[0]
+        assert "event loop: uvloop" in text, f"vatra serve is not on uvloop: {text!r}"
         return self.url
 
     @property

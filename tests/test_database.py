@@ -129,3 +129,14 @@ def test_an_outbox_of_no_frames_is_refused_at_start(raw: str) -> None:
 
     with pytest.raises(ConfigError, match="VATRA_OUTBOX_FRAMES"):
         Settings.from_env({"VATRA_OUTBOX_FRAMES": raw})
+
+
+def test_an_unknown_event_loop_is_refused_at_start() -> None:
+    """``VATRA_EVENT_LOOP`` names the loop ``vatra serve`` runs on; a typo is refused by
+    name rather than silently falling back to one of them."""
+    from sync_server.config import Settings
+
+    assert Settings.from_env({}).event_loop == "uvloop"
+    assert Settings.from_env({"VATRA_EVENT_LOOP": "asyncio"}).event_loop == "asyncio"
+    with pytest.raises(ConfigError, match="VATRA_EVENT_LOOP must be one of uvloop, asyncio"):
+        Settings.from_env({"VATRA_EVENT_LOOP": "uv-loop"})

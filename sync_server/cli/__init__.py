@@ -24,7 +24,9 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from sync_server.app import VatraServer
 from sync_server.cli.admin import add_admin_commands, run_admin
@@ -83,6 +85,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def _run_loop(kind: str, main: Coroutine[Any, Any, int]) -> int:
+    """Run ``vatra serve``'s main coroutine on the configured event loop (decision 82)."""
+    if kind == "uvloop":
+        import uvloop
+        return uvloop.run(main)
+    return asyncio.run(main)
+
+
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     if getattr(args, "data_dir", None) is not None:
@@ -93,7 +103,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             settings = dataclasses.replace(settings, host=args.host)
         if args.port is not None:
             settings = dataclasses.replace(settings, port=args.port)
-        return asyncio.run(_serve(settings))
+        return _run_loop(settings.event_loop, _serve(settings))
     if args.command == "migrate":
         return asyncio.run(_migrate(settings))
     # The developer tools are imported on demand, so ``vatra serve`` never loads them
@@ -131,7 +141,9 @@ async def _serve(settings: Settings) -> int:
         async with VatraServer(settings) as server:  # checks the master key before listening
             where = "DATABASE_URL" if settings.database_url else \
                 f"embedded PostgreSQL in {(settings.data_dir / 'postgres').resolve()}"
-            print(f"Vatra sync server listening on {server.url} (database: {where})", flush=True)
+            kind = type(loop).__module__.split(".")[0]  # uvloop or asyncio
+            print(f"Vatra sync server listening on {server.url} (database: {where}; "
+                  f"event loop: {kind})", flush=True)
             _quiet_native_stdout()
             await stop.wait()
             print("Vatra sync server stopping", flush=True)
