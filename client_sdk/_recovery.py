@@ -20,7 +20,8 @@ value on the server is never overwritten with a stale local one. Per path:
 * scalars: the local value is written where it differs from the server's;
 * Text (notes, a service's note): the local edits are replayed as splices
   on the server's text (three-way, so a teammate's concurrent edits stay);
-* ``activity``: local entries the server copy lacks are appended;
+* ``activity`` and ``case_history`` (append-only lists): local entries the server
+  copy lacks are appended;
 * entries that exist only locally (assessments, services, requests) are
   copied whole; a new request is copied as filed (``pending``, no decision);
 * a protected path (:func:`conflict.policy.protection_for`, while the
@@ -32,7 +33,8 @@ value on the server is never overwritten with a stale local one. Per path:
 * decision fields, and any edit of a request already filed, are dropped.
 
 The result is then checked the way the server checks it (schema v1, the
-catalogue, the protected paths, decision and cancel rules, attribution); an edit a check still refuses
+catalogue, the protected paths, decision and cancel rules, attribution, the case's
+stage moves); an edit a check still refuses
 (say, a value breaking the schema, or answers about a member whose addition
 became a request) is dropped, and the rest re-applied. :class:`Recovery`
 reports counts and paths, never values.
@@ -48,19 +50,21 @@ from typing import Any
 
 from automerge.core import ROOT, Document, ObjType, ScalarType
 
-from conflict import Household, answers, format_path, policy, validate
+from conflict import Household, answers, case, format_path, paths, policy, validate
 from conflict.validate import Path
 
 __all__ = ["RECOVERABLE_CODES", "REFILE_REASON", "Recovery", "rebase"]
 
 RECOVERABLE_CODES: frozenset[str] = frozenset({"protected-path", "decision-field",
-                                               "schema-violation", "forged-attribution"})
+                                               "schema-violation", "forged-attribution",
+                                               "stage-transition"})
 """Refusals of a batch's content: the same bytes would be refused forever."""
 
 REFILE_REASON = "re-filed after the server refused a direct edit"
 
 _MAX_PASSES = 8
 _WHOLE: frozenset[Path] = frozenset({("gps",)})  # replaced as a whole, never mixed
+_APPEND_ONLY: frozenset[Path] = frozenset({("activity",), ("case_history",)})
 
 
 @dataclass
@@ -169,8 +173,8 @@ class _Planner:
             p = (*path, key)
             le, be, se = (_get(self.local, lo, key), _get(self.base, b, key),
                           _get(self.server, s, key))
-            if p == ("activity",):
-                self._activity(le, se)
+            if p in _APPEND_ONLY:
+                self._append_only(p, le, se)
                 continue
             lv = None if le is None else _plain(self.local, le)
             bv = None if be is None else _plain(self.base, be)
@@ -226,7 +230,7 @@ class _Planner:
         out["status"] = (ScalarType.Str, "pending")
         return out
 
-    def _activity(self, le: Any, se: Any) -> None:
+    def _append_only(self, p: Path, le: Any, se: Any) -> None:
         if not _is(le, ObjType.List):
             return
         have = Counter(_key(e) for e in (_plain(self.server, se) if _is(se, ObjType.List) else []))
@@ -235,7 +239,7 @@ class _Planner:
             if have[k] > 0:
                 have[k] -= 1
             else:
-                self.ops.append(_Op("append", ("activity",), entry))
+                self.ops.append(_Op("append", p, entry))
 
     def _refile(self, p: Path, lv: Any, bv: Any, sv: Any) -> None:
         """A protected edit becomes the change request that makes it, if one does."""
@@ -357,12 +361,18 @@ def _apply(doc: Document, household_id: str, ops: list[_Op], user_id: str) -> li
             for op in values:
                 try:
                     if op.kind == "append":
-                        lst = tx.get(ROOT, "activity")
+                        section = str(op.path[0])
+                        lst = tx.get(ROOT, section)
+                        if lst is None and section == "case_history":  # an older household
+                            lst = (ObjType.List, tx.put_object(ROOT, section, ObjType.List))
                         if lst is None or not _is(lst, ObjType.List):
                             raise _Skip
                         n = tx.length(lst[1])
                         _write(tx, lst[1], n, op.value, insert=True)
-                        op.where = ("activity", n)
+                        got = tx.get(lst[1], n)
+                        ident = paths.element_id(got[1]) if got is not None else None
+                        # the checks name a list entry by its element id
+                        op.where = (section, ident if ident is not None else n)
                         continue
                     parent = _resolve(tx, op.path[:-1])
                     key = op.path[-1]
@@ -434,6 +444,7 @@ def _refusals(server: Document, result: Document, role: str | None,
         out += [v.path for v in policy.protected_violations(server, result)]
     out += [v.path for v in policy.decision_violations(server, result, role, same)]
     out += [v.path for v in policy.cancel_violations(server, result, role, same)]
+    out += [v.path for v in case.case_violations(server, result)]
     return out
 
 

@@ -126,7 +126,8 @@ class ProtectedPathError(InvalidValueError):
     """An edit the permission policy forbids here; nothing was written.
 
     ``.path`` is the protected path, ``.rule`` the policy rule
-    (``"protected-path"`` or ``"decision-field"``), ``.request_kinds`` the
+    (``"protected-path"``, ``"decision-field"``, ``"conflict-record"`` or
+    ``"case-closing"``), ``.request_kinds`` the
     change request kind(s) that would make the change (empty if none does).
     """
 
@@ -134,6 +135,7 @@ class ProtectedPathError(InvalidValueError):
         "protected-path": "the household's structure is protected while it is not in registration",
         "decision-field": "only the server applies a decision on a change request",
         "conflict-record": "only the server records a conflict; a device resolves it",
+        "case-closing": "a case closes and reopens only by an approved change request",
     }
 
     def __init__(self, path: Path, rule: str = "protected-path",
@@ -304,9 +306,12 @@ class Household:
             team_obj = tx.put_object(ROOT, "team", ObjType.Map)
             for key, stype, value in team_values:
                 tx.put(team_obj, key, stype, value)
+            # every section a device writes into is made here, once: two tablets making
+            # one concurrently would each get its own, and one would hide the other's
             for key in ("members", "assessments", "service_plan", "change_requests", "conflicts",
-                        "attachments"):
+                        "attachments", "visits", "case"):
                 tx.put_object(ROOT, key, ObjType.Map)
+            tx.put_object(ROOT, "case_history", ObjType.List)
             activity = tx.put_object(ROOT, "activity", ObjType.List)
             first = tx.insert_object(activity, 0, ObjType.Map)
             for key, stype, value in entry:
@@ -673,6 +678,158 @@ class Household:
         if note is None:
             raise InvalidValueError(("service_plan", service_id, "note"), "missing")
         self._replace_text(note, text, ("service_plan", service_id, "note"))
+
+    # --- case management ----------------------------------------------------
+
+    def _append_stage(self, tx: Any, stage: str, at: datetime | str | None,
+                      from_stage: str | None = None) -> None:
+        history = self._root_obj("case_history")
+        n = tx.length(history)
+        fields = {"stage": stage, "entered_at": utc_instant(at), "by": self._by()}
+        if from_stage is not None:
+            fields["from"] = from_stage
+        entry = _record_values(s.CASE_HISTORY_ENTRY, ("case_history", n), fields)
+        obj = tx.insert_object(history, n, ObjType.Map)
+        for key, stype, value in entry:
+            tx.put(obj, key, stype, value)
+
+    def open_case(self, *, identified_at: datetime | str | None = None,
+                  emergency: bool = False, model: str = "aurora",
+                  at: datetime | str | None = None) -> None:
+        """Open the household's case at the rule table's first stage (identification),
+        following the latest case rule table: one change, the ``case`` record's fields and
+        its first ``case_history`` entry (two teammates opening it offline write the same
+        fields: a difference is a same-field conflict, recorded, never a hidden record).
+        A household registered before cases existed has no ``case`` section
+        (:class:`InvalidValueError`, rule ``missing``). ``identified_at``: the referral or identification
+        the deadlines count from (default: now); ``emergency``: the initial assessment is
+        due within the table's emergency window; ``model``: the re-assessment interval
+        (``aurora``: 9 months, ``case_management``: 3)."""
+        from . import case as rules_mod
+
+        obj = self._root_obj("case")  # made at registration: households from before have none
+        self._root_obj("case_history")
+        if rules_mod.case_record(self.doc) is not None:
+            raise ValueError("case: already opened")
+        rules = rules_mod.load_rules()
+        values = _record_values(s.CASE, ("case",), {
+            "stage": rules.initial_stage, "model": model, "rules_version": rules.version,
+            "identified_at": utc_instant(identified_at if identified_at is not None else at),
+            "emergency": emergency})
+        with self.doc.transaction() as tx:
+            for key, stype, value in values:
+                tx.put(obj, key, stype, value)
+            self._append_stage(tx, rules.initial_stage, at)
+
+    def _case_obj(self) -> bytes:
+        from . import case as rules_mod
+
+        if rules_mod.case_record(self.doc) is None:
+            raise UnknownEntityError("case", "case")
+        return self._root_obj("case")
+
+    def move_stage(self, stage: str, at: datetime | str | None = None) -> None:
+        """Move the case to ``stage`` along the rule table's transitions, recording when,
+        by whom and from which stage it entered it (one change). With the guard on (the
+        SDK's replica), a move the table does not allow raises :class:`InvalidValueError`
+        (rule ``stage-transition``), and closing and reopening raise
+        :class:`ProtectedPathError`: they are change requests (``close_household``,
+        ``reopen_household``) a supervisor approves. The server refuses both from any
+        client (:func:`conflict.case.case_violations`)."""
+        from . import case as rules_mod
+
+        obj = self._case_obj()
+        record = rules_mod.case_record(self.doc) or {}
+        _scalar(s.CASE.fields["stage"], ("case", "stage"), stage)
+        current = record.get("stage")
+        if "closed" in (stage, current) and self.guard:
+            kinds = ("close_household",) if stage == "closed" else ("reopen_household",)
+            raise ProtectedPathError(("case", "stage"), "case-closing", kinds)
+        version = record.get("rules_version")
+        rules = rules_mod.load_rules(version if isinstance(version, int) else None)
+        if self.guard and (not isinstance(current, str) or not rules.may_move(current, stage)):
+            raise InvalidValueError(("case", "stage"), rules_mod.STAGE_TRANSITION)
+        current = current if current in s.CASE_STAGES else None
+        with self.doc.transaction() as tx:
+            tx.put(obj, "stage", ScalarType.Str, stage)
+            self._append_stage(tx, stage, at, current)
+
+    def record_initial_report(self, at: datetime | str | None = None) -> None:
+        """Record that the initial assessment was reported to the superior (the method
+        asks for it within 24 hours of the assessment)."""
+        obj = self._case_obj()
+        stype, v = _scalar(s.CASE.fields["initial_report_at"], ("case", "initial_report_at"),
+                           utc_instant(at))
+        with self.doc.transaction() as tx:
+            tx.put(obj, "initial_report_at", stype, v)
+
+    def case(self) -> dict[str, Any] | None:
+        """The case: its record's fields, ``entered`` (stage -> when it was last entered)
+        and ``history`` (every stage entered, in order), or None if none is open."""
+        from . import case as rules_mod
+
+        record = rules_mod.case_record(self.doc)
+        if record is None:
+            return None
+        return {**record, "entered": rules_mod.stage_entered(self.doc),
+                "history": [entry for _, entry in rules_mod.history(self.doc)]}
+
+    def deadlines(self, now: datetime | None = None) -> list[dict[str, Any]]:
+        """The case's deadlines as of ``now`` (conflict/case.py): code, kind, due, state
+        (``met``, ``met_late``, ``open``, ``overdue``; ``running``, ``complete`` for a
+        minimum period), met_at. Works offline, from the document alone."""
+        from . import case as rules_mod
+
+        return [d.to_json() for d in rules_mod.deadlines(self.doc, now)]
+
+    def record_visit(self, *, visited_on: date | str, place: str, purpose: str,
+                     participants: Sequence[str], synthesis: str,
+                     next_visit: date | str | None = None, visit_id: str | None = None,
+                     at: datetime | str | None = None) -> str:
+        """Record a visit report (one change); returns its id. ``participants``: member
+        ids or roles ("teacher"); ``synthesis`` is a Text others may edit;
+        ``next_visit`` (a date) feeds the case's next-visit deadline."""
+        visit_id = visit_id if visit_id is not None else new_entity_id()
+        base: Path = ("visits", visit_id)
+        if not s.FORMATS["entity_id"](visit_id):
+            raise InvalidValueError(base, "format")
+        visits = self._root_obj("visits")  # made at registration
+        if self._obj(visits, visit_id) is not None:
+            raise ValueError(f"{format_path(base)}: already exists")
+        fields: dict[str, Any] = {"visited_on": _date_str(visited_on), "place": place,
+                                  "purpose": purpose, "by": self._by(),
+                                  "recorded_at": utc_instant(at)}
+        if next_visit is not None:
+            fields["next_visit"] = _date_str(next_visit)
+        values = _record_values(s.VISIT, base, fields)
+        if isinstance(participants, str) or not isinstance(participants, Sequence):
+            raise InvalidValueError((*base, "participants"), "type")
+        item_spec = s.VISIT.fields["participants"]
+        assert isinstance(item_spec, s.ListOf) and isinstance(item_spec.items, s.Scalar)
+        people = [_scalar(item_spec.items, (*base, "participants", i), p)
+                  for i, p in enumerate(participants)]
+        if not isinstance(synthesis, str):
+            raise InvalidValueError((*base, "synthesis"), "type")
+        if len(synthesis) > s.MAX_TEXT_CHARS:
+            raise ValueTooLarge((*base, "synthesis"), len(synthesis))
+        with self.doc.transaction() as tx:
+            obj = tx.put_object(visits, visit_id, ObjType.Map)
+            for key, stype, value in values:
+                tx.put(obj, key, stype, value)
+            plist = tx.put_object(obj, "participants", ObjType.List)
+            for i, (stype, value) in enumerate(people):
+                tx.insert(plist, i, stype, value)
+            text = tx.put_object(obj, "synthesis", ObjType.Text)
+            tx.splice_text(text, 0, 0, synthesis)  # type: ignore[attr-defined]
+        return visit_id
+
+    def visits(self) -> dict[str, dict[str, Any]]:
+        """Visit reports by id (the synthesis as ``str``)."""
+        got = self.doc.get(ROOT, "visits")
+        if got is None or got[0] != ObjType.Map:
+            return {}
+        read: dict[str, dict[str, Any]] = self._read(got)
+        return read
 
     # --- same-field conflicts ---------------------------------------------
 
@@ -1090,7 +1247,24 @@ class Household:
         current = self.status
         if current not in (src, dst):
             raise InvalidValueError(("status",), "transition")
-        return lambda tx: tx.put(ROOT, "status", ScalarType.Str, dst)
+        from . import case as rules_mod
+
+        record = rules_mod.case_record(self.doc)
+        case = self.doc.get(ROOT, "case")
+        stage = was = None
+        if record is not None and case is not None:  # an open case follows the household
+            version, was = record.get("rules_version"), record.get("stage")
+            rules = rules_mod.load_rules(version if isinstance(version, int) else None)
+            stage = "closed" if dst == "closed" else rules.reopened_stage
+
+        def close_or_reopen(tx: Any) -> None:
+            tx.put(ROOT, "status", ScalarType.Str, dst)
+            if stage is not None and case is not None:
+                tx.put(case[1], "stage", ScalarType.Str, stage)
+                self._append_stage(tx, stage, None,
+                                   was if was in s.CASE_STAGES and was != stage else None)
+
+        return close_or_reopen
 
     def _answer_maps_of(self, person_id: str) -> list[bytes]:
         """The answer maps holding ``person_id``; raises if any holds answers."""

@@ -525,6 +525,8 @@ ATTRIBUTIONS: Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "change_requests": (("requested_by", "decided_by"), ("requested_at", "decided_at")),
     "conflicts": (("resolved_by",), ()),
     "attachments": (("by",), ("added_at",)),
+    "case_history": (("by",), ("entered_at",)),
+    "visits": (("by",), ("recorded_at",)),
 }
 """Section -> (the fields of its entries that say who wrote them, the ones that say
 when). Whoever writes one of these fields names themselves in it: the user of the device

@@ -62,6 +62,28 @@ One household is one Automerge document. Its root map::
         resolved_by       Str   user id     optional
         resolution        Str               optional
     notes            Text                                         required
+    case             Map      the case: empty until one is opened     optional
+                              (households registered before cases have none)
+        stage             Str   identification | detailed_assessment | planning |
+                                services | monitoring | post_services | closed
+        model             Str   case_management | aurora (re-assessment interval)
+        rules_version     Int   the case rule table it follows (conflict/case.py)
+        identified_at     Str   instant: the referral or identification
+        emergency         Boolean  the initial assessment is due within the
+                                emergency window                   optional
+        initial_report_at Str   instant: initial assessment reported  optional
+    case_history     List     append-only: each stage entered          optional
+        stage Str, entered_at Str instant, by Str user id,
+        from Str (the stage it moved from; absent on the entry opening the case)
+    visits           Map      visit_id -> visit report               optional
+        visited_on        Str   date
+        place             Str   non-empty ("home", "school", ...)
+        purpose           Str   non-empty
+        participants      List  of Str: member ids or roles ("teacher")
+        synthesis         Text
+        next_visit        Str   date                               optional
+        by                Str   user id
+        recorded_at       Str   instant
     attachments      Map  entity id -> attachment                  optional
         name              Str   nonempty
         media_type        Str   type/subtype
@@ -105,6 +127,10 @@ from .ids import is_entity_id
 __all__ = [
     "ACTIVITY_ENTRY",
     "ASSESSMENT",
+    "CASE",
+    "CASE_HISTORY_ENTRY",
+    "CASE_MODELS",
+    "CASE_STAGES",
     "CHANGE_REQUEST",
     "CONFLICT",
     "ELEMENT_ID",
@@ -122,6 +148,7 @@ __all__ = [
     "SEXES",
     "TEAM",
     "TEAM_ROLES",
+    "VISIT",
     "Kind",
     "ListOf",
     "MapOf",
@@ -168,6 +195,13 @@ REQUEST_KINDS = (
     "move_household",
 )
 TEAM_ROLES = ("social_worker", "nurse", "counsellor", "case_responsible")
+#: The stages of case management (Order 288/2006), in order; the legal moves between
+#: them and the deadlines are the versioned rule table's (conflict/case.py).
+CASE_STAGES = ("identification", "detailed_assessment", "planning", "services", "monitoring",
+               "post_services", "closed")
+#: Which re-assessment interval a case follows: the case-management standard's or the
+#: Aurora model's (conflict/case_rules_v1.json).
+CASE_MODELS = ("case_management", "aurora")
 
 
 class Kind(enum.Enum):
@@ -397,6 +431,39 @@ ATTACHMENT = Record(
 :data:`ATTACHMENT_PART_BYTES`, in order; ``size`` and ``sha256`` say what they add up to
 (a copy whose parts have not all arrived yet is incomplete, not invalid)."""
 
+CASE = Record(
+    {
+        # all optional to the schema: the section is made empty at registration, and a
+        # case is open once it has a stage (conflict/case.py checks an open one is whole)
+        "stage": Scalar(Kind.STR, required=False, enum=CASE_STAGES),
+        "model": Scalar(Kind.STR, required=False, enum=CASE_MODELS),
+        "rules_version": Scalar(Kind.INT, required=False, format="positive"),
+        "identified_at": _s("instant", required=False),
+        "emergency": Scalar(Kind.BOOL, required=False),
+        "initial_report_at": _s("instant", required=False),
+    },
+    required=False,
+)
+
+CASE_HISTORY_ENTRY = Record({"stage": _enum(CASE_STAGES), "entered_at": _s("instant"),
+                             "by": _s("user_id"),
+                             # the stage its writer moved the case from (absent: opened)
+                             "from": Scalar(Kind.STR, required=False, enum=CASE_STAGES)})
+
+VISIT = Record(
+    {
+        "visited_on": _s("date"),
+        "place": _s("nonempty"),
+        "purpose": _s("nonempty"),
+        "participants": ListOf(_s("nonempty")),
+        "synthesis": Text(),
+        "next_visit": _s("date", required=False),
+        "by": _s("user_id"),
+        "recorded_at": _s("instant"),
+    }
+)
+"""A visit report: what the method's detailed assessment and monitoring stand on."""
+
 WRITER = Record({"by": _s("user_id"), "at": _s("instant")})
 """Who wrote one of a conflict's values, and when the server received it."""
 
@@ -428,6 +495,10 @@ HOUSEHOLD = Record(
         "activity": ListOf(ACTIVITY_ENTRY),
         "conflicts": MapOf(CONFLICT, key_format="entity_id"),
         "notes": Text(),
+        # optional: households registered before cases and visit reports existed have none
+        "case": CASE,
+        "case_history": ListOf(CASE_HISTORY_ENTRY, required=False),
+        "visits": MapOf(VISIT, key_format="entity_id", required=False),
         # optional: households registered before attachments existed have none
         "attachments": MapOf(ATTACHMENT, key_format="entity_id", required=False),
     }

@@ -80,6 +80,7 @@ class ErrorCode(StrEnum):
     LIMIT_EXCEEDED = "limit-exceeded"
     FORGED_ATTRIBUTION = "forged-attribution"
     INVALID_TEAM_MEMBER = "invalid-team-member"
+    STAGE_TRANSITION = "stage-transition"
     # -- the HTTP faces (sync_server/api): a refused request names one of these
     UNAUTHORIZED = "unauthorized"
     FORBIDDEN = "forbidden"
@@ -138,6 +139,10 @@ RULES: Mapping[ErrorCode, str] = {
                                    "included; a change_team request too",
     ErrorCode.DECISION_FIELD: "only a supervisor of the household's county decides a change "
                               "request or cancels a service; a filed request is not altered",
+    ErrorCode.STAGE_TRANSITION: "a case opens at identification and moves only along the "
+                                "case rule table's transitions, each move recorded in its "
+                                "history; its rule version, identification time and history "
+                                "are not rewritten",
 }
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from automerge.core import ROOT, Document, ObjType, ScalarType
 
-from conflict import Household, Violation, answers, is_entity_id, paths, policy, schema, validate
+from conflict import Household, Violation, answers, case, is_entity_id, paths, policy, schema, validate
 from conflict.validate import validate_paths
 from sync_server.auth.identity import Device, User
 from sync_server.protocol.errors import DocumentError, ErrorCode, Refused
@@ -178,6 +178,26 @@ def check_decisions(record: HouseholdRecord, before: Document, after: Document, 
             paths = ", ".join(f"{public_path(v.path)} ({v.rule})" for v in violations[:20])
             raise Refused(f"only a supervisor of the household's county may write: {paths}",
                           code=ErrorCode.DECISION_FIELD, document_id=record.id)
+
+
+def check_case(household_id: str, before: Document, after: Document,
+               sections: set[str | int] | None = None) -> None:
+    """A case moves only along its rule table's transitions, each move recorded
+    (``stage-transition``); it closes and reopens only by an approved request
+    (``protected-path``, like the household's status). The rules are
+    :func:`conflict.case.case_violations`'."""
+    if sections is not None and not sections & set(case.sections()):
+        return
+    violations = case.case_violations(before, after)
+    if not violations:
+        return
+    listed = ", ".join(f"{public_path(v.path)} ({v.rule})" for v in violations[:20])
+    if any(v.rule == case.CLOSED_BY_REQUEST for v in violations):
+        raise Refused(f"protected path(s) changed without an approved change request: "
+                      f"{listed}; file a close_household or reopen_household request",
+                      code=ErrorCode.PROTECTED_PATH, document_id=household_id)
+    raise Refused(f"the case's stage may not change this way: {listed}",
+                  code=ErrorCode.STAGE_TRANSITION, document_id=household_id)
 
 
 def check_attribution(household_id: str, before: Document, after: Document, user: User,

@@ -59,6 +59,7 @@ from sync_server.sync import conflicts, cpu, followups
 from sync_server.sync.apply import check_document_id, check_encoding, fork_for, hold, receive, stored
 from sync_server.sync.checks import (
     check_attribution,
+    check_case,
     check_catalogue,
     check_decisions,
     check_policy,
@@ -83,7 +84,7 @@ log = logging.getLogger(__name__)
 QUARANTINED = frozenset({ErrorCode.READ_ONLY, ErrorCode.ACTOR_NOT_REGISTERED,
                          ErrorCode.SCHEMA_VIOLATION, ErrorCode.PROTECTED_PATH,
                          ErrorCode.DECISION_FIELD, ErrorCode.FORGED_ATTRIBUTION,
-                         ErrorCode.INVALID_TEAM_MEMBER,
+                         ErrorCode.INVALID_TEAM_MEMBER, ErrorCode.STAGE_TRANSITION,
                          ErrorCode.CREATION_REFUSED, ErrorCode.NOT_A_HOUSEHOLD,
                          ErrorCode.MALFORMED_SYNC_DATA, ErrorCode.LIMIT_EXCEEDED})
 
@@ -719,6 +720,7 @@ def _apply_and_check(actor: HouseholdActor, fork: Document, state: SyncState, da
     check_schema(hid, fork, touched=touched)
     check_catalogue(hid, actor.doc, fork, sections)
     check_policy(actor.record, actor.doc, fork, user, sections)
+    check_case(hid, actor.doc, fork, sections)
     check_attribution(hid, actor.doc, fork, user, sections, touched=touched)
     regressions = (lattice_fixes(fork, before, conflicts.batch_tips(new))
                    if sections is None or "service_plan" in sections else [])
@@ -758,6 +760,7 @@ def _apply_new(doc: Document, state: SyncState, data: bytes, hid: str, device: D
                       code=ErrorCode.CREATION_REFUSED, document_id=hid)
     check_catalogue(hid, None, doc)
     check_decisions(record, Document(), doc, grants.user)
+    check_case(hid, Document(), doc)
     check_attribution(hid, Document(), doc, grants.user)
     return record, new
 

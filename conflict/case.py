@@ -1,0 +1,484 @@
+"""Case management: stages, their legal moves and the deadlines the method sets, as data.
+
+Every case goes through the six stages of Romania's minimum standards for case
+management (Order 288/2006), then closes. The household document records where the case
+is and how it got there (``conflict.schema``: the root ``case`` record and the
+``case_history`` list); what is legal and when things are due is a **versioned rule
+table**, ``conflict/case_rules_v1.json`` (and its successors), like the indicator catalogue: a case records
+the version it follows (``case.rules_version``), so a later table never re-judges it.
+
+The rule table holds:
+
+* ``stages``: the seven stage codes (those of :data:`conflict.schema.CASE_STAGES`, in
+  order) with their Romanian and English labels;
+* ``transitions``: stage -> the stages a worker may move the case to. ``closed`` is in
+  none of them: a case closes, and reopens, only by a supervisor's approval of a
+  ``close_household`` / ``reopen_household`` request, which the server applies
+  (``reopened_stage`` says where a reopened case starts again);
+* ``deadlines``: each one ``from`` an anchor plus a duration (``hours``, ``days``,
+  ``months``; ``emergency_hours`` for a case opened as an emergency;
+  ``months_by_model`` for the re-assessment interval, 3 months in case management and 9
+  in the Aurora model), ``met_by`` another anchor (none: it stays open until its
+  anchor moves, as a periodic re-assessment does), shown ``in_stages`` only when
+  given, and of ``kind`` ``deadline`` (the default) or ``minimum`` (a period that must
+  have passed, as post-service monitoring's three months before closure).
+
+Anchors are read from the document (:func:`anchors`): ``identified`` (the referral that
+opened the case), ``first_assessment`` and ``last_assessment`` (completed assessments),
+``initial_report`` (the initial assessment reported to the superior),
+``entered:<stage>`` (the first time the case entered a stage) and
+``next_visit_planned`` (the next visit the latest visit report planned; a date counts
+from its day's start, so the next-visit deadline of one day falls at the day's end).
+
+Everything here is pure: the tablet computes a household's deadlines offline with the
+same code the server and the web tier use.
+"""
+
+from __future__ import annotations
+
+import calendar
+import functools
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from automerge.core import ROOT, Document, ObjType
+
+from . import schema as s
+from .paths import element_id
+from .validate import Violation, format_path
+
+__all__ = [
+    "LATEST_VERSION",
+    "RULES_NAME",
+    "CaseRules",
+    "CaseRulesError",
+    "Deadline",
+    "DeadlineRule",
+    "anchors",
+    "case_violations",
+    "deadlines",
+    "load_rules",
+    "load_rules_file",
+]
+
+RULES_NAME = "vatra-case-rules"
+#: The newest packaged rule table: what a newly opened case records.
+LATEST_VERSION = 1
+#: The rule-table file format this module reads (the file's ``"schema"`` field).
+RULES_SCHEMA = 1
+ANCHORS = ("identified", "first_assessment", "last_assessment", "initial_report",
+           "next_visit_planned")
+KINDS = ("deadline", "minimum")
+
+#: Rule names of the case checks (the server refuses with ``stage-transition``).
+STAGE_TRANSITION = "stage-transition"
+CASE_RECORD = "case-record"
+CLOSED_BY_REQUEST = "protected-path"
+
+
+class CaseRulesError(ValueError):
+    """A rule table that does not load: names what is wrong, never guesses."""
+
+
+@dataclass(frozen=True)
+class DeadlineRule:
+    code: str
+    label: Mapping[str, str]
+    start: str  # an anchor
+    hours: int = 0
+    days: int = 0
+    months: int = 0
+    emergency_hours: int | None = None
+    months_by_model: Mapping[str, int] | None = None
+    met_by: str | None = None
+    in_stages: tuple[str, ...] | None = None
+    kind: str = "deadline"
+
+
+@dataclass(frozen=True)
+class CaseRules:
+    version: int
+    initial_stage: str
+    reopened_stage: str
+    labels: Mapping[str, Mapping[str, str]]
+    transitions: Mapping[str, tuple[str, ...]]
+    deadlines: tuple[DeadlineRule, ...]
+
+    def may_move(self, from_stage: str, to_stage: str) -> bool:
+        """May a worker move a case from ``from_stage`` to ``to_stage``?"""
+        return to_stage in self.transitions.get(from_stage, ())
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """One deadline of a case, as of ``now``.
+
+    ``state``: ``met`` (done by ``due``), ``met_late``, ``open`` (not done, not yet due),
+    ``overdue``; for a ``minimum`` period, ``running`` or ``complete``."""
+
+    code: str
+    kind: str
+    due: datetime
+    state: str
+    met_at: datetime | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"code": self.code, "kind": self.kind, "due": _instant(self.due),
+                "state": self.state,
+                "met_at": _instant(self.met_at) if self.met_at is not None else None}
+
+
+# --- loading -----------------------------------------------------------------
+
+
+def load_rules(version: int | None = None) -> CaseRules:
+    """The packaged rule table ``version`` (the latest when not given), validated, cached."""
+    if version is None:
+        version = LATEST_VERSION
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise CaseRulesError("rule table version must be a positive integer")
+    return _load_packaged(version)
+
+
+@functools.cache
+def _load_packaged(version: int) -> CaseRules:
+    resource = resources.files(__package__).joinpath(f"case_rules_v{version}.json")
+    if not resource.is_file():
+        raise CaseRulesError(f"no case rule table version {version}")
+    rules = _parse(resource.read_text(encoding="utf-8"))
+    if rules.version != version:
+        raise CaseRulesError(f"case_rules_v{version}.json declares version {rules.version}")
+    return rules
+
+
+def load_rules_file(path: str | Path) -> CaseRules:
+    """Load and validate a rule table from ``path`` (not cached; for tools and tests)."""
+    return _parse(Path(path).read_text(encoding="utf-8"))
+
+
+def _parse(text: str) -> CaseRules:
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError:
+        raise CaseRulesError("the rule table is not valid JSON") from None
+    if not isinstance(raw, dict) or raw.get("rules") != RULES_NAME:
+        raise CaseRulesError(f"not a {RULES_NAME} table")
+    if raw.get("schema") != RULES_SCHEMA:
+        raise CaseRulesError(f"unsupported rule table schema (expected {RULES_SCHEMA})")
+    version = raw.get("version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise CaseRulesError("rule table version must be a positive integer")
+    stages = raw.get("stages")
+    if not isinstance(stages, list) or [st.get("code") if isinstance(st, dict) else None
+                                        for st in stages] != list(s.CASE_STAGES):
+        raise CaseRulesError(f"stages must be, in order: {', '.join(s.CASE_STAGES)}")
+    labels = {st["code"]: _label(st.get("label"), f"stage {st['code']}") for st in stages}
+    transitions = raw.get("transitions")
+    if not isinstance(transitions, dict) or set(transitions) != set(s.CASE_STAGES):
+        raise CaseRulesError("transitions must name every stage once")
+    moves: dict[str, tuple[str, ...]] = {}
+    for stage, targets in transitions.items():
+        if not isinstance(targets, list) or any(t not in s.CASE_STAGES for t in targets):
+            raise CaseRulesError(f"transitions of {stage}: a list of stages")
+        if "closed" in targets or stage in targets:
+            raise CaseRulesError(f"transitions of {stage}: a case closes only by an approved "
+                                 f"request, and a move changes the stage")
+        moves[stage] = tuple(targets)
+    if moves["closed"]:
+        raise CaseRulesError("a closed case reopens only by an approved request")
+    first, reopened = raw.get("initial_stage"), raw.get("reopened_stage")
+    for name, value in (("initial_stage", first), ("reopened_stage", reopened)):
+        if value not in s.CASE_STAGES or value == "closed":
+            raise CaseRulesError(f"{name} must be a stage other than closed")
+    deadlines = raw.get("deadlines")
+    if not isinstance(deadlines, list):
+        raise CaseRulesError("deadlines must be a list")
+    parsed = tuple(_deadline(d) for d in deadlines)
+    if len({d.code for d in parsed}) != len(parsed):
+        raise CaseRulesError("deadline codes must be unique")
+    return CaseRules(version, str(first), str(reopened), labels, moves, parsed)
+
+
+def _label(value: object, owner: str) -> Mapping[str, str]:
+    if not isinstance(value, dict) or not all(isinstance(value.get(k), str) and value[k]
+                                              for k in ("ro", "en")):
+        raise CaseRulesError(f"{owner}: a label needs non-empty ro and en")
+    return {"ro": value["ro"], "en": value["en"]}
+
+
+def _anchor(value: object, owner: str) -> str:
+    if value in ANCHORS:
+        return str(value)
+    if isinstance(value, str) and value.startswith("entered:") \
+            and value.split(":", 1)[1] in s.CASE_STAGES:
+        return value
+    raise CaseRulesError(f"{owner}: unknown anchor {value!r}")
+
+
+def _count(value: object, owner: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise CaseRulesError(f"{owner}: a duration is a non-negative integer")
+    return value
+
+
+def _deadline(raw: object) -> DeadlineRule:
+    if not isinstance(raw, dict) or not isinstance(raw.get("code"), str):
+        raise CaseRulesError("a deadline needs a code")
+    code = raw["code"]
+    known = {"code", "label", "from", "hours", "days", "months", "emergency_hours",
+             "months_by_model", "met_by", "in_stages", "kind"}
+    if set(raw) - known:
+        raise CaseRulesError(f"deadline {code}: unknown field(s) {sorted(set(raw) - known)}")
+    by_model = raw.get("months_by_model")
+    if by_model is not None and (not isinstance(by_model, dict)
+                                 or set(by_model) != set(s.CASE_MODELS)):
+        raise CaseRulesError(f"deadline {code}: months_by_model names every model: "
+                             f"{', '.join(s.CASE_MODELS)}")
+    stages = raw.get("in_stages")
+    if stages is not None and (not isinstance(stages, list)
+                               or any(st not in s.CASE_STAGES for st in stages)):
+        raise CaseRulesError(f"deadline {code}: in_stages is a list of stages")
+    kind = raw.get("kind", "deadline")
+    if kind not in KINDS:
+        raise CaseRulesError(f"deadline {code}: kind is one of {', '.join(KINDS)}")
+    durations = [raw.get(k) for k in ("hours", "days", "months")]
+    if by_model is None and all(d is None for d in durations):
+        raise CaseRulesError(f"deadline {code}: a duration (hours, days, months or "
+                             f"months_by_model)")
+    emergency = raw.get("emergency_hours")
+    return DeadlineRule(
+        code=code, label=_label(raw.get("label"), f"deadline {code}"),
+        start=_anchor(raw.get("from"), f"deadline {code}"),
+        hours=_count(raw.get("hours", 0), code), days=_count(raw.get("days", 0), code),
+        months=_count(raw.get("months", 0), code),
+        emergency_hours=None if emergency is None else _count(emergency, code),
+        months_by_model=None if by_model is None else
+        {m: _count(n, code) for m, n in by_model.items()},
+        met_by=None if raw.get("met_by") is None else _anchor(raw["met_by"], code),
+        in_stages=None if stages is None else tuple(stages), kind=kind)
+
+
+# --- reading a case from a document ------------------------------------------
+
+
+def _plain(doc: Document, obj: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in doc.keys(obj):
+        got = doc.get(obj, key)
+        if got is not None and isinstance(got[0], tuple):
+            out[key] = got[0][1]
+    return out
+
+
+def _section(doc: Document, key: str, kind: ObjType) -> Any | None:
+    got = doc.get(ROOT, key)
+    return got[1] if got is not None and got[0] == kind else None
+
+
+def case_record(doc: Document) -> dict[str, Any] | None:
+    """The ``case`` record's scalar fields, or None if no case is open (the section is
+    made empty at registration; a case is open once it has a stage)."""
+    obj = _section(doc, "case", ObjType.Map)
+    record = None if obj is None else _plain(doc, obj)
+    return record if record and "stage" in record else None
+
+
+def history(doc: Document) -> list[tuple[str, dict[str, Any]]]:
+    """``case_history`` entries in list order: (element id, fields)."""
+    obj = _section(doc, "case_history", ObjType.List)
+    if obj is None:
+        return []
+    out = []
+    for value, exid in doc.values(obj):
+        if isinstance(value, ObjType) and value == ObjType.Map:
+            out.append((element_id(exid) or "", _plain(doc, exid)))
+    return out
+
+
+def _parse_instant(value: object) -> datetime | None:
+    if isinstance(value, str) and s.FORMATS["instant"](value):
+        return datetime.fromisoformat(value).replace(tzinfo=UTC)
+    if isinstance(value, str) and s.FORMATS["date"](value):
+        return datetime.combine(date.fromisoformat(value), datetime.min.time(), UTC)
+    return None
+
+
+def _instant(at: datetime) -> str:
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def anchors(doc: Document) -> dict[str, datetime]:
+    """The anchors a household's deadlines are counted from (module docstring)."""
+    out: dict[str, datetime] = {}
+    case = case_record(doc) or {}
+    for name, field in (("identified", "identified_at"), ("initial_report", "initial_report_at")):
+        at = _parse_instant(case.get(field))
+        if at is not None:
+            out[name] = at
+    done = []
+    assessments = _section(doc, "assessments", ObjType.Map)
+    for key in doc.keys(assessments) if assessments is not None else ():
+        got = doc.get(assessments, key) if assessments is not None else None
+        if got is not None and got[0] == ObjType.Map:
+            at = _parse_instant(_plain(doc, got[1]).get("completed_at"))
+            if at is not None:
+                done.append(at)
+    if done:
+        out["first_assessment"], out["last_assessment"] = min(done), max(done)
+    for _, entry in history(doc):
+        at = _parse_instant(entry.get("entered_at"))
+        key = f"entered:{entry.get('stage')}"
+        if at is not None and (key not in out or at < out[key]):
+            out[key] = at
+    visits = _section(doc, "visits", ObjType.Map)
+    latest: tuple[datetime, datetime | None] | None = None
+    for key in doc.keys(visits) if visits is not None else ():
+        got = doc.get(visits, key) if visits is not None else None
+        if got is None or got[0] != ObjType.Map:
+            continue
+        fields = _plain(doc, got[1])
+        on = _parse_instant(fields.get("visited_on"))
+        if on is not None and (latest is None or on > latest[0]):
+            latest = (on, _parse_instant(fields.get("next_visit")))
+    if latest is not None and latest[1] is not None:
+        out["next_visit_planned"] = latest[1]
+    return out
+
+
+def _add_months(at: datetime, months: int) -> datetime:
+    month0 = at.month - 1 + months
+    year, month = at.year + month0 // 12, month0 % 12 + 1
+    day = min(at.day, calendar.monthrange(year, month)[1])  # 31 Aug + 3 months: 30 Nov
+    return at.replace(year=year, month=month, day=day)
+
+
+def deadlines(doc: Document, now: datetime | None = None,
+              rules: CaseRules | None = None) -> list[Deadline]:
+    """The case's deadlines as of ``now`` (UTC; default: the clock), in the rule table's
+    order, from the table the case records (``rules``: another one, for tests). A
+    household without a case has none; a closed case shows only what was met."""
+    case = case_record(doc)
+    if case is None:
+        return []
+    if rules is None:
+        version = case.get("rules_version")
+        rules = load_rules(version if isinstance(version, int) else None)
+    now = now if now is not None else datetime.now(UTC)
+    stage = case.get("stage")
+    found = anchors(doc)
+    out = []
+    for rule in rules.deadlines:
+        if rule.in_stages is not None and stage not in rule.in_stages and stage != "closed":
+            continue
+        start = found.get(rule.start)
+        if start is None:
+            continue
+        hours = rule.emergency_hours if case.get("emergency") is True \
+            and rule.emergency_hours is not None else rule.hours
+        months = rule.months
+        if rule.months_by_model is not None:
+            months += rule.months_by_model.get(str(case.get("model")), 0)
+        due = _add_months(start, months) + timedelta(days=rule.days, hours=hours)
+        met = found.get(rule.met_by) if rule.met_by is not None else None
+        if rule.kind == "minimum":
+            state = "complete" if now >= due else "running"
+        elif met is not None:
+            state = "met" if met <= due else "met_late"
+        else:
+            state = "overdue" if now > due else "open"
+        if stage == "closed" and state not in ("met", "met_late", "complete"):
+            continue
+        out.append(Deadline(rule.code, rule.kind, due, state, met))
+    return out
+
+
+# --- the server's check of a device's batch ----------------------------------
+
+
+def _violation(path: tuple[str | int, ...], rule: str, why: str) -> Violation:
+    return Violation(path, rule, f"{format_path(path)}: {rule}: {why}")
+
+
+def case_violations(before: Document, after: Document) -> list[Violation]:
+    """What a device's batch may not do to a case (the server's own changes, which apply
+    approved requests, are not checked). Each ``case_history`` entry the batch adds is a
+    move, checked on its own, ``from`` the stage its writer saw: a tablet offline for a
+    week may move a case several stages in one batch, and two teammates' concurrent
+    moves are each judged as made (the stage they both wrote is then a same-field
+    conflict, recorded for the team like any other). Refused:
+
+    * a move the case's rule table does not allow, an opening entry (no ``from``) at any
+      stage but the table's ``initial_stage``, or a stage the batch writes that none of
+      its entries enters (``stage-transition``);
+    * closing or reopening (``protected-path``: only an approved request does it);
+    * removing the case, or changing its rule version, its identification time or an
+      entry of its history once written (``case-record``).
+    """
+    was, now = case_record(before), case_record(after)
+    out: list[Violation] = []
+    if now is None:
+        if was is not None:
+            out.append(_violation(("case",), CASE_RECORD, "a case is never removed"))
+        return out
+    version = now.get("rules_version")
+    try:
+        rules = load_rules(version if isinstance(version, int) else None)
+    except CaseRulesError:
+        return [_violation(("case", "rules_version"), CASE_RECORD,
+                           "a case follows a packaged rule table")]
+    missing = [f for f in ("model", "rules_version", "identified_at") if f not in now]
+    if missing:
+        out.append(_violation(("case", missing[0]), CASE_RECORD,
+                              "an open case has its model, rule version and identification"))
+    if was is not None:
+        for field in ("rules_version", "identified_at"):
+            if was.get(field) != now.get(field):
+                out.append(_violation(("case", field), CASE_RECORD,
+                                      "fixed when the case is opened"))
+    old_history = dict(history(before))
+    new_history = history(after)
+    for ident, entry in old_history.items():
+        if dict(new_history).get(ident) != entry:
+            out.append(_violation(("case_history", ident), CASE_RECORD,
+                                  "a stage once entered stays recorded as it was"))
+    added = [(ident, e) for ident, e in new_history if ident not in old_history]
+    for ident, entry in added:
+        path: tuple[str | int, ...] = ("case_history", ident)
+        frm, to = entry.get("from"), entry.get("stage")
+        if "closed" in (frm, to):
+            out.append(_violation(path, CLOSED_BY_REQUEST,
+                                  "a case closes and reopens only by an approved "
+                                  "close_household or reopen_household request"))
+        elif frm is None:
+            if to != rules.initial_stage:
+                out.append(_violation(path, STAGE_TRANSITION,
+                                      f"a case is opened at {rules.initial_stage}"))
+        elif not isinstance(frm, str) or not isinstance(to, str) or not rules.may_move(frm, to):
+            out.append(_violation(path, STAGE_TRANSITION,
+                                  f"not a move rule table {rules.version} allows"))
+    stage = now.get("stage")
+    if (was is None or stage != was.get("stage")) \
+            and not any(e.get("stage") == stage for _, e in added):
+        out.append(_violation(("case", "stage"), STAGE_TRANSITION,
+                              "a move records the stage it enters in the case's history"))
+    return out
+
+
+def stage_entered(doc: Document) -> dict[str, str]:
+    """Stage -> when the case last entered it (an instant), from its history."""
+    out: dict[str, str] = {}
+    for _, entry in history(doc):
+        st, at = entry.get("stage"), entry.get("entered_at")
+        if isinstance(st, str) and isinstance(at, str) and at >= out.get(st, ""):
+            out[st] = at
+    return out
+
+
+def sections() -> Sequence[str]:
+    """The root sections a case lives in (a batch touching neither cannot break a rule)."""
+    return ("case", "case_history")
