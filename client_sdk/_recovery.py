@@ -100,6 +100,8 @@ class _Op:
     path: Path          # where it writes (for requests: the protected path)
     value: Any = None   # put/append: plain tree; text: (base, local); request: (kind, payload)
     where: Path = ()    # set when applied: what it actually touched
+    also: Path = ()     # an appended entry's place by position (the schema's refusals name
+                        # list entries so; the policy's by element id, as ``where``)
 
 
 # --- reading ---------------------------------------------------------------------------
@@ -371,8 +373,10 @@ def _apply(doc: Document, household_id: str, ops: list[_Op], user_id: str) -> li
                         _write(tx, lst[1], n, op.value, insert=True)
                         got = tx.get(lst[1], n)
                         ident = paths.element_id(got[1]) if got is not None else None
-                        # the checks name a list entry by its element id
+                        # the policy names a list entry by its element id, the schema by
+                        # its position: a refusal in either form finds the op
                         op.where = (section, ident if ident is not None else n)
+                        op.also = (section, n)
                         continue
                     parent = _resolve(tx, op.path[:-1])
                     key = op.path[-1]
@@ -494,7 +498,8 @@ def rebase(local: Document, server: Document, household_id: str, *, actor_id: by
             break
         bad = {id(op) for op in failed}
         for path in refused:
-            hits = [op for op in ops if op.where and _related(op.where, path)]
+            hits = [op for op in ops if (op.where and _related(op.where, path))
+                    or (op.also and _related(op.also, path))]
             if not hits:  # refused for a reason no single edit explains: keep nothing
                 bad = {id(op) for op in ops}
                 break
@@ -506,7 +511,7 @@ def rebase(local: Document, server: Document, household_id: str, *, actor_id: by
         dropped += [op.path for op in ops if id(op) in bad]
         ops = [op for op in ops if id(op) not in bad]
         for op in ops:
-            op.where = ()
+            op.where = op.also = ()
             if op.kind == "request":
                 op.value = op.value[:2]
     else:

@@ -26,9 +26,11 @@ The rule table holds:
 Anchors are read from the document (:func:`anchors`): ``identified`` (the referral that
 opened the case), ``first_assessment`` and ``last_assessment`` (completed assessments),
 ``initial_report`` (the initial assessment reported to the superior),
-``entered:<stage>`` (the first time the case entered a stage) and
+``entered:<stage>`` and ``last_entered:<stage>`` (the first and the latest time the case
+entered a stage) and
 ``next_visit_planned`` (the next visit the latest visit report planned; a date counts
-from its day's start, so the next-visit deadline of one day falls at the day's end).
+from its day's start in UTC, so the next-visit deadline of one day falls at the day's end
+in UTC, 02:00 or 03:00 in Romania).
 
 Everything here is pure: the tablet computes a household's deadlines offline with the
 same code the server and the web tier use.
@@ -59,11 +61,15 @@ __all__ = [
     "CaseRulesError",
     "Deadline",
     "DeadlineRule",
+    "Due",
     "anchors",
     "case_violations",
+    "closed_stage_lost",
     "deadlines",
+    "dues",
     "load_rules",
     "load_rules_file",
+    "view",
 ]
 
 RULES_NAME = "vatra-case-rules"
@@ -214,8 +220,8 @@ def _label(value: object, owner: str) -> Mapping[str, str]:
 def _anchor(value: object, owner: str) -> str:
     if value in ANCHORS:
         return str(value)
-    if isinstance(value, str) and value.startswith("entered:") \
-            and value.split(":", 1)[1] in s.CASE_STAGES:
+    if isinstance(value, str) and value.split(":", 1)[0] in ("entered", "last_entered") \
+            and value.split(":", 1)[-1] in s.CASE_STAGES:
         return value
     raise CaseRulesError(f"{owner}: unknown anchor {value!r}")
 
@@ -312,41 +318,60 @@ def _instant(at: datetime) -> str:
     return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def anchors(doc: Document) -> dict[str, datetime]:
-    """The anchors a household's deadlines are counted from (module docstring)."""
+def view(doc: Document) -> dict[str, Any]:
+    """The parts of a household the deadlines read, as plain values (the shape of
+    ``Household.to_dict()``, which :func:`dues` also takes): read without extracting the
+    whole document."""
+    out: dict[str, Any] = {"case": case_record(doc) or {},
+                           "case_history": [entry for _, entry in history(doc)]}
+    for section, fields in (("assessments", ("completed_at",)),
+                            ("visits", ("visited_on", "next_visit", "recorded_at"))):
+        obj = _section(doc, section, ObjType.Map)
+        entries: dict[str, Any] = {}
+        for key in doc.keys(obj) if obj is not None else ():
+            got = doc.get(obj, key) if obj is not None else None
+            if got is not None and got[0] == ObjType.Map:
+                plain = _plain(doc, got[1])
+                entries[key] = {f: plain[f] for f in fields if f in plain}
+        out[section] = entries
+    return out
+
+
+def _map(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def anchors(household: Mapping[str, Any]) -> dict[str, datetime]:
+    """The anchors a household's deadlines are counted from (module docstring), from its
+    plain values (``Household.to_dict()`` or :func:`view`)."""
     out: dict[str, datetime] = {}
-    case = case_record(doc) or {}
+    case = _map(household.get("case"))
     for name, field in (("identified", "identified_at"), ("initial_report", "initial_report_at")):
         at = _parse_instant(case.get(field))
         if at is not None:
             out[name] = at
-    done = []
-    assessments = _section(doc, "assessments", ObjType.Map)
-    for key in doc.keys(assessments) if assessments is not None else ():
-        got = doc.get(assessments, key) if assessments is not None else None
-        if got is not None and got[0] == ObjType.Map:
-            at = _parse_instant(_plain(doc, got[1]).get("completed_at"))
-            if at is not None:
-                done.append(at)
+    done = [at for a in _map(household.get("assessments")).values()
+            if (at := _parse_instant(_map(a).get("completed_at"))) is not None]
     if done:
         out["first_assessment"], out["last_assessment"] = min(done), max(done)
-    for _, entry in history(doc):
+    entries = household.get("case_history")
+    for entry in entries if isinstance(entries, list) else ():
+        entry = _map(entry)
         at = _parse_instant(entry.get("entered_at"))
-        key = f"entered:{entry.get('stage')}"
-        if at is not None and (key not in out or at < out[key]):
-            out[key] = at
-    visits = _section(doc, "visits", ObjType.Map)
-    latest: tuple[datetime, datetime | None] | None = None
-    for key in doc.keys(visits) if visits is not None else ():
-        got = doc.get(visits, key) if visits is not None else None
-        if got is None or got[0] != ObjType.Map:
-            continue
-        fields = _plain(doc, got[1])
-        on = _parse_instant(fields.get("visited_on"))
-        if on is not None and (latest is None or on > latest[0]):
-            latest = (on, _parse_instant(fields.get("next_visit")))
-    if latest is not None and latest[1] is not None:
-        out["next_visit_planned"] = latest[1]
+        first, last = f"entered:{entry.get('stage')}", f"last_entered:{entry.get('stage')}"
+        if at is not None and (first not in out or at < out[first]):
+            out[first] = at
+        if at is not None and (last not in out or at > out[last]):
+            out[last] = at
+    # the latest visit report: by its day, then by when it was written (two on one day)
+    latest: tuple[datetime, str, datetime | None] | None = None
+    for v in _map(household.get("visits")).values():
+        on, written = _parse_instant(_map(v).get("visited_on")), _map(v).get("recorded_at")
+        key = (on, written if isinstance(written, str) else "")
+        if on is not None and (latest is None or key > latest[:2]):
+            latest = (on, key[1], _parse_instant(_map(v).get("next_visit")))
+    if latest is not None and latest[2] is not None:
+        out["next_visit_planned"] = latest[2]
     return out
 
 
@@ -357,20 +382,37 @@ def _add_months(at: datetime, months: int) -> datetime:
     return at.replace(year=year, month=month, day=day)
 
 
-def deadlines(doc: Document, now: datetime | None = None,
-              rules: CaseRules | None = None) -> list[Deadline]:
-    """The case's deadlines as of ``now`` (UTC; default: the clock), in the rule table's
-    order, from the table the case records (``rules``: another one, for tests). A
-    household without a case has none; a closed case shows only what was met."""
-    case = case_record(doc)
-    if case is None:
+@dataclass(frozen=True)
+class Due:
+    """One deadline of a case, whatever the date: when it falls due, and when it was met
+    (None: not yet, or never, for a period or a recurring one). What the projection
+    keeps; whether it is overdue is for the reader's clock (:meth:`state`)."""
+
+    code: str
+    kind: str
+    due: datetime
+    met_at: datetime | None
+
+    def state(self, now: datetime) -> str:
+        if self.kind == "minimum":
+            return "complete" if now >= self.due else "running"
+        if self.met_at is not None:
+            return "met" if self.met_at <= self.due else "met_late"
+        return "overdue" if now > self.due else "open"
+
+
+def dues(household: Mapping[str, Any], rules: CaseRules | None = None) -> list[Due]:
+    """A case's deadlines, in the rule table's order, from the table the case records
+    (``rules``: another one, for tests); none without an open case. A closed case keeps
+    only what was met and its minimum periods."""
+    case = _map(household.get("case"))
+    stage = case.get("stage")
+    if stage is None:
         return []
     if rules is None:
         version = case.get("rules_version")
         rules = load_rules(version if isinstance(version, int) else None)
-    now = now if now is not None else datetime.now(UTC)
-    stage = case.get("stage")
-    found = anchors(doc)
+    found = anchors(household)
     out = []
     for rule in rules.deadlines:
         if rule.in_stages is not None and stage not in rule.in_stages and stage != "closed":
@@ -385,16 +427,21 @@ def deadlines(doc: Document, now: datetime | None = None,
             months += rule.months_by_model.get(str(case.get("model")), 0)
         due = _add_months(start, months) + timedelta(days=rule.days, hours=hours)
         met = found.get(rule.met_by) if rule.met_by is not None else None
-        if rule.kind == "minimum":
-            state = "complete" if now >= due else "running"
-        elif met is not None:
-            state = "met" if met <= due else "met_late"
-        else:
-            state = "overdue" if now > due else "open"
-        if stage == "closed" and state not in ("met", "met_late", "complete"):
+        if stage == "closed" and met is None and rule.kind != "minimum":
             continue
-        out.append(Deadline(rule.code, rule.kind, due, state, met))
+        out.append(Due(rule.code, rule.kind, due, met))
     return out
+
+
+def deadlines(household: Document | Mapping[str, Any], now: datetime | None = None,
+              rules: CaseRules | None = None) -> list[Deadline]:
+    """The case's deadlines as of ``now`` (UTC; default: the clock): :func:`dues`, each
+    with its state."""
+    plain = view(household) if isinstance(household, Document) else household
+    now = now if now is not None else datetime.now(UTC)
+    if now.tzinfo is None:  # a naive time is UTC, as everywhere in the household model
+        now = now.replace(tzinfo=UTC)
+    return [Deadline(d.code, d.kind, d.due, d.state(now), d.met_at) for d in dues(plain, rules)]
 
 
 # --- the server's check of a device's batch ----------------------------------
@@ -404,69 +451,152 @@ def _violation(path: tuple[str | int, ...], rule: str, why: str) -> Violation:
     return Violation(path, rule, f"{format_path(path)}: {rule}: {why}")
 
 
-def case_violations(before: Document, after: Document) -> list[Violation]:
-    """What a device's batch may not do to a case (the server's own changes, which apply
-    approved requests, are not checked). Each ``case_history`` entry the batch adds is a
-    move, checked on its own, ``from`` the stage its writer saw: a tablet offline for a
-    week may move a case several stages in one batch, and two teammates' concurrent
-    moves are each judged as made (the stage they both wrote is then a same-field
-    conflict, recorded for the team like any other). Refused:
+def _record_at(doc: Document, heads: list[bytes]) -> dict[str, Any] | None:
+    """The ``case`` record at ``heads`` (None: no case open there)."""
+    got = doc.get(ROOT, "case", heads)
+    if got is None or got[0] != ObjType.Map:
+        return None
+    record: dict[str, Any] = {}
+    for key in doc.keys(got[1], heads):
+        value = doc.get(got[1], key, heads)
+        if value is not None and isinstance(value[0], tuple):
+            record[key] = value[0][1]
+    return record if "stage" in record else None
 
-    * a move the case's rule table does not allow, an opening entry (no ``from``) at any
-      stage but the table's ``initial_stage``, or a stage the batch writes that none of
-      its entries enters (``stage-transition``);
-    * closing or reopening (``protected-path``: only an approved request does it);
-    * removing the case, or changing its rule version, its identification time or an
-      entry of its history once written (``case-record``).
-    """
-    was, now = case_record(before), case_record(after)
-    out: list[Violation] = []
-    if now is None:
-        if was is not None:
-            out.append(_violation(("case",), CASE_RECORD, "a case is never removed"))
-        return out
-    version = now.get("rules_version")
-    try:
-        rules = load_rules(version if isinstance(version, int) else None)
-    except CaseRulesError:
-        return [_violation(("case", "rules_version"), CASE_RECORD,
-                           "a case follows a packaged rule table")]
-    missing = [f for f in ("model", "rules_version", "identified_at") if f not in now]
-    if missing:
-        out.append(_violation(("case", missing[0]), CASE_RECORD,
-                              "an open case has its model, rule version and identification"))
-    if was is not None:
-        for field in ("rules_version", "identified_at"):
-            if was.get(field) != now.get(field):
-                out.append(_violation(("case", field), CASE_RECORD,
-                                      "fixed when the case is opened"))
-    old_history = dict(history(before))
-    new_history = history(after)
-    for ident, entry in old_history.items():
-        if dict(new_history).get(ident) != entry:
-            out.append(_violation(("case_history", ident), CASE_RECORD,
-                                  "a stage once entered stays recorded as it was"))
-    added = [(ident, e) for ident, e in new_history if ident not in old_history]
-    for ident, entry in added:
-        path: tuple[str | int, ...] = ("case_history", ident)
-        frm, to = entry.get("from"), entry.get("stage")
-        if "closed" in (frm, to):
-            out.append(_violation(path, CLOSED_BY_REQUEST,
-                                  "a case closes and reopens only by an approved "
-                                  "close_household or reopen_household request"))
-        elif frm is None:
-            if to != rules.initial_stage:
-                out.append(_violation(path, STAGE_TRANSITION,
-                                      f"a case is opened at {rules.initial_stage}"))
-        elif not isinstance(frm, str) or not isinstance(to, str) or not rules.may_move(frm, to):
-            out.append(_violation(path, STAGE_TRANSITION,
-                                  f"not a move rule table {rules.version} allows"))
-    stage = now.get("stage")
-    if (was is None or stage != was.get("stage")) \
-            and not any(e.get("stage") == stage for _, e in added):
-        out.append(_violation(("case", "stage"), STAGE_TRANSITION,
-                              "a move records the stage it enters in the case's history"))
+
+def _history_at(doc: Document, heads: list[bytes]) -> list[tuple[str, dict[str, Any]]]:
+    got = doc.get(ROOT, "case_history", heads)
+    if got is None or got[0] != ObjType.List:
+        return []
+    out = []
+    for value, exid in doc.values(got[1], heads):
+        if isinstance(value, ObjType) and value == ObjType.Map:
+            entry: dict[str, Any] = {}
+            for key in doc.keys(exid, heads):
+                v = doc.get(exid, key, heads)
+                if v is not None and isinstance(v[0], tuple):
+                    entry[key] = v[0][1]
+            out.append((element_id(exid) or "", entry))
     return out
+
+
+def _stage_conflict_values(doc: Document, heads: list[bytes]) -> set[Any]:
+    """Values of the case's stage that a conflict record open at ``heads`` lists (what a
+    resolution written on top of them picks)."""
+    got = doc.get(ROOT, "conflicts", heads)
+    if got is None or got[0] != ObjType.Map:
+        return set()
+    out: set[Any] = set()
+    for key in doc.keys(got[1], heads):
+        record = doc.get(got[1], key, heads)
+        if record is None or record[0] != ObjType.Map:
+            continue
+        path, values = doc.get(record[1], "path", heads), doc.get(record[1], "values", heads)
+        if path is None or values is None \
+                or doc.get(record[1], "resolved_by", heads) is not None:
+            continue
+        segments = [v[1] for v, _ in doc.values(path[1], heads) if isinstance(v, tuple)]
+        if segments == ["case", "stage"]:
+            out |= {v[1] for v, _ in doc.values(values[1], heads) if isinstance(v, tuple)}
+    return out
+
+
+def closed_stage_lost(doc: Document) -> bool:
+    """A closed household whose case's stage is not ``closed``: a worker's move made
+    offline, concurrent with the approved closing, won Automerge's tie-break. The server
+    writes ``closed`` back (closing outranks, as a delivery outranks a concurrent
+    cancellation); the conflict record keeps the worker's value."""
+    status = doc.get(ROOT, "status")
+    record = case_record(doc)
+    return (status is not None and isinstance(status[0], tuple) and status[0][1] == "closed"
+            and record is not None and record.get("stage") != "closed")
+
+
+def case_violations(before: Document, after: Document) -> list[Violation]:
+    """What a device's batch (``after``'s changes that ``before`` lacks) may not do to a
+    case; the server's own changes, which apply approved requests, are not checked.
+
+    Each change of the batch is judged against the document **at its own dependencies**,
+    what its writer saw: a tablet offline for a week may move a case several stages in
+    one batch, each move judged from the stage it left, and two teammates who moved the
+    case apart offline are each judged as they moved (the stage both wrote is then a
+    same-field conflict, recorded by the server). Per change, refused:
+
+    * a ``case_history`` entry whose ``from`` is not the stage the case was in (or the
+      stage the change's previous entry entered), a move the case's rule table does not
+      allow, an opening entry (no ``from``) on a case already open or at another stage
+      than the table's ``initial_stage``, or a stage written that the change's last
+      entry does not enter (``stage-transition``); writing the stage with no entry is
+      allowed only to pick a value an open conflict record lists (resolving it);
+    * any entry to or from ``closed``, or any on a closed case (``protected-path``: a
+      case closes and reopens only by an approved request);
+    * removing an open case, or changing its rule version, its identification time or an
+      entry of its history (``case-record``).
+    """
+    out: list[Violation] = []
+    for change in after.get_changes(before.get_heads()):
+        pre, post = list(change.deps), [change.hash]
+        was, now = _record_at(after, pre), _record_at(after, post)
+        old = dict(_history_at(after, pre))
+        entries = _history_at(after, post)
+        for ident, entry in old.items():
+            if dict(entries).get(ident) != entry:
+                out.append(_violation(("case_history", ident), CASE_RECORD,
+                                      "a stage once entered stays recorded as it was"))
+        added = [(ident, e) for ident, e in entries if ident not in old]
+        if now is None:
+            if was is not None:
+                out.append(_violation(("case",), CASE_RECORD, "a case is never removed"))
+            elif added:
+                out.append(_violation(("case_history", added[0][0]), STAGE_TRANSITION,
+                                      "a stage is recorded for an open case only"))
+            continue
+        version = now.get("rules_version")
+        try:
+            rules = load_rules(version if isinstance(version, int) else None)
+        except CaseRulesError:
+            out.append(_violation(("case", "rules_version"), CASE_RECORD,
+                                  "a case follows a packaged rule table"))
+            continue
+        missing = [f for f in ("model", "rules_version", "identified_at") if f not in now]
+        if missing:
+            out.append(_violation(("case", missing[0]), CASE_RECORD,
+                                  "an open case has its model, rule version and identification"))
+        if was is not None:
+            for field in ("rules_version", "identified_at"):
+                if was.get(field) != now.get(field):
+                    out.append(_violation(("case", field), CASE_RECORD,
+                                          "fixed when the case is opened"))
+        expected = None if was is None else was.get("stage")
+        for ident, entry in added:
+            path: tuple[str | int, ...] = ("case_history", ident)
+            frm, to = entry.get("from"), entry.get("stage")
+            if "closed" in (frm, to, expected):
+                out.append(_violation(path, CLOSED_BY_REQUEST,
+                                      "a case closes and reopens only by an approved "
+                                      "close_household or reopen_household request"))
+            elif frm is None:
+                if expected is not None or to != rules.initial_stage:
+                    out.append(_violation(path, STAGE_TRANSITION,
+                                          f"a case is opened once, at {rules.initial_stage}"))
+            elif frm != expected:
+                out.append(_violation(path, STAGE_TRANSITION,
+                                      "a move starts from the stage the case was in"))
+            elif not isinstance(to, str) or not rules.may_move(frm, to):
+                out.append(_violation(path, STAGE_TRANSITION,
+                                      f"not a move rule table {rules.version} allows"))
+            expected = to
+        stage = now.get("stage")
+        if added and stage != expected:
+            out.append(_violation(("case", "stage"), STAGE_TRANSITION,
+                                  "the stage is the one the last move entered"))
+        elif not added and stage != (None if was is None else was.get("stage")) and (
+                was is None or stage not in _stage_conflict_values(after, pre)
+                or "closed" in (stage, was.get("stage"))):
+            # (a stage written with no move is a resolution picking a recorded value)
+            out.append(_violation(("case", "stage"), STAGE_TRANSITION,
+                                  "a move records the stage it enters in the case's history"))
+    return list({(v.path, v.rule): v for v in out}.values())
 
 
 def stage_entered(doc: Document) -> dict[str, str]:

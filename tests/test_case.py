@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from automerge.core import ROOT, ScalarType
+from automerge.core import ROOT, ObjType, ScalarType
 
 from conflict import Household, InvalidValueError, validate
 from conflict import case as c
@@ -346,3 +346,151 @@ def test_a_household_registered_before_cases_is_told_so_and_left_untouched() -> 
         assert err.value.rule == "missing"
     assert h.doc.get_heads() == heads
     assert (h.case(), h.deadlines(), validate(h.doc)) == (None, [], [])
+
+
+# --- regressions found in review ------------------------------------------------------
+
+
+def raw_entry(h: Household, stage: str, frm: str | None, *, put_stage: bool = True) -> None:
+    """A modified client's move: any ``from``, the stage written or not."""
+    doc = h.doc
+    case, history = doc.get(ROOT, "case")[1], doc.get(ROOT, "case_history")[1]
+    with doc.transaction() as tx:
+        if put_stage:
+            tx.put(case, "stage", ScalarType.Str, stage)
+        entry = tx.insert_object(history, tx.length(history), ObjType.Map)
+        for key, value in (("stage", stage), ("entered_at", "2026-03-03T10:00:00Z"),
+                           ("by", "ana"), *((("from", frm),) if frm else ())):
+            tx.put(entry, key, ScalarType.Str, value)
+
+
+def monitoring() -> Household:
+    h = opened()
+    for stage in ("detailed_assessment", "planning", "services", "monitoring"):
+        h.move_stage(stage)
+    return h
+
+
+def closed_case() -> Household:
+    h = opened()
+    h.set_status("active")
+    h.as_author("sup-cj").apply_request(h.request_change("close_household", {}, "moved"),
+                                        as_server=True)
+    return h
+
+
+@pytest.mark.parametrize(("make", "edit", "rule"), [
+    (opened, lambda h: raw_entry(h, "post_services", "monitoring"), "stage-transition"),
+    (closed_case, lambda h: raw_entry(h, "services", "monitoring"), "protected-path"),
+    (monitoring, lambda h: raw_entry(h, "identification", None), "stage-transition"),
+    (opened, lambda h: raw_entry(h, "services", "planning", put_stage=False),
+     "stage-transition"),
+])
+def test_a_move_is_judged_from_the_stage_the_case_was_in_not_the_one_it_claims(
+        make, edit, rule) -> None:
+    """Before: the server checked each history entry against the ``from`` it claimed.
+    Found in review, reproduced with raw entries: ``identification`` moved straight to
+    ``post_services`` by claiming ``from: monitoring``; a closed case reopened by a device
+    the same way; a monitored case sent back to ``identification`` by an entry with no
+    ``from``; an entry recording ``services`` without the stage changing, which marked
+    the service plan met. Each change is now judged against the document at its own
+    dependencies."""
+    h = make()
+    before = h.doc.fork()
+    edit(h)
+    assert rule in {v.rule for v in c.case_violations(before, h.doc)}
+
+
+def test_a_case_opened_at_a_later_stage_with_a_made_up_history_is_refused() -> None:
+    """Before: a new case written straight at ``monitoring`` with an entry claiming
+    ``from: services`` passed (found in review)."""
+    h = Household.create(locality="54975", county="CJ", address="x", author="ana")
+    before = h.doc.fork()
+    case = h.doc.get(ROOT, "case")[1]
+    with h.doc.transaction() as tx:
+        for key, value in (("stage", "monitoring"), ("model", "aurora"),
+                           ("identified_at", OPENED)):
+            tx.put(case, key, ScalarType.Str, value)
+        tx.put(case, "rules_version", ScalarType.Int, 1)
+    raw_entry(h, "monitoring", "services", put_stage=False)
+    assert "stage-transition" in {v.rule for v in c.case_violations(before, h.doc)}
+
+
+def test_two_teammates_opening_the_case_offline_are_both_accepted() -> None:
+    """Before: the second upload was refused ``case-record`` when its ``identified_at``
+    won Automerge's tie-break over the first's, and the rebuild dropped it (found in
+    review; it depended on the devices' random actor ids). Each opening is now judged
+    against what its writer saw: no case."""
+    blank = Household.create(locality="54975", county="CJ", address="x", author="ana")
+    server = blank.doc.fork()
+    ana = Household(blank.doc.fork(), blank.household_id, author="ana", guard=True)
+    nurse = Household(blank.doc.fork(), blank.household_id, author="nurse", guard=True)
+    ana.doc.set_actor(bytes([0x10]) * 16)
+    nurse.doc.set_actor(bytes([0xf0]) * 16)  # the larger actor id wins the tie-break
+    ana.open_case(identified_at="2026-11-02T08:00:00Z")
+    nurse.open_case(identified_at="2026-11-02T09:30:00Z")
+    for first, second in ((ana, nurse), (nurse, ana)):
+        one = server.fork()
+        one.merge(first.doc)
+        both = one.fork()
+        both.merge(second.doc)
+        assert c.case_violations(server, one) == []
+        assert c.case_violations(one, both) == []
+
+
+def test_resolving_a_stage_conflict_may_pick_the_value_that_lost() -> None:
+    """Before: picking the losing value of a recorded stage conflict wrote the stage with
+    no move, and was refused ``stage-transition`` (found in review). A stage written
+    without a move is accepted when an open conflict record lists it."""
+    h = monitoring()
+    server = Household(h.doc, h.household_id, author="vatra")  # the server records it
+    server.record_conflict(["case", "stage"], ["planning", "post_services"])
+    before = h.doc.fork()
+    [recorded] = h.conflicts(open_only=True)
+    h.resolve_conflict(recorded["conflict_id"], "post_services")
+    assert c.case_violations(before, h.doc) == []
+    # without a conflict listing it, the same write is refused
+    other = monitoring()
+    before = other.doc.fork()
+    with other.doc.transaction() as tx:
+        tx.put(other.doc.get(ROOT, "case")[1], "stage", ScalarType.Str, "post_services")
+    assert [v.rule for v in c.case_violations(before, other.doc)] == ["stage-transition"]
+
+
+def test_post_service_monitoring_counts_from_the_latest_entry() -> None:
+    """Before: re-entering ``post_services`` kept the first entry's three months, so the
+    minimum read ``complete`` too early (found in review)."""
+    h = opened()
+    for stage, at in (("detailed_assessment", "2026-03-03T10:00:00Z"),
+                      ("planning", "2026-03-04T10:00:00Z"), ("services", "2026-03-05T10:00:00Z"),
+                      ("monitoring", "2026-03-06T10:00:00Z"),
+                      ("post_services", "2026-04-15T10:00:00Z"),
+                      ("monitoring", "2026-05-01T10:00:00Z"),
+                      ("post_services", "2026-06-01T10:00:00Z")):
+        h.move_stage(stage, at=at)
+    got = by_code(h, datetime(2026, 8, 1, tzinfo=UTC))["post_service_monitoring"]
+    assert (got["due"], got["state"]) == ("2026-09-01T10:00:00Z", "running")
+
+
+def test_the_latest_of_two_visits_on_one_day_plans_the_next() -> None:
+    """Before: two reports of one day were ordered by their random ids, so the next
+    visit the later one planned could disappear (found in review)."""
+    for first, second in (("ffffffff-0000-4000-8000-000000000000",
+                           "00000000-0000-4000-8000-000000000000"),
+                          ("00000000-0000-4000-8000-000000000000",
+                           "ffffffff-0000-4000-8000-000000000000")):
+        h = opened()
+        h.record_visit(visited_on="2026-03-03", place="home", purpose="p", participants=[],
+                       synthesis="", visit_id=first, at="2026-03-03T09:00:00Z")
+        h.record_visit(visited_on="2026-03-03", place="school", purpose="p", participants=[],
+                       synthesis="", next_visit="2026-03-10", visit_id=second,
+                       at="2026-03-03T15:00:00Z")
+        assert by_code(h, datetime(2026, 3, 20, tzinfo=UTC))["next_visit"]["due"] == \
+            "2026-03-11T00:00:00Z"
+
+
+def test_a_naive_time_is_taken_as_utc() -> None:
+    """Before: ``deadlines(datetime(...))`` without a time zone raised TypeError."""
+    h = opened()
+    assert by_code(h, datetime(2026, 3, 5, 12)) == \
+        by_code(h, datetime(2026, 3, 5, 12, tzinfo=UTC))

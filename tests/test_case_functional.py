@@ -158,3 +158,32 @@ async def test_teammates_moving_the_case_apart_offline_get_a_recorded_conflict(
     assert [(c["path"], sorted(c["values"])) for c in recorded] == \
         [(["case", "stage"], ["planning", "post_services"])]
     assert len(Household(actor.doc, hid).case()["history"]) == 7  # both moves kept
+
+
+async def test_a_move_concurrent_with_the_closing_leaves_the_case_closed(
+        server, provision) -> None:
+    """Found in review: a worker offline moves the case on while the supervisor approves
+    its closing. The move is legal from where the worker stood, so it is accepted; but if
+    it won Automerge's tie-break, the closed household showed an open stage. The server
+    now writes ``closed`` back, and the conflict record keeps the worker's value."""
+    hid, _, (ana, sup) = await active_household(
+        server, provision, ("sup-cj", {"role": "supervisor", "county": "CJ"}))
+    with ana.edit(hid) as h:
+        h.open_case()
+        for stage in ("detailed_assessment", "planning", "services", "monitoring"):
+            h.move_stage(stage)
+        rid = h.request_change("close_household", {}, "the family moved away")
+    await SyncClient(ana, server.url).sync()
+    await SupervisorClient(sup, server.http_url).approve(hid, rid)
+    with ana.edit(hid) as h:  # offline: has not seen the approval
+        h.append_notes("notes from the last visit " * 8)  # (its counter passes the server's,
+        h.move_stage("post_services")                      # so the move wins the tie-break)
+    assert (await SyncClient(ana, server.url).sync()).rejected == []
+    seen = await server_case(server, hid)
+    assert seen["stage"] == "closed"
+    actor = await server.app[SYNCHRONIZER].registry.get(hid)
+    assert "stage-restored" in [e["kind"] for e in Household(actor.doc, hid).activity()]
+    actor = await server.app[SYNCHRONIZER].registry.get(hid)
+    recorded = Household(actor.doc, hid).conflicts(open_only=True)
+    assert [(c["path"], sorted(c["values"])) for c in recorded] == \
+        [(["case", "stage"], ["closed", "post_services"])]

@@ -182,3 +182,39 @@ def test_a_teammates_newer_values_are_not_overwritten_with_stale_ones() -> None:
                                    "first_name": "Anca"}
     assert recovery.reapplied == 2 and recovery.refiled == [f"members.{pid}.presence"]
     assert {c.actor_id for c in result.get_changes(server.get_heads())} == {bytes([1]) * 16}
+
+
+def test_an_activity_entry_the_schema_refuses_costs_only_itself() -> None:
+    """Found in review of the case work: list appends were matched to the checks'
+    refusals by element id only, which the policy's refusals use; the schema's name a
+    list entry by its position, so one activity entry breaking the schema matched no
+    edit and every local edit was dropped (the notes too). Reproduced with rebase on a
+    good note, a good activity entry and one whose kind is not a code."""
+    from automerge.core import ObjType
+
+    from client_sdk._recovery import rebase
+
+    h = Household.create(locality="54975", county="CJ", address="Str. Lunga 3", author="ana",
+                         actor_id=bytes([1]) * 16)
+    hid = h.household_id
+    h.set_notes("first visit\n")
+    h.set_status("active")
+    server = h.doc.fork()
+    server.set_actor(bytes([2]) * 16)
+    local = h.doc.fork()
+    local.set_actor(bytes([1]) * 16)
+    mine = Household(local, hid, author="ana")
+    mine.append_notes("second visit\n")
+    mine.append_activity("visit", "a good entry")
+    feed = local.get(ROOT, "activity")[1]
+    with local.transaction() as tx:
+        bad = tx.insert_object(feed, tx.length(feed), ObjType.Map)
+        for key, value in (("at", "2026-03-03T10:00:00Z"), ("by", "ana"),
+                           ("kind", "Not A Code!"), ("text", "x")):
+            tx.put(bad, key, ScalarType.Str, value)
+    result, recovery = rebase(local, server, hid, actor_id=bytes([1]) * 16, user_id="ana",
+                              role="worker", code="schema-violation")
+    got = Household(result, hid).to_dict()
+    assert got["notes"] == "first visit\nsecond visit\n"
+    assert [e["kind"] for e in got["activity"]] == ["registered", "visit"]
+    assert (recovery.reapplied, recovery.dropped) == (2, ["activity"])

@@ -32,6 +32,9 @@ async def seed(store) -> dict[tuple[str, str], str]:
         h.request_change("remove_member", {"person_id": pid}, "moved",
                          at="2026-01-07T09:00:00Z")
         h.record_conflict(("address",), ["Str. Mare 1", "Str. Mare 2"], at="2026-01-08T09:00:00Z")
+        h.open_case(identified_at="2026-01-05T09:00:00Z", at="2026-01-05T09:00:00Z")
+        h.record_visit(visited_on="2026-01-06", place="home", purpose="initial assessment",
+                       participants=[pid], synthesis="", at="2026-01-06T12:00:00Z")
         await store.create_household(HouseholdRecord(h.household_id, locality, county),
                                      stored(h.doc.get_changes([])))
         ids[(locality, county)] = h.household_id

@@ -1,6 +1,7 @@
 """The web tier's read API: household lists, profiles and indicator summaries (JSON).
 
-    GET /v1/web/households                     county, locality, status, q, page, per_page
+    GET /v1/web/households                     county, locality, status, q, stage, deadline,
+                                               due_before, page, per_page
     GET /v1/web/households/{household_id}      one household's profile
     GET /v1/web/summary                        level (locality | county | national), code
 
@@ -30,8 +31,9 @@ from typing import Any, cast
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from conflict.case import load_rules
 from conflict.ids import is_household_id
-from conflict.schema import HOUSEHOLD_STATUSES
+from conflict.schema import CASE_STAGES, HOUSEHOLD_STATUSES
 from sync_server.api.auth import SignedRequests
 from sync_server.api.errors import http_error
 from sync_server.projection import readmodel
@@ -46,6 +48,9 @@ _LOCALITY = re.compile(r"[0-9]{1,6}")    # SIRUTA code
 _COUNTY = re.compile(r"[A-Z]{1,2}")      # county code
 _AREA = re.compile(r"[0-9]{1,6}|[A-Z]{1,2}")
 _NUMBER = re.compile(r"[0-9]{1,7}")
+_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+STAGES = (*CASE_STAGES, "none")
+DEADLINES = ("any", *(d.code for d in load_rules().deadlines if d.kind == "deadline"))
 _LOCALITY_RULE = "a SIRUTA code (1 to 6 digits)"
 _COUNTY_RULE = "a county code (1 or 2 capital letters)"
 
@@ -72,6 +77,19 @@ def _text(request: web.Request, name: str, pattern: re.Pattern[str], expected: s
     if not pattern.fullmatch(value):
         raise _error(400, ErrorCode(f"{name}-format"), f"{name}: {expected}")
     return value
+
+
+def _day(request: web.Request, name: str) -> dt.date | None:
+    value = request.query.get(name)
+    if value is None:
+        return None
+    try:
+        if not _DAY.fullmatch(value):
+            raise ValueError(value)
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise _error(400, ErrorCode(f"{name.replace('_', '-')}-format"),
+                     f"{name}: a date, YYYY-MM-DD") from None
 
 
 def _number(request: web.Request, name: str, default: int, maximum: int) -> int:
@@ -102,9 +120,19 @@ def routes(engine: AsyncEngine, signed: SignedRequests) -> list[web.RouteDef]:
         q = request.query.get("q")
         if q is not None and len(q) > MAX_QUERY:
             raise _error(400, ErrorCode.Q_LENGTH, f"q: at most {MAX_QUERY} characters")
+        stage = request.query.get("stage")
+        if stage is not None and stage not in STAGES:
+            raise _error(400, ErrorCode.STAGE_ENUM, f"stage: one of {', '.join(STAGES)}")
+        deadline = request.query.get("deadline")
+        if deadline is not None and deadline not in DEADLINES:
+            raise _error(400, ErrorCode.DEADLINE_ENUM,
+                         f"deadline: one of {', '.join(DEADLINES)}")
+        due_before = _day(request, "due_before")
         wanted = ListFilter(county=_text(request, "county", _COUNTY, _COUNTY_RULE),
                             locality=_text(request, "locality", _LOCALITY, _LOCALITY_RULE),
-                            status=status, q=q,
+                            status=status, q=q, stage=stage,
+                            deadline=deadline if deadline is not None or due_before is None
+                            else "any", due_before=due_before,
                             page=_number(request, "page", 1, MAX_PAGE),
                             per_page=_number(request, "per_page", 20, MAX_PER_PAGE))
         async with readmodel.reading(engine, scope) as conn:
@@ -190,7 +218,9 @@ _HOUSEHOLD_ITEM = dict(
     id=_STR, locality=_STR, county=_STR, status=_s(), address=_s(),
     members_present=_INT, members_total=_INT, vulnerabilities=_INT, services_open=_INT,
     services_overdue=_INT, last_assessment_at=_s("date-time"), updated_at=_s("date-time"),
-    updated_by=_s())
+    updated_by=_s(), case_stage={"type": "string", "nullable": True,
+                                 "enum": [*CASE_STAGES, None],
+                                 "description": "null: no case open"})
 
 SCHEMAS: dict[str, Any] = {
     "WebHouseholdItem": _object(**_HOUSEHOLD_ITEM),
@@ -204,7 +234,17 @@ SCHEMAS: dict[str, Any] = {
         **_HOUSEHOLD_ITEM, "lat": {"type": "number", "nullable": True},
         "lon": {"type": "number", "nullable": True}, "next_deadline": _s("date"),
         "last_assessment_id": _s(), "created_by": _s(), "created_at": _s("date-time"),
-        "projected_at": _s("date-time", nullable=False)}),
+        "projected_at": _s("date-time", nullable=False),
+        "case_stage_since": _s("date-time"), "case_model": _s()}),
+    "WebCaseDeadline": _object(
+        code=_STR, kind={"type": "string", "enum": ["deadline", "minimum"]},
+        due=_s("date-time", False), met_at=_s("date-time"),
+        state={"type": "string", "enum": ["met", "met_late", "open", "overdue", "running",
+                                          "complete"],
+               "description": "by the server's clock when answered"}),
+    "WebVisit": _object(visit_id=_STR, visited_on=_s("date"), place=_s(), purpose=_s(),
+                        participants=_ANY, synthesis=_s(), next_visit=_s("date"), by=_s(),
+                        recorded_at=_s("date-time")),
     "WebPerson": _object(person_id=_STR, first_name=_s(), last_name=_s(),
                          birth_date=_s("date"), sex=_s(), relation_to_head=_s(), presence=_s()),
     "WebAnswers": _object(person_id=_STR, assessment_id=_STR, assessed_at=_s("date-time"),
@@ -238,7 +278,8 @@ SCHEMAS: dict[str, Any] = {
             ("assessments", "WebAssessment"),
             ("vulnerabilities", "WebVulnerability"), ("services", "WebService"),
             ("activity", "WebActivity"), ("change_requests", "WebChangeRequest"),
-            ("conflicts", "WebConflict"))}),
+            ("conflicts", "WebConflict"), ("case_deadlines", "WebCaseDeadline"),
+            ("visits", "WebVisit"))}),
     "WebVulnerabilityCount": _object(
         code=_STR, children=_INT, adults=_INT, households=_INT,
         persons={**_INT, "description": "person subjects (children, adults, unknown age)"}),
@@ -261,6 +302,13 @@ PATHS: dict[str, Any] = {
             _query("status", {"type": "string", "enum": list(HOUSEHOLD_STATUSES)}, "status"),
             _query("q", {"type": "string", "maxLength": MAX_QUERY},
                    "text in the address or a member's name (case-insensitive)"),
+            _query("stage", {"type": "string", "enum": list(STAGES)},
+                   'the case\'s stage ("none": no case open)'),
+            _query("deadline", {"type": "string", "enum": list(DEADLINES)},
+                   "households with this case deadline (any: any) unmet and due before "
+                   "due_before, or overdue now when due_before is not given"),
+            _query("due_before", {"type": "string", "format": "date"},
+                   "with deadline: due before this day (alone: any deadline)"),
             _query("page", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 1},
                    "page number, from 1"),
             _query("per_page", {"type": "integer", "minimum": 1, "maximum": MAX_PER_PAGE,

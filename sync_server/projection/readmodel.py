@@ -24,6 +24,7 @@ is before ``current_date``.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -39,10 +40,12 @@ from sync_server.store.tables import WEB_ROLE, proj_households
 from sync_server.store.tables import proj_activity as activity
 from sync_server.store.tables import proj_answers as answers
 from sync_server.store.tables import proj_assessments as assessments
+from sync_server.store.tables import proj_case_deadlines as case_deadlines
 from sync_server.store.tables import proj_change_requests as change_requests
 from sync_server.store.tables import proj_conflicts as conflicts
 from sync_server.store.tables import proj_persons as persons
 from sync_server.store.tables import proj_services as services
+from sync_server.store.tables import proj_visits as visits
 from sync_server.store.tables import proj_vulnerabilities as vulnerabilities
 
 EN_DASH = "\u2013"
@@ -123,6 +126,9 @@ class ListFilter:
     locality: str | None = None
     status: str | None = None
     q: str | None = None  # matched against the lower-case address and member names
+    stage: str | None = None  # a case stage, or "none": no case open
+    deadline: str | None = None  # a deadline code, or "any": one unmet and due ...
+    due_before: dt.date | None = None  # ... before this day (None: before now, overdue)
     page: int = 1
     per_page: int = 20
 
@@ -133,6 +139,22 @@ def _overdue(service: sa.FromClause) -> sa.ColumnElement[bool]:
     open_: sa.BindParameter[list[str]] = sa.bindparam(
         "open_service", list(OPEN_SERVICE), expanding=True, literal_execute=True)
     return sa.and_(service.c.status.in_(open_), service.c.deadline < sa.func.current_date())
+
+
+def _unmet(d: sa.FromClause) -> sa.ColumnElement[bool]:
+    """An unmet deadline (not a minimum period): what can be due or overdue."""
+    return sa.and_(d.c.met_at.is_(None), d.c.kind == sa.literal_column("'deadline'"))
+
+
+def deadline_state(d: sa.FromClause) -> sa.ColumnElement[str]:
+    """A deadline's state by the database's clock: what ``conflict.case.Due.state`` says by
+    the tablet's (tests/test_case_webapi_functional.py checks they agree)."""
+    return sa.case(
+        (d.c.kind == "minimum", sa.case((sa.func.now() >= d.c.due, "complete"),
+                                        else_="running")),
+        (d.c.met_at.is_not(None), sa.case((d.c.met_at <= d.c.due, "met"), else_="met_late")),
+        (sa.func.now() > d.c.due, "overdue"),
+        else_="open").label("state")
 
 
 def _like_pattern(text: str) -> str:
@@ -162,6 +184,19 @@ async def list_households(conn: AsyncConnection, scope: Scope, f: ListFilter) ->
         conditions.append(sa.false())
     elif f.q:
         conditions.append(h.c.search.ilike(_like_pattern(f.q), escape="\\"))
+    if f.stage == "none":
+        conditions.append(h.c.case_stage.is_(None))
+    elif f.stage is not None:
+        conditions.append(h.c.case_stage == f.stage)
+    if f.deadline is not None:
+        d = case_deadlines.alias("d")
+        due = sa.select(sa.literal(1)).select_from(d).where(
+            d.c.household_id == h.c.household_id, _unmet(d),
+            d.c.due < (sa.func.now() if f.due_before is None
+                       else sa.cast(f.due_before, sa.Date)))
+        if f.deadline != "any":
+            due = due.where(d.c.code == f.deadline)
+        conditions.append(due.exists())
     where = sa.and_(*conditions)
     total = (await conn.execute(sa.select(sa.func.count()).select_from(h).where(where))).scalar_one()
     overdue = (sa.select(sa.func.count()).select_from(s)
@@ -177,7 +212,7 @@ async def list_households(conn: AsyncConnection, scope: Scope, f: ListFilter) ->
         sa.select(h.c.household_id.label("id"), h.c.locality, h.c.county, h.c.status, h.c.address,
                   h.c.members_present, h.c.members_total, h.c.vulnerabilities, h.c.services_open,
                   overdue.label("services_overdue"), h.c.last_assessment_at, h.c.updated_at,
-                  h.c.updated_by)
+                  h.c.updated_by, h.c.case_stage)
         .join_from(h, page, page.c.household_id == h.c.household_id)
         .order_by(*order))).mappings().all()
     return {"total": total, "page": f.page, "per_page": f.per_page,
@@ -189,7 +224,8 @@ async def list_households(conn: AsyncConnection, scope: Scope, f: ListFilter) ->
 _HOUSEHOLD_COLUMNS = ("locality", "county", "status", "address", "lat", "lon", "members_present",
                       "members_total", "vulnerabilities", "services_open", "next_deadline",
                       "last_assessment_id", "last_assessment_at", "created_by", "created_at",
-                      "updated_by", "updated_at", "projected_at")
+                      "updated_by", "updated_at", "projected_at", "case_stage",
+                      "case_stage_since", "case_model")
 
 
 def _columns(table: sa.Table, *skip: str) -> list[sa.Column[Any]]:
@@ -237,6 +273,11 @@ async def household_profile(conn: AsyncConnection, scope: Scope,
             change_requests.c.requested_at.nulls_last(), change_requests.c.request_id])),
         "conflicts": await _rows(conn, of(conflicts, *_columns(conflicts), order=[
             conflicts.c.detected_at.nulls_last(), conflicts.c.conflict_id])),
+        "case_deadlines": await _rows(conn, of(
+            case_deadlines, *_columns(case_deadlines), deadline_state(case_deadlines),
+            order=[case_deadlines.c.due, case_deadlines.c.code])),
+        "visits": await _rows(conn, of(visits, *_columns(visits), order=[
+            visits.c.visited_on.desc().nulls_last(), visits.c.visit_id])),
     }
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from conflict import case as case_rules
 from conflict.catalogue import Catalogue, age_on, assessment_order, derive, standing_answers
 
 #: Services still to be delivered: the ones that can be overdue.
@@ -219,6 +220,27 @@ def project(household_id: str, doc: Mapping[str, Any], *, locality: str, county:
                               "by": _str(a.get("by")), "kind": _str(a.get("kind")),
                               "text": _str(a.get("text"))})
 
+    # The case: its stage, and each deadline's due time and when it was met; whether one
+    # is overdue is for the query's clock (nothing here reads the date).
+    case = _map(doc.get("case"))
+    stage = _str(case.get("stage"))
+    history = doc.get("case_history")
+    entered = [_instant(_map(e).get("entered_at")) for e in
+               (history if isinstance(history, list) else []) if _map(e).get("stage") == stage]
+    since = max((at for at in entered if at is not None), default=None)
+    deadline_rows = [{**scope, "code": d.code, "kind": d.kind, "due": d.due, "met_at": d.met_at}
+                     for d in case_rules.dues(doc)] if stage is not None else []
+    visit_rows = []
+    for vid, raw in sorted(_map(doc.get("visits")).items()):
+        v = _map(raw)
+        synthesis = v.get("synthesis")
+        visit_rows.append({**scope, "visit_id": str(vid), "visited_on": _date(v.get("visited_on")),
+                           "place": _str(v.get("place")), "purpose": _str(v.get("purpose")),
+                           "participants": _json(v.get("participants") or []),
+                           "synthesis": synthesis if isinstance(synthesis, str) else None,
+                           "next_visit": _date(v.get("next_visit")), "by": _str(v.get("by")),
+                           "recorded_at": _instant(v.get("recorded_at"))})
+
     registered = next((_map(a) for a in feed if _map(a).get("kind") == "registered"), {})
     gps = _map(doc.get("gps"))
     open_deadlines = [r["deadline"] for r in service_rows
@@ -238,6 +260,8 @@ def project(household_id: str, doc: Mapping[str, Any], *, locality: str, county:
         "created_by": _str(registered.get("by")),
         "created_at": _instant(registered.get("at")),
         "updated_by": log.updated_by, "updated_at": log.updated_at,
+        "case_stage": stage, "case_stage_since": since,
+        "case_model": _str(case.get("model")) if stage is not None else None,
         "search": " ".join([address or "", *names]).lower().strip(),
         "projected_seq": log.last_seq,
     }
@@ -245,5 +269,5 @@ def project(household_id: str, doc: Mapping[str, Any], *, locality: str, county:
             "assessments": assessment_rows,
             "vulnerabilities": vulnerability_rows, "services": service_rows,
             "change_requests": request_rows, "conflicts": conflict_rows,
-            "activity": activity_rows}
+            "activity": activity_rows, "case_deadlines": deadline_rows, "visits": visit_rows}
 

@@ -95,6 +95,9 @@ class ErrorCode(StrEnum):
     PAGE_RANGE = "page-range"
     PER_PAGE_RANGE = "per-page-range"
     Q_LENGTH = "q-length"
+    STAGE_ENUM = "stage-enum"
+    DEADLINE_ENUM = "deadline-enum"
+    DUE_BEFORE_FORMAT = "due-before-format"
     # -- a decision the household no longer allows (409): the household model's rule
     MISSING = "missing"
     DECIDED = "decided"

@@ -243,11 +243,16 @@ proj_households = _scoped(
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=True),
     sa.Column("search", sa.Text, nullable=False),  # lower-case address and member names
     sa.Column("projected_seq", sa.BigInteger, nullable=False),  # change log position
+    sa.Column("case_stage", sa.Text, nullable=True),  # None: no case open
+    sa.Column("case_stage_since", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("case_model", sa.Text, nullable=True),
     sa.Column("projected_at", sa.DateTime(timezone=True), nullable=False,
               server_default=sa.func.now()),
     sa.PrimaryKeyConstraint("household_id"),
     sa.Index("proj_households_county_locality_status", "county", "locality", "status"),
     sa.Index("proj_households_county_status", "county", "status"),
+    sa.Index("proj_households_county_stage", "county", "case_stage"),
+    sa.Index("proj_households_locality_stage", "locality", "case_stage"),
 )
 
 # The list's order (newest update first, ties by id), per county, per locality and for the
@@ -391,7 +396,40 @@ proj_activity = _scoped(
     sa.PrimaryKeyConstraint("household_id", "position"),
 )
 
+#: A case's deadlines (conflict/case.py): when each falls due and when it was met; a
+#: query decides what is overdue with its own clock (``met_at IS NULL AND due < now()``).
+proj_case_deadlines = _scoped(
+    "case_deadlines",
+    sa.Column("code", sa.Text, nullable=False),
+    sa.Column("kind", sa.Text, nullable=False),  # deadline | minimum
+    sa.Column("due", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("met_at", sa.DateTime(timezone=True), nullable=True),
+    sa.PrimaryKeyConstraint("household_id", "code"),
+    # Unmet deadlines by due time, per locality / county (the due and overdue lists)
+    sa.Index("proj_case_deadlines_open_locality", "locality", "due",
+             postgresql_include=["county", "code"],
+             postgresql_where=sa.text("met_at IS NULL AND kind = 'deadline'")),
+    sa.Index("proj_case_deadlines_open_county", "county", "due",
+             postgresql_include=["locality", "code"],
+             postgresql_where=sa.text("met_at IS NULL AND kind = 'deadline'")),
+)
+
+proj_visits = _scoped(
+    "visits",
+    sa.Column("visit_id", sa.Text, nullable=False),
+    sa.Column("visited_on", sa.Date, nullable=True),
+    sa.Column("place", sa.Text, nullable=True),
+    sa.Column("purpose", sa.Text, nullable=True),
+    sa.Column("participants", postgresql.JSONB, nullable=False),
+    sa.Column("synthesis", sa.Text, nullable=True),
+    sa.Column("next_visit", sa.Date, nullable=True),
+    sa.Column("by", sa.Text, nullable=True),
+    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=True),
+    sa.PrimaryKeyConstraint("household_id", "visit_id"),
+)
+
 #: Every projection table, in the order the projector writes them.
 PROJ_TABLES: tuple[sa.Table, ...] = (
     proj_households, proj_persons, proj_answers, proj_assessments, proj_vulnerabilities,
-    proj_services, proj_change_requests, proj_conflicts, proj_activity)
+    proj_services, proj_change_requests, proj_conflicts, proj_activity, proj_case_deadlines,
+    proj_visits)

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 from automerge.core import ROOT, ScalarType
 
-from conflict import SERVER_AUTHOR, Household, InvalidValueError, policy
+from conflict import SERVER_AUTHOR, Household, InvalidValueError, case, policy
 from sync_server.auth.identity import IdentityStore, User
 from sync_server.store.contract import HouseholdStore
 from sync_server.sync import conflicts
@@ -44,6 +44,19 @@ def restore_lattice(regressions: list[tuple[str, str, str]]) -> Edit:
                               f"forward; a concurrent edit had moved it back)")
 
     return restore
+
+
+def restore_closed_stage(h: Household) -> None:
+    """A worker's concurrent move won the tie-break over the approved closing of the
+    household: write the case's ``closed`` stage back, and say why in the feed (the
+    conflict record keeps the worker's value)."""
+    got = h.doc.get(ROOT, "case")
+    if got is None or not case.closed_stage_lost(h.doc):
+        return
+    with h.doc.transaction() as tx:
+        tx.put(got[1], "stage", ScalarType.Str, "closed")
+    h.append_activity("stage-restored", "case: closed (the household was closed by an "
+                                        "approved request; a concurrent move had moved it)")
 
 
 def record_conflicts(found: list[conflicts.Detected],

@@ -38,6 +38,7 @@ from automerge.core import Document, SyncState
 from prometheus_client import Counter, Histogram
 
 from conflict import SERVER_AUTHOR, Household, validate
+from conflict import case as case_rules
 from sync_server.auth.grants import Grants
 from sync_server.auth.identity import Device, IdentityError, IdentityStore, User
 from sync_server.protocol import fastpath, wire
@@ -245,6 +246,9 @@ class Synchronizer:
         # is answered, so the device sees them in this very exchange (it stops when
         # heads match).
         user = grants.user
+        if checked.closed_stage_lost:
+            await self._follow_up(actor, followups.restore_closed_stage, user.id,
+                                  "restoring a closed case's stage")
         if checked.regressions:
             await self._follow_up(actor, followups.restore_lattice(checked.regressions),
                                   user.id, "restoring service statuses")
@@ -694,6 +698,8 @@ class _Checked:
     found: list[Any]
     #: actor ids of the batch not yet the device's: bound to it before the commit
     unbound: frozenset[bytes] = frozenset()
+    #: a move concurrent with the household's closing won the tie-break: closed again
+    closed_stage_lost: bool = False
 
 
 def _apply_and_check(actor: HouseholdActor, fork: Document, state: SyncState, data: bytes,
@@ -733,8 +739,10 @@ def _apply_and_check(actor: HouseholdActor, fork: Document, state: SyncState, da
              if (c.path[:1] != ("service_plan",) or c.path[-1] != "status")
              and c.path[:1] != ("attachments",)]
     CHECK_SECONDS.observe(time.perf_counter() - started)
+    lost = (sections is None or bool(sections & set(case_rules.sections()))) \
+        and case_rules.closed_stage_lost(fork)
     return _Checked(new, read, sections is None or bool(sections & {"team", "change_requests"}),
-                    regressions, approved, found, unbound)
+                    regressions, approved, found, unbound, lost)
 
 
 def _apply_new(doc: Document, state: SyncState, data: bytes, hid: str, device: Device,
