@@ -28,7 +28,8 @@ from sync_server.protocol.http_auth import sign
 pytestmark = pytest.mark.functional
 
 EXAMPLES = int(os.environ.get("VATRA_SCHEMATHESIS_EXAMPLES", "30"))
-WEB_PATHS = ("/v1/web/households", "/v1/web/households/{household_id}", "/v1/web/summary")
+WEB_PATHS = ("/v1/web/households", "/v1/web/households/{household_id}", "/v1/web/summary",
+             "/v1/web/persons", "/v1/web/households/{household_id}/assessments/compare")
 
 
 class DeviceAuth(requests.auth.AuthBase):

@@ -3,6 +3,9 @@
     GET /v1/web/households                     county, locality, status, q, stage, deadline,
                                                due_before, page, per_page
     GET /v1/web/households/{household_id}      one household's profile
+    GET /v1/web/households/{household_id}/assessments/compare   a, b: two assessment ids
+    GET /v1/web/persons                        county, locality, reassessment_due_before,
+                                               after, per_page
     GET /v1/web/summary                        level (locality | county | national), code
 
 Every call is signed by an enrolled device (:mod:`sync_server.api.auth`; unsigned or
@@ -32,12 +35,13 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from conflict.case import load_rules
-from conflict.ids import is_household_id
+from conflict.compare import UnknownAssessment, compare_assessments
+from conflict.ids import is_entity_id, is_household_id
 from conflict.schema import CASE_STAGES, HOUSEHOLD_STATUSES
 from sync_server.api.auth import SignedRequests
 from sync_server.api.errors import http_error
 from sync_server.projection import readmodel
-from sync_server.projection.readmodel import ListFilter, NoReadScope, Scope
+from sync_server.projection.readmodel import ListFilter, NoReadScope, PersonFilter, Scope
 from sync_server.protocol.errors import ErrorCode
 
 NO_STORE = {"Cache-Control": "no-store"}
@@ -49,6 +53,10 @@ _COUNTY = re.compile(r"[A-Z]{1,2}")      # county code
 _AREA = re.compile(r"[0-9]{1,6}|[A-Z]{1,2}")
 _NUMBER = re.compile(r"[0-9]{1,7}")
 _DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+#: A keyset position: any household id and person id shaped string orders (it need not
+#: name a row that exists).
+_AFTER = re.compile(r"[1-9A-HJ-NP-Za-km-z]{1,64}:[0-9a-f-]{1,36}")
+_ENTITY_ID_PATTERN = "^[0-9a-f]{8}-[0-9a-f]{4}-[47][0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
 STAGES = (*CASE_STAGES, "none")
 DEADLINES = ("any", *(d.code for d in load_rules().deadlines if d.kind == "deadline"))
 _LOCALITY_RULE = "a SIRUTA code (1 to 6 digits)"
@@ -151,6 +159,46 @@ def routes(engine: AsyncEngine, signed: SignedRequests) -> list[web.RouteDef]:
         return _answer(profile)
 
 
+    async def compare(request: web.Request) -> web.Response:
+        scope = await _scope(request)
+        hid = request.match_info["household_id"]
+        ids = []
+        for name in ("a", "b"):
+            value = request.query.get(name)
+            if value is None or not is_entity_id(value):
+                raise _error(400, ErrorCode(f"{name}-format"),
+                             f"{name}: an assessment id (a UUID)")
+            ids.append(value)
+        household = None
+        if is_household_id(hid):
+            async with readmodel.reading(engine, scope) as conn:
+                household = await readmodel.household_assessments(conn, scope, hid)
+        if household is None:
+            raise _error(404, ErrorCode.NOT_FOUND, "no such household")
+        try:
+            return _answer(compare_assessments(household, ids[0], ids[1]).to_json())
+        except UnknownAssessment:
+            raise _error(404, ErrorCode.NOT_FOUND,
+                         "no such assessment with answers in this household") from None
+
+    async def list_persons(request: web.Request) -> web.Response:
+        scope = await _scope(request)
+        after = request.query.get("after")
+        cursor = None
+        if after is not None:
+            if not _AFTER.fullmatch(after):
+                raise _error(400, ErrorCode.AFTER_FORMAT,
+                             "after: the 'next' of the previous page")
+            hid, _, pid = after.partition(":")
+            cursor = (hid, pid)
+        wanted = PersonFilter(county=_text(request, "county", _COUNTY, _COUNTY_RULE),
+                              locality=_text(request, "locality", _LOCALITY, _LOCALITY_RULE),
+                              reassessment_due_before=_day(request, "reassessment_due_before"),
+                              after=cursor,
+                              per_page=_number(request, "per_page", 50, MAX_PER_PAGE))
+        async with readmodel.reading(engine, scope) as conn:
+            return _answer(await readmodel.list_persons(conn, scope, wanted))
+
     async def summary(request: web.Request) -> web.Response:
         scope = await _scope(request)
         level = request.query.get("level")
@@ -167,6 +215,8 @@ def routes(engine: AsyncEngine, signed: SignedRequests) -> list[web.RouteDef]:
 
     return [web.get("/v1/web/households", list_households),
             web.get("/v1/web/households/{household_id}", household_profile),
+            web.get("/v1/web/households/{household_id}/assessments/compare", compare),
+            web.get("/v1/web/persons", list_persons),
             web.get("/v1/web/summary", summary)]
 
 
@@ -280,6 +330,24 @@ SCHEMAS: dict[str, Any] = {
             ("activity", "WebActivity"), ("change_requests", "WebChangeRequest"),
             ("conflicts", "WebConflict"), ("case_deadlines", "WebCaseDeadline"),
             ("visits", "WebVisit"))}),
+    "WebComparedSubject": _object(
+        subject={"type": "string", "description": 'a person id, or "household"'},
+        changed={"type": "array", "items": _object(indicator=_STR, before=_ANY, after=_ANY)},
+        gained={"type": "array", "items": _STR}, lost={"type": "array", "items": _STR}),
+    "WebComparison": _object(
+        earlier=_STR, later=_STR, earlier_at=_STR, later_at=_STR,
+        subjects={"type": "array", "items": _ref("WebComparedSubject")}),
+    "WebPersonItem": _object(
+        household_id=_STR, person_id=_STR, locality=_STR, county=_STR, first_name=_s(),
+        last_name=_s(), birth_date=_s("date"), sex=_s(), presence=_s(), case_stage=_s(),
+        last_assessed_at=_s("date-time"),
+        reassessment_due={**_s("date-time"), "description":
+                          "the member's latest completed assessment plus the case model's "
+                          "interval; null without an open case that re-assesses"}),
+    "WebPersonList": _object(
+        items={"type": "array", "items": _ref("WebPersonItem")},
+        next={"type": "string", "nullable": True,
+              "description": "give as after= for the next page; null on the last"}),
     "WebVulnerabilityCount": _object(
         code=_STR, children=_INT, adults=_INT, households=_INT,
         persons={**_INT, "description": "person subjects (children, adults, unknown age)"}),
@@ -322,6 +390,33 @@ PATHS: dict[str, Any] = {
             "type": "string", "pattern": "^[1-9A-HJ-NP-Za-km-z]{1,64}$"}}],
         "responses": {"200": _ok("the profile", "WebProfile"),
                       "401": _ERR, "403": _ERR, "404": _ERR}}},
+    "/v1/web/households/{household_id}/assessments/compare": {"get": {
+        "summary": "what changed between two assessments of a household (in either order): "
+                   "indicators, vulnerabilities gained and lost",
+        "security": _SIGNED,
+        "parameters": [
+            {"name": "household_id", "in": "path", "required": True, "schema": {
+                "type": "string", "pattern": "^[1-9A-HJ-NP-Za-km-z]{1,64}$"}},
+            _query("a", {"type": "string", "pattern": _ENTITY_ID_PATTERN}, "an assessment id",
+                   required=True),
+            _query("b", {"type": "string", "pattern": _ENTITY_ID_PATTERN},
+                   "another (or the same)", required=True)],
+        "responses": {"200": _ok("the comparison", "WebComparison"),
+                      "400": _ERR, "401": _ERR, "403": _ERR, "404": _ERR}}},
+    "/v1/web/persons": {"get": {
+        "summary": "members of the caller's scope's households, by household and person id",
+        "security": _SIGNED,
+        "parameters": [
+            _query("county", _COUNTY_SCHEMA, "county code"),
+            _query("locality", _LOCALITY_SCHEMA, "SIRUTA locality code"),
+            _query("reassessment_due_before", {"type": "string", "format": "date"},
+                   "present members whose re-assessment falls due before this day"),
+            _query("after", {"type": "string", "pattern": f"^{_AFTER.pattern}$"},
+                   "the previous page's next"),
+            _query("per_page", {"type": "integer", "minimum": 1, "maximum": MAX_PER_PAGE,
+                                "default": 50}, "members per page")],
+        "responses": {"200": _ok("a page of members", "WebPersonList"),
+                      "400": _ERR, "401": _ERR, "403": _ERR}}},
     "/v1/web/summary": {"get": {
         "summary": "indicators of a locality, a county or the nation, within the caller's scope",
         "description": "code is required for the locality and county levels and ignored for "

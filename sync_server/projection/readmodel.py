@@ -30,8 +30,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from conflict.case import load_rules
 from conflict.catalogue import ADULT_AGE
 from sync_server.auth.identity import User
 from sync_server.projection.rows import OPEN_SERVICE
@@ -279,6 +281,107 @@ async def household_profile(conn: AsyncConnection, scope: Scope,
         "visits": await _rows(conn, of(visits, *_columns(visits), order=[
             visits.c.visited_on.desc().nulls_last(), visits.c.visit_id])),
     }
+
+
+# --- persons across households ----------------------------------------------------
+
+#: Months between re-assessments by a case's model (the latest case rule table's).
+REASSESSMENT_MONTHS: dict[str, int] = next(
+    dict(d.months_by_model) for d in load_rules().deadlines
+    if d.code == "reassessment" and d.months_by_model is not None)
+#: Stages in which a case is re-assessed (the same rule's).
+REASSESSMENT_STAGES: tuple[str, ...] = next(
+    d.in_stages or () for d in load_rules().deadlines if d.code == "reassessment")
+
+
+@dataclass(frozen=True, slots=True)
+class PersonFilter:
+    county: str | None = None
+    locality: str | None = None
+    #: persons of households whose case re-assesses them (services, monitoring) whose own
+    #: latest completed assessment falls due for re-assessment before this day
+    reassessment_due_before: dt.date | None = None
+    after: tuple[str, str] | None = None  # keyset: the last (household id, person id) seen
+    per_page: int = 50
+
+
+async def list_persons(conn: AsyncConnection, scope: Scope, f: PersonFilter) -> dict[str, Any]:
+    """Members of the scope's households, ordered by (household id, person id), a page
+    after ``f.after`` (keyset: a page's place does not move when rows are added before
+    it). Each with the household's case stage, when the member was last assessed, and
+    when their re-assessment falls due (from the household's case model; None without an
+    open case in a stage that re-assesses)."""
+    p, h = persons, proj_households
+    last = (sa.select(assessments.c.household_id, assessments.c.person_id,
+                      sa.func.max(assessments.c.completed_at).label("last_assessed_at"))
+            .where(scope.where(assessments), assessments.c.completed_at.is_not(None),
+                   # (an assessment holds an empty answer map for every member it did not
+                   # reach: only the ones it answered for were assessed)
+                   assessments.c.answers != sa.cast(sa.literal("{}"), postgresql.JSONB))
+            .group_by(assessments.c.household_id, assessments.c.person_id).subquery("last"))
+    months = sa.case(*((h.c.case_model == model, n) for model, n in REASSESSMENT_MONTHS.items()),
+                     else_=None)
+    due = sa.case(
+        (h.c.case_stage.in_(REASSESSMENT_STAGES),
+         last.c.last_assessed_at + sa.func.make_interval(0, months)),
+        else_=None).label("reassessment_due")
+    conditions = [scope.where(p), scope.where(h)]
+    if f.county is not None:
+        conditions.append(p.c.county == f.county)
+    if f.locality is not None:
+        conditions.append(p.c.locality == f.locality)
+    if f.reassessment_due_before is not None:
+        conditions += [h.c.case_stage.in_(REASSESSMENT_STAGES), p.c.presence == "present",
+                       last.c.last_assessed_at + sa.func.make_interval(0, months)
+                       < sa.cast(f.reassessment_due_before, sa.Date)]
+    if f.after is not None:
+        conditions.append(sa.tuple_(p.c.household_id, p.c.person_id) > sa.tuple_(*f.after))
+    rows = await _rows(conn, sa.select(
+        p.c.household_id, p.c.person_id, p.c.locality, p.c.county, p.c.first_name,
+        p.c.last_name, p.c.birth_date, p.c.sex, p.c.presence, h.c.case_stage,
+        last.c.last_assessed_at, due)
+        .join_from(p, h, h.c.household_id == p.c.household_id)
+        .outerjoin(last, sa.and_(last.c.household_id == p.c.household_id,
+                                 last.c.person_id == p.c.person_id))
+        .where(*conditions)
+        .order_by(p.c.household_id, p.c.person_id).limit(f.per_page + 1))
+    more = len(rows) > f.per_page
+    rows = rows[:f.per_page]
+    return {"items": rows, "next": f"{rows[-1]['household_id']}:{rows[-1]['person_id']}"
+            if more else None}
+
+
+# --- comparing two assessments ------------------------------------------------------
+
+
+def _instant_z(at: dt.datetime | None) -> str | None:
+    return None if at is None else at.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def household_assessments(conn: AsyncConnection, scope: Scope,
+                                household_id: str) -> dict[str, Any] | None:
+    """A household's members and assessments as plain values, rebuilt from the projections
+    (what :func:`conflict.compare.compare_assessments` reads), or None outside the scope.
+    An assessment that recorded no answer has no row, and is not there."""
+    h = proj_households
+    if (await conn.execute(sa.select(h.c.household_id).where(
+            h.c.household_id == household_id, scope.where(h)))).first() is None:
+        return None
+    members = {r["person_id"]: {"birth_date": r["birth_date"].isoformat()
+                                if r["birth_date"] is not None else None,
+                                "sex": r["sex"], "presence": r["presence"]}
+               for r in await _rows(conn, sa.select(persons).where(
+                   persons.c.household_id == household_id, scope.where(persons)))}
+    found: dict[str, dict[str, Any]] = {}
+    for r in await _rows(conn, sa.select(assessments).where(
+            assessments.c.household_id == household_id, scope.where(assessments))):
+        entry = found.setdefault(r["assessment_id"], {
+            "started_at": _instant_z(r["started_at"]),
+            "catalogue_version": r["catalogue_version"], "answers": {}})
+        if r["completed_at"] is not None:
+            entry["completed_at"] = _instant_z(r["completed_at"])
+        entry["answers"][r["person_id"]] = r["answers"]
+    return {"members": members, "assessments": found}
 
 
 # --- indicator summaries ------------------------------------------------------

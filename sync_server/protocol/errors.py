@@ -98,6 +98,10 @@ class ErrorCode(StrEnum):
     STAGE_ENUM = "stage-enum"
     DEADLINE_ENUM = "deadline-enum"
     DUE_BEFORE_FORMAT = "due-before-format"
+    REASSESSMENT_DUE_BEFORE_FORMAT = "reassessment-due-before-format"
+    AFTER_FORMAT = "after-format"
+    A_FORMAT = "a-format"
+    B_FORMAT = "b-format"
     # -- a decision the household no longer allows (409): the household model's rule
     MISSING = "missing"
     DECIDED = "decided"
