@@ -12,6 +12,7 @@
                                     (sync_server/cli/projections.py)
     vatra projections rebuild [--household H]   re-project from the change log
     vatra status    projection backlog and lag
+    vatra open-data FILE [--threshold K]   the anonymized, aggregated public export
     vatra backup FILE | restore FILE   the database (sync_server/cli/backup.py)
 """
 
@@ -114,7 +115,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.command == "bench":
         from vatra_devtools.bench import run_bench
         return asyncio.run(run_bench(settings, args))
-    if args.command in ("projector", "projections", "status"):
+    if args.command in ("projector", "projections", "status", "open-data"):
         return asyncio.run(run_projection_command(settings, args))
     if args.command == "quarantine":
         return asyncio.run(run_quarantine(settings, args))

@@ -12,12 +12,18 @@ code, or to check the tables (a rebuild of correct rows writes nothing).
 
 ``vatra status`` prints the projection's state: households pending, the lag now
 (the age of the oldest change not yet projected), households projected.
+
+``vatra open-data FILE [--threshold K] [--csv]`` writes the anonymized, aggregated public
+export (sync_server/projection/opendata.py, docs/open-data.md): JSON, or CSV with one row
+per area and measure.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
+import io
 import json
 import signal
 import sys
@@ -27,6 +33,7 @@ from prometheus_client import start_http_server
 
 from sync_server.cli.common import open_store
 from sync_server.config import Settings
+from sync_server.projection import opendata
 from sync_server.projection.projector import Projector, projection_status, registered
 from sync_server.store.keys import KeyRingError, load_keyring
 from sync_server.store.postgres import PostgresStore
@@ -45,6 +52,12 @@ def add_projection_commands(sub: argparse._SubParsersAction[argparse.ArgumentPar
     rebuild.add_argument("--household", action="append", metavar="H",
                          help="only this household (repeatable); default: every household")
     rebuild.add_argument("--data-dir", type=Path)
+    public = sub.add_parser("open-data", help="write the anonymized, aggregated public export")
+    public.add_argument("file", type=Path, help="where to write it")
+    public.add_argument("--threshold", type=int, default=opendata.THRESHOLD, metavar="K",
+                        help=f"smallest count published (default {opendata.THRESHOLD})")
+    public.add_argument("--csv", action="store_true", help="CSV instead of JSON")
+    public.add_argument("--data-dir", type=Path)
     status = sub.add_parser("status", help="projection lag and backlog")
     status.add_argument("--data-dir", type=Path)
     status.add_argument("--json", action="store_true", help="print one JSON object")
@@ -70,6 +83,18 @@ async def _run(store: PostgresStore, args: argparse.Namespace) -> int:
                   f"projection lag now:            {state['lag_seconds']:.3f} s\n"
                   f"households projected:          {state['households_projected']}\n"
                   f"last projection at:            {state['last_projected_at'] or '-'}")
+        return 0
+    if args.command == "open-data":
+        if args.threshold < 1:
+            print("vatra: --threshold must be at least 1", file=sys.stderr)
+            return 2
+        document = await opendata.export(engine, args.threshold)
+        args.file.write_text(_as_csv(document) if args.csv else
+                             json.dumps(document, indent=1, ensure_ascii=False) + "\n",
+                             encoding="utf-8")
+        print(f"wrote {args.file}: {len(document['areas'])} area(s), "
+              f"{len(document['measures'])} measure(s), "
+              f"{document['suppressed_cells']} cell(s) suppressed below {args.threshold}")
         return 0
     projector = Projector(engine, store, poll=getattr(args, "poll", 0.25))
     if args.command == "projections":
@@ -100,3 +125,17 @@ async def _run(store: PostgresStore, args: argparse.Namespace) -> int:
     await projector.stopped(task)
     print(f"Vatra projector stopping ({projector.projected} projection(s))", flush=True)
     return 0
+
+
+def _as_csv(document: dict[str, object]) -> str:
+    """One row per area and measure; a suppressed count is an empty field."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["level", "code", "county", "measure", "count"])
+    areas = document["areas"]
+    assert isinstance(areas, list)
+    for area in areas:
+        for measure, count in sorted(area["counts"].items()):
+            writer.writerow([area["level"], area["code"], area["county"] or "", measure,
+                             "" if count is None else count])
+    return out.getvalue()
