@@ -52,7 +52,7 @@ from automerge.core import ROOT, Document, ObjType, ScalarType
 from . import answers as answers_rules
 from . import paths, policy
 from . import schema as s
-from .catalogue import LATEST_VERSION
+from .catalogue import LATEST_VERSION, age_on
 from .ids import is_household_id, new_entity_id, new_household_id
 from .validate import Path, format_path
 
@@ -309,7 +309,7 @@ class Household:
             # every section a device writes into is made here, once: two tablets making
             # one concurrently would each get its own, and one would hide the other's
             for key in ("members", "assessments", "service_plan", "change_requests", "conflicts",
-                        "attachments", "visits", "case"):
+                        "attachments", "visits", "case", "parents_abroad"):
                 tx.put_object(ROOT, key, ObjType.Map)
             tx.put_object(ROOT, "case_history", ObjType.List)
             activity = tx.put_object(ROOT, "activity", ObjType.List)
@@ -823,6 +823,63 @@ class Household:
             tx.splice_text(text, 0, 0, synthesis)  # type: ignore[attr-defined]
         return visit_id
 
+    def record_parent_abroad(self, child_id: str, *, parent: str, country: str,
+                             since: date | str, carer_name: str, carer_relation: str,
+                             carer_person_id: str | None = None,
+                             notified_on: date | str | None = None,
+                             record_id: str | None = None,
+                             at: datetime | str | None = None) -> str:
+        """Record that a parent (``mother`` or ``father``) of a child of the household works
+        abroad (GD 691/2015): in which country (ISO 3166-1 alpha-2) since when, who cares
+        for the child meanwhile, and when the parent notified the local public social
+        assistance service. One change; returns the record's id. Refused
+        (:class:`InvalidValueError`) before anything is written: a child who is not a
+        member, or was 18 or older when the parent left; a departure or a notice dated in
+        the future (the law asks for the notice at least 40 days before leaving; a late one
+        is recorded as it was given, and the annex shows both dates)."""
+        record_id = record_id if record_id is not None else new_entity_id()
+        base: Path = ("parents_abroad", record_id)
+        section = self._root_obj("parents_abroad")  # made at registration
+        if not s.FORMATS["entity_id"](record_id):
+            raise InvalidValueError(base, "format")
+        if self._obj(section, record_id) is not None:
+            raise ValueError(f"{format_path(base)}: already exists")
+        member = self.members().get(child_id)
+        if member is None:
+            raise UnknownEntityError("member", child_id)
+        fields: dict[str, Any] = {
+            "child_id": child_id, "parent": parent, "country": country,
+            "since": _date_str(since), "carer_name": carer_name,
+            "carer_relation": carer_relation, "by": self._by(), "recorded_at": utc_instant(at)}
+        if carer_person_id is not None:
+            if carer_person_id not in self.members():
+                raise InvalidValueError((*base, "carer_person_id"), "reference")
+            fields["carer_person_id"] = carer_person_id
+        if notified_on is not None:
+            fields["notified_on"] = _date_str(notified_on)
+        values = _record_values(s.PARENT_ABROAD, base, fields)
+        today = datetime.now(UTC).date()
+        for key in ("since", "notified_on"):
+            if key in fields and date.fromisoformat(fields[key]) > today:
+                raise InvalidValueError((*base, key), "future-date")
+        born = member.get("birth_date")
+        if isinstance(born, str) and s.FORMATS["date"](born) and \
+                age_on(born, date.fromisoformat(fields["since"])) >= 18:
+            raise InvalidValueError((*base, "child_id"), "not-a-child")
+        with self.doc.transaction() as tx:
+            obj = tx.put_object(section, record_id, ObjType.Map)
+            for key, stype, value in values:
+                tx.put(obj, key, stype, value)
+        return record_id
+
+    def parents_abroad(self) -> dict[str, dict[str, Any]]:
+        """Parents working abroad, by record id (GD 691/2015)."""
+        got = self.doc.get(ROOT, "parents_abroad")
+        if got is None or got[0] != ObjType.Map:
+            return {}
+        read: dict[str, dict[str, Any]] = self._read(got)
+        return read
+
     def visits(self) -> dict[str, dict[str, Any]]:
         """Visit reports by id (the synthesis as ``str``)."""
         got = self.doc.get(ROOT, "visits")
@@ -1216,6 +1273,9 @@ class Household:
             answer_maps = self._answer_maps_of(pid)
             for svc in (self._read_key(ROOT, "service_plan") or {}).values():
                 if isinstance(svc, dict) and svc.get("person_id") == pid:
+                    raise InvalidValueError(("members", pid), "reference")
+            for abroad in self.parents_abroad().values():
+                if pid in (abroad.get("child_id"), abroad.get("carer_person_id")):
                     raise InvalidValueError(("members", pid), "reference")
 
             def write(tx: Any) -> None:

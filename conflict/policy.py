@@ -527,6 +527,7 @@ ATTRIBUTIONS: Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "attachments": (("by",), ("added_at",)),
     "case_history": (("by",), ("entered_at",)),
     "visits": (("by",), ("recorded_at",)),
+    "parents_abroad": (("by",), ("recorded_at",)),
 }
 """Section -> (the fields of its entries that say who wrote them, the ones that say
 when). Whoever writes one of these fields names themselves in it: the user of the device

@@ -84,6 +84,19 @@ One household is one Automerge document. Its root map::
         next_visit        Str   date                               optional
         by                Str   user id
         recorded_at       Str   instant
+    parents_abroad   Map      record_id -> a parent of a child working abroad
+                              (GD 691/2015; conflict/household.py)  optional
+        child_id          Str   entity id of a member (a child)
+        parent            Str   mother | father
+        country           Str   ISO 3166-1 alpha-2, not RO
+        since             Str   date: when the parent left
+        carer_name        Str   non-empty: the child's designated carer
+        carer_relation    Str   non-empty ("grandmother")
+        carer_person_id   Str   the carer, if a member             optional
+        notified_on       Str   date: the parent's notification to
+                                the local public social assistance service  optional
+        by                Str   user id
+        recorded_at       Str   instant
     attachments      Map  entity id -> attachment                  optional
         name              Str   nonempty
         media_type        Str   type/subtype
@@ -139,6 +152,8 @@ __all__ = [
     "HOUSEHOLD",
     "HOUSEHOLD_STATUSES",
     "MEMBER",
+    "PARENTS",
+    "PARENT_ABROAD",
     "PRESENCES",
     "REQUEST_KINDS",
     "REQUEST_STATUSES",
@@ -227,6 +242,7 @@ _USER_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
 _CODE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 ELEMENT_ID = re.compile(r"[0-9]{1,19}@[0-9a-f]{2,64}")
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
+_COUNTRY_RE = re.compile(r"[A-Z]{2}")
 _MEDIA_TYPE_RE = re.compile(r"[a-z0-9][a-z0-9.+-]{0,62}/[a-z0-9][a-z0-9.+-]{0,62}")
 """A list element's id in a path: its creating operation's counter, ``@``, the actor in
 hex (Automerge's notation for an object id; see :mod:`conflict.paths`)."""
@@ -276,6 +292,9 @@ FORMATS: Mapping[str, Callable[[object], bool]] = {
     "attachment_size": lambda v: (isinstance(v, int) and not isinstance(v, bool)
                                   and 0 <= v <= MAX_ATTACHMENT_BYTES),
     "sha256": _matches(_SHA256_RE),
+    # a country abroad: ISO 3166-1 alpha-2, and not Romania
+    "country": lambda v: isinstance(v, str) and _COUNTRY_RE.fullmatch(v) is not None
+    and v != "RO",
     "media_type": _matches(_MEDIA_TYPE_RE),
     "part": lambda v: isinstance(v, bytes) and len(v) <= ATTACHMENT_PART_BYTES,
     "schema_version": lambda v: v == SCHEMA_VERSION,
@@ -464,6 +483,24 @@ VISIT = Record(
 )
 """A visit report: what the method's detailed assessment and monitoring stand on."""
 
+PARENTS = ("mother", "father")
+
+PARENT_ABROAD = Record(
+    {
+        "child_id": _s("entity_id", ref="members"),
+        "parent": _enum(PARENTS),
+        "country": _s("country"),
+        "since": _s("date"),
+        "carer_name": _s("nonempty"),
+        "carer_relation": _s("nonempty"),
+        "carer_person_id": _s("entity_id", required=False, ref="members"),
+        "notified_on": _s("date", required=False),
+        "by": _s("user_id"),
+        "recorded_at": _s("instant"),
+    }
+)
+"""A parent of a child who works abroad: what the annex of GD 691/2015 needs."""
+
 WRITER = Record({"by": _s("user_id"), "at": _s("instant")})
 """Who wrote one of a conflict's values, and when the server received it."""
 
@@ -499,6 +536,7 @@ HOUSEHOLD = Record(
         "case": CASE,
         "case_history": ListOf(CASE_HISTORY_ENTRY, required=False),
         "visits": MapOf(VISIT, key_format="entity_id", required=False),
+        "parents_abroad": MapOf(PARENT_ABROAD, key_format="entity_id", required=False),
         # optional: households registered before attachments existed have none
         "attachments": MapOf(ATTACHMENT, key_format="entity_id", required=False),
     }

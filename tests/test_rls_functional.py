@@ -35,6 +35,9 @@ async def seed(store) -> dict[tuple[str, str], str]:
         h.open_case(identified_at="2026-01-05T09:00:00Z", at="2026-01-05T09:00:00Z")
         h.record_visit(visited_on="2026-01-06", place="home", purpose="initial assessment",
                        participants=[pid], synthesis="", at="2026-01-06T12:00:00Z")
+        h.record_parent_abroad(pid, parent="mother", country="IT", since="2025-09-01",
+                               carer_name="Ana Pop", carer_relation="bunica",
+                               at="2026-01-06T12:00:00Z")
         await store.create_household(HouseholdRecord(h.household_id, locality, county),
                                      stored(h.doc.get_changes([])))
         ids[(locality, county)] = h.household_id

@@ -29,7 +29,9 @@ pytestmark = pytest.mark.functional
 
 EXAMPLES = int(os.environ.get("VATRA_SCHEMATHESIS_EXAMPLES", "30"))
 WEB_PATHS = ("/v1/web/households", "/v1/web/households/{household_id}", "/v1/web/summary",
-             "/v1/web/persons", "/v1/web/households/{household_id}/assessments/compare")
+             "/v1/web/persons", "/v1/web/households/{household_id}/assessments/compare",
+             "/v1/web/households/{household_id}/annex-691",
+             "/v1/web/households/{household_id}/annex-691.pdf")
 
 
 class DeviceAuth(requests.auth.AuthBase):

@@ -4,6 +4,7 @@
                                                due_before, page, per_page
     GET /v1/web/households/{household_id}      one household's profile
     GET /v1/web/households/{household_id}/assessments/compare   a, b: two assessment ids
+    GET /v1/web/households/{household_id}/annex-691[.pdf]   the GD 691/2015 annex
     GET /v1/web/persons                        county, locality, reassessment_due_before,
                                                after, per_page
     GET /v1/web/summary                        level (locality | county | national), code
@@ -25,6 +26,7 @@ of the OpenAPI document (sync_server/api/openapi.py).
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import functools
 import json
@@ -38,6 +40,7 @@ from conflict.case import load_rules
 from conflict.compare import UnknownAssessment, compare_assessments
 from conflict.ids import is_entity_id, is_household_id
 from conflict.schema import CASE_STAGES, HOUSEHOLD_STATUSES
+from sync_server.api import annex
 from sync_server.api.auth import SignedRequests
 from sync_server.api.errors import http_error
 from sync_server.projection import readmodel
@@ -181,6 +184,30 @@ def routes(engine: AsyncEngine, signed: SignedRequests) -> list[web.RouteDef]:
             raise _error(404, ErrorCode.NOT_FOUND,
                          "no such assessment with answers in this household") from None
 
+    async def _annex(request: web.Request) -> dict[str, Any]:
+        scope = await _scope(request)
+        hid = request.match_info["household_id"]
+        rows = None
+        if is_household_id(hid):
+            async with readmodel.reading(engine, scope) as conn:
+                rows = await readmodel.annex_rows(conn, scope, hid)
+        if rows is None:
+            raise _error(404, ErrorCode.NOT_FOUND, "no such household")
+        if not rows[2]:
+            raise _error(404, ErrorCode.NOT_FOUND,
+                         "no parent working abroad is recorded for this household")
+        return annex.content(*rows)
+
+    async def annex_json(request: web.Request) -> web.Response:
+        return _answer(await _annex(request))
+
+    async def annex_pdf(request: web.Request) -> web.Response:
+        document = await _annex(request)
+        body = await asyncio.to_thread(annex.render_pdf, document)  # CPU: off the loop
+        return web.Response(body=body, content_type="application/pdf", headers={
+            **NO_STORE, "Content-Disposition":
+                f'attachment; filename="anexa-691-{document["household"]["id"]}.pdf"'})
+
     async def list_persons(request: web.Request) -> web.Response:
         scope = await _scope(request)
         after = request.query.get("after")
@@ -217,6 +244,8 @@ def routes(engine: AsyncEngine, signed: SignedRequests) -> list[web.RouteDef]:
             web.get("/v1/web/households/{household_id}", household_profile),
             web.get("/v1/web/households/{household_id}/assessments/compare", compare),
             web.get("/v1/web/persons", list_persons),
+            web.get("/v1/web/households/{household_id}/annex-691", annex_json),
+            web.get("/v1/web/households/{household_id}/annex-691.pdf", annex_pdf),
             web.get("/v1/web/summary", summary)]
 
 
@@ -348,6 +377,17 @@ SCHEMAS: dict[str, Any] = {
         items={"type": "array", "items": _ref("WebPersonItem")},
         next={"type": "string", "nullable": True,
               "description": "give as after= for the next page; null on the last"}),
+    "WebAnnexParent": _object(
+        parent={"type": "string", "enum": ["mother", "father"]}, country=_STR,
+        since=_s("date"), notified_on=_s("date"),
+        carer=_object(name=_s(), relation=_s(), person_id=_s()), recorded_by=_s()),
+    "WebAnnexChild": _object(
+        person_id=_s(), first_name=_s(), last_name=_s(), birth_date=_s("date"),
+        parents_abroad={"type": "array", "items": _ref("WebAnnexParent")}),
+    "WebAnnex691": _object(
+        form=_STR, title=_STR, generated_on=_s("date", False),
+        household=_object(id=_STR, county=_STR, locality=_STR, address=_s()),
+        children={"type": "array", "items": _ref("WebAnnexChild")}),
     "WebVulnerabilityCount": _object(
         code=_STR, children=_INT, adults=_INT, households=_INT,
         persons={**_INT, "description": "person subjects (children, adults, unknown age)"}),
@@ -403,6 +443,24 @@ PATHS: dict[str, Any] = {
                    "another (or the same)", required=True)],
         "responses": {"200": _ok("the comparison", "WebComparison"),
                       "400": _ERR, "401": _ERR, "403": _ERR, "404": _ERR}}},
+    "/v1/web/households/{household_id}/annex-691": {"get": {
+        "summary": "the GD 691/2015 annex of a household: its children with a parent "
+                   "working abroad (404 when none is recorded)",
+        "security": _SIGNED,
+        "parameters": [{"name": "household_id", "in": "path", "required": True, "schema": {
+            "type": "string", "pattern": "^[1-9A-HJ-NP-Za-km-z]{1,64}$"}}],
+        "responses": {"200": _ok("the annex, as data", "WebAnnex691"),
+                      "401": _ERR, "403": _ERR, "404": _ERR}}},
+    "/v1/web/households/{household_id}/annex-691.pdf": {"get": {
+        "summary": "the same annex as a PDF to print and file",
+        "security": _SIGNED,
+        "parameters": [{"name": "household_id", "in": "path", "required": True, "schema": {
+            "type": "string", "pattern": "^[1-9A-HJ-NP-Za-km-z]{1,64}$"}}],
+        "responses": {"200": {"description": "the annex", "headers": {"Cache-Control": {
+            "required": True, "schema": {"type": "string", "enum": ["no-store"]}}},
+            "content": {"application/pdf": {"schema": {"type": "string",
+                                                       "format": "binary"}}}},
+                      "401": _ERR, "403": _ERR, "404": _ERR}}},
     "/v1/web/persons": {"get": {
         "summary": "members of the caller's scope's households, by household and person id",
         "security": _SIGNED,

@@ -45,6 +45,7 @@ from sync_server.store.tables import proj_assessments as assessments
 from sync_server.store.tables import proj_case_deadlines as case_deadlines
 from sync_server.store.tables import proj_change_requests as change_requests
 from sync_server.store.tables import proj_conflicts as conflicts
+from sync_server.store.tables import proj_parents_abroad as parents_abroad
 from sync_server.store.tables import proj_persons as persons
 from sync_server.store.tables import proj_services as services
 from sync_server.store.tables import proj_visits as visits
@@ -382,6 +383,28 @@ async def household_assessments(conn: AsyncConnection, scope: Scope,
             entry["completed_at"] = _instant_z(r["completed_at"])
         entry["answers"][r["person_id"]] = r["answers"]
     return {"members": members, "assessments": found}
+
+
+# --- the GD 691/2015 annex ----------------------------------------------------------
+
+
+async def annex_rows(conn: AsyncConnection, scope: Scope, household_id: str
+                     ) -> tuple[dict[str, Any], list[dict[str, Any]],
+                                list[dict[str, Any]]] | None:
+    """A household's row, its members and its parents abroad (sync_server/api/annex.py
+    lays them out), or None outside the scope."""
+    h = proj_households
+    row = (await conn.execute(sa.select(h.c.household_id, h.c.locality, h.c.county,
+                                        h.c.address)
+                              .where(h.c.household_id == household_id, scope.where(h))
+                              )).mappings().first()
+    if row is None:
+        return None
+    members = await _rows(conn, sa.select(persons).where(
+        persons.c.household_id == household_id, scope.where(persons)))
+    abroad = await _rows(conn, sa.select(parents_abroad).where(
+        parents_abroad.c.household_id == household_id, scope.where(parents_abroad)))
+    return dict(row), members, abroad
 
 
 # --- indicator summaries ------------------------------------------------------

@@ -241,6 +241,18 @@ def project(household_id: str, doc: Mapping[str, Any], *, locality: str, county:
                            "next_visit": _date(v.get("next_visit")), "by": _str(v.get("by")),
                            "recorded_at": _instant(v.get("recorded_at"))})
 
+    abroad_rows = []
+    for rid, raw in sorted(_map(doc.get("parents_abroad")).items()):
+        r = _map(raw)
+        abroad_rows.append({**scope, "record_id": str(rid), "child_id": _str(r.get("child_id")),
+                            "parent": _str(r.get("parent")), "country": _str(r.get("country")),
+                            "since": _date(r.get("since")),
+                            "carer_name": _str(r.get("carer_name")),
+                            "carer_relation": _str(r.get("carer_relation")),
+                            "carer_person_id": _str(r.get("carer_person_id")),
+                            "notified_on": _date(r.get("notified_on")),
+                            "by": _str(r.get("by")), "recorded_at": _instant(r.get("recorded_at"))})
+
     registered = next((_map(a) for a in feed if _map(a).get("kind") == "registered"), {})
     gps = _map(doc.get("gps"))
     open_deadlines = [r["deadline"] for r in service_rows
@@ -269,5 +281,6 @@ def project(household_id: str, doc: Mapping[str, Any], *, locality: str, county:
             "assessments": assessment_rows,
             "vulnerabilities": vulnerability_rows, "services": service_rows,
             "change_requests": request_rows, "conflicts": conflict_rows,
-            "activity": activity_rows, "case_deadlines": deadline_rows, "visits": visit_rows}
+            "activity": activity_rows, "case_deadlines": deadline_rows, "visits": visit_rows,
+            "parents_abroad": abroad_rows}
 

@@ -428,8 +428,25 @@ proj_visits = _scoped(
     sa.PrimaryKeyConstraint("household_id", "visit_id"),
 )
 
+#: Parents of a household's children working abroad (GD 691/2015): the annex's data.
+proj_parents_abroad = _scoped(
+    "parents_abroad",
+    sa.Column("record_id", sa.Text, nullable=False),
+    sa.Column("child_id", sa.Text, nullable=True),
+    sa.Column("parent", sa.Text, nullable=True),
+    sa.Column("country", sa.Text, nullable=True),
+    sa.Column("since", sa.Date, nullable=True),
+    sa.Column("carer_name", sa.Text, nullable=True),
+    sa.Column("carer_relation", sa.Text, nullable=True),
+    sa.Column("carer_person_id", sa.Text, nullable=True),
+    sa.Column("notified_on", sa.Date, nullable=True),
+    sa.Column("by", sa.Text, nullable=True),
+    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=True),
+    sa.PrimaryKeyConstraint("household_id", "record_id"),
+)
+
 #: Every projection table, in the order the projector writes them.
 PROJ_TABLES: tuple[sa.Table, ...] = (
     proj_households, proj_persons, proj_answers, proj_assessments, proj_vulnerabilities,
     proj_services, proj_change_requests, proj_conflicts, proj_activity, proj_case_deadlines,
-    proj_visits)
+    proj_visits, proj_parents_abroad)
