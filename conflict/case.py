@@ -64,11 +64,11 @@ __all__ = [
     "Due",
     "anchors",
     "case_violations",
-    "closed_stage_lost",
     "deadlines",
     "dues",
     "load_rules",
     "load_rules_file",
+    "overtaken_stage",
     "view",
 ]
 
@@ -451,6 +451,12 @@ def _violation(path: tuple[str | int, ...], rule: str, why: str) -> Violation:
     return Violation(path, rule, f"{format_path(path)}: {rule}: {why}")
 
 
+#: At most this many stage moves in one batch: an honest tablet moves a case a few stages
+#: between two syncs; checking a move reads the case's history, so a batch of thousands
+#: of moves would cost the server seconds (a review measured 25 s for 500).
+MAX_MOVES_PER_BATCH = 20
+
+
 def _record_at(doc: Document, heads: list[bytes]) -> dict[str, Any] | None:
     """The ``case`` record at ``heads`` (None: no case open there)."""
     got = doc.get(ROOT, "case", heads)
@@ -464,86 +470,62 @@ def _record_at(doc: Document, heads: list[bytes]) -> dict[str, Any] | None:
     return record if "stage" in record else None
 
 
-def _history_at(doc: Document, heads: list[bytes]) -> list[tuple[str, dict[str, Any]]]:
+def _entry_ids_at(doc: Document, heads: list[bytes]) -> list[tuple[str, Any]]:
+    """``case_history`` element ids at ``heads`` with their objects, in list order (the
+    ids alone: cheap; an entry's fields are read only for the ones a change adds)."""
     got = doc.get(ROOT, "case_history", heads)
     if got is None or got[0] != ObjType.List:
         return []
-    out = []
-    for value, exid in doc.values(got[1], heads):
-        if isinstance(value, ObjType) and value == ObjType.Map:
-            entry: dict[str, Any] = {}
-            for key in doc.keys(exid, heads):
-                v = doc.get(exid, key, heads)
-                if v is not None and isinstance(v[0], tuple):
-                    entry[key] = v[0][1]
-            out.append((element_id(exid) or "", entry))
-    return out
+    return [(element_id(exid) or "", exid) for value, exid in doc.values(got[1], heads)
+            if isinstance(value, ObjType) and value == ObjType.Map]
 
 
-def _stage_conflict_values(doc: Document, heads: list[bytes]) -> set[Any]:
-    """Values of the case's stage that a conflict record open at ``heads`` lists (what a
-    resolution written on top of them picks)."""
-    got = doc.get(ROOT, "conflicts", heads)
-    if got is None or got[0] != ObjType.Map:
-        return set()
-    out: set[Any] = set()
-    for key in doc.keys(got[1], heads):
-        record = doc.get(got[1], key, heads)
-        if record is None or record[0] != ObjType.Map:
-            continue
-        path, values = doc.get(record[1], "path", heads), doc.get(record[1], "values", heads)
-        if path is None or values is None \
-                or doc.get(record[1], "resolved_by", heads) is not None:
-            continue
-        segments = [v[1] for v, _ in doc.values(path[1], heads) if isinstance(v, tuple)]
-        if segments == ["case", "stage"]:
-            out |= {v[1] for v, _ in doc.values(values[1], heads) if isinstance(v, tuple)}
-    return out
-
-
-def closed_stage_lost(doc: Document) -> bool:
-    """A closed household whose case's stage is not ``closed``: a worker's move made
-    offline, concurrent with the approved closing, won Automerge's tie-break. The server
-    writes ``closed`` back (closing outranks, as a delivery outranks a concurrent
-    cancellation); the conflict record keeps the worker's value."""
-    status = doc.get(ROOT, "status")
-    record = case_record(doc)
-    return (status is not None and isinstance(status[0], tuple) and status[0][1] == "closed"
-            and record is not None and record.get("stage") != "closed")
+def _fields_at(doc: Document, obj: Any, heads: list[bytes]) -> dict[str, Any]:
+    entry: dict[str, Any] = {}
+    for key in doc.keys(obj, heads):
+        v = doc.get(obj, key, heads)
+        if v is not None and isinstance(v[0], tuple):
+            entry[key] = v[0][1]
+    return entry
 
 
 def case_violations(before: Document, after: Document) -> list[Violation]:
     """What a device's batch (``after``'s changes that ``before`` lacks) may not do to a
     case; the server's own changes, which apply approved requests, are not checked.
 
-    Each change of the batch is judged against the document **at its own dependencies**,
-    what its writer saw: a tablet offline for a week may move a case several stages in
-    one batch, each move judged from the stage it left, and two teammates who moved the
-    case apart offline are each judged as they moved (the stage both wrote is then a
-    same-field conflict, recorded by the server). Per change, refused:
+    Each change of the batch is judged against the document **at its own dependencies**:
+    a tablet offline for a week may move a case several stages in one batch, each move
+    judged from the stage it left. (A client chooses its changes' dependencies, so this
+    alone does not stop a move built on an old state; :func:`overtaken_stage` does: the
+    stage the server has accepted stands against any move concurrent with it.) Refused:
 
     * a ``case_history`` entry whose ``from`` is not the stage the case was in (or the
       stage the change's previous entry entered), a move the case's rule table does not
       allow, an opening entry (no ``from``) on a case already open or at another stage
-      than the table's ``initial_stage``, or a stage written that the change's last
-      entry does not enter (``stage-transition``); writing the stage with no entry is
-      allowed only to pick a value an open conflict record lists (resolving it);
+      than the table's ``initial_stage``, a stage written that the change's last entry
+      does not enter, or more than :data:`MAX_MOVES_PER_BATCH` moves
+      (``stage-transition``);
     * any entry to or from ``closed``, or any on a closed case (``protected-path``: a
       case closes and reopens only by an approved request);
     * removing an open case, or changing its rule version, its identification time or an
       entry of its history (``case-record``).
     """
     out: list[Violation] = []
+    old_entries = dict(history(before))
+    now_entries = dict(history(after))
+    for ident, entry in old_entries.items():
+        if now_entries.get(ident) != entry:
+            out.append(_violation(("case_history", ident), CASE_RECORD,
+                                  "a stage once entered stays recorded as it was"))
+    if len(now_entries) - len(old_entries) > MAX_MOVES_PER_BATCH:
+        return [*out, _violation(("case_history",), STAGE_TRANSITION,
+                                 f"at most {MAX_MOVES_PER_BATCH} moves in one batch")]
     for change in after.get_changes(before.get_heads()):
         pre, post = list(change.deps), [change.hash]
         was, now = _record_at(after, pre), _record_at(after, post)
-        old = dict(_history_at(after, pre))
-        entries = _history_at(after, post)
-        for ident, entry in old.items():
-            if dict(entries).get(ident) != entry:
-                out.append(_violation(("case_history", ident), CASE_RECORD,
-                                      "a stage once entered stays recorded as it was"))
-        added = [(ident, e) for ident, e in entries if ident not in old]
+        old_ids = {ident for ident, _ in _entry_ids_at(after, pre)}
+        added = [(ident, _fields_at(after, obj, post))
+                 for ident, obj in _entry_ids_at(after, post) if ident not in old_ids]
         if now is None:
             if was is not None:
                 out.append(_violation(("case",), CASE_RECORD, "a case is never removed"))
@@ -587,16 +569,34 @@ def case_violations(before: Document, after: Document) -> list[Violation]:
                                       f"not a move rule table {rules.version} allows"))
             expected = to
         stage = now.get("stage")
-        if added and stage != expected:
-            out.append(_violation(("case", "stage"), STAGE_TRANSITION,
-                                  "the stage is the one the last move entered"))
-        elif not added and stage != (None if was is None else was.get("stage")) and (
-                was is None or stage not in _stage_conflict_values(after, pre)
-                or "closed" in (stage, was.get("stage"))):
-            # (a stage written with no move is a resolution picking a recorded value)
+        if (added and stage != expected) or \
+                (not added and stage != (None if was is None else was.get("stage"))):
             out.append(_violation(("case", "stage"), STAGE_TRANSITION,
                                   "a move records the stage it enters in the case's history"))
     return list({(v.path, v.rule): v for v in out}.values())
+
+
+def overtaken_stage(before: Document, after: Document) -> str | None:
+    """The stage to write back after a device's batch, or None: when the batch moved the
+    case with a change that does not descend from every move the server had accepted
+    (a teammate's move made meanwhile, an approved closing, or a change a modified
+    client built on an old state), the stage the server had accepted stands. The
+    batch's moves stay in the history, and the server records the stage both wrote as a
+    same-field conflict for the team."""
+    was, now = case_record(before), case_record(after)
+    if was is None or now is None or now.get("stage") == was.get("stage"):
+        return None
+    accepted = {ident for ident, _ in history(before)}
+    for change in after.get_changes(before.get_heads()):
+        pre_stage = (_record_at(after, list(change.deps)) or {}).get("stage")
+        post_stage = (_record_at(after, [change.hash]) or {}).get("stage")
+        if pre_stage == post_stage:
+            continue
+        seen = {ident for ident, _ in _entry_ids_at(after, [change.hash])}
+        if not accepted <= seen:
+            stage = was.get("stage")
+            return stage if isinstance(stage, str) else None
+    return None
 
 
 def stage_entered(doc: Document) -> dict[str, str]:

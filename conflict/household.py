@@ -935,7 +935,10 @@ class Household:
 
     def resolve_conflict(self, conflict_id: str, value: Any) -> None:
         """Choose ``value`` for a conflict: it is written at the conflict's path and the
-        conflict is marked resolved, in one change, and nothing else is written. The path
+        conflict is marked resolved, in one change, and nothing else is written (but for
+        the case's stage, which changes only by a move its rule table allows from the
+        stage that stands, recorded in its history; another value raises
+        :class:`InvalidValueError`, rule ``stage-transition``). The path
         must be a plain field (not protected: the guard applies as for any other edit); a
         list element on it is found by its id (:mod:`conflict.paths`), wherever merges
         have moved it."""
@@ -955,8 +958,24 @@ class Household:
             raise InvalidValueError(tuple(path), "missing")
         parent, key = field
         by = self._by()
+        move = None
+        if path == ["case", "stage"]:
+            # the stage changes by a move the rule table allows, recorded in the history
+            from . import case as rules_mod
+
+            record = rules_mod.case_record(self.doc) or {}
+            current, version = record.get("stage"), record.get("rules_version")
+            rules = rules_mod.load_rules(version if isinstance(version, int) else None)
+            if value != current:
+                if not isinstance(current, str) or not isinstance(value, str) \
+                        or "closed" in (current, value) or not rules.may_move(current, value):
+                    raise InvalidValueError(("case", "stage"), rules_mod.STAGE_TRANSITION)
+                move = current
         with self.doc.transaction() as tx:
-            tx.put(parent, key, *_any_scalar(value))
+            if path != ["case", "stage"] or move is not None:
+                tx.put(parent, key, *_any_scalar(value))
+            if move is not None:
+                self._append_stage(tx, str(value), None, move)
             tx.put(obj, "resolved_by", ScalarType.Str, by)  # the author, checked above
             tx.put(obj, "resolution", ScalarType.Str, str(value))
 

@@ -438,10 +438,12 @@ def test_two_teammates_opening_the_case_offline_are_both_accepted() -> None:
         assert c.case_violations(one, both) == []
 
 
-def test_resolving_a_stage_conflict_may_pick_the_value_that_lost() -> None:
+def test_resolving_a_stage_conflict_is_a_move_from_the_stage_that_stands() -> None:
     """Before: picking the losing value of a recorded stage conflict wrote the stage with
-    no move, and was refused ``stage-transition`` (found in review). A stage written
-    without a move is accepted when an open conflict record lists it."""
+    no move, and was refused ``stage-transition`` (found in review). Then a second review
+    found that accepting a move-less write whenever a conflict record listed the value let
+    a stale record move the case anywhere it listed. Now resolving is a move the rule
+    table allows from the stage that stands, recorded in the history."""
     h = monitoring()
     server = Household(h.doc, h.household_id, author="vatra")  # the server records it
     server.record_conflict(["case", "stage"], ["planning", "post_services"])
@@ -494,3 +496,68 @@ def test_a_naive_time_is_taken_as_utc() -> None:
     h = opened()
     assert by_code(h, datetime(2026, 3, 5, 12)) == \
         by_code(h, datetime(2026, 3, 5, 12, tzinfo=UTC))
+
+
+def test_a_stale_stage_conflict_moves_nothing_the_rule_table_does_not_allow() -> None:
+    """Found in the second review: with an old conflict record listing ``planning`` and
+    ``post_services`` left open, a raw write of ``planning`` over ``post_services`` (no
+    move) passed, and so did resolving it weeks later from ``services``."""
+    h = monitoring()
+    Household(h.doc, h.household_id, author="vatra").record_conflict(
+        ["case", "stage"], ["planning", "post_services"])
+    h.move_stage("post_services")
+    before = h.doc.fork()
+    with h.doc.transaction() as tx:
+        tx.put(h.doc.get(ROOT, "case")[1], "stage", ScalarType.Str, "planning")
+    assert [v.rule for v in c.case_violations(before, h.doc)] == ["stage-transition"]
+    other = monitoring()
+    Household(other.doc, other.household_id, author="vatra").record_conflict(
+        ["case", "stage"], ["planning", "post_services"])
+    other.move_stage("planning")
+    other.move_stage("services")
+    [recorded] = other.conflicts(open_only=True)
+    heads = other.doc.get_heads()
+    with pytest.raises(InvalidValueError) as err:  # services -> post_services: not a move
+        other.resolve_conflict(recorded["conflict_id"], "post_services")
+    assert err.value.rule == "stage-transition" and other.doc.get_heads() == heads
+
+
+def test_a_move_built_on_an_old_state_does_not_overtake_the_accepted_stage() -> None:
+    """Found in the second review: a client chooses its change's dependencies, so one
+    built on the state at ``monitoring`` (its op counter raised to win Automerge's
+    tie-break) moved a case at ``post_services`` to ``planning``, which the rule table
+    does not allow from there. The move is legal where it claims to stand, so it is kept
+    in the history; but it does not descend from the accepted moves, so the server writes
+    the accepted stage back (:func:`conflict.case.overtaken_stage`)."""
+    h = monitoring()
+    at_monitoring = h.doc.get_heads()
+    h.move_stage("post_services")
+    server = h.doc.fork()
+    old = h.doc.fork_at(at_monitoring)
+    old.set_actor(bytes([0xfe]) * 16)
+    device = Household(old, h.household_id, author="ana", guard=True)
+    device.append_notes("x" * 400)  # raises its op counter past the server's
+    device.move_stage("planning")
+    merged = server.fork()
+    merged.merge(old)
+    assert c.case_record(merged)["stage"] == "planning"  # it won the tie-break
+    assert c.case_violations(server, merged) == []  # each change legal where it stood
+    assert c.overtaken_stage(server, merged) == "post_services"
+    # an honest move made after syncing descends from every accepted one
+    after = server.fork()
+    Household(after, h.household_id, author="ana", guard=True).move_stage("monitoring")
+    assert c.overtaken_stage(server, after) is None
+
+
+def test_a_batch_of_more_moves_than_a_tablet_makes_is_refused() -> None:
+    """Found in the second review: checking a move reads the case's history, and a batch
+    of 500 moves took 25 s of the server's CPU. A batch holds at most 20 moves."""
+    h = monitoring()
+    before = h.doc.fork()
+    for _ in range(10):  # services and monitoring, back and forth: 20 legal moves
+        h.move_stage("services")
+        h.move_stage("monitoring")
+    assert c.case_violations(before, h.doc) == []
+    h.move_stage("services")  # the 21st
+    assert [(v.path, v.rule) for v in c.case_violations(before, h.doc)] == \
+        [(("case_history",), "stage-transition")]

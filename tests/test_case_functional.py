@@ -138,8 +138,9 @@ async def test_teammates_moving_the_case_apart_offline_get_a_recorded_conflict(
         server, provision) -> None:
     """From monitoring, the nurse re-plans while the social worker starts post-service
     monitoring, both offline. Each move is legal from the stage its writer left, so both
-    batches are accepted; the stage both wrote is recorded as a same-field conflict
-    naming both values, for the team to resolve."""
+    batches are accepted and both moves kept; the stage the server accepted first stands
+    (whichever value wins Automerge's tie-break), and the stage both wrote is recorded as
+    a same-field conflict naming both values, for the team to resolve."""
     hid, _, (ana, nurse) = await active_household(server, provision, ("nurse", {}))
     with ana.edit(hid) as h:
         h.open_case()
@@ -158,6 +159,8 @@ async def test_teammates_moving_the_case_apart_offline_get_a_recorded_conflict(
     assert [(c["path"], sorted(c["values"])) for c in recorded] == \
         [(["case", "stage"], ["planning", "post_services"])]
     assert len(Household(actor.doc, hid).case()["history"]) == 7  # both moves kept
+    # the stage the server accepted first (the nurse's) stands against the later move
+    assert Household(actor.doc, hid).case()["stage"] == "planning"
 
 
 async def test_a_move_concurrent_with_the_closing_leaves_the_case_closed(

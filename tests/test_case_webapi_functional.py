@@ -138,3 +138,49 @@ async def test_a_profile_has_the_cases_deadlines_as_the_tablet_computes_them(
 async def test_bad_case_filters_are_refused_by_rule(server, cases, params, code) -> None:
     status, answer = await get(server, cases["ana"], "/v1/web/households", **params)
     assert (status, answer["code"]) == (400, code)
+
+
+async def test_dates_are_utc_whatever_the_database_time_zone(server, provision,
+                                                            database_url) -> None:
+    """Found in review: ``due_before`` became midnight, and months were added, in the
+    database session's TimeZone, which nothing set. An assessment completed at 22:30 UTC
+    on 30 May is due for re-assessment (nine months) at 22:30 UTC on 28 February, as the
+    tablet says; in Europe/Bucharest, where it was already 31 May, the database said
+    23:30 UTC on the 27th. The read model's transactions now set UTC."""
+    import sqlalchemy as sa
+
+    from sync_server.projection import readmodel
+    from sync_server.projection.readmodel import ListFilter, PersonFilter, Scope
+    from sync_server.store.database import make_engine
+
+    ana = await provision.tablet("ana")
+    hid = ana.create_household(locality="54975", county="CJ", address="Str. B 2").household_id
+    with ana.edit(hid) as h:
+        pid = h.add_member("Ion", "Pop", "1980-05-10", "M", "head")
+        aid = h.start_assessment(at="2025-05-30T22:00:00Z")
+        h.record_answers(aid, pid, {"single_parent": True})
+        h.complete_assessment(aid, at="2025-05-30T22:30:00Z")
+        h.open_case(identified_at="2025-05-29T10:00:00Z")
+        for stage in ("detailed_assessment", "planning", "services", "monitoring"):
+            h.move_stage(stage)
+    assert (await SyncClient(ana, server.url).sync()).rejected == []
+    await server.app[PROJECTOR].drain_all()
+    tablet = {d.code: d.due for d in case_rules.dues(ana.household(hid).to_dict())}
+    assert tablet["reassessment"] == dt.datetime(2026, 2, 28, 22, 30, tzinfo=dt.UTC)
+    engine = make_engine(database_url)
+    scope = Scope("locality", localities=("54975",))
+    try:
+        for zone in ("UTC", "Europe/Bucharest", "Pacific/Kiritimati"):
+            async with engine.connect() as conn, conn.begin():
+                await conn.execute(sa.text(f"SET LOCAL TIME ZONE '{zone}'"))
+                await readmodel.scoped(conn, scope)
+                [person] = (await readmodel.list_persons(conn, scope, PersonFilter()))["items"]
+                assert person["reassessment_due"] == tablet["reassessment"], zone
+                due = await readmodel.list_households(conn, scope, ListFilter(
+                    deadline="reassessment", due_before=dt.date(2026, 3, 1)))
+                assert due["total"] == 1, zone
+                early = await readmodel.list_households(conn, scope, ListFilter(
+                    deadline="reassessment", due_before=dt.date(2026, 2, 28)))
+                assert early["total"] == 0, zone
+    finally:
+        await engine.dispose()

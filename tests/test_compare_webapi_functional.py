@@ -125,3 +125,32 @@ async def test_members_come_in_keyset_pages_that_cover_everyone_once(server, fam
         == ("monitoring", "2026-09-01", "2027-06-01")
     status, answer = await get(server, family["ana"], "/v1/web/persons", after="nonsense")
     assert (status, answer["code"]) == (400, "after-format")
+
+
+async def test_household_answers_are_read_from_the_head_as_on_the_tablet(server,
+                                                                        provision) -> None:
+    """Found in review: the API rebuilt members without ``relation_to_head``, so answers
+    about the household were taken from whichever member came first instead of the
+    head, and a single-parent household lost in a re-assessment showed no change."""
+    ana = await provision.tablet("ana")
+    hid = ana.create_household(locality="54975", county="CJ", address="Str. A 1").household_id
+    with ana.edit(hid) as h:
+        head = h.add_member("Ion", "Pop", "1980-05-10", "M", "head",
+                            person_id="ffffffff-0000-4000-8000-000000000000")
+        other = h.add_member("Maria", "Pop", "1982-05-10", "F", "spouse",
+                             person_id="00000000-0000-4000-8000-000000000001")
+        first = h.start_assessment(at="2026-03-01T09:00:00Z")
+        h.record_answers(first, head, {"single_parent": True})
+        h.record_answers(first, other, {"single_parent": False})
+        h.complete_assessment(first, at="2026-03-01T10:00:00Z")
+        second = h.start_assessment(at="2026-04-01T09:00:00Z")
+        h.record_answers(second, head, {"single_parent": False})
+        h.complete_assessment(second, at="2026-04-01T10:00:00Z")
+    assert (await SyncClient(ana, server.url).sync()).rejected == []
+    await server.app[PROJECTOR].drain_all()
+    local = compare_assessments(ana.household(hid).to_dict(), first, second).to_json()
+    status, served = await get(server, ana, f"/v1/web/households/{hid}/assessments/compare",
+                               a=first, b=second)
+    assert status == 200 and served == local
+    assert {"subject": "household", "changed": [], "gained": [],
+            "lost": ["single_parent_household"]} in served["subjects"]

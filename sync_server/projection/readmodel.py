@@ -100,6 +100,9 @@ class Scope:
 
 
 _SET_ROLE = sa.text(f"SET LOCAL ROLE {WEB_ROLE}")
+#: Dates compare with instants, and months are added, in UTC as in the household model,
+#: whatever the server's TimeZone setting.
+_SET_UTC = sa.text("SET LOCAL TIME ZONE 'UTC'")
 _SET_SCOPE = sa.text("SELECT set_config('vatra.scope', :scope, true), "
                      "set_config('vatra.county', :county, true), "
                      "set_config('vatra.localities', :localities, true)")
@@ -109,6 +112,7 @@ async def scoped(conn: AsyncConnection, scope: Scope) -> None:
     """Take the web role and the scope for the rest of ``conn``'s current transaction
     (SQLAlchemy begins one if none is open; both settings end with it)."""
     await conn.execute(_SET_ROLE)
+    await conn.execute(_SET_UTC)
     await conn.execute(_SET_SCOPE, scope.settings())
 
 
@@ -370,7 +374,8 @@ async def household_assessments(conn: AsyncConnection, scope: Scope,
         return None
     members = {r["person_id"]: {"birth_date": r["birth_date"].isoformat()
                                 if r["birth_date"] is not None else None,
-                                "sex": r["sex"], "presence": r["presence"]}
+                                "sex": r["sex"], "presence": r["presence"],
+                                "relation_to_head": r["relation_to_head"]}
                for r in await _rows(conn, sa.select(persons).where(
                    persons.c.household_id == household_id, scope.where(persons)))}
     found: dict[str, dict[str, Any]] = {}

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 from automerge.core import ROOT, ScalarType
 
-from conflict import SERVER_AUTHOR, Household, InvalidValueError, case, policy
+from conflict import SERVER_AUTHOR, Household, InvalidValueError, policy
 from sync_server.auth.identity import IdentityStore, User
 from sync_server.store.contract import HouseholdStore
 from sync_server.sync import conflicts
@@ -46,17 +46,22 @@ def restore_lattice(regressions: list[tuple[str, str, str]]) -> Edit:
     return restore
 
 
-def restore_closed_stage(h: Household) -> None:
-    """A worker's concurrent move won the tie-break over the approved closing of the
-    household: write the case's ``closed`` stage back, and say why in the feed (the
-    conflict record keeps the worker's value)."""
-    got = h.doc.get(ROOT, "case")
-    if got is None or not case.closed_stage_lost(h.doc):
-        return
-    with h.doc.transaction() as tx:
-        tx.put(got[1], "stage", ScalarType.Str, "closed")
-    h.append_activity("stage-restored", "case: closed (the household was closed by an "
-                                        "approved request; a concurrent move had moved it)")
+def restore_stage(stage: str) -> Edit:
+    """A device's move concurrent with a move the server had accepted (a teammate's, or
+    the approved closing) won Automerge's tie-break: write the accepted stage back, and
+    say why in the feed (the history keeps the device's move, the conflict record its
+    value)."""
+
+    def restore(h: Household) -> None:
+        got = h.doc.get(ROOT, "case")
+        if got is None:
+            return
+        with h.doc.transaction() as tx:
+            tx.put(got[1], "stage", ScalarType.Str, stage)
+        h.append_activity("stage-restored", f"case: {stage} (a move made meanwhile on "
+                                            f"another device was concurrent with it)")
+
+    return restore
 
 
 def record_conflicts(found: list[conflicts.Detected],

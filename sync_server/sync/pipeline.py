@@ -246,9 +246,9 @@ class Synchronizer:
         # is answered, so the device sees them in this very exchange (it stops when
         # heads match).
         user = grants.user
-        if checked.closed_stage_lost:
-            await self._follow_up(actor, followups.restore_closed_stage, user.id,
-                                  "restoring a closed case's stage")
+        if checked.overtaken_stage is not None:
+            await self._follow_up(actor, followups.restore_stage(checked.overtaken_stage),
+                                  user.id, "restoring the accepted case stage")
         if checked.regressions:
             await self._follow_up(actor, followups.restore_lattice(checked.regressions),
                                   user.id, "restoring service statuses")
@@ -698,8 +698,9 @@ class _Checked:
     found: list[Any]
     #: actor ids of the batch not yet the device's: bound to it before the commit
     unbound: frozenset[bytes] = frozenset()
-    #: a move concurrent with the household's closing won the tie-break: closed again
-    closed_stage_lost: bool = False
+    #: a move concurrent with one the server had accepted won the tie-break: the
+    #: accepted stage, to write back
+    overtaken_stage: str | None = None
 
 
 def _apply_and_check(actor: HouseholdActor, fork: Document, state: SyncState, data: bytes,
@@ -739,8 +740,8 @@ def _apply_and_check(actor: HouseholdActor, fork: Document, state: SyncState, da
              if (c.path[:1] != ("service_plan",) or c.path[-1] != "status")
              and c.path[:1] != ("attachments",)]
     CHECK_SECONDS.observe(time.perf_counter() - started)
-    lost = (sections is None or bool(sections & set(case_rules.sections()))) \
-        and case_rules.closed_stage_lost(fork)
+    lost = (case_rules.overtaken_stage(actor.doc, fork)
+            if sections is None or bool(sections & set(case_rules.sections())) else None)
     return _Checked(new, read, sections is None or bool(sections & {"team", "change_requests"}),
                     regressions, approved, found, unbound, lost)
 
