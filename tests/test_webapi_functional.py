@@ -3,7 +3,9 @@ the caller's scope (real server, real PostgreSQL, row-level security on)."""
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import io
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -103,6 +105,8 @@ class World:
     people: dict[str, list[str]]             # spec key -> person ids (in member order)
     services: dict[str, list[str]]
     requests: dict[str, str]
+    server_url: str = ""
+    drain: Any = None  # the projector's drain_all
 
     def key_of(self, hid: str) -> str:
         return next(k for k, v in self.ids.items() if v == hid)
@@ -154,7 +158,8 @@ async def world(server, provision) -> World:
     for name in WORKERS:
         await SyncClient(tablets[name], server.url).sync()
     await server.app[PROJECTOR].drain_all()
-    return World(server.http_url, tablets, ids, people, services, requests)
+    return World(server.http_url, tablets, ids, people, services, requests, server.url,
+                 server.app[PROJECTOR].drain_all)
 
 
 def expected_summary(specs: list[Spec]) -> dict[str, Any]:
@@ -228,6 +233,13 @@ FILTERS = [
     ({"q": "%"}, []), ({"q": "_"}, []),     # LIKE wildcards are escaped: plain characters
     ({"q": "\\"}, []),
     ({"county": "SB"}, []),
+    ({"vulnerability": "unemployment"}, ["h1"]),
+    ({"vulnerability": "no_health_insurance"}, ["h2"]),
+    ({"overdue_service": "true"}, ["h1", "h2", "h4"]),
+    ({"overdue_service": "false"}, ["h3", "h5"]),
+    ({"worker": "bob"}, ["h4", "h5"]),
+    ({"worker": "ana", "status": "active"}, ["h1"]),
+    ({"worker": "nobody"}, []),
 ]
 
 
@@ -333,6 +345,12 @@ async def test_summaries_count_what_was_recorded(world: World, subtests) -> None
 
 BAD_PARAMETERS = [
     ("/v1/web/households", {"status": "bogus"}, "status-enum"),
+    ("/v1/web/households", {"vulnerability": "bogus"}, "vulnerability-enum"),
+    ("/v1/web/households", {"overdue_service": "yes"}, "overdue-service-enum"),
+    ("/v1/web/households", {"worker": "no one"}, "worker-format"),
+    ("/v1/web/households.csv", {"status": "bogus"}, "status-enum"),
+    ("/v1/web/map", {"cell": "9"}, "cell-range"),
+    ("/v1/web/map", {"cell": "wide"}, "cell-range"),
     ("/v1/web/households", {"page": "0"}, "page-range"),
     ("/v1/web/households", {"page": "two"}, "page-range"),
     ("/v1/web/households", {"page": "-1"}, "page-range"),
@@ -429,3 +447,54 @@ def test_the_access_log_leaves_out_query_strings(caplog) -> None:
     with caplog.at_level(logging.INFO, logger="test.access"):
         AccessLogger(logger, "").log(request, web.Response(status=200), 0.0123)
     assert caplog.messages == ["GET /v1/web/households 200 12.3 ms"]
+
+
+async def test_the_card_names_the_team_and_the_countys_supervisors(world: World) -> None:
+    status, p, _ = await world.get("sup-cj", f"/v1/web/households/{world.ids['h1']}")
+    assert status == 200
+    assert p["team"] == [{"role": "social_worker", "user_id": "ana"}]
+    assert p["supervisors"] == ["sup-cj"]
+
+
+async def test_the_list_exports_as_csv_with_its_filters(world: World) -> None:
+    """Every household the filters select, in the list's order; a text a spreadsheet
+    would run as a formula starts with an apostrophe."""
+    creds = world.tablets["nat"].credentials
+    path = "/v1/web/households.csv?county=CJ"
+    async with aiohttp.ClientSession() as session, session.get(
+            world.http_url + path, headers={"Authorization": sign(
+                creds.device_id, creds.signing_key, "GET", path)}) as resp:
+        assert resp.status == 200 and resp.headers["Cache-Control"] == "no-store"
+        assert resp.headers["Content-Type"].startswith("text/csv")
+        text = await resp.text()
+    rows = list(csv.DictReader(io.StringIO(text)))
+    status, listed, _ = await world.get("nat", "/v1/web/households", county="CJ")
+    assert status == 200
+    assert [r["id"] for r in rows] == [i["id"] for i in listed["items"]]
+    h1 = next(r for r in rows if r["id"] == world.ids["h1"])
+    assert (h1["address"], h1["status"], h1["services_open"]) == ("Str. Lunga 3", "active", "2")
+    from sync_server.api.read import _csv_row
+    assert _csv_row(["=HYPERLINK(1)", "-1", "plain", None]) == b"'=HYPERLINK(1),'-1,plain,\r\n"
+
+
+async def test_the_map_has_points_and_cells_within_the_scope(world: World) -> None:
+    tablet = world.tablets["ana"]
+    for key, (lat, lon) in (("h1", (46.770, 23.590)), ("h2", (46.771, 23.591)),
+                            ("h3", (46.600, 23.100))):
+        with tablet.edit(world.ids[key]) as h:
+            h.set_gps(lat=lat, lon=lon, accuracy_m=5.0, captured_at="2026-03-01T09:00:00Z")
+    with world.tablets["bob"].edit(world.ids["h4"]) as h:
+        h.set_gps(lat=45.650, lon=25.600, accuracy_m=5.0, captured_at="2026-03-01T09:00:00Z")
+    for name in ("ana", "bob"):
+        await SyncClient(world.tablets[name], world.server_url).sync()
+    await world.drain()
+    status, points, _ = await world.get("ana", "/v1/web/map")
+    assert status == 200 and points["type"] == "FeatureCollection"
+    assert sorted(f["properties"]["id"] for f in points["features"]) == \
+        sorted(world.ids[k] for k in ("h1", "h2", "h3"))  # bob's BV household is not hers
+    h1 = next(f for f in points["features"] if f["properties"]["id"] == world.ids["h1"])
+    assert h1["geometry"] == {"type": "Point", "coordinates": [23.59, 46.77]}
+    status, cells, _ = await world.get("nat", "/v1/web/map", cell="0.1")
+    counts = sorted(f["properties"]["households"] for f in cells["features"])
+    assert counts == [1, 1, 2]  # h1 and h2 share a cell; h3 and h4 each have their own
+    assert all("id" not in f["properties"] for f in cells["features"])

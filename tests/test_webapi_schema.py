@@ -31,7 +31,8 @@ EXAMPLES = int(os.environ.get("VATRA_SCHEMATHESIS_EXAMPLES", "30"))
 WEB_PATHS = ("/v1/web/households", "/v1/web/households/{household_id}", "/v1/web/summary",
              "/v1/web/persons", "/v1/web/households/{household_id}/assessments/compare",
              "/v1/web/households/{household_id}/annex-691",
-             "/v1/web/households/{household_id}/annex-691.pdf")
+             "/v1/web/households/{household_id}/annex-691.pdf", "/v1/web/households.csv",
+             "/v1/web/map")
 
 
 class DeviceAuth(requests.auth.AuthBase):

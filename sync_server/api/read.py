@@ -27,8 +27,10 @@ of the OpenAPI document (sync_server/api/openapi.py).
 from __future__ import annotations
 
 import asyncio
+import csv
 import datetime as dt
 import functools
+import io
 import json
 import re
 from typing import Any, cast
@@ -36,6 +38,7 @@ from typing import Any, cast
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from conflict.answers import known_vulnerabilities
 from conflict.case import load_rules
 from conflict.compare import UnknownAssessment, compare_assessments
 from conflict.ids import is_entity_id, is_household_id
@@ -62,6 +65,7 @@ _AFTER = re.compile(r"[1-9A-HJ-NP-Za-km-z]{1,64}:[0-9a-f-]{1,36}")
 _ENTITY_ID_PATTERN = "^[0-9a-f]{8}-[0-9a-f]{4}-[47][0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
 STAGES = (*CASE_STAGES, "none")
 DEADLINES = ("any", *(d.code for d in load_rules().deadlines if d.kind == "deadline"))
+_USER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")  # conflict.schema's user_id
 _LOCALITY_RULE = "a SIRUTA code (1 to 6 digits)"
 _COUNTY_RULE = "a county code (1 or 2 capital letters)"
 
@@ -103,6 +107,25 @@ def _day(request: web.Request, name: str) -> dt.date | None:
                      f"{name}: a date, YYYY-MM-DD") from None
 
 
+#: The columns of the household list's CSV export (the list's own, and the next deadline).
+CSV_COLUMNS = ("id", "locality", "county", "status", "case_stage", "address",
+               "members_present", "members_total", "vulnerabilities", "services_open",
+               "next_deadline", "last_assessment_at", "updated_at", "updated_by")
+MIN_CELL, MAX_CELL = 0.01, 5.0
+
+
+def _csv_row(values: Any) -> bytes:
+    """One CSV line. A text that a spreadsheet would run as a formula (``=``, ``+``,
+    ``-``, ``@`` first) is written with a leading apostrophe: an address is typed on a
+    tablet, and the export is opened in a spreadsheet at the county."""
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\r\n").writerow([
+        ("'" + v if isinstance(v, str) and v[:1] in ("=", "+", "-", "@") else
+         v.isoformat() if isinstance(v, dt.date | dt.datetime) else "" if v is None else v)
+        for v in values])
+    return out.getvalue().encode()
+
+
 def _number(request: web.Request, name: str, default: int, maximum: int) -> int:
     value = request.query.get(name)
     if value is None:
@@ -123,8 +146,7 @@ def routes(engine: AsyncEngine, signed: SignedRequests) -> list[web.RouteDef]:
             raise _error(403, ErrorCode.FORBIDDEN,
                          f"the {err} role does not read household content") from err
 
-    async def list_households(request: web.Request) -> web.Response:
-        scope = await _scope(request)
+    def _list_filter(request: web.Request) -> ListFilter:
         status = request.query.get("status")
         if status is not None and status not in HOUSEHOLD_STATUSES:
             raise _error(400, ErrorCode.STATUS_ENUM, f"status: one of {', '.join(HOUSEHOLD_STATUSES)}")
@@ -139,15 +161,62 @@ def routes(engine: AsyncEngine, signed: SignedRequests) -> list[web.RouteDef]:
             raise _error(400, ErrorCode.DEADLINE_ENUM,
                          f"deadline: one of {', '.join(DEADLINES)}")
         due_before = _day(request, "due_before")
+        vulnerability = request.query.get("vulnerability")
+        if vulnerability is not None and vulnerability not in known_vulnerabilities():
+            raise _error(400, ErrorCode.VULNERABILITY_ENUM,
+                         "vulnerability: a vulnerability code of the indicator catalogue")
+        overdue = request.query.get("overdue_service")
+        if overdue is not None and overdue not in ("true", "false"):
+            raise _error(400, ErrorCode.OVERDUE_SERVICE_ENUM, "overdue_service: true or false")
+        worker = _text(request, "worker", _USER_ID, "a user id")
         wanted = ListFilter(county=_text(request, "county", _COUNTY, _COUNTY_RULE),
                             locality=_text(request, "locality", _LOCALITY, _LOCALITY_RULE),
                             status=status, q=q, stage=stage,
                             deadline=deadline if deadline is not None or due_before is None
                             else "any", due_before=due_before,
+                            vulnerability=vulnerability,
+                            overdue_service=None if overdue is None else overdue == "true",
+                            worker=worker,
                             page=_number(request, "page", 1, MAX_PAGE),
                             per_page=_number(request, "per_page", 20, MAX_PER_PAGE))
+        return wanted
+
+    async def list_households(request: web.Request) -> web.Response:
+        scope = await _scope(request)
+        wanted = _list_filter(request)
         async with readmodel.reading(engine, scope) as conn:
             return _answer(await readmodel.list_households(conn, scope, wanted))
+
+    async def households_csv(request: web.Request) -> web.StreamResponse:
+        scope = await _scope(request)
+        wanted = _list_filter(request)  # (page and per_page, if given, are not used)
+        response = web.StreamResponse(headers={
+            **NO_STORE, "Content-Type": "text/csv; charset=utf-8",
+            "Content-Disposition": 'attachment; filename="households.csv"'})
+        await response.prepare(request)
+        await response.write(_csv_row(CSV_COLUMNS))
+        async with readmodel.reading(engine, scope) as conn:
+            async for row in readmodel.export_households(conn, scope, wanted):
+                await response.write(_csv_row([row[c] for c in CSV_COLUMNS]))
+        await response.write_eof()
+        return response
+
+    async def household_map(request: web.Request) -> web.Response:
+        scope = await _scope(request)
+        raw = request.query.get("cell")
+        cell = None
+        if raw is not None:
+            try:
+                cell = float(raw)
+            except ValueError:
+                cell = -1.0
+            if not MIN_CELL <= cell <= MAX_CELL:
+                raise _error(400, ErrorCode.CELL_RANGE,
+                             f"cell: degrees, from {MIN_CELL} to {MAX_CELL}")
+        county = _text(request, "county", _COUNTY, _COUNTY_RULE)
+        locality = _text(request, "locality", _LOCALITY, _LOCALITY_RULE)
+        async with readmodel.reading(engine, scope) as conn:
+            return _answer(await readmodel.household_map(conn, scope, county, locality, cell))
 
 
     async def household_profile(request: web.Request) -> web.Response:
@@ -159,6 +228,8 @@ def routes(engine: AsyncEngine, signed: SignedRequests) -> list[web.RouteDef]:
                 profile = await readmodel.household_profile(conn, scope, hid)
         if profile is None:
             raise _error(404, ErrorCode.NOT_FOUND, "no such household")
+        profile["supervisors"] = await readmodel.county_supervisors(
+            engine, profile["household"]["county"])
         return _answer(profile)
 
 
@@ -241,6 +312,8 @@ def routes(engine: AsyncEngine, signed: SignedRequests) -> list[web.RouteDef]:
             return _answer(await readmodel.summary(conn, scope, cast(readmodel.Level, level), code))
 
     return [web.get("/v1/web/households", list_households),
+            web.get("/v1/web/households.csv", households_csv),
+            web.get("/v1/web/map", household_map),
             web.get("/v1/web/households/{household_id}", household_profile),
             web.get("/v1/web/households/{household_id}/assessments/compare", compare),
             web.get("/v1/web/persons", list_persons),
@@ -358,7 +431,10 @@ SCHEMAS: dict[str, Any] = {
             ("vulnerabilities", "WebVulnerability"), ("services", "WebService"),
             ("activity", "WebActivity"), ("change_requests", "WebChangeRequest"),
             ("conflicts", "WebConflict"), ("case_deadlines", "WebCaseDeadline"),
-            ("visits", "WebVisit"))}),
+            ("visits", "WebVisit"), ("team", "WebTeamMember"))},
+        supervisors={"type": "array", "items": _STR,
+                     "description": "the county's supervisors (who decide its requests)"}),
+    "WebTeamMember": _object(role=_STR, user_id=_STR),
     "WebComparedSubject": _object(
         subject={"type": "string", "description": 'a person id, or "household"'},
         changed={"type": "array", "items": _object(indicator=_STR, before=_ANY, after=_ANY)},
@@ -388,6 +464,14 @@ SCHEMAS: dict[str, Any] = {
         form=_STR, title=_STR, generated_on=_s("date", False),
         household=_object(id=_STR, county=_STR, locality=_STR, address=_s()),
         children={"type": "array", "items": _ref("WebAnnexChild")}),
+    "WebMap": _object(
+        type={"type": "string", "enum": ["FeatureCollection"]},
+        features={"type": "array", "items": _object(
+            type={"type": "string", "enum": ["Feature"]},
+            geometry=_object(type={"type": "string", "enum": ["Point"]},
+                             coordinates={"type": "array", "items": {"type": "number"},
+                                          "minItems": 2, "maxItems": 2}),
+            properties={"type": "object"})}),
     "WebVulnerabilityCount": _object(
         code=_STR, children=_INT, adults=_INT, households=_INT,
         persons={**_INT, "description": "person subjects (children, adults, unknown age)"}),
@@ -417,6 +501,12 @@ PATHS: dict[str, Any] = {
                    "due_before, or overdue now when due_before is not given"),
             _query("due_before", {"type": "string", "format": "date"},
                    "with deadline: due before this day (alone: any deadline)"),
+            _query("vulnerability", {"type": "string", "enum": sorted(known_vulnerabilities())},
+                   "households with this vulnerability"),
+            _query("overdue_service", {"type": "string", "enum": ["true", "false"]},
+                   "households with (true) or without (false) an overdue service"),
+            _query("worker", {"type": "string", "pattern": f"^{_USER_ID.pattern}$"},
+                   "households with this user on their team"),
             _query("page", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 1},
                    "page number, from 1"),
             _query("per_page", {"type": "integer", "minimum": 1, "maximum": MAX_PER_PAGE,
@@ -461,6 +551,27 @@ PATHS: dict[str, Any] = {
             "content": {"application/pdf": {"schema": {"type": "string",
                                                        "format": "binary"}}}},
                       "401": _ERR, "403": _ERR, "404": _ERR}}},
+    "/v1/web/households.csv": {"get": {
+        "summary": "the household list as CSV: every household the same filters select, "
+                   "in the list's order (at most 100,000)",
+        "security": _SIGNED,
+        "parameters": "LIST_PARAMETERS",
+        "responses": {"200": {"description": "the households", "headers": {"Cache-Control": {
+            "required": True, "schema": {"type": "string", "enum": ["no-store"]}}},
+            "content": {"text/csv": {"schema": {"type": "string"}}}},
+                      "400": _ERR, "401": _ERR, "403": _ERR}}},
+    "/v1/web/map": {"get": {
+        "summary": "the scope's households with a GPS fix, as GeoJSON: one point each, or "
+                   "with cell, one point per grid cell with a count (county and national "
+                   "zooms)",
+        "security": _SIGNED,
+        "parameters": [
+            _query("county", _COUNTY_SCHEMA, "county code"),
+            _query("locality", _LOCALITY_SCHEMA, "SIRUTA locality code"),
+            _query("cell", {"type": "number", "minimum": MIN_CELL, "maximum": MAX_CELL},
+                   "grid cell size in degrees (absent: one point per household)")],
+        "responses": {"200": _ok("a GeoJSON FeatureCollection", "WebMap"),
+                      "400": _ERR, "401": _ERR, "403": _ERR}}},
     "/v1/web/persons": {"get": {
         "summary": "members of the caller's scope's households, by household and person id",
         "security": _SIGNED,
@@ -489,3 +600,8 @@ PATHS: dict[str, Any] = {
         "responses": {"200": _ok("indicator counts", "WebSummary"),
                       "400": _ERR, "401": _ERR, "403": _ERR}}},
 }
+
+# The CSV export takes the list's filters, not its page.
+PATHS["/v1/web/households.csv"]["get"]["parameters"] = [
+    q for q in PATHS["/v1/web/households"]["get"]["parameters"]
+    if q["name"] not in ("page", "per_page")]

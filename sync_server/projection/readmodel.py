@@ -38,7 +38,7 @@ from conflict.catalogue import ADULT_AGE
 from sync_server.auth.identity import User
 from sync_server.projection.rows import OPEN_SERVICE
 from sync_server.protocol.errors import ErrorCode, VatraError
-from sync_server.store.tables import WEB_ROLE, proj_households
+from sync_server.store.tables import WEB_ROLE, proj_households, users
 from sync_server.store.tables import proj_activity as activity
 from sync_server.store.tables import proj_answers as answers
 from sync_server.store.tables import proj_assessments as assessments
@@ -48,6 +48,7 @@ from sync_server.store.tables import proj_conflicts as conflicts
 from sync_server.store.tables import proj_parents_abroad as parents_abroad
 from sync_server.store.tables import proj_persons as persons
 from sync_server.store.tables import proj_services as services
+from sync_server.store.tables import proj_team as team
 from sync_server.store.tables import proj_visits as visits
 from sync_server.store.tables import proj_vulnerabilities as vulnerabilities
 
@@ -136,6 +137,9 @@ class ListFilter:
     stage: str | None = None  # a case stage, or "none": no case open
     deadline: str | None = None  # a deadline code, or "any": one unmet and due ...
     due_before: dt.date | None = None  # ... before this day (None: before now, overdue)
+    vulnerability: str | None = None  # a vulnerability code the household has
+    overdue_service: bool | None = None  # with (True) or without (False) an overdue service
+    worker: str | None = None  # a user id on the household's team
     page: int = 1
     per_page: int = 20
 
@@ -177,9 +181,9 @@ def showing(first: int, count: int, total: int) -> str:
     return f"{first}{EN_DASH}{first + count - 1} of {total}"
 
 
-async def list_households(conn: AsyncConnection, scope: Scope, f: ListFilter) -> dict[str, Any]:
+def household_filter(scope: Scope, f: ListFilter) -> sa.ColumnElement[bool]:
+    """The household list's filter (its page aside): the scope and every criterion of ``f``."""
     h = proj_households
-    s = services.alias("s")
     conditions = [scope.where(h)]
     if f.county is not None:
         conditions.append(h.c.county == f.county)
@@ -204,7 +208,27 @@ async def list_households(conn: AsyncConnection, scope: Scope, f: ListFilter) ->
         if f.deadline != "any":
             due = due.where(d.c.code == f.deadline)
         conditions.append(due.exists())
-    where = sa.and_(*conditions)
+    if f.vulnerability is not None:
+        v = vulnerabilities.alias("v")
+        conditions.append(sa.select(sa.literal(1)).select_from(v).where(
+            v.c.household_id == h.c.household_id, v.c.vulnerability == f.vulnerability)
+            .exists())
+    if f.overdue_service is not None:
+        so = services.alias("so")
+        late = sa.select(sa.literal(1)).select_from(so).where(
+            so.c.household_id == h.c.household_id, _overdue(so)).exists()
+        conditions.append(late if f.overdue_service else sa.not_(late))
+    if f.worker is not None:
+        t = team.alias("t")
+        conditions.append(sa.select(sa.literal(1)).select_from(t).where(
+            t.c.household_id == h.c.household_id, t.c.user_id == f.worker).exists())
+    return sa.and_(*conditions)
+
+
+async def list_households(conn: AsyncConnection, scope: Scope, f: ListFilter) -> dict[str, Any]:
+    h = proj_households
+    s = services.alias("s")
+    where = household_filter(scope, f)
     total = (await conn.execute(sa.select(sa.func.count()).select_from(h).where(where))).scalar_one()
     overdue = (sa.select(sa.func.count()).select_from(s)
                .where(s.c.household_id == h.c.household_id, _overdue(s))
@@ -224,6 +248,64 @@ async def list_households(conn: AsyncConnection, scope: Scope, f: ListFilter) ->
         .order_by(*order))).mappings().all()
     return {"total": total, "page": f.page, "per_page": f.per_page,
             "showing": showing(offset + 1, len(rows), total), "items": [dict(r) for r in rows]}
+
+
+#: The most rows a CSV export holds (a county has ~50,000 households; a national list is
+#: read in pages or by county).
+MAX_EXPORT_ROWS = 100_000
+
+
+async def export_households(conn: AsyncConnection, scope: Scope, f: ListFilter
+                            ) -> AsyncIterator[dict[str, Any]]:
+    """Every household of the list ``f`` filters (its page ignored), in the list's order,
+    at most :data:`MAX_EXPORT_ROWS`: the rows a CSV export writes, streamed."""
+    h = proj_households
+    where = household_filter(scope, f)
+    query = (sa.select(h.c.household_id.label("id"), h.c.locality, h.c.county, h.c.status,
+                       h.c.case_stage, h.c.address, h.c.members_present, h.c.members_total,
+                       h.c.vulnerabilities, h.c.services_open, h.c.next_deadline,
+                       h.c.last_assessment_at, h.c.updated_at, h.c.updated_by)
+             .where(where).order_by(h.c.updated_at.desc(), h.c.household_id)
+             .limit(MAX_EXPORT_ROWS))
+    result = await conn.stream(query)
+    async for row in result.mappings():
+        yield dict(row)
+
+
+def geojson_point(lon: float, lat: float, properties: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "Feature", "geometry": {"type": "Point", "coordinates": [lon, lat]},
+            "properties": properties}
+
+
+async def household_map(conn: AsyncConnection, scope: Scope, county: str | None,
+                        locality: str | None, cell: float | None) -> dict[str, Any]:
+    """The scope's households with a GPS fix as a GeoJSON FeatureCollection: one point
+    each (``cell`` None), or, for the county and national zooms, one point per grid cell
+    of ``cell`` degrees, at the cell's centre, with how many households it holds."""
+    h = proj_households
+    conditions = [scope.where(h), h.c.lat.is_not(None), h.c.lon.is_not(None)]
+    if county is not None:
+        conditions.append(h.c.county == county)
+    if locality is not None:
+        conditions.append(h.c.locality == locality)
+    if cell is None:
+        rows = await _rows(conn, sa.select(h.c.household_id, h.c.lat, h.c.lon, h.c.status,
+                                           h.c.case_stage, h.c.vulnerabilities)
+                           .where(*conditions).order_by(h.c.household_id))
+        features = [geojson_point(r["lon"], r["lat"], {
+            "id": r["household_id"], "status": r["status"], "case_stage": r["case_stage"],
+            "vulnerabilities": r["vulnerabilities"]}) for r in rows]
+    else:
+        size = sa.literal(cell)
+        gx, gy = sa.func.floor(h.c.lon / size), sa.func.floor(h.c.lat / size)
+        rows = await _rows(conn, sa.select(gx.label("gx"), gy.label("gy"),
+                                           sa.func.count().label("households"))
+                           .where(*conditions).group_by(gx, gy).order_by(gx, gy))
+        features = [geojson_point(round((r["gx"] + 0.5) * cell, 6),
+                                  round((r["gy"] + 0.5) * cell, 6),
+                                  {"households": r["households"], "cell_degrees": cell})
+                    for r in rows]
+    return {"type": "FeatureCollection", "features": features}
 
 
 # --- one household's profile ------------------------------------------------
@@ -285,7 +367,18 @@ async def household_profile(conn: AsyncConnection, scope: Scope,
             order=[case_deadlines.c.due, case_deadlines.c.code])),
         "visits": await _rows(conn, of(visits, *_columns(visits), order=[
             visits.c.visited_on.desc().nulls_last(), visits.c.visit_id])),
+        "team": await _rows(conn, of(team, *_columns(team), order=[team.c.role])),
     }
+
+
+async def county_supervisors(engine: AsyncEngine, county: str) -> list[str]:
+    """The supervisors of a county (who decide its households' requests): read from the
+    registry of users, outside the web role, for the household card."""
+    async with engine.connect() as conn:
+        return list((await conn.execute(
+            sa.select(users.c.id).where(users.c.role == "supervisor", users.c.county == county,
+                                        users.c.disabled_at.is_(None))
+            .order_by(users.c.id))).scalars())
 
 
 # --- persons across households ----------------------------------------------------

@@ -253,6 +253,10 @@ def project(household_id: str, doc: Mapping[str, Any], *, locality: str, county:
                             "notified_on": _date(r.get("notified_on")),
                             "by": _str(r.get("by")), "recorded_at": _instant(r.get("recorded_at"))})
 
+    team_rows = [{**scope, "role": str(role), "user_id": user}
+                 for role, value in sorted(_map(doc.get("team")).items())
+                 if (user := _str(value)) is not None]
+
     registered = next((_map(a) for a in feed if _map(a).get("kind") == "registered"), {})
     gps = _map(doc.get("gps"))
     open_deadlines = [r["deadline"] for r in service_rows
@@ -282,5 +286,5 @@ def project(household_id: str, doc: Mapping[str, Any], *, locality: str, county:
             "vulnerabilities": vulnerability_rows, "services": service_rows,
             "change_requests": request_rows, "conflicts": conflict_rows,
             "activity": activity_rows, "case_deadlines": deadline_rows, "visits": visit_rows,
-            "parents_abroad": abroad_rows}
+            "parents_abroad": abroad_rows, "team": team_rows}
 

@@ -100,6 +100,10 @@ class ErrorCode(StrEnum):
     DUE_BEFORE_FORMAT = "due-before-format"
     REASSESSMENT_DUE_BEFORE_FORMAT = "reassessment-due-before-format"
     AFTER_FORMAT = "after-format"
+    VULNERABILITY_ENUM = "vulnerability-enum"
+    OVERDUE_SERVICE_ENUM = "overdue-service-enum"
+    WORKER_FORMAT = "worker-format"
+    CELL_RANGE = "cell-range"
     A_FORMAT = "a-format"
     B_FORMAT = "b-format"
     # -- a decision the household no longer allows (409): the household model's rule

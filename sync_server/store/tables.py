@@ -445,8 +445,18 @@ proj_parents_abroad = _scoped(
     sa.PrimaryKeyConstraint("household_id", "record_id"),
 )
 
+#: Who is on a household's team (its ``team`` map): the household list's worker filter
+#: and the household card.
+proj_team = _scoped(
+    "team",
+    sa.Column("role", sa.Text, nullable=False),
+    sa.Column("user_id", sa.Text, nullable=False),
+    sa.PrimaryKeyConstraint("household_id", "role"),
+    sa.Index("proj_team_user", "user_id", postgresql_include=["locality", "county"]),
+)
+
 #: Every projection table, in the order the projector writes them.
 PROJ_TABLES: tuple[sa.Table, ...] = (
     proj_households, proj_persons, proj_answers, proj_assessments, proj_vulnerabilities,
     proj_services, proj_change_requests, proj_conflicts, proj_activity, proj_case_deadlines,
-    proj_visits, proj_parents_abroad)
+    proj_visits, proj_parents_abroad, proj_team)
