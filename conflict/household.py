@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from automerge.core import ROOT, Document, ObjType, ScalarType
@@ -858,9 +858,10 @@ class Household:
         if notified_on is not None:
             fields["notified_on"] = _date_str(notified_on)
         values = _record_values(s.PARENT_ABROAD, base, fields)
-        today = datetime.now(UTC).date()
+        # (a day of slack: the tablet's date in Romania is a day ahead of UTC's at night)
+        latest = datetime.now(UTC).date() + timedelta(days=1)
         for key in ("since", "notified_on"):
-            if key in fields and date.fromisoformat(fields[key]) > today:
+            if key in fields and date.fromisoformat(fields[key]) > latest:
                 raise InvalidValueError((*base, key), "future-date")
         born = member.get("birth_date")
         if isinstance(born, str) and s.FORMATS["date"](born) and \

@@ -475,6 +475,8 @@ async def test_the_list_exports_as_csv_with_its_filters(world: World) -> None:
     assert (h1["address"], h1["status"], h1["services_open"]) == ("Str. Lunga 3", "active", "2")
     from sync_server.api.read import _csv_row
     assert _csv_row(["=HYPERLINK(1)", "-1", "plain", None]) == b"'=HYPERLINK(1),'-1,plain,\r\n"
+    assert _csv_row(["\t=1+1", "\r=1"]) == b"'\t=1+1,\"'\r=1\"\r\n"  # found in review
+    assert resp.headers["X-Vatra-Truncated"] == "false"
 
 
 async def test_the_map_has_points_and_cells_within_the_scope(world: World) -> None:

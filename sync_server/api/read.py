@@ -112,15 +112,19 @@ CSV_COLUMNS = ("id", "locality", "county", "status", "case_stage", "address",
                "members_present", "members_total", "vulnerabilities", "services_open",
                "next_deadline", "last_assessment_at", "updated_at", "updated_by")
 MIN_CELL, MAX_CELL = 0.01, 5.0
+#: CSV exports written at once by one instance (each holds its rows in memory).
+MAX_EXPORTS = 2
+#: What a spreadsheet may take for the start of a formula (OWASP's list).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 def _csv_row(values: Any) -> bytes:
     """One CSV line. A text that a spreadsheet would run as a formula (``=``, ``+``,
-    ``-``, ``@`` first) is written with a leading apostrophe: an address is typed on a
-    tablet, and the export is opened in a spreadsheet at the county."""
+    ``-``, ``@``, a tab or a carriage return first) is written with a leading apostrophe:
+    an address is typed on a tablet, and the export is opened in a spreadsheet."""
     out = io.StringIO()
     csv.writer(out, lineterminator="\r\n").writerow([
-        ("'" + v if isinstance(v, str) and v[:1] in ("=", "+", "-", "@") else
+        ("'" + v if isinstance(v, str) and v[:1] in _FORMULA_START else
          v.isoformat() if isinstance(v, dt.date | dt.datetime) else "" if v is None else v)
         for v in values])
     return out.getvalue().encode()
@@ -137,6 +141,7 @@ def _number(request: web.Request, name: str, default: int, maximum: int) -> int:
 
 
 def routes(engine: AsyncEngine, signed: SignedRequests) -> list[web.RouteDef]:
+    exports = asyncio.Semaphore(MAX_EXPORTS)
 
     async def _scope(request: web.Request) -> Scope:
         device, _ = await signed.authenticate(request)
@@ -190,16 +195,25 @@ def routes(engine: AsyncEngine, signed: SignedRequests) -> list[web.RouteDef]:
     async def households_csv(request: web.Request) -> web.StreamResponse:
         scope = await _scope(request)
         wanted = _list_filter(request)  # (page and per_page, if given, are not used)
-        response = web.StreamResponse(headers={
-            **NO_STORE, "Content-Type": "text/csv; charset=utf-8",
-            "Content-Disposition": 'attachment; filename="households.csv"'})
-        await response.prepare(request)
-        await response.write(_csv_row(CSV_COLUMNS))
-        async with readmodel.reading(engine, scope) as conn:
-            async for row in readmodel.export_households(conn, scope, wanted):
+        if exports.locked():
+            raise _error(503, ErrorCode.EXPORT_BUSY,
+                         f"{MAX_EXPORTS} exports are being written; retry in a minute")
+        async with exports:
+            # Read in one short transaction, then write: a slow reader holds memory (the
+            # rows, at most MAX_EXPORT_ROWS), never a database connection.
+            async with readmodel.reading(engine, scope) as conn:
+                rows = [row async for row in readmodel.export_households(conn, scope, wanted)]
+            truncated = len(rows) > readmodel.MAX_EXPORT_ROWS
+            response = web.StreamResponse(headers={
+                **NO_STORE, "Content-Type": "text/csv; charset=utf-8",
+                "Content-Disposition": 'attachment; filename="households.csv"',
+                "X-Vatra-Truncated": "true" if truncated else "false"})
+            await response.prepare(request)
+            await response.write(_csv_row(CSV_COLUMNS))
+            for row in rows[:readmodel.MAX_EXPORT_ROWS]:
                 await response.write(_csv_row([row[c] for c in CSV_COLUMNS]))
-        await response.write_eof()
-        return response
+            await response.write_eof()
+            return response
 
     async def household_map(request: web.Request) -> web.Response:
         scope = await _scope(request)
@@ -556,10 +570,12 @@ PATHS: dict[str, Any] = {
                    "in the list's order (at most 100,000)",
         "security": _SIGNED,
         "parameters": "LIST_PARAMETERS",
-        "responses": {"200": {"description": "the households", "headers": {"Cache-Control": {
+        "responses": {"200": {"description": "the households; X-Vatra-Truncated says "
+                                             "whether the limit cut the list",
+                              "headers": {"Cache-Control": {
             "required": True, "schema": {"type": "string", "enum": ["no-store"]}}},
             "content": {"text/csv": {"schema": {"type": "string"}}}},
-                      "400": _ERR, "401": _ERR, "403": _ERR}}},
+                      "400": _ERR, "401": _ERR, "403": _ERR, "503": _ERR}}},
     "/v1/web/map": {"get": {
         "summary": "the scope's households with a GPS fix, as GeoJSON: one point each, or "
                    "with cell, one point per grid cell with a count (county and national "

@@ -23,9 +23,10 @@ are suppressed until, in every sum:
 
 The cells suppressed to that end are the smallest of the group (ties by code), so as
 little as possible is hidden. A measure that counts part of another (vulnerable children
-of the children assessed; households with a vulnerability of the households) is also
-hidden where the difference would be below K (:func:`complements`): "all but two
-households of this village have it" says as much as the two. :func:`suppress` is pure, and
+of the children assessed; households with a vulnerability of the households) is hidden
+wherever the whole is, and where the rest (whole minus part), suppressed as a measure of
+its own, would be below K or pinned (:func:`suppress_part`): "all but two households of
+this village have it" says as much as the two. :func:`suppress` is pure, and
 ``tests/test_open_data.py`` checks both rules against an attacker who propagates every
 sum's bounds.
 """
@@ -149,14 +150,24 @@ def _with_sums(localities: Mapping[Cell, int]) -> dict[Cell, int]:
     return cells
 
 
-def complements(whole: Mapping[Cell, int], whole_hidden: set[Cell], part: Mapping[Cell, int],
-                threshold: int = THRESHOLD) -> set[Cell]:
-    """Cells of ``part`` (a subset measure: vulnerable children of the children assessed,
-    households with a vulnerability of the households) to hide because, published next
-    to ``whole``, their difference would be a count below the threshold: "all but two
-    households here have this vulnerability" names the rest."""
-    return {cell for cell, n in part.items()
-            if cell not in whole_hidden and 0 <= whole.get(cell, 0) - n < threshold}
+def suppress_part(whole: Mapping[Cell, int], whole_hidden: set[Cell], part: Mapping[Cell, int],
+                  threshold: int = THRESHOLD) -> set[Cell]:
+    """The cells of ``part`` not to publish, where it counts a part of ``whole`` (vulnerable
+    children of the children assessed; households with a vulnerability of the
+    households) whose cells ``whole_hidden`` are hidden. Three tables are linked, cell by
+    cell: whole = part + the rest, and each adds up over the areas. So ``part`` is hidden
+    wherever ``whole`` is (a published part bounds a hidden whole from below), and the
+    rest is suppressed as a measure of its own: where it would be below K ("all but two
+    households here have it" names the two) or pinned by its sums, the part is hidden too,
+    so the rest cannot be worked out. Repeated until nothing moves."""
+    rest = {cell: whole.get(cell, 0) - n for cell, n in part.items()}
+    hidden = suppress(part, threshold, whole_hidden)
+    while True:
+        unknown = hidden | whole_hidden
+        extra = suppress(rest, threshold, unknown) - unknown
+        if not extra:
+            return hidden
+        hidden = suppress(part, threshold, hidden | extra)
 
 
 async def export(engine: AsyncEngine, threshold: int = THRESHOLD,
@@ -175,9 +186,8 @@ async def export(engine: AsyncEngine, threshold: int = THRESHOLD,
     for measure in sorted(sums, key=lambda m: m in _PART_OF or m.startswith("vulnerability:")):
         whole = _PART_OF.get(measure, "households" if measure.startswith("vulnerability:")
                              else None)
-        also = (complements(sums[whole], hidden[whole], sums[measure], threshold)
-                if whole is not None else set())
-        hidden[measure] = suppress(sums[measure], threshold, also)
+        hidden[measure] = (suppress(sums[measure], threshold) if whole is None else
+                           suppress_part(sums[whole], hidden[whole], sums[measure], threshold))
         hidden_total += len(hidden[measure])
         for cell, n in sums[measure].items():
             areas.setdefault(cell, {})[measure] = None if cell in hidden[measure] else n

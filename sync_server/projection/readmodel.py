@@ -266,7 +266,7 @@ async def export_households(conn: AsyncConnection, scope: Scope, f: ListFilter
                        h.c.vulnerabilities, h.c.services_open, h.c.next_deadline,
                        h.c.last_assessment_at, h.c.updated_at, h.c.updated_by)
              .where(where).order_by(h.c.updated_at.desc(), h.c.household_id)
-             .limit(MAX_EXPORT_ROWS))
+             .limit(MAX_EXPORT_ROWS + 1))  # one more: the caller says it was cut
     result = await conn.stream(query)
     async for row in result.mappings():
         yield dict(row)

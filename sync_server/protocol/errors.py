@@ -104,6 +104,7 @@ class ErrorCode(StrEnum):
     OVERDUE_SERVICE_ENUM = "overdue-service-enum"
     WORKER_FORMAT = "worker-format"
     CELL_RANGE = "cell-range"
+    EXPORT_BUSY = "export-busy"
     A_FORMAT = "a-format"
     B_FORMAT = "b-format"
     # -- a decision the household no longer allows (409): the household model's rule
