@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import quote, urlencode
 
 import aiohttp
 from automerge.core import ROOT, ScalarType
+from yarl import URL
 
 from client_sdk import SyncClient
 from client_sdk._transport import ClientChannel
 from sync_server.protocol import wire
+from sync_server.protocol.http_auth import sign
 from sync_server.protocol.session import SecureChannel, open_session
 
 
@@ -73,3 +77,14 @@ async def joined(server, replica) -> AsyncIterator[SecureChannel]:
         await channel.send(wire.encode(wire.Join("live")))
         assert isinstance(wire.decode(await channel.receive()), wire.Peer)
         yield channel
+
+
+async def web_get(http_url: str, tablet, path: str, **params: Any) -> tuple[int, bytes, Any]:
+    """A GET of the web tier's read API signed by ``tablet``'s device, as the web platform
+    sends it: (status, body, headers)."""
+    path_qs = path + ("?" + urlencode(params, quote_via=quote) if params else "")
+    creds = tablet.credentials
+    headers = {"Authorization": sign(creds.device_id, creds.signing_key, "GET", path_qs)}
+    async with aiohttp.ClientSession() as session, session.get(
+            URL(http_url + path_qs, encoded=True), headers=headers) as resp:
+        return resp.status, await resp.read(), resp.headers

@@ -7,29 +7,21 @@ from __future__ import annotations
 import io
 import json
 from typing import Any
-from urllib.parse import quote, urlencode
 
-import aiohttp
 import pytest
+from _scenes import web_get
 from automerge.core import ROOT, ObjType, ScalarType
 from pypdf import PdfReader
-from yarl import URL
 
 from client_sdk import SyncClient
 from conflict import Household, InvalidValueError
 from sync_server.app import PROJECTOR
-from sync_server.protocol.http_auth import sign
 
 pytestmark = pytest.mark.functional
 
 
 async def get(server, tablet, path: str, **params: Any) -> tuple[int, bytes, Any]:
-    path_qs = path + ("?" + urlencode(params, quote_via=quote) if params else "")
-    creds = tablet.credentials
-    headers = {"Authorization": sign(creds.device_id, creds.signing_key, "GET", path_qs)}
-    async with aiohttp.ClientSession() as session, session.get(
-            URL(server.http_url + path_qs, encoded=True), headers=headers) as resp:
-        return resp.status, await resp.read(), resp.headers
+    return await web_get(server.http_url, tablet, path, **params)
 
 
 @pytest.fixture

@@ -5,18 +5,16 @@ projector, row-level security, signed HTTP)."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any
-from urllib.parse import quote, urlencode
 
-import aiohttp
 import pytest
-from yarl import URL
+from _scenes import web_get
 
 from client_sdk import SyncClient
 from conflict import Household
 from conflict import case as case_rules
 from sync_server.app import PROJECTOR
-from sync_server.protocol.http_auth import sign
 
 pytestmark = pytest.mark.functional
 
@@ -29,12 +27,8 @@ def instant(at: dt.datetime) -> str:
 
 
 async def get(server, tablet, path: str, **params: Any) -> tuple[int, Any]:
-    path_qs = path + ("?" + urlencode(params, quote_via=quote) if params else "")
-    creds = tablet.credentials
-    headers = {"Authorization": sign(creds.device_id, creds.signing_key, "GET", path_qs)}
-    async with aiohttp.ClientSession() as session, session.get(
-            URL(server.http_url + path_qs, encoded=True), headers=headers) as resp:
-        return resp.status, await resp.json()
+    status, body, _ = await web_get(server.http_url, tablet, path, **params)
+    return status, json.loads(body)
 
 
 @pytest.fixture

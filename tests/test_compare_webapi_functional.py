@@ -3,17 +3,15 @@ tier's read API (real server, projector, row-level security, signed HTTP)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
-from urllib.parse import quote, urlencode
 
-import aiohttp
 import pytest
-from yarl import URL
+from _scenes import web_get
 
 from client_sdk import SyncClient
 from conflict.compare import compare_assessments
 from sync_server.app import PROJECTOR
-from sync_server.protocol.http_auth import sign
 
 pytestmark = pytest.mark.functional
 
@@ -21,12 +19,8 @@ UNKNOWN = "00000000-0000-4000-8000-000000000000"
 
 
 async def get(server, tablet, path: str, **params: Any) -> tuple[int, Any]:
-    path_qs = path + ("?" + urlencode(params, quote_via=quote) if params else "")
-    creds = tablet.credentials
-    headers = {"Authorization": sign(creds.device_id, creds.signing_key, "GET", path_qs)}
-    async with aiohttp.ClientSession() as session, session.get(
-            URL(server.http_url + path_qs, encoded=True), headers=headers) as resp:
-        return resp.status, await resp.json()
+    status, body, _ = await web_get(server.http_url, tablet, path, **params)
+    return status, json.loads(body)
 
 
 @pytest.fixture

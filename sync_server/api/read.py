@@ -33,10 +33,11 @@ import functools
 import io
 import json
 import re
-from typing import Any, cast
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, cast
 
 from aiohttp import web
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from conflict.answers import known_vulnerabilities
 from conflict.case import load_rules
@@ -50,6 +51,7 @@ from sync_server.projection import readmodel
 from sync_server.projection.readmodel import ListFilter, NoReadScope, PersonFilter, Scope
 from sync_server.protocol.errors import ErrorCode
 
+T = TypeVar("T")
 NO_STORE = {"Cache-Control": "no-store"}
 MAX_PER_PAGE = 100
 MAX_PAGE = 1_000_000
@@ -233,15 +235,23 @@ def routes(engine: AsyncEngine, signed: SignedRequests) -> list[web.RouteDef]:
             return _answer(await readmodel.household_map(conn, scope, county, locality, cell))
 
 
-    async def household_profile(request: web.Request) -> web.Response:
-        scope = await _scope(request)
+    async def _of_household(request: web.Request, scope: Scope,
+                            read: Callable[[AsyncConnection, Scope, str], Awaitable[T | None]]
+                            ) -> T:
+        """What ``read`` finds of the household the path names, within ``scope``; ``404``
+        when it is not there or outside the scope (the caller cannot tell the two apart)."""
         hid = request.match_info["household_id"]
-        profile = None
+        found = None
         if is_household_id(hid):
             async with readmodel.reading(engine, scope) as conn:
-                profile = await readmodel.household_profile(conn, scope, hid)
-        if profile is None:
+                found = await read(conn, scope, hid)
+        if found is None:
             raise _error(404, ErrorCode.NOT_FOUND, "no such household")
+        return found
+
+    async def household_profile(request: web.Request) -> web.Response:
+        profile = await _of_household(request, await _scope(request),
+                                      readmodel.household_profile)
         profile["supervisors"] = await readmodel.county_supervisors(
             engine, profile["household"]["county"])
         return _answer(profile)
@@ -249,7 +259,6 @@ def routes(engine: AsyncEngine, signed: SignedRequests) -> list[web.RouteDef]:
 
     async def compare(request: web.Request) -> web.Response:
         scope = await _scope(request)
-        hid = request.match_info["household_id"]
         ids = []
         for name in ("a", "b"):
             value = request.query.get(name)
@@ -257,12 +266,7 @@ def routes(engine: AsyncEngine, signed: SignedRequests) -> list[web.RouteDef]:
                 raise _error(400, ErrorCode(f"{name}-format"),
                              f"{name}: an assessment id (a UUID)")
             ids.append(value)
-        household = None
-        if is_household_id(hid):
-            async with readmodel.reading(engine, scope) as conn:
-                household = await readmodel.household_assessments(conn, scope, hid)
-        if household is None:
-            raise _error(404, ErrorCode.NOT_FOUND, "no such household")
+        household = await _of_household(request, scope, readmodel.household_assessments)
         try:
             return _answer(compare_assessments(household, ids[0], ids[1]).to_json())
         except UnknownAssessment:
@@ -270,14 +274,7 @@ def routes(engine: AsyncEngine, signed: SignedRequests) -> list[web.RouteDef]:
                          "no such assessment with answers in this household") from None
 
     async def _annex(request: web.Request) -> dict[str, Any]:
-        scope = await _scope(request)
-        hid = request.match_info["household_id"]
-        rows = None
-        if is_household_id(hid):
-            async with readmodel.reading(engine, scope) as conn:
-                rows = await readmodel.annex_rows(conn, scope, hid)
-        if rows is None:
-            raise _error(404, ErrorCode.NOT_FOUND, "no such household")
+        rows = await _of_household(request, await _scope(request), readmodel.annex_rows)
         if not rows[2]:
             raise _error(404, ErrorCode.NOT_FOUND,
                          "no parent working abroad is recorded for this household")
@@ -365,6 +362,8 @@ _ERR = {"description": "refused", "headers": {"Cache-Control": {"schema": {"type
 _SIGNED: list[dict[str, list[str]]] = [{"device": []}]
 _LOCALITY_SCHEMA = {"type": "string", "pattern": "^[0-9]{1,6}$"}
 _COUNTY_SCHEMA = {"type": "string", "pattern": "^[A-Z]{1,2}$"}
+_HOUSEHOLD_ID = {"name": "household_id", "in": "path", "required": True,
+                 "schema": {"type": "string", "pattern": "^[1-9A-HJ-NP-Za-km-z]{1,64}$"}}
 
 
 def _ok(description: str, schema: str) -> dict[str, Any]:
@@ -530,8 +529,7 @@ PATHS: dict[str, Any] = {
     "/v1/web/households/{household_id}": {"get": {
         "summary": "one household's profile (404 outside the caller's scope)",
         "security": _SIGNED,
-        "parameters": [{"name": "household_id", "in": "path", "required": True, "schema": {
-            "type": "string", "pattern": "^[1-9A-HJ-NP-Za-km-z]{1,64}$"}}],
+        "parameters": [_HOUSEHOLD_ID],
         "responses": {"200": _ok("the profile", "WebProfile"),
                       "401": _ERR, "403": _ERR, "404": _ERR}}},
     "/v1/web/households/{household_id}/assessments/compare": {"get": {
@@ -539,8 +537,7 @@ PATHS: dict[str, Any] = {
                    "indicators, vulnerabilities gained and lost",
         "security": _SIGNED,
         "parameters": [
-            {"name": "household_id", "in": "path", "required": True, "schema": {
-                "type": "string", "pattern": "^[1-9A-HJ-NP-Za-km-z]{1,64}$"}},
+            _HOUSEHOLD_ID,
             _query("a", {"type": "string", "pattern": _ENTITY_ID_PATTERN}, "an assessment id",
                    required=True),
             _query("b", {"type": "string", "pattern": _ENTITY_ID_PATTERN},
@@ -551,15 +548,13 @@ PATHS: dict[str, Any] = {
         "summary": "the GD 691/2015 annex of a household: its children with a parent "
                    "working abroad (404 when none is recorded)",
         "security": _SIGNED,
-        "parameters": [{"name": "household_id", "in": "path", "required": True, "schema": {
-            "type": "string", "pattern": "^[1-9A-HJ-NP-Za-km-z]{1,64}$"}}],
+        "parameters": [_HOUSEHOLD_ID],
         "responses": {"200": _ok("the annex, as data", "WebAnnex691"),
                       "401": _ERR, "403": _ERR, "404": _ERR}}},
     "/v1/web/households/{household_id}/annex-691.pdf": {"get": {
         "summary": "the same annex as a PDF to print and file",
         "security": _SIGNED,
-        "parameters": [{"name": "household_id", "in": "path", "required": True, "schema": {
-            "type": "string", "pattern": "^[1-9A-HJ-NP-Za-km-z]{1,64}$"}}],
+        "parameters": [_HOUSEHOLD_ID],
         "responses": {"200": {"description": "the annex", "headers": {"Cache-Control": {
             "required": True, "schema": {"type": "string", "enum": ["no-store"]}}},
             "content": {"application/pdf": {"schema": {"type": "string",
