@@ -350,6 +350,10 @@ BAD_PARAMETERS = [
     ("/v1/web/households", {"worker": "no one"}, "worker-format"),
     ("/v1/web/households.csv", {"status": "bogus"}, "status-enum"),
     ("/v1/web/map", {"cell": "9"}, "cell-range"),
+    ("/v1/web/services", {"status": "done"}, "status-enum"),
+    ("/v1/web/services", {"overdue": "maybe"}, "overdue-enum"),
+    ("/v1/web/services", {"code": "haircut"}, "code-enum"),
+    ("/v1/web/services", {"after": "x y"}, "after-format"),
     ("/v1/web/map", {"cell": "wide"}, "cell-range"),
     ("/v1/web/households", {"page": "0"}, "page-range"),
     ("/v1/web/households", {"page": "two"}, "page-range"),
@@ -500,3 +504,30 @@ async def test_the_map_has_points_and_cells_within_the_scope(world: World) -> No
     counts = sorted(f["properties"]["households"] for f in cells["features"])
     assert counts == [1, 1, 2]  # h1 and h2 share a cell; h3 and h4 each have their own
     assert all("id" not in f["properties"] for f in cells["features"])
+
+
+async def test_services_across_households_in_keyset_pages(world: World) -> None:
+    """Every planned service of the scope, each with its household and whether it is
+    overdue; filters by status and overdue; pages that cover everyone once."""
+    status, answer, _ = await world.get("nat", "/v1/web/services")
+    assert status == 200 and answer["next"] is None
+    expected = {sid for key in world.services for sid in world.services[key]}
+    assert {i["service_id"] for i in answer["items"]} == expected
+    overdue = {i["service_id"] for i in answer["items"] if i["overdue"]}
+    assert overdue == {world.services["h1"][0], world.services["h2"][0],
+                       world.services["h4"][0]}
+    status, late, _ = await world.get("nat", "/v1/web/services", overdue="true")
+    assert {i["service_id"] for i in late["items"]} == overdue
+    status, delivered, _ = await world.get("nat", "/v1/web/services", status="delivered")
+    assert [i["service_id"] for i in delivered["items"]] == [world.services["h1"][2]]
+    status, bv, _ = await world.get("sup-bv", "/v1/web/services")
+    assert {i["household_id"] for i in bv["items"]} == {world.ids["h4"]}  # its county only
+    seen, after = [], None
+    for _ in range(10):
+        params: dict[str, Any] = {"per_page": 2, **({"after": after} if after else {})}
+        status, page, _ = await world.get("nat", "/v1/web/services", **params)
+        seen += [(i["household_id"], i["service_id"]) for i in page["items"]]
+        after = page["next"]
+        if after is None:
+            break
+    assert len(seen) == len(set(seen)) == len(expected) and seen == sorted(seen)

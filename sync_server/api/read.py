@@ -5,6 +5,8 @@
     GET /v1/web/households/{household_id}      one household's profile
     GET /v1/web/households/{household_id}/assessments/compare   a, b: two assessment ids
     GET /v1/web/households/{household_id}/annex-691[.pdf]   the GD 691/2015 annex
+    GET /v1/web/services                       county, locality, status, overdue, code,
+                                               after, per_page
     GET /v1/web/persons                        county, locality, reassessment_due_before,
                                                after, per_page
     GET /v1/web/summary                        level (locality | county | national), code
@@ -39,16 +41,22 @@ from typing import Any, TypeVar, cast
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from conflict.answers import known_vulnerabilities
+from conflict.answers import known_services, known_vulnerabilities
 from conflict.case import load_rules
 from conflict.compare import UnknownAssessment, compare_assessments
 from conflict.ids import is_entity_id, is_household_id
-from conflict.schema import CASE_STAGES, HOUSEHOLD_STATUSES
+from conflict.schema import CASE_STAGES, HOUSEHOLD_STATUSES, SERVICE_STATUSES
 from sync_server.api import annex
 from sync_server.api.auth import SignedRequests
 from sync_server.api.errors import http_error
 from sync_server.projection import readmodel
-from sync_server.projection.readmodel import ListFilter, NoReadScope, PersonFilter, Scope
+from sync_server.projection.readmodel import (
+    ListFilter,
+    NoReadScope,
+    PersonFilter,
+    Scope,
+    ServiceFilter,
+)
 from sync_server.protocol.errors import ErrorCode
 
 T = TypeVar("T")
@@ -130,6 +138,17 @@ def _csv_row(values: Any) -> bytes:
          v.isoformat() if isinstance(v, dt.date | dt.datetime) else "" if v is None else v)
         for v in values])
     return out.getvalue().encode()
+
+
+def _cursor(request: web.Request) -> tuple[str, str] | None:
+    """A keyset list's ``after``: the previous page's ``next``."""
+    after = request.query.get("after")
+    if after is None:
+        return None
+    if not _AFTER.fullmatch(after):
+        raise _error(400, ErrorCode.AFTER_FORMAT, "after: the 'next' of the previous page")
+    hid, _, entity = after.partition(":")
+    return hid, entity
 
 
 def _number(request: web.Request, name: str, default: int, maximum: int) -> int:
@@ -290,16 +309,30 @@ def routes(engine: AsyncEngine, signed: SignedRequests) -> list[web.RouteDef]:
             **NO_STORE, "Content-Disposition":
                 f'attachment; filename="anexa-691-{document["household"]["id"]}.pdf"'})
 
+    async def list_services(request: web.Request) -> web.Response:
+        scope = await _scope(request)
+        status = request.query.get("status")
+        if status is not None and status not in SERVICE_STATUSES:
+            raise _error(400, ErrorCode.STATUS_ENUM,
+                         f"status: one of {', '.join(SERVICE_STATUSES)}")
+        overdue = request.query.get("overdue")
+        if overdue is not None and overdue not in ("true", "false"):
+            raise _error(400, ErrorCode.OVERDUE_ENUM, "overdue: true or false")
+        code = request.query.get("code")
+        if code is not None and code not in known_services():
+            raise _error(400, ErrorCode.CODE_ENUM, "code: a service code of the catalogue")
+        wanted = ServiceFilter(county=_text(request, "county", _COUNTY, _COUNTY_RULE),
+                               locality=_text(request, "locality", _LOCALITY, _LOCALITY_RULE),
+                               status=status, code=code,
+                               overdue=None if overdue is None else overdue == "true",
+                               after=_cursor(request),
+                               per_page=_number(request, "per_page", 50, MAX_PER_PAGE))
+        async with readmodel.reading(engine, scope) as conn:
+            return _answer(await readmodel.list_services(conn, scope, wanted))
+
     async def list_persons(request: web.Request) -> web.Response:
         scope = await _scope(request)
-        after = request.query.get("after")
-        cursor = None
-        if after is not None:
-            if not _AFTER.fullmatch(after):
-                raise _error(400, ErrorCode.AFTER_FORMAT,
-                             "after: the 'next' of the previous page")
-            hid, _, pid = after.partition(":")
-            cursor = (hid, pid)
+        cursor = _cursor(request)
         wanted = PersonFilter(county=_text(request, "county", _COUNTY, _COUNTY_RULE),
                               locality=_text(request, "locality", _LOCALITY, _LOCALITY_RULE),
                               reassessment_due_before=_day(request, "reassessment_due_before"),
@@ -328,6 +361,7 @@ def routes(engine: AsyncEngine, signed: SignedRequests) -> list[web.RouteDef]:
             web.get("/v1/web/households/{household_id}", household_profile),
             web.get("/v1/web/households/{household_id}/assessments/compare", compare),
             web.get("/v1/web/persons", list_persons),
+            web.get("/v1/web/services", list_services),
             web.get("/v1/web/households/{household_id}/annex-691", annex_json),
             web.get("/v1/web/households/{household_id}/annex-691.pdf", annex_pdf),
             web.get("/v1/web/summary", summary)]
@@ -462,6 +496,15 @@ SCHEMAS: dict[str, Any] = {
         reassessment_due={**_s("date-time"), "description":
                           "the member's latest completed assessment plus the case model's "
                           "interval; null without an open case that re-assesses"}),
+    "WebServiceItem": _object(
+        household_id=_STR, service_id=_STR, locality=_STR, county=_STR, code=_s(),
+        person_id=_s(), vulnerability=_s(), deadline=_s("date"), status=_s(),
+        delivered_at=_s("date-time"), delivered_by=_s(),
+        overdue={"type": "boolean", "description": "open and its deadline is before today"}),
+    "WebServiceList": _object(
+        items={"type": "array", "items": _ref("WebServiceItem")},
+        next={"type": "string", "nullable": True,
+              "description": "give as after= for the next page; null on the last"}),
     "WebPersonList": _object(
         items={"type": "array", "items": _ref("WebPersonItem")},
         next={"type": "string", "nullable": True,
@@ -582,6 +625,24 @@ PATHS: dict[str, Any] = {
             _query("cell", {"type": "number", "minimum": MIN_CELL, "maximum": MAX_CELL},
                    "grid cell size in degrees (absent: one point per household)")],
         "responses": {"200": _ok("a GeoJSON FeatureCollection", "WebMap"),
+                      "400": _ERR, "401": _ERR, "403": _ERR}}},
+    "/v1/web/services": {"get": {
+        "summary": "planned services of the caller's scope's households, by household and "
+                   "service id",
+        "security": _SIGNED,
+        "parameters": [
+            _query("county", _COUNTY_SCHEMA, "county code"),
+            _query("locality", _LOCALITY_SCHEMA, "SIRUTA locality code"),
+            _query("status", {"type": "string", "enum": list(SERVICE_STATUSES)}, "status"),
+            _query("overdue", {"type": "string", "enum": ["true", "false"]},
+                   "open and past its deadline (true), or not (false)"),
+            _query("code", {"type": "string", "enum": sorted(known_services())},
+                   "a service code of the catalogue"),
+            _query("after", {"type": "string", "pattern": f"^{_AFTER.pattern}$"},
+                   "the previous page's next"),
+            _query("per_page", {"type": "integer", "minimum": 1, "maximum": MAX_PER_PAGE,
+                                "default": 50}, "services per page")],
+        "responses": {"200": _ok("a page of services", "WebServiceList"),
                       "400": _ERR, "401": _ERR, "403": _ERR}}},
     "/v1/web/persons": {"get": {
         "summary": "members of the caller's scope's households, by household and person id",

@@ -449,6 +449,49 @@ async def list_persons(conn: AsyncConnection, scope: Scope, f: PersonFilter) -> 
             if more else None}
 
 
+# --- services across households ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceFilter:
+    county: str | None = None
+    locality: str | None = None
+    status: str | None = None  # a service status
+    overdue: bool | None = None  # open and past its deadline (True), or not (False)
+    code: str | None = None  # a service code of the catalogue
+    after: tuple[str, str] | None = None  # keyset: the last (household id, service id) seen
+    per_page: int = 50
+
+
+async def list_services(conn: AsyncConnection, scope: Scope, f: ServiceFilter
+                        ) -> dict[str, Any]:
+    """Planned services of the scope's households, by (household id, service id), a page
+    after ``f.after`` (keyset), each with whether it is overdue by the database's clock."""
+    s = services
+    conditions = [scope.where(s)]
+    if f.county is not None:
+        conditions.append(s.c.county == f.county)
+    if f.locality is not None:
+        conditions.append(s.c.locality == f.locality)
+    if f.status is not None:
+        conditions.append(s.c.status == f.status)
+    if f.code is not None:
+        conditions.append(s.c.code == f.code)
+    if f.overdue is not None:
+        conditions.append(_overdue(s) if f.overdue else sa.not_(_overdue(s)))
+    if f.after is not None:
+        conditions.append(sa.tuple_(s.c.household_id, s.c.service_id) > sa.tuple_(*f.after))
+    rows = await _rows(conn, sa.select(
+        s.c.household_id, s.c.service_id, s.c.locality, s.c.county, s.c.code, s.c.person_id,
+        s.c.vulnerability, s.c.deadline, s.c.status, s.c.delivered_at, s.c.delivered_by,
+        _overdue(s).label("overdue"))
+        .where(*conditions).order_by(s.c.household_id, s.c.service_id).limit(f.per_page + 1))
+    more = len(rows) > f.per_page
+    rows = rows[:f.per_page]
+    return {"items": rows, "next": f"{rows[-1]['household_id']}:{rows[-1]['service_id']}"
+            if more else None}
+
+
 # --- comparing two assessments ------------------------------------------------------
 
 

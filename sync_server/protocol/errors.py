@@ -105,6 +105,8 @@ class ErrorCode(StrEnum):
     WORKER_FORMAT = "worker-format"
     CELL_RANGE = "cell-range"
     EXPORT_BUSY = "export-busy"
+    OVERDUE_ENUM = "overdue-enum"
+    CODE_ENUM = "code-enum"
     A_FORMAT = "a-format"
     B_FORMAT = "b-format"
     # -- a decision the household no longer allows (409): the household model's rule
