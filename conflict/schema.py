@@ -199,6 +199,8 @@ HOUSEHOLD_STATUSES = ("registration", "active", "closed")
 PRESENCES = ("present", "absent", "moved", "deceased")
 SEXES = ("F", "M", "X")
 SERVICE_STATUSES = ("planned", "in_progress", "delivered", "cancelled")
+#: Services still to be delivered: the ones that can be overdue.
+OPEN_SERVICE = ("planned", "in_progress")
 REQUEST_STATUSES = ("pending", "approved", "rejected")
 REQUEST_KINDS = (
     "add_member",

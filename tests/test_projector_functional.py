@@ -20,6 +20,7 @@ from client_sdk import SyncClient
 from conflict import Household
 from sync_server.app import ENGINE, PROJECTOR, STORE
 from sync_server.projection.projector import projection_status
+from sync_server.store import aggregates
 from sync_server.store.contract import HouseholdRecord
 from sync_server.store.tables import PROJ_TABLES as TABLES
 from sync_server.sync.apply import stored
@@ -122,6 +123,12 @@ async def test_rebuild_gives_the_rows_the_incremental_projection_gave(server, pr
     assert await rows_of(server.app[ENGINE]) == incremental
     again = await projector.rebuild([hid])  # nothing changed: nothing written
     assert (again[0].upserted, again[0].deleted) == (0, 0)
+    # The rows were deleted behind the projector's back, so its aggregates counted the
+    # household twice; the recount a full `vatra projections rebuild` ends with says so.
+    async with server.app[ENGINE].begin() as conn:
+        assert await aggregates.recount(conn) > 0
+    async with server.app[ENGINE].begin() as conn:
+        assert await aggregates.recount(conn) == 0
 
 
 async def test_erasing_a_household_removes_its_projection(server, provision) -> None:
@@ -161,6 +168,10 @@ async def test_the_commands_project_report_and_rebuild(database_url, store) -> N
     assert (after["pending"], after["households_projected"], after["lag_seconds"]) == (0, 3, 0)
     rebuilt = await asyncio.to_thread(vatra, "projections", "rebuild", "--household", ids[0])
     assert rebuilt.strip() == "rebuilt 1 household(s): 0 changed, 0 row(s) written, 0 deleted"
+    everything = await asyncio.to_thread(vatra, "projections", "rebuild")
+    assert everything.splitlines() == [
+        "rebuilt 3 household(s): 0 changed, 0 row(s) written, 0 deleted",
+        "recounted the per-locality aggregates: 0 row(s) corrected"]
     refused = await asyncio.to_thread(vatra, "projections", "rebuild", "--household", "nope",
                                       status=1)
     assert "no such household: nope" in refused

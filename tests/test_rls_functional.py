@@ -8,10 +8,13 @@ import sqlalchemy as sa
 
 from conflict import Household
 from sync_server.projection.projector import Projector
+from sync_server.store.aggregates import AGGREGATES
 from sync_server.store.contract import HouseholdRecord
-from sync_server.store.tables import PROJ_TABLES as TABLES
-from sync_server.store.tables import SCHEMA, WEB_ROLE
+from sync_server.store.tables import PROJ_TABLES, SCHEMA, WEB_ROLE
 from sync_server.sync.apply import stored
+
+#: Every table of the schema: the projection's and the per-locality aggregates.
+TABLES = (*PROJ_TABLES, *AGGREGATES)
 
 pytestmark = pytest.mark.functional
 

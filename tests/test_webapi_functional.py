@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import json
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -112,7 +113,12 @@ class World:
         return next(k for k, v in self.ids.items() if v == hid)
 
     async def get(self, who: str | None, path: str, **params: Any) -> tuple[int, Any, Any]:
-        """A GET signed by ``who``'s device (unsigned when None)."""
+        """A GET signed by ``who``'s device (unsigned when None); the answer as JSON."""
+        status, text, headers = await self.get_text(who, path, **params)
+        return status, json.loads(text), headers
+
+    async def get_text(self, who: str | None, path: str, **params: Any) -> tuple[int, str, Any]:
+        """A GET signed by ``who``'s device (unsigned when None); the answer as text."""
         path_qs = path + ("?" + urlencode(params, quote_via=quote) if params else "")
         headers = {}
         if who is not None:
@@ -120,7 +126,7 @@ class World:
             headers["Authorization"] = sign(creds.device_id, creds.signing_key, "GET", path_qs)
         async with aiohttp.ClientSession() as session, session.get(
                 URL(self.http_url + path_qs, encoded=True), headers=headers) as resp:
-            return resp.status, await resp.json(), resp.headers
+            return resp.status, await resp.text(), resp.headers
 
 
 @pytest.fixture
@@ -218,6 +224,50 @@ async def test_national_lists_everything_newest_first_in_pages(world: World) -> 
                   "updated_by": "ana"}
     assert h1["last_assessment_at"].startswith(f"{ASSESSED}T10:00:00")
     assert dt.datetime.fromisoformat(h1["updated_at"]).tzinfo is not None
+
+
+SORTED = {
+    "updated": lambda i: (-dt.datetime.fromisoformat(i["updated_at"]).timestamp(), i["id"]),
+    "id": lambda i: i["id"],
+    "next_deadline": lambda i: (i["next_deadline"] is None, i["next_deadline"] or "", i["id"]),
+}
+
+
+async def test_the_list_sorts_and_pages_by_keyset(world: World, subtests) -> None:
+    """Each order is total (ties by id); walking it with after= gives every household
+    once, in that order, with the same showing as offset pages, and a household that
+    moves to the top meanwhile does not make a later page repeat or skip another."""
+    for sort, key in SORTED.items():
+        with subtests.test(sort=sort):
+            status, whole, _ = await world.get("nat", "/v1/web/households", sort=sort)
+            assert status == 200 and whole["next"] is None
+            assert [i["id"] for i in whole["items"]] == \
+                [i["id"] for i in sorted(whole["items"], key=key)]
+            seen, showings, after = [], [], None
+            for _ in range(5):
+                params: dict[str, Any] = {"sort": sort, "per_page": 2,
+                                          **({"after": after} if after else {})}
+                status, page, _ = await world.get("nat", "/v1/web/households", **params)
+                assert status == 200 and page["page"] == (None if after else 1)
+                seen += [i["id"] for i in page["items"]]
+                showings.append(page["showing"])
+                after = page["next"]
+                if after is None:
+                    break
+            assert seen == [i["id"] for i in whole["items"]]
+            assert showings == ["1\u20132 of 5", "3\u20134 of 5", "5\u20135 of 5"]
+    status, first, _ = await world.get("nat", "/v1/web/households", per_page=2)
+    ahead = first["items"][0]["id"]
+    tablet = world.tablets[next(s.worker for s in SPECS if world.ids[s.key] == ahead)]
+    with tablet.edit(ahead) as h:
+        h.set_notes("seen again")
+    await SyncClient(tablet, world.server_url).sync()
+    await world.drain()
+    status, rest, _ = await world.get("nat", "/v1/web/households", per_page=10,
+                                      after=first["next"])
+    later = [i["id"] for i in rest["items"]]
+    assert ahead not in later and len(later) == 3
+    assert set(later) | {i["id"] for i in first["items"]} == set(world.ids.values())
 
 
 FILTERS = [
@@ -354,6 +404,9 @@ BAD_PARAMETERS = [
     ("/v1/web/services", {"overdue": "maybe"}, "overdue-enum"),
     ("/v1/web/services", {"code": "haircut"}, "code-enum"),
     ("/v1/web/services", {"after": "x y"}, "after-format"),
+    ("/v1/web/households", {"sort": "address"}, "sort-enum"),
+    ("/v1/web/households", {"after": "x y"}, "after-format"),
+    ("/v1/web/households", {"after": "1.0OIl"}, "after-format"),  # not base58
     ("/v1/web/map", {"cell": "wide"}, "cell-range"),
     ("/v1/web/households", {"page": "0"}, "page-range"),
     ("/v1/web/households", {"page": "two"}, "page-range"),
@@ -481,6 +534,35 @@ async def test_the_list_exports_as_csv_with_its_filters(world: World) -> None:
     assert _csv_row(["=HYPERLINK(1)", "-1", "plain", None]) == b"'=HYPERLINK(1),'-1,plain,\r\n"
     assert _csv_row(["\t=1+1", "\r=1"]) == b"'\t=1+1,\"'\r=1\"\r\n"  # found in review
     assert resp.headers["X-Vatra-Truncated"] == "false"
+    # Sorted otherwise, the export follows the same order as the list.
+    status, by_id, _ = await world.get("nat", "/v1/web/households", sort="id")
+    assert [r["id"] for r in await csv_of(world, "/v1/web/households.csv", sort="id")] == \
+        [i["id"] for i in by_id["items"]]
+
+
+async def csv_of(world: World, path: str, **params: Any) -> list[dict[str, str]]:
+    status, text, headers = await world.get_text("nat", path, **params)
+    assert status == 200 and headers["Cache-Control"] == "no-store"
+    assert headers["Content-Type"].startswith("text/csv")
+    assert headers["X-Vatra-Truncated"] == "false"
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+async def test_persons_and_services_export_as_csv_with_their_filters(world: World) -> None:
+    """The member and service lists as CSV: the rows the same filters list, all pages."""
+    for path, params, key in (
+            ("/v1/web/persons", {}, "person_id"),
+            ("/v1/web/persons", {"county": "BV"}, "person_id"),
+            ("/v1/web/services", {"overdue": "true"}, "service_id"),
+            ("/v1/web/services", {"locality": "54975"}, "service_id")):
+        status, listed, _ = await world.get("nat", path, per_page=100, **params)
+        assert status == 200 and listed["next"] is None and listed["items"]
+        rows = await csv_of(world, path + ".csv", **params)
+        assert [r[key] for r in rows] == [i[key] for i in listed["items"]], (path, params)
+    rows = await csv_of(world, "/v1/web/services.csv")
+    assert {r["overdue"] for r in rows} == {"True", "False"}
+    status, answer, _ = await world.get("nat", "/v1/web/persons.csv", reassessment_due_before="x")
+    assert (status, answer["code"]) == (400, "reassessment-due-before-format")
 
 
 async def test_the_map_has_points_and_cells_within_the_scope(world: World) -> None:

@@ -35,7 +35,7 @@ import functools
 import io
 import json
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar, cast
 
 from aiohttp import web
@@ -60,6 +60,7 @@ from sync_server.projection.readmodel import (
 from sync_server.protocol.errors import ErrorCode
 
 T = TypeVar("T")
+F = TypeVar("F")
 NO_STORE = {"Cache-Control": "no-store"}
 MAX_PER_PAGE = 100
 MAX_PAGE = 1_000_000
@@ -121,6 +122,12 @@ def _day(request: web.Request, name: str) -> dt.date | None:
 CSV_COLUMNS = ("id", "locality", "county", "status", "case_stage", "address",
                "members_present", "members_total", "vulnerabilities", "services_open",
                "next_deadline", "last_assessment_at", "updated_at", "updated_by")
+PERSON_CSV_COLUMNS = ("household_id", "person_id", "locality", "county", "first_name",
+                      "last_name", "birth_date", "sex", "presence", "case_stage",
+                      "last_assessed_at", "reassessment_due")
+SERVICE_CSV_COLUMNS = ("household_id", "service_id", "locality", "county", "code", "person_id",
+                       "vulnerability", "deadline", "status", "delivered_at", "delivered_by",
+                       "overdue")
 MIN_CELL, MAX_CELL = 0.01, 5.0
 #: CSV exports written at once by one instance (each holds its rows in memory).
 MAX_EXPORTS = 2
@@ -149,6 +156,47 @@ def _cursor(request: web.Request) -> tuple[str, str] | None:
         raise _error(400, ErrorCode.AFTER_FORMAT, "after: the 'next' of the previous page")
     hid, _, entity = after.partition(":")
     return hid, entity
+
+
+#: The household list's ``after``: the sort value of the household the previous page
+#: ended with (microseconds or days since 1970-01-01 UTC, ``n`` for none), a dot, its id.
+#: Any string of this shape orders, so it is never refused for naming no household.
+_POSITION = re.compile(r"(n|-?[0-9]{1,18})\.([1-9A-HJ-NP-Za-km-z]{1,64})")
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_EPOCH_DAY = _EPOCH.date()
+_US = dt.timedelta(microseconds=1)
+
+
+def position_text(sort: str, at: readmodel.Position) -> str:
+    """``at`` as the ``after`` a client sends back (:data:`_POSITION`)."""
+    v = at.value
+    if isinstance(v, dt.datetime):
+        value = str((v - _EPOCH) // dt.timedelta(microseconds=1))
+    elif isinstance(v, dt.date):
+        value = str((v - _EPOCH_DAY).days)
+    else:
+        value = "n"
+    return f"{value}.{at.household_id}"
+
+
+def _position(request: web.Request, sort: str) -> readmodel.Position | None:
+    after = request.query.get("after")
+    if after is None:
+        return None
+    m = _POSITION.fullmatch(after)
+    if m is None:
+        raise _error(400, ErrorCode.AFTER_FORMAT, "after: the 'next' of the previous page")
+    raw, hid = m.groups()
+    value: dt.datetime | dt.date | None = None
+    if raw != "n" and sort == "updated":  # (beyond the calendar: clamped, nothing is there)
+        us = min(max(int(raw), (dt.datetime(1, 1, 2, tzinfo=dt.UTC) - _EPOCH) // _US),
+                 (dt.datetime(9999, 12, 30, tzinfo=dt.UTC) - _EPOCH) // _US)
+        value = _EPOCH + dt.timedelta(microseconds=us)
+    elif raw != "n" and sort == "next_deadline":
+        days = min(max(int(raw), (dt.date.min - _EPOCH_DAY).days),
+                   (dt.date.max - _EPOCH_DAY).days)
+        value = _EPOCH_DAY + dt.timedelta(days=days)
+    return readmodel.Position(value, hid)
 
 
 def _number(request: web.Request, name: str, default: int, maximum: int) -> int:
@@ -195,6 +243,9 @@ def routes(engine: AsyncEngine, signed: SignedRequests) -> list[web.RouteDef]:
         if overdue is not None and overdue not in ("true", "false"):
             raise _error(400, ErrorCode.OVERDUE_SERVICE_ENUM, "overdue_service: true or false")
         worker = _text(request, "worker", _USER_ID, "a user id")
+        sort = request.query.get("sort", "updated")
+        if sort not in readmodel.SORTS:
+            raise _error(400, ErrorCode.SORT_ENUM, f"sort: one of {', '.join(readmodel.SORTS)}")
         wanted = ListFilter(county=_text(request, "county", _COUNTY, _COUNTY_RULE),
                             locality=_text(request, "locality", _LOCALITY, _LOCALITY_RULE),
                             status=status, q=q, stage=stage,
@@ -202,7 +253,7 @@ def routes(engine: AsyncEngine, signed: SignedRequests) -> list[web.RouteDef]:
                             else "any", due_before=due_before,
                             vulnerability=vulnerability,
                             overdue_service=None if overdue is None else overdue == "true",
-                            worker=worker,
+                            worker=worker, sort=sort, after=_position(request, sort),
                             page=_number(request, "page", 1, MAX_PAGE),
                             per_page=_number(request, "per_page", 20, MAX_PER_PAGE))
         return wanted
@@ -211,30 +262,58 @@ def routes(engine: AsyncEngine, signed: SignedRequests) -> list[web.RouteDef]:
         scope = await _scope(request)
         wanted = _list_filter(request)
         async with readmodel.reading(engine, scope) as conn:
-            return _answer(await readmodel.list_households(conn, scope, wanted))
+            found = await readmodel.list_households(conn, scope, wanted)
+        if found["next"] is not None:
+            found["next"] = position_text(wanted.sort, found["next"])
+        return _answer(found)
 
-    async def households_csv(request: web.Request) -> web.StreamResponse:
-        scope = await _scope(request)
-        wanted = _list_filter(request)  # (page and per_page, if given, are not used)
+    async def _csv(request: web.Request, scope: Scope, name: str, columns: Sequence[str],
+                   read: Callable[[AsyncConnection], Awaitable[tuple[list[dict[str, Any]], bool]]]
+                   ) -> web.StreamResponse:
+        """A list as CSV: ``read`` gives its rows (at most MAX_EXPORT_ROWS) and whether
+        there were more, in one short transaction; then they are written, so a slow
+        reader holds memory, never a database connection."""
         if exports.locked():
             raise _error(503, ErrorCode.EXPORT_BUSY,
                          f"{MAX_EXPORTS} exports are being written; retry in a minute")
         async with exports:
-            # Read in one short transaction, then write: a slow reader holds memory (the
-            # rows, at most MAX_EXPORT_ROWS), never a database connection.
             async with readmodel.reading(engine, scope) as conn:
-                rows = [row async for row in readmodel.export_households(conn, scope, wanted)]
-            truncated = len(rows) > readmodel.MAX_EXPORT_ROWS
+                rows, truncated = await read(conn)
             response = web.StreamResponse(headers={
                 **NO_STORE, "Content-Type": "text/csv; charset=utf-8",
-                "Content-Disposition": 'attachment; filename="households.csv"',
+                "Content-Disposition": f'attachment; filename="{name}.csv"',
                 "X-Vatra-Truncated": "true" if truncated else "false"})
             await response.prepare(request)
-            await response.write(_csv_row(CSV_COLUMNS))
-            for row in rows[:readmodel.MAX_EXPORT_ROWS]:
-                await response.write(_csv_row([row[c] for c in CSV_COLUMNS]))
+            await response.write(_csv_row(columns))
+            for row in rows:
+                await response.write(_csv_row([row[c] for c in columns]))
             await response.write_eof()
             return response
+
+    async def households_csv(request: web.Request) -> web.StreamResponse:
+        scope = await _scope(request)
+        wanted = _list_filter(request)  # (page, per_page and after, if given, are not used)
+
+        async def read(conn: AsyncConnection) -> tuple[list[dict[str, Any]], bool]:
+            rows = [row async for row in readmodel.export_households(conn, scope, wanted)]
+            return rows[:readmodel.MAX_EXPORT_ROWS], len(rows) > readmodel.MAX_EXPORT_ROWS
+
+        return await _csv(request, scope, "households", CSV_COLUMNS, read)
+
+    async def _keyset_csv(request: web.Request, name: str, columns: Sequence[str],
+                          wanted: Callable[[web.Request, int], F],
+                          read: Callable[[AsyncConnection, Scope, F], Awaitable[dict[str, Any]]]
+                          ) -> web.StreamResponse:
+        """A keyset list (persons, services) as CSV: its filters, one page of
+        MAX_EXPORT_ROWS."""
+        scope = await _scope(request)
+        f = wanted(request, readmodel.MAX_EXPORT_ROWS)
+
+        async def rows(conn: AsyncConnection) -> tuple[list[dict[str, Any]], bool]:
+            found = await read(conn, scope, f)
+            return found["items"], found["next"] is not None
+
+        return await _csv(request, scope, name, columns, rows)
 
     async def household_map(request: web.Request) -> web.Response:
         scope = await _scope(request)
@@ -309,8 +388,7 @@ def routes(engine: AsyncEngine, signed: SignedRequests) -> list[web.RouteDef]:
             **NO_STORE, "Content-Disposition":
                 f'attachment; filename="anexa-691-{document["household"]["id"]}.pdf"'})
 
-    async def list_services(request: web.Request) -> web.Response:
-        scope = await _scope(request)
+    def _service_filter(request: web.Request, per_page: int | None = None) -> ServiceFilter:
         status = request.query.get("status")
         if status is not None and status not in SERVICE_STATUSES:
             raise _error(400, ErrorCode.STATUS_ENUM,
@@ -321,25 +399,39 @@ def routes(engine: AsyncEngine, signed: SignedRequests) -> list[web.RouteDef]:
         code = request.query.get("code")
         if code is not None and code not in known_services():
             raise _error(400, ErrorCode.CODE_ENUM, "code: a service code of the catalogue")
-        wanted = ServiceFilter(county=_text(request, "county", _COUNTY, _COUNTY_RULE),
-                               locality=_text(request, "locality", _LOCALITY, _LOCALITY_RULE),
-                               status=status, code=code,
-                               overdue=None if overdue is None else overdue == "true",
-                               after=_cursor(request),
-                               per_page=_number(request, "per_page", 50, MAX_PER_PAGE))
+        return ServiceFilter(county=_text(request, "county", _COUNTY, _COUNTY_RULE),
+                             locality=_text(request, "locality", _LOCALITY, _LOCALITY_RULE),
+                             status=status, code=code,
+                             overdue=None if overdue is None else overdue == "true",
+                             after=_cursor(request),
+                             per_page=per_page or _number(request, "per_page", 50, MAX_PER_PAGE))
+
+    def _person_filter(request: web.Request, per_page: int | None = None) -> PersonFilter:
+        return PersonFilter(county=_text(request, "county", _COUNTY, _COUNTY_RULE),
+                            locality=_text(request, "locality", _LOCALITY, _LOCALITY_RULE),
+                            reassessment_due_before=_day(request, "reassessment_due_before"),
+                            after=_cursor(request),
+                            per_page=per_page or _number(request, "per_page", 50, MAX_PER_PAGE))
+
+    async def list_services(request: web.Request) -> web.Response:
+        scope = await _scope(request)
+        wanted = _service_filter(request)
         async with readmodel.reading(engine, scope) as conn:
             return _answer(await readmodel.list_services(conn, scope, wanted))
 
+    async def services_csv(request: web.Request) -> web.StreamResponse:
+        return await _keyset_csv(request, "services", SERVICE_CSV_COLUMNS, _service_filter,
+                                 readmodel.list_services)
+
     async def list_persons(request: web.Request) -> web.Response:
         scope = await _scope(request)
-        cursor = _cursor(request)
-        wanted = PersonFilter(county=_text(request, "county", _COUNTY, _COUNTY_RULE),
-                              locality=_text(request, "locality", _LOCALITY, _LOCALITY_RULE),
-                              reassessment_due_before=_day(request, "reassessment_due_before"),
-                              after=cursor,
-                              per_page=_number(request, "per_page", 50, MAX_PER_PAGE))
+        wanted = _person_filter(request)
         async with readmodel.reading(engine, scope) as conn:
             return _answer(await readmodel.list_persons(conn, scope, wanted))
+
+    async def persons_csv(request: web.Request) -> web.StreamResponse:
+        return await _keyset_csv(request, "persons", PERSON_CSV_COLUMNS, _person_filter,
+                                 readmodel.list_persons)
 
     async def summary(request: web.Request) -> web.Response:
         scope = await _scope(request)
@@ -361,7 +453,9 @@ def routes(engine: AsyncEngine, signed: SignedRequests) -> list[web.RouteDef]:
             web.get("/v1/web/households/{household_id}", household_profile),
             web.get("/v1/web/households/{household_id}/assessments/compare", compare),
             web.get("/v1/web/persons", list_persons),
+            web.get("/v1/web/persons.csv", persons_csv),
             web.get("/v1/web/services", list_services),
+            web.get("/v1/web/services.csv", services_csv),
             web.get("/v1/web/households/{household_id}/annex-691", annex_json),
             web.get("/v1/web/households/{household_id}/annex-691.pdf", annex_pdf),
             web.get("/v1/web/summary", summary)]
@@ -416,7 +510,8 @@ def _query(name: str, schema: dict[str, Any], description: str,
 _HOUSEHOLD_ITEM = dict(
     id=_STR, locality=_STR, county=_STR, status=_s(), address=_s(),
     members_present=_INT, members_total=_INT, vulnerabilities=_INT, services_open=_INT,
-    services_overdue=_INT, last_assessment_at=_s("date-time"), updated_at=_s("date-time"),
+    services_overdue=_INT, next_deadline=_s("date"), last_assessment_at=_s("date-time"),
+    updated_at=_s("date-time"),
     updated_by=_s(), case_stage={"type": "string", "nullable": True,
                                  "enum": [*CASE_STAGES, None],
                                  "description": "null: no case open"})
@@ -424,11 +519,15 @@ _HOUSEHOLD_ITEM = dict(
 SCHEMAS: dict[str, Any] = {
     "WebHouseholdItem": _object(**_HOUSEHOLD_ITEM),
     "WebHouseholdList": _object(
-        total=_INT, page={"type": "integer", "minimum": 1},
+        total=_INT, page={"type": "integer", "minimum": 1, "nullable": True,
+                          "description": "null for a keyset page (after=)"},
         per_page={"type": "integer", "minimum": 1, "maximum": MAX_PER_PAGE},
         showing={"type": "string",
                  "description": f'e.g. "21{readmodel.EN_DASH}40 of 134"; "0 of 134" past the end'},
-        items={"type": "array", "items": _ref("WebHouseholdItem")}),
+        items={"type": "array", "items": _ref("WebHouseholdItem")},
+        next={"type": "string", "nullable": True,
+              "description": "give as after= (with the same sort) for the next page; "
+                             "null on the last"}),
     "WebHousehold": _object(**{
         **_HOUSEHOLD_ITEM, "lat": {"type": "number", "nullable": True},
         "lon": {"type": "number", "nullable": True}, "next_deadline": _s("date"),
@@ -541,7 +640,7 @@ SCHEMAS: dict[str, Any] = {
 
 PATHS: dict[str, Any] = {
     "/v1/web/households": {"get": {
-        "summary": "households of the caller's scope, newest change first",
+        "summary": "households of the caller's scope, newest change first (or as sort says)",
         "security": _SIGNED,
         "parameters": [
             _query("county", _COUNTY_SCHEMA, "county code (another county than the scope's "
@@ -563,6 +662,12 @@ PATHS: dict[str, Any] = {
                    "households with (true) or without (false) an overdue service"),
             _query("worker", {"type": "string", "pattern": f"^{_USER_ID.pattern}$"},
                    "households with this user on their team"),
+            _query("sort", {"type": "string", "enum": list(readmodel.SORTS),
+                            "default": "updated"},
+                   "updated: newest change first; id; next_deadline: the earliest open "
+                   "service's deadline first, none last (ties by id: a total order)"),
+            _query("after", {"type": "string", "pattern": f"^{_POSITION.pattern}$"},
+                   "keyset page: the previous page's next (page is then not used)"),
             _query("page", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 1},
                    "page number, from 1"),
             _query("per_page", {"type": "integer", "minimum": 1, "maximum": MAX_PER_PAGE,
@@ -603,17 +708,6 @@ PATHS: dict[str, Any] = {
             "content": {"application/pdf": {"schema": {"type": "string",
                                                        "format": "binary"}}}},
                       "401": _ERR, "403": _ERR, "404": _ERR}}},
-    "/v1/web/households.csv": {"get": {
-        "summary": "the household list as CSV: every household the same filters select, "
-                   "in the list's order (at most 100,000)",
-        "security": _SIGNED,
-        "parameters": "LIST_PARAMETERS",
-        "responses": {"200": {"description": "the households; X-Vatra-Truncated says "
-                                             "whether the limit cut the list",
-                              "headers": {"Cache-Control": {
-            "required": True, "schema": {"type": "string", "enum": ["no-store"]}}},
-            "content": {"text/csv": {"schema": {"type": "string"}}}},
-                      "400": _ERR, "401": _ERR, "403": _ERR, "503": _ERR}}},
     "/v1/web/map": {"get": {
         "summary": "the scope's households with a GPS fix, as GeoJSON: one point each, or "
                    "with cell, one point per grid cell with a count (county and national "
@@ -674,6 +768,24 @@ PATHS: dict[str, Any] = {
 }
 
 # The CSV export takes the list's filters, not its page.
-PATHS["/v1/web/households.csv"]["get"]["parameters"] = [
-    q for q in PATHS["/v1/web/households"]["get"]["parameters"]
-    if q["name"] not in ("page", "per_page")]
+
+
+def _csv_path(listed: str, what: str, unused: tuple[str, ...]) -> dict[str, Any]:
+    """The CSV export of the list at ``listed``: its parameters but ``unused``."""
+    return {"get": {
+        "summary": f"the {what} list as CSV: every row the same filters select, in the "
+                   f"list's order (at most {readmodel.MAX_EXPORT_ROWS:,})",
+        "security": _SIGNED,
+        "parameters": [q for q in PATHS[listed]["get"]["parameters"] if q["name"] not in unused],
+        "responses": {"200": {"description": f"the {what}; X-Vatra-Truncated says whether "
+                                             "the limit cut the list",
+                              "headers": {"Cache-Control": {
+            "required": True, "schema": {"type": "string", "enum": ["no-store"]}}},
+            "content": {"text/csv": {"schema": {"type": "string"}}}},
+                      "400": _ERR, "401": _ERR, "403": _ERR, "503": _ERR}}}
+
+
+PATHS["/v1/web/households.csv"] = _csv_path("/v1/web/households", "household",
+                                            ("page", "per_page", "after"))
+PATHS["/v1/web/persons.csv"] = _csv_path("/v1/web/persons", "member", ("per_page",))
+PATHS["/v1/web/services.csv"] = _csv_path("/v1/web/services", "service", ("per_page",))

@@ -8,7 +8,9 @@ projector deployed on its own (deploy/).
 
 ``vatra projections rebuild [--household H ...]`` re-projects households from the
 change log, queued or not, and prints what changed: after a fix to the projection
-code, or to check the tables (a rebuild of correct rows writes nothing).
+code, or to check the tables (a rebuild of correct rows writes nothing). A full rebuild
+(no ``--household``) then recounts the per-locality aggregates from the rows
+(sync_server/store/aggregates.py) and says how many were wrong.
 
 ``vatra status`` prints the projection's state: households pending, the lag now
 (the age of the oldest change not yet projected), households projected.
@@ -35,6 +37,7 @@ from sync_server.cli.common import open_store
 from sync_server.config import Settings
 from sync_server.projection import opendata
 from sync_server.projection.projector import Projector, projection_status, registered
+from sync_server.store import aggregates
 from sync_server.store.keys import KeyRingError, load_keyring
 from sync_server.store.postgres import PostgresStore
 
@@ -108,6 +111,10 @@ async def _run(store: PostgresStore, args: argparse.Namespace) -> int:
         print(f"rebuilt {len(done)} household(s): {len(changed)} changed, "
               f"{sum(p.upserted for p in done)} row(s) written, "
               f"{sum(p.deleted for p in done)} deleted")
+        if args.household is None:  # a full rebuild also recounts the per-locality aggregates
+            async with store.engine.begin() as conn:
+                wrong = await aggregates.recount(conn)
+            print(f"recounted the per-locality aggregates: {wrong} row(s) corrected")
         return 0
     if args.once:
         n = await projector.drain_all()

@@ -58,6 +58,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from conflict import SERVER_AUTHOR, Household
 from conflict.catalogue import Catalogue, load_catalogue
 from sync_server.projection.rows import LogFacts, Rows, primary_key, project
+from sync_server.store import aggregates
 from sync_server.store.postgres import PostgresStore
 from sync_server.store.tables import PROJ_TABLES as TABLES
 from sync_server.store.tables import household_keys, households, proj_households
@@ -254,13 +255,14 @@ class Projector:
             seqs: dict[str, int] = {}
             docs = {}
             unreadable = set()  # no data key: nothing can be read (not a household)
+            erased = set()
             for hid in targets:
                 if hid not in keys:  # its outbox row goes with the others, in order
                     unreadable.add(hid)
                     continue
-                if keys[hid] is None:  # erased: its rows go
-                    results[hid] = Projected(hid, 0, await delete_household_rows(conn, hid),
-                                             None, erased=True)
+                if keys[hid] is None:  # erased: its rows go (written as none, below)
+                    erased.add(hid)
+                    rows[hid] = {}
                     continue
                 got = await self._read(hid, queued.get(hid))
                 if got is not None:
@@ -283,7 +285,8 @@ class Projector:
                                                results.keys() | rows.keys() | unreadable
                                                if h in queued}, seqs)
         for hid, (upserted, deleted) in written.items():
-            results[hid] = Projected(hid, upserted, deleted, lags.get(hid))
+            results[hid] = Projected(hid, upserted, deleted,
+                                     None if hid in erased else lags.get(hid), erased=hid in erased)
         self.lags.extend(lags.values())
         self.projected += len(results)
         PROJECTED.inc(len(results))
@@ -452,13 +455,17 @@ async def write_rows(conn: AsyncConnection, rows: dict[str, Rows]) -> dict[str, 
     if not rows:
         return {}
     ids = list(rows)
+    before: Rows = {}  # the rows the per-locality aggregates count, as stored and as wanted
+    after: Rows = {}
     for table in TABLES:
         pk = primary_key(table)
         stored = (await conn.execute(
             sa.select(table).where(table.c.household_id.in_(ids)))).mappings().all()
+        wanted = [r for hid in ids for r in rows[hid].get(table.name, ())]
+        if table in aggregates.COUNTED:
+            before[table.name], after[table.name] = [dict(r) for r in stored], wanted
         # a big household has tens of thousands of feed rows: compared off the event loop
-        gone, changed = await cpu.offload(_compare, pk, stored,
-                                          [r for hid in ids for r in rows[hid][table.name]])
+        gone, changed = await cpu.offload(_compare, pk, stored, wanted)
         if gone:
             await conn.execute(sa.delete(table).where(
                 sa.tuple_(*(table.c[c] for c in pk)).in_(gone)))
@@ -469,6 +476,8 @@ async def write_rows(conn: AsyncConnection, rows: dict[str, Rows]) -> dict[str, 
             await conn.execute(_upsert(table, changed[i:i + step]))
         for r in changed:
             counts[r["household_id"]][0] += 1
+    # Last, so the aggregate rows (shared by a locality's households) stay locked briefly.
+    await aggregates.apply(conn, await cpu.offload(aggregates.delta, before, after))
     return {hid: (u, d) for hid, (u, d) in counts.items()}
 
 
@@ -480,15 +489,6 @@ def _upsert(table: sa.Table, rows: Sequence[dict[str, Any]]) -> sa.Executable:
     if "projected_at" in table.c:
         update["projected_at"] = sa.func.now()
     return stmt.on_conflict_do_update(index_elements=list(pk), set_=update)
-
-
-async def delete_household_rows(conn: AsyncConnection, household_id: str) -> int:
-    """Delete every projection row of one household; how many."""
-    total = 0
-    for table in TABLES:
-        total += (await conn.execute(
-            sa.delete(table).where(table.c.household_id == household_id))).rowcount
-    return total
 
 
 async def projection_status(engine: AsyncEngine, *, projected: bool = True) -> dict[str, Any]:

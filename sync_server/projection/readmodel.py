@@ -35,8 +35,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from conflict.case import load_rules
 from conflict.catalogue import ADULT_AGE
+from conflict.schema import OPEN_SERVICE
 from sync_server.auth.identity import User
-from sync_server.projection.rows import OPEN_SERVICE
 from sync_server.protocol.errors import ErrorCode, VatraError
 from sync_server.store.tables import WEB_ROLE, proj_households, users
 from sync_server.store.tables import proj_activity as activity
@@ -45,6 +45,9 @@ from sync_server.store.tables import proj_assessments as assessments
 from sync_server.store.tables import proj_case_deadlines as case_deadlines
 from sync_server.store.tables import proj_change_requests as change_requests
 from sync_server.store.tables import proj_conflicts as conflicts
+from sync_server.store.tables import proj_locality_services as locality_services
+from sync_server.store.tables import proj_locality_summary as locality_summary
+from sync_server.store.tables import proj_locality_vulnerabilities as locality_vulnerabilities
 from sync_server.store.tables import proj_parents_abroad as parents_abroad
 from sync_server.store.tables import proj_persons as persons
 from sync_server.store.tables import proj_services as services
@@ -140,8 +143,58 @@ class ListFilter:
     vulnerability: str | None = None  # a vulnerability code the household has
     overdue_service: bool | None = None  # with (True) or without (False) an overdue service
     worker: str | None = None  # a user id on the household's team
-    page: int = 1
+    sort: str = "updated"  # one of SORTS
+    after: Position | None = None  # keyset: the last household of the previous page
+    page: int = 1  # (offset pages; not used with ``after``)
     per_page: int = 20
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where a household stands in a sorted list: its sort value and id (the value of
+    the household the previous page ended with; None where it had none)."""
+
+    value: dt.datetime | dt.date | None
+    household_id: str
+
+
+#: The household list's orders, each made total by the household id: newest change first
+#: (the *_updated indexes' order), by id, by the earliest open service's deadline.
+SORTS = ("updated", "id", "next_deadline")
+
+
+def _sort_key(sort: str) -> sa.ColumnElement[Any] | None:
+    h = proj_households
+    return {"updated": h.c.updated_at, "next_deadline": h.c.next_deadline}.get(sort)
+
+
+def _order(sort: str) -> tuple[sa.ColumnElement[Any], ...]:
+    """``updated``: newest first, households without a change first (PostgreSQL's DESC
+    puts NULLs first, as the index does); ``next_deadline``: soonest first, none last."""
+    h = proj_households
+    if sort == "updated":
+        return h.c.updated_at.desc(), h.c.household_id
+    if sort == "next_deadline":
+        return h.c.next_deadline.asc().nulls_last(), h.c.household_id
+    return (h.c.household_id,)
+
+
+def _after(sort: str, at: Position) -> sa.ColumnElement[bool]:
+    """The households that come after ``at`` in the order ``sort``. Written so that the
+    sort value's bound is a plain comparison (``updated_at <= :v``): an index on the
+    order is entered at the position, not walked from its start."""
+    h = proj_households
+    key, hid, v = _sort_key(sort), h.c.household_id, at.value
+    later_id = hid > at.household_id
+    if key is None:
+        return later_id
+    if sort == "updated":  # DESC, NULLs first
+        if v is None:
+            return sa.or_(key.is_not(None), sa.and_(key.is_(None), later_id))
+        return sa.and_(key <= v, sa.or_(key < v, later_id))
+    if v is None:  # next_deadline: ASC, NULLs last
+        return sa.and_(key.is_(None), later_id)
+    return sa.or_(key.is_(None), sa.and_(key >= v, sa.or_(key > v, later_id)))
 
 
 def _overdue(service: sa.FromClause) -> sa.ColumnElement[bool]:
@@ -233,21 +286,36 @@ async def list_households(conn: AsyncConnection, scope: Scope, f: ListFilter) ->
     overdue = (sa.select(sa.func.count()).select_from(s)
                .where(s.c.household_id == h.c.household_id, _overdue(s))
                .scalar_subquery())
-    offset = (f.page - 1) * f.per_page
-    order = (h.c.updated_at.desc(), h.c.household_id)  # the *_updated indexes' order
+    order = _order(f.sort)
     # The page's ids first, walked in order from an index that holds every column the
     # filters (but the text) and the row-level security read, then only those rows.
-    page = (sa.select(h.c.household_id).where(where).order_by(*order)
-            .limit(f.per_page).offset(offset).subquery("page"))
-    rows = (await conn.execute(
+    if f.after is None:
+        offset = (f.page - 1) * f.per_page
+        page = (sa.select(h.c.household_id).where(where).order_by(*order)
+                .limit(f.per_page).offset(offset).subquery("page"))
+    else:  # keyset: the households after the position, and how many there are in all
+        beyond = sa.and_(where, _after(f.sort, f.after))
+        offset = total - (await conn.execute(
+            sa.select(sa.func.count()).select_from(h).where(beyond))).scalar_one()
+        page = (sa.select(h.c.household_id).where(beyond).order_by(*order)
+                .limit(f.per_page).subquery("page"))
+    rows = [dict(r) for r in (await conn.execute(
         sa.select(h.c.household_id.label("id"), h.c.locality, h.c.county, h.c.status, h.c.address,
                   h.c.members_present, h.c.members_total, h.c.vulnerabilities, h.c.services_open,
-                  overdue.label("services_overdue"), h.c.last_assessment_at, h.c.updated_at,
-                  h.c.updated_by, h.c.case_stage)
+                  overdue.label("services_overdue"), h.c.next_deadline, h.c.last_assessment_at,
+                  h.c.updated_at, h.c.updated_by, h.c.case_stage)
         .join_from(h, page, page.c.household_id == h.c.household_id)
-        .order_by(*order))).mappings().all()
-    return {"total": total, "page": f.page, "per_page": f.per_page,
-            "showing": showing(offset + 1, len(rows), total), "items": [dict(r) for r in rows]}
+        .order_by(*order))).mappings()]
+    more = bool(rows) and offset + len(rows) < total
+    return {"total": total, "page": f.page if f.after is None else None, "per_page": f.per_page,
+            "showing": showing(offset + 1, len(rows), total), "items": rows,
+            "next": position(f.sort, rows[-1]) if more else None}
+
+
+def position(sort: str, row: dict[str, Any]) -> Position:
+    """Where the list row ``row`` stands in the order ``sort``."""
+    key = {"updated": "updated_at", "next_deadline": "next_deadline"}.get(sort)
+    return Position(None if key is None else row[key], row["id"])
 
 
 #: The most rows a CSV export holds (a county has ~50,000 households; a national list is
@@ -265,7 +333,7 @@ async def export_households(conn: AsyncConnection, scope: Scope, f: ListFilter
                        h.c.case_stage, h.c.address, h.c.members_present, h.c.members_total,
                        h.c.vulnerabilities, h.c.services_open, h.c.next_deadline,
                        h.c.last_assessment_at, h.c.updated_at, h.c.updated_by)
-             .where(where).order_by(h.c.updated_at.desc(), h.c.household_id)
+             .where(where).order_by(*_order(f.sort))
              .limit(MAX_EXPORT_ROWS + 1))  # one more: the caller says it was cut
     result = await conn.stream(query)
     async for row in result.mappings():
@@ -551,17 +619,51 @@ async def annex_rows(conn: AsyncConnection, scope: Scope, household_id: str
 # --- indicator summaries ------------------------------------------------------
 
 
+def _area(scope: Scope, level: Level, code: str | None, table: sa.Table) -> sa.ColumnElement[bool]:
+    if level == "locality":
+        return sa.and_(scope.where(table), table.c.locality == code)
+    if level == "county":
+        return sa.and_(scope.where(table), table.c.county == code)
+    return scope.where(table)
+
+
 async def summary(conn: AsyncConnection, scope: Scope, level: Level,
                   code: str | None) -> dict[str, Any]:
-    """Indicators of one locality, one county or the nation, counted over the households
-    of the scope (a county or locality outside it counts nothing)."""
+    """Indicators of one locality, one county or the nation, within the scope (a county or
+    locality outside it counts nothing): sums of the per-locality aggregates the projector
+    keeps (sync_server/store/aggregates.py), a few rows per locality of the area."""
+    ls, lv, lsv = locality_summary, locality_vulnerabilities, locality_services
+
+    def total(column: sa.ColumnElement[Any], table: sa.Table, *where: sa.ColumnElement[bool]
+              ) -> sa.ScalarSelect[Any]:
+        return (sa.select(sa.func.coalesce(sa.func.sum(column), 0))
+                .where(_area(scope, level, code, table), *where).scalar_subquery())
+
+    counts = (await conn.execute(sa.select(
+        sa.func.current_date().label("as_of"),
+        total(ls.c.households, ls).label("households"),
+        total(ls.c.children_assessed, ls).label("children_assessed"),
+        total(ls.c.vulnerable_children, ls).label("vulnerable_children"),
+        total(lsv.c.services, lsv, lsv.c.deadline < sa.func.current_date())
+        .label("overdue_services")))).mappings().one()
+    per_code = await _rows(conn, sa.select(
+        lv.c.vulnerability.label("code"),
+        *(sa.cast(sa.func.sum(lv.c[m]), sa.Integer).label(m)
+          for m in ("children", "adults", "households", "persons")))
+        .where(_area(scope, level, code, lv))
+        .group_by(lv.c.vulnerability).order_by(lv.c.vulnerability))
+    return {"level": level, "code": code if level != "national" else None,
+            **{k: v if k == "as_of" else int(v) for k, v in counts.items()},
+            "vulnerabilities": per_code}
+
+
+async def summary_from_rows(conn: AsyncConnection, scope: Scope, level: Level,
+                            code: str | None) -> dict[str, Any]:
+    """:func:`summary` counted from the projection rows themselves, as it was before the
+    aggregates: what the tests and ``vatra_devtools.bench_summary`` check them against."""
 
     def area(table: sa.Table) -> sa.ColumnElement[bool]:
-        if level == "locality":
-            return sa.and_(scope.where(table), table.c.locality == code)
-        if level == "county":
-            return sa.and_(scope.where(table), table.c.county == code)
-        return scope.where(table)
+        return _area(scope, level, code, table)
 
     v, a, s = vulnerabilities, answers, services
     age = a.c.age_at_assessment

@@ -28,21 +28,7 @@ import sqlalchemy as sa
 
 from conflict import case as case_rules
 from conflict.catalogue import Catalogue, age_on, assessment_order, derive, standing_answers
-
-#: Services still to be delivered: the ones that can be overdue.
-OPEN_SERVICE = ("planned", "in_progress")
-
-
-
-
-
-
-
-
-
-
-
-
+from conflict.schema import OPEN_SERVICE
 
 
 def primary_key(table: sa.Table) -> tuple[str, ...]:

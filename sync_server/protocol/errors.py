@@ -100,6 +100,7 @@ class ErrorCode(StrEnum):
     DUE_BEFORE_FORMAT = "due-before-format"
     REASSESSMENT_DUE_BEFORE_FORMAT = "reassessment-due-before-format"
     AFTER_FORMAT = "after-format"
+    SORT_ENUM = "sort-enum"
     VULNERABILITY_ENUM = "vulnerability-enum"
     OVERDUE_SERVICE_ENUM = "overdue-service-enum"
     WORKER_FORMAT = "worker-format"

@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from sync_server.store import aggregates
 from sync_server.store.audit import AuditEvent, AuditLog
 from sync_server.store.contract import (
     AppendResult,
@@ -376,6 +377,7 @@ class PostgresStore:
                     household_keys.update()
                     .where(household_keys.c.household_id == household_id)
                     .values(wrapped=None, destroyed_at=sa.func.now()))
+            await aggregates.forget(conn, household_id)  # its rows leave the summaries too
             deleted = {}
             prep = conn.dialect.identifier_preparer
             for schema, table, column in await _tables_referencing_households(conn):

@@ -7,6 +7,7 @@ importing this module gives the whole ``metadata``. The migrations
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -454,6 +455,34 @@ proj_team = _scoped(
     sa.PrimaryKeyConstraint("household_id", "role"),
     sa.Index("proj_team_user", "user_id", postgresql_include=["locality", "county"]),
 )
+
+def _aggregate(name: str, keys: Sequence[sa.Column[Any]], measures: Sequence[str]) -> sa.Table:
+    """A per-locality aggregate (sync_server/store/aggregates.py): the county and
+    locality the row-level security policies read, more key columns, integer measures."""
+    return sa.Table(
+        name, metadata,
+        sa.Column("county", sa.Text, nullable=False),
+        sa.Column("locality", sa.Text, nullable=False),
+        *keys,
+        *(sa.Column(m, sa.Integer, nullable=False) for m in measures),
+        sa.PrimaryKeyConstraint("county", "locality", *(k.name for k in keys)),
+        schema=SCHEMA)
+
+
+proj_locality_summary = _aggregate(
+    "locality_summary", (), ("households", "children_assessed", "vulnerable_children"))
+proj_locality_vulnerabilities = _aggregate(
+    "locality_vulnerabilities", (sa.Column("vulnerability", sa.Text, nullable=False),),
+    ("children", "adults", "households", "persons"))
+sa.Index("proj_locality_vulnerabilities_locality", proj_locality_vulnerabilities.c.locality)
+#: Open services per deadline day: a summary adds up the days before today (overdue).
+proj_locality_services = _aggregate(
+    "locality_services", (sa.Column("deadline", sa.Date, nullable=False),), ("services",))
+sa.Index("proj_locality_services_locality", proj_locality_services.c.locality,
+         proj_locality_services.c.deadline)
+sa.Index("proj_locality_services_deadline", proj_locality_services.c.deadline,
+         postgresql_include=["county", "locality", "services"])
+
 
 #: Every projection table, in the order the projector writes them.
 PROJ_TABLES: tuple[sa.Table, ...] = (
