@@ -10,10 +10,13 @@ and jitter); returning devices compare heads first (the reconnect fast path,
 docs/protocol.md), so unchanged households cost 16 bytes each. A household whose
 batch the server refuses for its content is rebuilt on the server's copy with
 the allowed local edits re-applied (:class:`Recovery`, ``SyncSummary.recovered``).
-``RepoTransport`` lets a stock ``automerge.repo.Repo`` talk to a Vatra server.
+:func:`fetch_directory` keeps a read-only copy of the county's directory of services
+for offline referrals (:meth:`Replica.nearest_providers`). ``RepoTransport`` lets a
+stock ``automerge.repo.Repo`` talk to a Vatra server.
 """
 
 from ._credentials import Credentials
+from ._directory import fetch_directory
 from ._enroll import enroll
 from ._errors import (
     HouseholdNotFound,
@@ -52,4 +55,5 @@ __all__ = [
     "VatraClientError",
     "WrongPin",
     "enroll",
+    "fetch_directory",
 ]

@@ -6,6 +6,8 @@ Layout of a replica directory::
     replica.json              actor id, caseload with the server heads last seen, and
                               after enrollment the device's keys and the pinned server key
     households/<id>.automerge one Automerge save() per household
+    directory.json            the county directories of services, as last fetched
+                              (client_sdk.fetch_directory), with their ETag
 
 Every write goes to a temporary file, is fsync'ed, then renamed over the old
 one, so a crash leaves either the old or the new version, never half of one.
@@ -28,6 +30,7 @@ from nacl.public import PrivateKey
 from nacl.signing import SigningKey, VerifyKey
 
 from conflict import Household, is_household_id
+from conflict.directory import nearest
 
 from ._credentials import Credentials
 from ._errors import HouseholdNotFound, NotEnrolled, ReplicaError
@@ -246,6 +249,45 @@ class Replica:
         if not is_household_id(household_id):
             raise ReplicaError("not a household id")
         return self.path / "households" / f"{household_id}.automerge"
+
+    # --- the county directories (read-only copies) --------------------------------
+
+    @property
+    def _directory_path(self) -> Path:
+        return self.path / "directory.json"
+
+    def directory_state(self) -> dict[str, Any]:
+        """``{"etag": …, "directories": [{county, version, imported_at, providers}]}`` as
+        last fetched (empty before the first fetch)."""
+        if not self._directory_path.exists():
+            return {"etag": None, "directories": []}
+        try:
+            state: dict[str, Any] = json.loads(
+                self._vault.open(self._directory_path.read_bytes(), "directory.json"))
+        except ValueError as exc:
+            raise ReplicaError("directory.json is unreadable") from exc
+        return state
+
+    def store_directory(self, etag: str | None, directories: list[dict[str, Any]]) -> None:
+        _atomic_write(self._directory_path, self._vault.seal(json.dumps(
+            {"etag": etag, "directories": directories}).encode()))
+
+    def directory(self, county: str | None = None) -> list[dict[str, Any]]:
+        """The providers of ``county``'s directory (every county fetched when None)."""
+        return [p for d in self.directory_state()["directories"]
+                if county is None or d["county"] == county for p in d["providers"]]
+
+    def nearest_providers(self, household_id: str, *, kind: str | None = None,
+                          accessibility: tuple[str, ...] = (), limit: int = 5
+                          ) -> list[dict[str, Any]]:
+        """Offline: the providers of the household's county nearest to its GPS fix (the
+        same function the web API runs, conflict.directory.nearest); [] without a fix."""
+        h = self.household(household_id)
+        gps = h.to_dict().get("gps") or {}
+        if gps.get("lat") is None or gps.get("lon") is None:
+            return []
+        return nearest(self.directory(str(h.county)), gps["lat"], gps["lon"], kind=kind,
+                       accessibility=accessibility, limit=limit)
 
     def _read_meta(self, actor_id: bytes | None) -> dict[str, Any]:
         if self._meta_path.exists():

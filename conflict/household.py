@@ -309,7 +309,7 @@ class Household:
             # every section a device writes into is made here, once: two tablets making
             # one concurrently would each get its own, and one would hide the other's
             for key in ("members", "assessments", "service_plan", "change_requests", "conflicts",
-                        "attachments", "visits", "case", "parents_abroad"):
+                        "attachments", "visits", "case", "parents_abroad", "referrals"):
                 tx.put_object(ROOT, key, ObjType.Map)
             tx.put_object(ROOT, "case_history", ObjType.List)
             activity = tx.put_object(ROOT, "activity", ObjType.List)
@@ -876,6 +876,76 @@ class Household:
     def parents_abroad(self) -> dict[str, dict[str, Any]]:
         """Parents working abroad, by record id (GD 691/2015)."""
         got = self.doc.get(ROOT, "parents_abroad")
+        if got is None or got[0] != ObjType.Map:
+            return {}
+        read: dict[str, dict[str, Any]] = self._read(got)
+        return read
+
+    # --- referrals ----------------------------------------------------------
+
+    def refer(self, provider: Mapping[str, Any], *, reason: str,
+              person_id: str | None = None, referred_on: date | str | None = None,
+              referral_id: str | None = None, at: datetime | str | None = None) -> str:
+        """Refer the household (or one member, ``person_id``) to ``provider``, a provider
+        of the county's directory as ``client_sdk.Replica.directory`` or the web API give
+        it: its id, and its name, kind and contact as they are today (the referral keeps
+        them). ``reason`` is a Text others may edit. One change, status ``sent``;
+        returns the referral's id."""
+        referral_id = referral_id if referral_id is not None else new_entity_id()
+        base: Path = ("referrals", referral_id)
+        if not s.FORMATS["entity_id"](referral_id):
+            raise InvalidValueError(base, "format")
+        section = self._root_obj("referrals")  # made at registration
+        if self._obj(section, referral_id) is not None:
+            raise ValueError(f"{format_path(base)}: already exists")
+        if person_id is not None and person_id not in self.members():
+            raise UnknownEntityError("member", person_id)
+        recorded = utc_instant(at)
+        fields: dict[str, Any] = {
+            "provider_id": provider.get("id"), "provider_name": provider.get("name"),
+            "provider_kind": provider.get("kind"), "status": "sent",
+            "referred_on": _date_str(referred_on) if referred_on is not None else recorded[:10],
+            "by": self._by(), "recorded_at": recorded}
+        contact = " / ".join(str(provider[k]) for k in ("phone", "email") if provider.get(k))
+        if contact:
+            fields["provider_contact"] = contact
+        if person_id is not None:
+            fields["person_id"] = person_id
+        values = _record_values(s.REFERRAL, base, fields)
+        if not isinstance(reason, str):
+            raise InvalidValueError((*base, "reason"), "type")
+        if len(reason) > s.MAX_TEXT_CHARS:
+            raise ValueTooLarge((*base, "reason"), len(reason))
+        with self.doc.transaction() as tx:
+            obj = tx.put_object(section, referral_id, ObjType.Map)
+            for key, stype, value in values:
+                tx.put(obj, key, stype, value)
+            text = tx.put_object(obj, "reason", ObjType.Text)
+            tx.splice_text(text, 0, 0, reason)  # type: ignore[attr-defined]
+        return referral_id
+
+    def set_referral_status(self, referral_id: str, status: str, *,
+                            outcome: str | None = None,
+                            at: datetime | str | None = None) -> None:
+        """Record where a referral stands (``accepted``, ``refused``, ``completed``,
+        ``cancelled``) and, optionally, what came of it; who and when are recorded with
+        it. One change. Two teammates setting different statuses offline leave a
+        recorded conflict, as any field does."""
+        obj = self._entity("referrals", "referral", referral_id)
+        base: Path = ("referrals", referral_id)
+        fields: dict[str, Any] = {"status": status, "status_by": self._by(),
+                                  "status_at": utc_instant(at)}
+        if outcome is not None:
+            fields["outcome"] = outcome
+        writes = [(key, *_scalar(s.REFERRAL.fields[key], (*base, key), value))
+                  for key, value in fields.items()]
+        with self.doc.transaction() as tx:
+            for key, stype, value in writes:
+                tx.put(obj, key, stype, value)
+
+    def referrals(self) -> dict[str, dict[str, Any]]:
+        """Referrals by id (the reason as ``str``)."""
+        got = self.doc.get(ROOT, "referrals")
         if got is None or got[0] != ObjType.Map:
             return {}
         read: dict[str, dict[str, Any]] = self._read(got)

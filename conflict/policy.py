@@ -528,6 +528,7 @@ ATTRIBUTIONS: Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "case_history": (("by",), ("entered_at",)),
     "visits": (("by",), ("recorded_at",)),
     "parents_abroad": (("by",), ("recorded_at",)),
+    "referrals": (("by", "status_by"), ("recorded_at", "status_at")),
 }
 """Section -> (the fields of its entries that say who wrote them, the ones that say
 when). Whoever writes one of these fields names themselves in it: the user of the device

@@ -97,6 +97,21 @@ One household is one Automerge document. Its root map::
                                 the local public social assistance service  optional
         by                Str   user id
         recorded_at       Str   instant
+    referrals        Map      referral_id -> a referral to a provider of the
+                              county's directory (conflict/directory.py)  optional
+        person_id         Str   entity id of a member   optional (absent: the household)
+        provider_id       Str   the provider's id (a UUID)
+        provider_name     Str   non-empty  } the provider as it was when
+        provider_kind     Str   a kind     } the family was referred
+        provider_contact  Str   phone / e-mail            optional
+        reason            Text
+        status            Str   sent | accepted | refused | completed | cancelled
+        outcome           Str   what came of it           optional
+        referred_on       Str   date
+        by                Str   user id (who referred)
+        recorded_at       Str   instant
+        status_by         Str   user id (who set the status last)  optional
+        status_at         Str   instant                            optional
     attachments      Map  entity id -> attachment                  optional
         name              Str   nonempty
         media_type        Str   type/subtype
@@ -135,6 +150,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 
+from .directory import PROVIDER_KINDS, is_provider_id
 from .ids import is_entity_id
 
 __all__ = [
@@ -298,6 +314,7 @@ FORMATS: Mapping[str, Callable[[object], bool]] = {
     "country": lambda v: isinstance(v, str) and _COUNTRY_RE.fullmatch(v) is not None
     and v != "RO",
     "media_type": _matches(_MEDIA_TYPE_RE),
+    "provider_id": is_provider_id,
     "part": lambda v: isinstance(v, bytes) and len(v) <= ATTACHMENT_PART_BYTES,
     "schema_version": lambda v: v == SCHEMA_VERSION,
 }
@@ -503,6 +520,30 @@ PARENT_ABROAD = Record(
 )
 """A parent of a child who works abroad: what the annex of GD 691/2015 needs."""
 
+#: A referral's course: sent, then the provider accepts or refuses it; an accepted one is
+#: completed (the service was given); either side may cancel it.
+REFERRAL_STATUSES = ("sent", "accepted", "refused", "completed", "cancelled")
+
+REFERRAL = Record(
+    {
+        "person_id": _s("entity_id", required=False, ref="members"),  # absent: the household
+        "provider_id": _s("provider_id"),
+        "provider_name": _s("nonempty"),
+        "provider_kind": _enum(PROVIDER_KINDS),
+        "provider_contact": _s(required=False),
+        "reason": Text(),
+        "status": _enum(REFERRAL_STATUSES),
+        "outcome": _s(required=False),
+        "referred_on": _s("date"),
+        "by": _s("user_id"),
+        "recorded_at": _s("instant"),
+        "status_by": _s("user_id", required=False),
+        "status_at": _s("instant", required=False),
+    }
+)
+"""A referral to a provider of the county's directory (conflict/directory.py), with the
+provider's name, kind and contact as they were when the family was referred."""
+
 WRITER = Record({"by": _s("user_id"), "at": _s("instant")})
 """Who wrote one of a conflict's values, and when the server received it."""
 
@@ -539,6 +580,7 @@ HOUSEHOLD = Record(
         "case_history": ListOf(CASE_HISTORY_ENTRY, required=False),
         "visits": MapOf(VISIT, key_format="entity_id", required=False),
         "parents_abroad": MapOf(PARENT_ABROAD, key_format="entity_id", required=False),
+        "referrals": MapOf(REFERRAL, key_format="entity_id", required=False),
         # optional: households registered before attachments existed have none
         "attachments": MapOf(ATTACHMENT, key_format="entity_id", required=False),
     }

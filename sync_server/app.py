@@ -33,7 +33,7 @@ from nacl.signing import SigningKey
 from prometheus_client import Gauge
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from sync_server.api import approvals, enrollment, openapi, ops, read
+from sync_server.api import approvals, directory, enrollment, openapi, ops, read
 from sync_server.api.auth import SignedRequests
 from sync_server.auth.enrollment import FailureLimiter
 from sync_server.auth.identity import IdentityStore, load_server_identity
@@ -101,6 +101,7 @@ def build_app(settings: Settings, engine: AsyncEngine, server_key: SigningKey) -
         *enrollment.routes(identity, server_key, FailureLimiter(), settings.trusted_proxies),
         *approvals.routes(pipeline, engine, signed),
         *read.routes(engine, signed),
+        *directory.routes(engine, signed),
         *openapi.routes(),
         *ops.routes(engine),
     ])

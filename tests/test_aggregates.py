@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sync_server.store.aggregates import count, delta
+from sync_server.store.aggregates import COUNTY_WIDE, count, delta
 
 H = "h1"
 
@@ -58,30 +58,42 @@ def test_each_measure_counts_what_the_summary_counts() -> None:
     # Open services by deadline; a delivered one and one without a deadline are not kept.
     assert totals[("locality_services", (*place, dt.date(2026, 3, 1)))] == {"services": 2}
     assert totals[("locality_services", (*place, dt.date(2026, 4, 1)))] == {"services": 1}
-    assert len([k for k in totals if k[0] == "locality_services"]) == 2
+    assert len([k for k in totals if k[0] == "locality_services"]) == 4
+    # The county's own rows repeat its (one) locality's.
+    for (table, key), measures in list(totals.items()):
+        if key[1] != COUNTY_WIDE:
+            assert totals[(table, (key[0], COUNTY_WIDE, *key[2:]))] == measures
 
 
 def test_a_household_counts_once_per_code_however_many_members_have_it() -> None:
     rows = {"vulnerabilities": [vulnerability("no_health_insurance", p, "person")
                                 for p in ("p1", "p2", "p3")]}
-    [(_, measures)] = count(rows).items()
-    assert measures["households"] == 1 and measures["persons"] == 3
+    [mine, county] = count(rows).values()
+    assert mine["households"] == 1 and mine["persons"] == 3 and county == mine
 
 
 def test_the_difference_holds_only_what_changed() -> None:
     after = {**ROWS, "services": [service("delivered", "2026-03-01") if i == 0 else s
                                   for i, s in enumerate(ROWS["services"])]}
     assert delta(ROWS, after) == {
-        ("locality_services", ("CJ", "54975", dt.date(2026, 3, 1))): {"services": -1}}
+        ("locality_services", ("CJ", "54975", dt.date(2026, 3, 1))): {"services": -1},
+        ("locality_services", ("CJ", COUNTY_WIDE, dt.date(2026, 3, 1))): {"services": -1}}
     assert delta(ROWS, ROWS) == {}
 
 
 def test_a_household_that_moves_leaves_one_locality_for_the_other() -> None:
     moved = {"households": [household("55000")], "answers": [answer("p1", 9, locality="55000")]}
     before = {"households": [household()], "answers": [answer("p1", 9)]}
+    # Within its county: the county's own row does not change.
     assert delta(before, moved) == {
         ("locality_summary", ("CJ", "54975")): {"households": -1, "children_assessed": -1},
         ("locality_summary", ("CJ", "55000")): {"households": 1, "children_assessed": 1}}
+    away = {"households": [household("40198", "BV")]}
+    assert delta({"households": [household()]}, away) == {
+        ("locality_summary", ("CJ", "54975")): {"households": -1},
+        ("locality_summary", ("CJ", COUNTY_WIDE)): {"households": -1},
+        ("locality_summary", ("BV", "40198")): {"households": 1},
+        ("locality_summary", ("BV", COUNTY_WIDE)): {"households": 1}}
 
 
 def test_erasing_takes_back_everything_the_household_added() -> None:

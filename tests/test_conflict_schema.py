@@ -114,7 +114,7 @@ def test_enumerations():
     assert set(s.HOUSEHOLD.fields) == {
         "schema", "locality", "county", "address", "gps", "status", "team", "members",
         "assessments", "service_plan", "change_requests", "activity", "conflicts", "notes",
-        "attachments", "case", "case_history", "visits", "parents_abroad",
+        "attachments", "case", "case_history", "visits", "parents_abroad", "referrals",
     }  # fmt: skip
     assert s.CASE_STAGES == ("identification", "detailed_assessment", "planning", "services",
                              "monitoring", "post_services", "closed")

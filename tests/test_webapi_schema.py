@@ -32,7 +32,8 @@ WEB_PATHS = ("/v1/web/households", "/v1/web/households/{household_id}", "/v1/web
              "/v1/web/persons", "/v1/web/households/{household_id}/assessments/compare",
              "/v1/web/households/{household_id}/annex-691",
              "/v1/web/households/{household_id}/annex-691.pdf", "/v1/web/households.csv",
-             "/v1/web/map", "/v1/web/services", "/v1/web/persons.csv", "/v1/web/services.csv")
+             "/v1/web/map", "/v1/web/services", "/v1/web/persons.csv", "/v1/web/services.csv",
+             "/v1/web/households/{household_id}/providers")
 
 
 class DeviceAuth(requests.auth.AuthBase):

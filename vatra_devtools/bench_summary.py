@@ -10,7 +10,9 @@ projected by the real projector. They are then copied in SQL, with new ids, into
 ``COUNTIES x LOCALITIES`` places until the caseload has the size asked for (each
 ``--scale`` step adds to the previous one): only the tables a summary reads are copied
 (the registry, ``proj.households``, ``answers``, ``vulnerabilities``, ``services``), then
-the aggregates are recounted from them and the database is vacuumed and analyzed. Each
+the aggregates are recounted from them and the database is vacuumed and analyzed.
+Before that, the base is projected ``--rounds`` times from empty tables with the
+aggregates kept and with their update skipped, alternately: what they cost the projector. Each
 summary (national, the first county, its first locality) runs ``--runs`` times in its
 own scoped transaction, as the read API runs it; the medians and the ratio are printed,
 and the two answers are checked to be equal. Embedded PostgreSQL unless
@@ -41,6 +43,7 @@ from sync_server.store.database import open_database
 from sync_server.store.keys import KeyRing, generate_master_key
 from sync_server.store.postgres import PostgresStore
 from sync_server.store.tables import (
+    PROJ_TABLES,
     households,
     proj_answers,
     proj_households,
@@ -112,8 +115,39 @@ async def timed(engine: AsyncEngine, scope: Scope, level: Level, code: str | Non
             "ratio": round(kept / counted, 4)}
 
 
+async def projection_cost(engine: AsyncEngine, store: PostgresStore, ids: list[str],
+                          rounds: int) -> dict[str, Any]:
+    """What keeping the aggregates adds to projecting: the ``ids`` projected from empty
+    tables, with the aggregates kept and with their update skipped, alternated."""
+    seconds: dict[str, list[float]] = {"with": [], "without": []}
+    kept = aggregates.apply
+
+    async def skipped(conn: Any, change: Any) -> None:
+        return None
+
+    for _ in range(rounds):
+        for mode in ("without", "with"):
+            async with engine.begin() as conn:
+                for table in (*reversed(PROJ_TABLES), *aggregates.AGGREGATES):
+                    await conn.execute(sa.delete(table))
+            aggregates.apply = kept if mode == "with" else skipped
+            try:
+                started = time.perf_counter()
+                await Projector(engine, store).rebuild(ids)
+                seconds[mode].append(time.perf_counter() - started)
+            finally:
+                aggregates.apply = kept
+    async with engine.begin() as conn:
+        await aggregates.recount(conn)
+    w, wo = (statistics.median(seconds[k]) for k in ("with", "without"))
+    print(f"projecting {len(ids)} households: {w:.2f} s with the aggregates, {wo:.2f} s "
+          f"without ({w / wo:.3f}x), medians of {rounds}", flush=True)
+    return {"level": "projection", "households": len(ids), "with_s": round(w, 3),
+            "without_s": round(wo, 3), "ratio": round(w / wo, 4)}
+
+
 async def run(settings: Settings, base_n: int, scales: list[tuple[int, int, int]],
-              runs: int) -> list[dict[str, Any]]:
+              runs: int, rounds: int = 3) -> list[dict[str, Any]]:
     results = []
     with tempfile.TemporaryDirectory(prefix="vatra-bench-summary-") as tmp:
         async with open_database(settings.database_url, Path(tmp)) as engine:
@@ -123,6 +157,7 @@ async def run(settings: Settings, base_n: int, scales: list[tuple[int, int, int]
             await Projector(engine, store).drain_all()
             print(f"seeded and projected {base_n} households in "
                   f"{time.perf_counter() - started:.0f} s", flush=True)
+            results.append(await projection_cost(engine, store, base, rounds))
             async with engine.begin() as conn:  # the base stays out of the measured places
                 await conn.execute(sa.text("DELETE FROM proj.activity"))
             copied = 0
@@ -169,8 +204,11 @@ def main(argv: list[str]) -> int:
                    help="caseloads, each COUNTIESxLOCALITIES:HOUSEHOLDS (default 1x80:48000 "
                         "10x80:480000)")
     p.add_argument("--runs", type=int, default=21)
+    p.add_argument("--rounds", type=int, default=3,
+                   help="projections of the base timed with and without the aggregates")
     args = p.parse_args(argv)
-    results = asyncio.run(run(Settings.from_env(), args.base, args.scale, args.runs))
+    results = asyncio.run(run(Settings.from_env(), args.base, args.scale, args.runs,
+                              args.rounds))
     print(json.dumps(results, separators=(",", ":")))
     return 0
 

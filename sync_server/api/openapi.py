@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from sync_server.api import approvals, enrollment, ops, read
+from sync_server.api import approvals, directory, enrollment, ops, read
 from sync_server.api.errors import ERROR_SCHEMA
 
 DOCUMENT: dict[str, Any] = {
@@ -25,7 +25,8 @@ DOCUMENT: dict[str, Any] = {
         "schemas": {"Error": ERROR_SCHEMA, **enrollment.SCHEMAS, **approvals.SCHEMAS,
                     **read.SCHEMAS},
     },
-    "paths": {**enrollment.PATHS, **approvals.PATHS, **read.PATHS, **ops.PATHS},
+    "paths": {**enrollment.PATHS, **approvals.PATHS, **read.PATHS, **directory.PATHS,
+              **ops.PATHS},
 }
 
 

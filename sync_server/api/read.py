@@ -1,13 +1,17 @@
 """The web tier's read API: household lists, profiles and indicator summaries (JSON).
 
-    GET /v1/web/households                     county, locality, status, q, stage, deadline,
-                                               due_before, page, per_page
+    GET /v1/web/households[.csv]               county, locality, status, q, stage, deadline,
+                                               due_before, vulnerability, overdue_service,
+                                               worker, sort, after, page, per_page
     GET /v1/web/households/{household_id}      one household's profile
     GET /v1/web/households/{household_id}/assessments/compare   a, b: two assessment ids
     GET /v1/web/households/{household_id}/annex-691[.pdf]   the GD 691/2015 annex
-    GET /v1/web/services                       county, locality, status, overdue, code,
+    GET /v1/web/households/{household_id}/providers   kind, accessibility, limit: the
+                                               county directory's nearest providers
+    GET /v1/web/map                            county, locality, cell
+    GET /v1/web/services[.csv]                 county, locality, status, overdue, code,
                                                after, per_page
-    GET /v1/web/persons                        county, locality, reassessment_due_before,
+    GET /v1/web/persons[.csv]                  county, locality, reassessment_due_before,
                                                after, per_page
     GET /v1/web/summary                        level (locality | county | national), code
 
@@ -44,6 +48,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from conflict.answers import known_services, known_vulnerabilities
 from conflict.case import load_rules
 from conflict.compare import UnknownAssessment, compare_assessments
+from conflict.directory import ACCESSIBILITY, PROVIDER_KINDS, nearest
 from conflict.ids import is_entity_id, is_household_id
 from conflict.schema import CASE_STAGES, HOUSEHOLD_STATUSES, SERVICE_STATUSES
 from sync_server.api import annex
@@ -58,6 +63,7 @@ from sync_server.projection.readmodel import (
     ServiceFilter,
 )
 from sync_server.protocol.errors import ErrorCode
+from sync_server.store.directory import read_directories
 
 T = TypeVar("T")
 F = TypeVar("F")
@@ -355,6 +361,29 @@ def routes(engine: AsyncEngine, signed: SignedRequests) -> list[web.RouteDef]:
         return _answer(profile)
 
 
+    async def nearest_providers(request: web.Request) -> web.Response:
+        """The county directory's providers nearest to the household (its GPS fix)."""
+        scope = await _scope(request)
+        kind = request.query.get("kind")
+        if kind is not None and kind not in PROVIDER_KINDS:
+            raise _error(400, ErrorCode.KIND_ENUM, f"kind: one of {', '.join(PROVIDER_KINDS)}")
+        access = [a for a in request.query.get("accessibility", "").split(",") if a]
+        if any(a not in ACCESSIBILITY for a in access):
+            raise _error(400, ErrorCode.ACCESSIBILITY_ENUM,
+                         f"accessibility: comma-separated, of {', '.join(ACCESSIBILITY)}")
+        limit = _number(request, "limit", 5, MAX_PER_PAGE)
+        place = await _of_household(request, scope, readmodel.household_place)
+        if place["lat"] is None or place["lon"] is None:
+            raise _error(409, ErrorCode.NO_LOCATION,
+                         "the household has no GPS fix: capture one on the tablet")
+        async with readmodel.reading(engine, scope) as conn:
+            found = await read_directories(conn, [place["county"]])
+        listed = found[0]["providers"] if found else []
+        return _answer({"household_id": place["household_id"], "county": place["county"],
+                        "directory_version": found[0]["version"] if found else None,
+                        "providers": nearest(listed, place["lat"], place["lon"], kind=kind,
+                                             accessibility=access, limit=limit)})
+
     async def compare(request: web.Request) -> web.Response:
         scope = await _scope(request)
         ids = []
@@ -452,6 +481,7 @@ def routes(engine: AsyncEngine, signed: SignedRequests) -> list[web.RouteDef]:
             web.get("/v1/web/map", household_map),
             web.get("/v1/web/households/{household_id}", household_profile),
             web.get("/v1/web/households/{household_id}/assessments/compare", compare),
+            web.get("/v1/web/households/{household_id}/providers", nearest_providers),
             web.get("/v1/web/persons", list_persons),
             web.get("/v1/web/persons.csv", persons_csv),
             web.get("/v1/web/services", list_services),
@@ -577,10 +607,24 @@ SCHEMAS: dict[str, Any] = {
             ("vulnerabilities", "WebVulnerability"), ("services", "WebService"),
             ("activity", "WebActivity"), ("change_requests", "WebChangeRequest"),
             ("conflicts", "WebConflict"), ("case_deadlines", "WebCaseDeadline"),
-            ("visits", "WebVisit"), ("team", "WebTeamMember"))},
+            ("visits", "WebVisit"), ("team", "WebTeamMember"), ("referrals", "WebReferral"))},
         supervisors={"type": "array", "items": _STR,
                      "description": "the county's supervisors (who decide its requests)"}),
     "WebTeamMember": _object(role=_STR, user_id=_STR),
+    "WebReferral": _object(
+        referral_id=_STR, person_id=_s(), provider_id=_s(), provider_name=_s(),
+        provider_kind=_s(), provider_contact=_s(), reason=_s(), status=_s(), outcome=_s(),
+        referred_on=_s("date"), by=_s(), recorded_at=_s("date-time"), status_by=_s(),
+        status_at=_s("date-time")),
+    "WebProvider": _object(
+        id=_STR, county=_STR, name=_STR, kind=_STR, address=_STR,
+        lat={"type": "number", "nullable": True}, lon={"type": "number", "nullable": True},
+        phone=_s(), email=_s(), accessibility={"type": "array", "items": _STR}, hours=_s(),
+        distance_km={"type": "number", "description": "from the household's GPS fix"}),
+    "WebProviders": _object(
+        household_id=_STR, county=_STR, directory_version={**_s(), "description":
+                                                           "null: no directory imported"},
+        providers={"type": "array", "items": _ref("WebProvider")}),
     "WebComparedSubject": _object(
         subject={"type": "string", "description": 'a person id, or "household"'},
         changed={"type": "array", "items": _object(indicator=_STR, before=_ANY, after=_ANY)},
@@ -708,6 +752,21 @@ PATHS: dict[str, Any] = {
             "content": {"application/pdf": {"schema": {"type": "string",
                                                        "format": "binary"}}}},
                       "401": _ERR, "403": _ERR, "404": _ERR}}},
+    "/v1/web/households/{household_id}/providers": {"get": {
+        "summary": "the county directory's providers nearest to the household's GPS fix, "
+                   "nearest first (409 no-location without a fix)",
+        "security": _SIGNED,
+        "parameters": [
+            _HOUSEHOLD_ID,
+            _query("kind", {"type": "string", "enum": list(PROVIDER_KINDS)},
+                   "only providers of this kind"),
+            _query("accessibility", {"type": "string", "pattern":
+                                     f"^({'|'.join(ACCESSIBILITY)})(,({'|'.join(ACCESSIBILITY)}))*$"},
+                   "comma-separated: providers offering all of these"),
+            _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PER_PAGE,
+                             "default": 5}, "how many")],
+        "responses": {"200": _ok("the nearest providers", "WebProviders"),
+                      "400": _ERR, "401": _ERR, "403": _ERR, "404": _ERR, "409": _ERR}}},
     "/v1/web/map": {"get": {
         "summary": "the scope's households with a GPS fix, as GeoJSON: one point each, or "
                    "with cell, one point per grid cell with a count (county and national "

@@ -14,6 +14,8 @@
     vatra status    projection backlog and lag
     vatra open-data FILE [--threshold K]   the anonymized, aggregated public export
     vatra backup FILE | restore FILE   the database (sync_server/cli/backup.py)
+    vatra directory import FILE --county C | show --county C   a county's directory of
+                                    specialised services (sync_server/cli/directory.py)
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import Any
 from sync_server.app import VatraServer
 from sync_server.cli.admin import add_admin_commands, run_admin
 from sync_server.cli.backup import add_backup_commands, run_backup_command
+from sync_server.cli.directory import add_directory_commands, run_directory
 from sync_server.cli.keys import add_key_commands, run_erase, run_keys
 from sync_server.cli.logs import configure as configure_logs
 from sync_server.cli.projections import add_projection_commands, run_projection_command
@@ -73,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     add_key_commands(sub)
     add_quarantine_commands(sub)
     add_projection_commands(sub)
+    add_directory_commands(sub)
 
     args = parser.parse_args(argv)
     quiet = args.command in ("demo", "bench", "status")  # their output is the report
@@ -119,6 +123,8 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return asyncio.run(run_projection_command(settings, args))
     if args.command == "quarantine":
         return asyncio.run(run_quarantine(settings, args))
+    if args.command == "directory":
+        return asyncio.run(run_directory(settings, args))
     if args.command in ("backup", "restore"):
         return run_backup_command(settings, args)
     if args.command == "keys":

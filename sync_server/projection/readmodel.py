@@ -38,6 +38,7 @@ from conflict.catalogue import ADULT_AGE
 from conflict.schema import OPEN_SERVICE
 from sync_server.auth.identity import User
 from sync_server.protocol.errors import ErrorCode, VatraError
+from sync_server.store.aggregates import COUNTY_WIDE
 from sync_server.store.tables import WEB_ROLE, proj_households, users
 from sync_server.store.tables import proj_activity as activity
 from sync_server.store.tables import proj_answers as answers
@@ -50,6 +51,7 @@ from sync_server.store.tables import proj_locality_summary as locality_summary
 from sync_server.store.tables import proj_locality_vulnerabilities as locality_vulnerabilities
 from sync_server.store.tables import proj_parents_abroad as parents_abroad
 from sync_server.store.tables import proj_persons as persons
+from sync_server.store.tables import proj_referrals as referrals
 from sync_server.store.tables import proj_services as services
 from sync_server.store.tables import proj_team as team
 from sync_server.store.tables import proj_visits as visits
@@ -393,6 +395,15 @@ async def _rows(conn: AsyncConnection, query: sa.Select[Any]) -> list[dict[str, 
     return [dict(r) for r in (await conn.execute(query)).mappings()]
 
 
+async def household_place(conn: AsyncConnection, scope: Scope, household_id: str
+                          ) -> dict[str, Any] | None:
+    """A household's id, county and GPS fix (None outside the scope)."""
+    h = proj_households
+    row = (await conn.execute(sa.select(h.c.household_id, h.c.county, h.c.lat, h.c.lon).where(
+        scope.where(h), h.c.household_id == household_id))).mappings().first()
+    return None if row is None else dict(row)
+
+
 async def household_profile(conn: AsyncConnection, scope: Scope,
                             household_id: str) -> dict[str, Any] | None:
     """Everything the web tier shows of one household, or None if it is not in the scope
@@ -436,6 +447,8 @@ async def household_profile(conn: AsyncConnection, scope: Scope,
         "visits": await _rows(conn, of(visits, *_columns(visits), order=[
             visits.c.visited_on.desc().nulls_last(), visits.c.visit_id])),
         "team": await _rows(conn, of(team, *_columns(team), order=[team.c.role])),
+        "referrals": await _rows(conn, of(referrals, *_columns(referrals), order=[
+            referrals.c.referred_on.desc().nulls_last(), referrals.c.referral_id])),
     }
 
 
@@ -634,10 +647,17 @@ async def summary(conn: AsyncConnection, scope: Scope, level: Level,
     keeps (sync_server/store/aggregates.py), a few rows per locality of the area."""
     ls, lv, lsv = locality_summary, locality_vulnerabilities, locality_services
 
+    def area(table: sa.Table) -> sa.ColumnElement[bool]:
+        """A locality's rows, or its county's own rows (one per county: the sums of its
+        localities') for a county or the nation."""
+        if level == "locality":
+            return _area(scope, level, code, table)
+        return sa.and_(_area(scope, level, code, table), table.c.locality == COUNTY_WIDE)
+
     def total(column: sa.ColumnElement[Any], table: sa.Table, *where: sa.ColumnElement[bool]
               ) -> sa.ScalarSelect[Any]:
         return (sa.select(sa.func.coalesce(sa.func.sum(column), 0))
-                .where(_area(scope, level, code, table), *where).scalar_subquery())
+                .where(area(table), *where).scalar_subquery())
 
     counts = (await conn.execute(sa.select(
         sa.func.current_date().label("as_of"),
@@ -650,7 +670,7 @@ async def summary(conn: AsyncConnection, scope: Scope, level: Level,
         lv.c.vulnerability.label("code"),
         *(sa.cast(sa.func.sum(lv.c[m]), sa.Integer).label(m)
           for m in ("children", "adults", "households", "persons")))
-        .where(_area(scope, level, code, lv))
+        .where(area(lv))
         .group_by(lv.c.vulnerability).order_by(lv.c.vulnerability))
     return {"level": level, "code": code if level != "national" else None,
             **{k: v if k == "as_of" else int(v) for k, v in counts.items()},

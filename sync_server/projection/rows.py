@@ -227,6 +227,20 @@ def project(household_id: str, doc: Mapping[str, Any], *, locality: str, county:
                            "next_visit": _date(v.get("next_visit")), "by": _str(v.get("by")),
                            "recorded_at": _instant(v.get("recorded_at"))})
 
+    referral_rows = []
+    for rid, raw in sorted(_map(doc.get("referrals")).items()):
+        r = _map(raw)
+        reason = r.get("reason")
+        referral_rows.append({
+            **scope, "referral_id": str(rid), "person_id": _str(r.get("person_id")),
+            "provider_id": _str(r.get("provider_id")), "provider_name": _str(r.get("provider_name")),
+            "provider_kind": _str(r.get("provider_kind")),
+            "provider_contact": _str(r.get("provider_contact")),
+            "reason": reason if isinstance(reason, str) else None, "status": _str(r.get("status")),
+            "outcome": _str(r.get("outcome")), "referred_on": _date(r.get("referred_on")),
+            "by": _str(r.get("by")), "recorded_at": _instant(r.get("recorded_at")),
+            "status_by": _str(r.get("status_by")), "status_at": _instant(r.get("status_at"))})
+
     abroad_rows = []
     for rid, raw in sorted(_map(doc.get("parents_abroad")).items()):
         r = _map(raw)
@@ -272,5 +286,5 @@ def project(household_id: str, doc: Mapping[str, Any], *, locality: str, county:
             "vulnerabilities": vulnerability_rows, "services": service_rows,
             "change_requests": request_rows, "conflicts": conflict_rows,
             "activity": activity_rows, "case_deadlines": deadline_rows, "visits": visit_rows,
-            "parents_abroad": abroad_rows, "team": team_rows}
+            "parents_abroad": abroad_rows, "team": team_rows, "referrals": referral_rows}
 

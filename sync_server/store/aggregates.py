@@ -13,8 +13,11 @@ keeps one row per locality (and per code, and per deadline) in three tables:
   "Overdue" depends on the day a summary is asked for, so what is kept is the count per
   deadline, and the summary adds up the days before today.
 
-A locality, county or national summary then adds up a few rows per locality of the
-area (:func:`sync_server.projection.readmodel.summary`), whatever the number of households.
+Each county also has its own row in each table (``locality`` = :data:`COUNTY_WIDE`), the
+sum of its localities' rows, kept in the same statement. A locality summary reads the
+locality's rows, a county summary its county's row, a national summary one row per
+county (:func:`sync_server.projection.readmodel.summary`): a few dozen rows per code
+whatever the number of households.
 
 How the projector keeps them (:func:`delta`, :func:`apply`; an erasure, which deletes a
 household's rows itself, takes them out first with :func:`forget`): it already reads every
@@ -58,11 +61,15 @@ from sync_server.store.tables import (
     proj_vulnerabilities,
 )
 
-__all__ = ["AGGREGATES", "COUNTED", "Totals", "apply", "count", "delta", "forget", "recount"]
+__all__ = ["AGGREGATES", "COUNTED", "COUNTY_WIDE", "Totals", "apply", "count", "delta", "forget", "recount"]
 
 #: The aggregate tables, in the order the projector updates them.
 AGGREGATES: tuple[sa.Table, ...] = (proj_locality_summary, proj_locality_vulnerabilities,
                                     proj_locality_services)
+#: The ``locality`` of a county's own row in each aggregate table: the sum of its
+#: localities' rows, kept with them, so a county or national summary reads one row per
+#: county (not per locality). Never a SIRUTA code, and never in a locality scope.
+COUNTY_WIDE = "*"
 #: The projection tables whose rows the aggregates count.
 COUNTED: tuple[sa.Table, ...] = (proj_households, proj_answers, proj_vulnerabilities,
                                  proj_services)
@@ -88,7 +95,8 @@ def count(rows: Rows) -> Totals:
     totals: Totals = collections.defaultdict(collections.Counter)
 
     def add(table: str, key: tuple[Any, ...], **measures: int) -> None:
-        totals[(table, key)].update(measures)
+        totals[(table, key)].update(measures)  # the locality's row
+        totals[(table, (key[0], COUNTY_WIDE, *key[2:]))].update(measures)  # its county's
 
     for h in rows.get("households", ()):
         add("locality_summary", (h["county"], h["locality"]), households=1)
@@ -162,7 +170,7 @@ async def forget(conn: AsyncConnection, household_id: str) -> None:
 
 # --- recounting from the rows ---------------------------------------------------------------
 
-_RECOUNT = {
+_PER_LOCALITY = {
     "locality_summary": """
         SELECT county, locality, sum(households) AS households,
                sum(children_assessed) AS children_assessed,
@@ -196,6 +204,19 @@ _RECOUNT = {
 }
 
 
+def _recount_sql(table: sa.Table) -> str:
+    """The rows of ``table`` counted from the projection: each locality's, then each
+    county's (the sum of its localities')."""
+    keys, measures = _KEYS[table.name], _MEASURES[table.name]
+    more = [k for k in keys if k not in ("county", "locality")]
+    return (f"WITH each AS ({_PER_LOCALITY[table.name]}) "
+            f"SELECT {', '.join(keys)}, {', '.join(measures)} FROM each UNION ALL "
+            f"SELECT county, '{COUNTY_WIDE}', {''.join(k + ', ' for k in more)}"
+            f"{', '.join(f'sum({m})' for m in measures)} FROM each "
+            f"GROUP BY county{''.join(', ' + k for k in more)}")
+
+
+
 def _by_key(table: sa.Table, rows: Iterable[Any]) -> dict[tuple[Any, ...], tuple[int, ...]]:
     keys, measures = _KEYS[table.name], _MEASURES[table.name]
     return {tuple(r[k] for k in keys): tuple(int(r[m]) for m in measures) for r in rows}
@@ -210,7 +231,7 @@ async def recount(conn: AsyncConnection) -> int:
         await conn.execute(sa.text(f"LOCK TABLE proj.{table.name} IN EXCLUSIVE MODE"))
     for table in AGGREGATES:
         right = _by_key(table, (await conn.execute(
-            sa.text(_RECOUNT[table.name]), {"adult": ADULT_AGE, "open": list(OPEN_SERVICE)})
+            sa.text(_recount_sql(table)), {"adult": ADULT_AGE, "open": list(OPEN_SERVICE)})
         ).mappings())
         stored = _by_key(table, (await conn.execute(sa.select(table))).mappings())
         differ = sum(1 for k in right.keys() | stored.keys() if right.get(k) != stored.get(k))

@@ -31,6 +31,34 @@ households = sa.Table(
               server_default="{}"),
 )
 
+#: The county directories of specialised services (conflict/directory.py): kept by
+#: ``vatra directory import``, read by tablets (GET /v1/directory) and the web tier.
+providers = sa.Table(
+    "providers", metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("county", sa.Text, nullable=False),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("address", sa.Text, nullable=False),
+    sa.Column("lat", sa.Float, nullable=True),
+    sa.Column("lon", sa.Float, nullable=True),
+    sa.Column("phone", sa.Text, nullable=True),
+    sa.Column("email", sa.Text, nullable=True),
+    sa.Column("accessibility", postgresql.ARRAY(sa.Text), nullable=False),
+    sa.Column("hours", sa.Text, nullable=True),
+    sa.Index("providers_county_kind", "county", "kind"),
+)
+
+#: Each county directory's version (conflict.directory.version) and when it was imported.
+directories = sa.Table(
+    "directories", metadata,
+    sa.Column("county", sa.Text, primary_key=True),
+    sa.Column("version", sa.Text, nullable=False),
+    sa.Column("imported_at", sa.DateTime(timezone=True), nullable=False,
+              server_default=sa.func.now()),
+    sa.Column("imported_by", sa.Text, nullable=True),
+)
+
 changes = sa.Table(
     "changes", metadata,
     sa.Column("household_id", sa.Text, sa.ForeignKey("households.id"), nullable=False),
@@ -429,6 +457,26 @@ proj_visits = _scoped(
     sa.PrimaryKeyConstraint("household_id", "visit_id"),
 )
 
+#: Referrals of a household to the county directory's providers (issue 16, part 4).
+proj_referrals = _scoped(
+    "referrals",
+    sa.Column("referral_id", sa.Text, nullable=False),
+    sa.Column("person_id", sa.Text, nullable=True),
+    sa.Column("provider_id", sa.Text, nullable=True),
+    sa.Column("provider_name", sa.Text, nullable=True),
+    sa.Column("provider_kind", sa.Text, nullable=True),
+    sa.Column("provider_contact", sa.Text, nullable=True),
+    sa.Column("reason", sa.Text, nullable=True),
+    sa.Column("status", sa.Text, nullable=True),
+    sa.Column("outcome", sa.Text, nullable=True),
+    sa.Column("referred_on", sa.Date, nullable=True),
+    sa.Column("by", sa.Text, nullable=True),
+    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("status_by", sa.Text, nullable=True),
+    sa.Column("status_at", sa.DateTime(timezone=True), nullable=True),
+    sa.PrimaryKeyConstraint("household_id", "referral_id"),
+)
+
 #: Parents of a household's children working abroad (GD 691/2015): the annex's data.
 proj_parents_abroad = _scoped(
     "parents_abroad",
@@ -488,4 +536,4 @@ sa.Index("proj_locality_services_deadline", proj_locality_services.c.deadline,
 PROJ_TABLES: tuple[sa.Table, ...] = (
     proj_households, proj_persons, proj_answers, proj_assessments, proj_vulnerabilities,
     proj_services, proj_change_requests, proj_conflicts, proj_activity, proj_case_deadlines,
-    proj_visits, proj_parents_abroad, proj_team)
+    proj_visits, proj_parents_abroad, proj_team, proj_referrals)

@@ -1,7 +1,8 @@
 """Per-locality aggregates of the projection (issue 16): the web tier's summaries add up
 a few rows per locality instead of counting every answer and vulnerability row
 (sync_server/store/aggregates.py). Filled here from the rows already projected; the
-projector keeps them from then on, in the transaction that writes the rows.
+projector keeps them from then on, in the transaction that writes the rows. Each county
+has its own rows too (locality "*"), the sums of its localities'.
 
 Revision ID: 0015
 Revises: 0014
@@ -95,6 +96,20 @@ def upgrade() -> None:
         SELECT county, locality, deadline, count(*) FROM {S}.services
         WHERE status IN ('planned', 'in_progress') AND deadline IS NOT NULL
         GROUP BY county, locality, deadline""")
+    # Each county's own row ("*"): the sum of its localities' rows.
+    op.execute(f"""
+        INSERT INTO {S}.locality_summary
+        SELECT county, '*', sum(households), sum(children_assessed), sum(vulnerable_children)
+        FROM {S}.locality_summary GROUP BY county""")
+    op.execute(f"""
+        INSERT INTO {S}.locality_vulnerabilities
+        SELECT county, '*', vulnerability, sum(children), sum(adults), sum(households),
+               sum(persons)
+        FROM {S}.locality_vulnerabilities GROUP BY county, vulnerability""")
+    op.execute(f"""
+        INSERT INTO {S}.locality_services
+        SELECT county, '*', deadline, sum(services)
+        FROM {S}.locality_services GROUP BY county, deadline""")
 
 
 def downgrade() -> None:

@@ -1,0 +1,79 @@
+"""The county directories for tablets: ``GET /v1/directory``.
+
+A device-signed GET (:mod:`sync_server.api.auth`) answers the directories of the
+counties the device's user works in: a worker's localities' counties, a supervisor's
+county, every county for a national user (admins and ops: ``403``). The answer carries
+an ``ETag`` made of the directories' versions; a tablet that sends it back in
+``If-None-Match`` gets ``304`` and no body when nothing changed, so checking costs one
+short round trip. Tablets keep the directory for offline work
+(``client_sdk.fetch_directory``) and never write it: only ``vatra directory import``
+does (decision 89). A directory is public information (services and their contacts),
+not household content.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from sync_server.api.auth import SignedRequests
+from sync_server.api.errors import http_error
+from sync_server.protocol.errors import ErrorCode
+from sync_server.store.directory import read_directories
+
+
+def counties_of(role: str, county: str | None,
+                localities: tuple[tuple[str, str], ...]) -> set[str] | None:
+    """The counties whose directories a user reads (None: every county)."""
+    if role == "national":
+        return None
+    if role == "supervisor" and county is not None:
+        return {county}
+    if role == "worker":
+        return {c for _, c in localities}
+    raise http_error(403, ErrorCode.FORBIDDEN, f"the {role} role has no directory")
+
+
+def routes(engine: AsyncEngine, signed: SignedRequests) -> list[web.RouteDef]:
+    async def directory(request: web.Request) -> web.Response:
+        device, _ = await signed.authenticate(request)
+        user = device.user
+        counties = counties_of(user.role, user.county, user.localities)
+        async with engine.connect() as conn:
+            found = await read_directories(conn, counties)
+        tag = '"' + hashlib.blake2b(";".join(f"{d['county']}:{d['version']}" for d in found)
+                                    .encode(), digest_size=12).hexdigest() + '"'
+        headers = {"ETag": tag, "Cache-Control": "no-cache"}
+        if tag in {t.strip() for t in request.headers.get("If-None-Match", "").split(",")}:
+            return web.Response(status=304, headers=headers)
+        body = {"directories": [{**d, "imported_at": d["imported_at"].isoformat()} for d in found]}
+        return web.json_response(body, headers=headers,
+                                 dumps=lambda v: json.dumps(v, ensure_ascii=False))
+
+    return [web.get("/v1/directory", directory)]
+
+
+_ERR = {"description": "refused", "content": {"application/json": {"schema": {
+    "$ref": "#/components/schemas/Error"}}}}
+
+PATHS: dict[str, Any] = {
+    "/v1/directory": {"get": {
+        "summary": "the county directories of specialised services the device's user works "
+                   "with (read-only; 304 when If-None-Match has the ETag)",
+        "security": [{"device": []}],
+        "parameters": [{"name": "If-None-Match", "in": "header", "required": False,
+                        "schema": {"type": "string"}}],
+        "responses": {
+            "200": {"description": "the directories", "content": {"application/json": {
+                "schema": {"type": "object", "properties": {"directories": {
+                    "type": "array", "items": {"type": "object", "properties": {
+                        "county": {"type": "string"}, "version": {"type": "string"},
+                        "imported_at": {"type": "string", "format": "date-time"},
+                        "providers": {"type": "array", "items": {"type": "object"}}}}}}}}}},
+            "304": {"description": "unchanged since the ETag given"},
+            "401": _ERR, "403": _ERR}}},
+}

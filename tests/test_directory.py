@@ -1,0 +1,88 @@
+"""The county directory (conflict/directory.py) and referrals in the household model:
+what an import accepts and refuses, which providers are nearest, and a referral's
+record (pure: no server)."""
+
+from __future__ import annotations
+
+import pytest
+
+from conflict import Household, InvalidValueError, UnknownEntityError, validate
+from conflict.directory import distance_km, nearest, provider_id, validate_directory, version
+
+GOOD = [
+    {"name": "DGASPC Cluj", "kind": "child_protection", "address": "Str. Motilor 7, Cluj-Napoca",
+     "lat": 46.7693, "lon": 23.5814, "phone": "0264 420 000", "accessibility": ["wheelchair"],
+     "hours": "L-V 8-16"},
+    {"name": "Centrul de zi Floresti", "kind": "day_centre", "address": "Str. Avram Iancu 1",
+     "lat": 46.7466, "lon": 23.4906, "email": "centru@floresti.ro"},
+    {"name": "Cabinet medical Gilau", "kind": "health", "address": "Str. Principala 10",
+     "lat": 46.7535, "lon": 23.3800, "phone": "+40 264 371 111",
+     "accessibility": ["wheelchair", "free_of_charge"]},
+    {"name": "CPECA Cluj", "kind": "addiction", "address": "Str. Republicii 1",
+     "phone": "0264 591 000"},  # no coordinates: listed, never ranked
+]
+
+
+def test_a_good_file_is_normalised_with_stable_ids() -> None:
+    providers, problems = validate_directory("CJ", GOOD)
+    assert problems == [] and len(providers) == 4
+    assert providers[0]["id"] == provider_id("CJ", "DGASPC Cluj") == \
+        provider_id("CJ", "  dgaspc cluj ")  # a re-import with another spelling keeps it
+    assert providers[1]["phone"] is None and providers[1]["accessibility"] == []
+    assert version(providers) == version(list(reversed(providers)))
+    assert version(providers) != version(providers[:3])
+
+
+def test_every_problem_is_named_and_nothing_is_kept() -> None:
+    bad = [{**GOOD[0], "kind": "spa"}, {**GOOD[1], "lat": 91.0}, {"name": "x"},
+           {**GOOD[2], "accessibility": ["lift"], "colour": "red"},
+           {**GOOD[0], "name": "DGASPC CLUJ"},  # the same derived id as the first
+           {**GOOD[0], "id": "not-a-uuid", "email": "nobody"}, "a string"]
+    providers, problems = validate_directory("CJ", bad)
+    assert providers == []
+    assert {str(p) for p in problems} >= {
+        "providers[0].kind: unknown-kind", "providers[1].lat: range",
+        "providers[2].kind: unknown-kind", "providers[2].address: missing",
+        "providers[2].phone: a-phone-or-an-email", "providers[3].accessibility[0]: unknown-code",
+        "providers[3].colour: unknown-field", "providers[4].id: same-as-providers[0]",
+        "providers[5].id: format", "providers[5].email: format", "providers[6]: type"}
+    assert validate_directory("CJ", {"not": "a list"})[1][0].rule == "type"
+
+
+def test_the_nearest_suitable_providers_come_first() -> None:
+    providers, _ = validate_directory("CJ", GOOD)
+    gilau = (46.7580, 23.3850)
+    found = nearest(providers, *gilau)
+    assert [p["name"] for p in found] == ["Cabinet medical Gilau", "Centrul de zi Floresti",
+                                         "DGASPC Cluj"]
+    assert found[0]["distance_km"] < 1.0 < found[1]["distance_km"] < found[2]["distance_km"]
+    assert [p["name"] for p in nearest(providers, *gilau, kind="child_protection")] == \
+        ["DGASPC Cluj"]
+    assert [p["name"] for p in nearest(providers, *gilau, accessibility=["wheelchair"])] == \
+        ["Cabinet medical Gilau", "DGASPC Cluj"]
+    assert nearest(providers, *gilau, kind="addiction") == []  # it has no coordinates
+    assert len(nearest(providers, *gilau, limit=1)) == 1
+    assert abs(distance_km(45.0, 23.0, 46.0, 23.0) - 111.195) < 0.01  # a degree of meridian
+
+
+def test_a_referral_keeps_the_provider_as_it_was_and_its_course() -> None:
+    providers, _ = validate_directory("CJ", GOOD)
+    h = Household.create(locality="54975", county="CJ", address="Str. Mare 1", author="ana",
+                         at="2026-01-05T09:00:00Z")
+    pid = h.add_member("Ion", "Pop", "2014-02-03", "M", "child")
+    rid = h.refer(providers[0], reason="suspected neglect", person_id=pid,
+                  at="2026-01-06T09:00:00Z")
+    h.set_referral_status(rid, "accepted", outcome="assessment on 2026-01-10",
+                          at="2026-01-07T09:00:00Z")
+    [(got_id, r)] = h.referrals().items()
+    assert got_id == rid and validate(h.doc) == []
+    assert r == {**r, "provider_name": "DGASPC Cluj", "provider_kind": "child_protection",
+                 "provider_contact": "0264 420 000", "reason": "suspected neglect",
+                 "status": "accepted", "referred_on": "2026-01-06", "by": "ana",
+                 "status_by": "ana", "outcome": "assessment on 2026-01-10"}
+    with pytest.raises(InvalidValueError, match="status"):
+        h.set_referral_status(rid, "lost")
+    with pytest.raises(UnknownEntityError):
+        h.refer(providers[0], reason="x", person_id="0b8e7c36-55a0-4d55-8a5e-3c8a3b0e0d11")
+    with pytest.raises(InvalidValueError, match="provider_kind"):
+        h.refer({**providers[0], "kind": "spa"}, reason="x")
