@@ -7,7 +7,7 @@ nothing to correct."""
 from __future__ import annotations
 
 import asyncio
-from datetime import date
+from datetime import date, timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -134,4 +134,40 @@ async def test_the_migration_fills_the_aggregates_from_the_rows_already_projecte
     async with engine.begin() as conn:
         await conn.run_sync(downgrade_and_upgrade)
     assert await summaries_agree(engine) > 3
+    assert await recount(engine) == 0
+
+
+def plan(h, start: int, n: int) -> None:
+    member = next(iter(h.to_dict()["members"]))
+    for i in range(start, start + n):
+        h.plan_service("information", member, "child_no_family_doctor",
+                       date(2000, 1, 1) + timedelta(days=i))
+
+
+async def test_many_deadline_days_are_projected_and_erased(store, engine) -> None:
+    """A review found that the aggregates were written in one statement: a household whose
+    open services fell on more than ~4,000 distinct deadline days (two aggregate rows
+    each: its locality's and its county's, four parameters a row) passed PostgreSQL's
+    32,767 parameters, so it was never projected; one projected in smaller steps could
+    never be erased (the erasure's statement failed and rolled back). Reproduced with
+    4,200 days at once, and 2,100 + 2,100 then an erasure."""
+    one = next(generate(1, seed=3, today=TODAY, counties=("CJ",)))
+    plan(one, 0, 4200)
+    await store.create_household(HouseholdRecord(one.household_id, str(one.locality),
+                                                 str(one.county)), stored(one.doc.get_changes([])))
+    projector = Projector(engine, store)
+    assert await projector.project([one.household_id])
+    stepped = next(generate(1, seed=4, today=TODAY, counties=("CJ",)))
+    plan(stepped, 0, 2100)
+    await store.create_household(HouseholdRecord(stepped.household_id, str(stepped.locality),
+                                                 str(stepped.county)),
+                                 stored(stepped.doc.get_changes([])))
+    assert await projector.project([stepped.household_id])
+    heads = stepped.doc.get_heads()
+    plan(stepped, 2100, 2100)
+    await store.append_changes(stepped.household_id, stored(stepped.doc.get_changes(heads)))
+    assert await projector.project([stepped.household_id])
+    assert await summaries_agree(engine) > 2
+    await store.erase_household(stepped.household_id)
+    assert await summaries_agree(engine) > 2
     assert await recount(engine) == 0

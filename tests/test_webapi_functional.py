@@ -613,3 +613,66 @@ async def test_services_across_households_in_keyset_pages(world: World) -> None:
         if after is None:
             break
     assert len(seen) == len(set(seen)) == len(expected) and seen == sorted(seen)
+
+
+class _AfterStatement:
+    """A connection that runs ``hook`` once, right after its ``n``-th statement."""
+
+    def __init__(self, conn, n: int, hook) -> None:
+        self._conn, self._n, self._hook, self._calls = conn, n, hook, 0
+
+    async def execute(self, *args, **kwargs):
+        result = await self._conn.execute(*args, **kwargs)
+        self._calls += 1
+        if self._calls == self._n:
+            await self._hook()
+        return result
+
+    def __getattr__(self, name):
+        return getattr(self._conn, name)
+
+
+async def test_a_household_projected_during_a_page_does_not_end_the_walk(store, engine) -> None:
+    """A review found that a keyset page decided whether a next page exists from counts
+    that earlier statements of its transaction saw: a household a projector committed
+    between the count and the page, landing between the position and the old rows,
+    pushed the page's last row off and the answer said "no next page", so a household
+    listed all along was never shown. Reproduced by committing it right after the count
+    (page 2 of 2 by id: [X, D], next null, E never listed)."""
+    from sync_server.projection import readmodel
+    from sync_server.projection.projector import Projector
+    from sync_server.store.contract import HouseholdRecord
+    from sync_server.store.tables import households
+    from sync_server.sync.apply import stored
+    from vatra_devtools.seed import generate
+
+    for h in generate(5, seed=3, today=dt.date(2026, 5, 1), counties=("CJ",)):
+        await store.create_household(HouseholdRecord(h.household_id, str(h.locality),
+                                                     str(h.county)), stored(h.doc.get_changes([])))
+    async with engine.connect() as conn:  # PostgreSQL's order of the ids
+        a, b, x, d, e = (await conn.execute(
+            sa.select(households.c.id).order_by(households.c.id))).scalars().all()
+    projector = Projector(engine, store)
+    await projector.project([a, b, d, e])
+    scope = readmodel.Scope("national")
+    async with readmodel.reading(engine, scope) as conn:
+        first = await readmodel.list_households(conn, scope,
+                                                readmodel.ListFilter(sort="id", per_page=2))
+    assert [i["id"] for i in first["items"]] == [a, b]
+
+    async def projector_commits_x() -> None:
+        assert [p.household_id for p in await projector.project([x])] == [x]
+
+    seen = [a, b]
+    after = first["next"]
+    async with readmodel.reading(engine, scope) as conn:
+        page = await readmodel.list_households(  # statements: total, count after, page
+            _AfterStatement(conn, 2, projector_commits_x), scope,
+            readmodel.ListFilter(sort="id", per_page=2, after=after))
+    seen += [i["id"] for i in page["items"]]
+    while page["next"] is not None:
+        async with readmodel.reading(engine, scope) as conn:
+            page = await readmodel.list_households(
+                conn, scope, readmodel.ListFilter(sort="id", per_page=2, after=page["next"]))
+        seen += [i["id"] for i in page["items"]]
+    assert seen == [a, b, x, d, e]

@@ -280,10 +280,13 @@ class Projector:
             # now takes FOR NO KEY UPDATE, which KEY SHARE does not wait for; the rows are
             # still locked here, all at once, in that order, before the outbox rows.
             await conn.execute(_KEY_SHARE, {"ids": sorted(rows)})
-            written = await write_rows(conn, rows)
+            written, change = await write_rows(conn, rows)
             lags = await _settle_outbox(conn, {h: queued[h] for h in
                                                results.keys() | rows.keys() | unreadable
                                                if h in queued}, seqs)
+            # Last: the aggregate rows a locality's projectors share stay locked only
+            # while this transaction commits (never while it waits for the outbox rows).
+            await aggregates.apply(conn, change)
         for hid, (upserted, deleted) in written.items():
             results[hid] = Projected(hid, upserted, deleted,
                                      None if hid in erased else lags.get(hid), erased=hid in erased)
@@ -448,12 +451,15 @@ def _compare(pk: Sequence[str], stored: Sequence[Any], wanted: Sequence[dict[str
     return [k for k in have if k not in want], [r for k, r in want.items() if have.get(k) != r]
 
 
-async def write_rows(conn: AsyncConnection, rows: dict[str, Rows]) -> dict[str, tuple[int, int]]:
+async def write_rows(conn: AsyncConnection, rows: dict[str, Rows]
+                     ) -> tuple[dict[str, tuple[int, int]], aggregates.Totals]:
     """Make the stored rows of each household in ``rows`` equal to its rows there: delete
-    the ones gone, upsert the ones new or changed. ``{household: (upserted, deleted)}``."""
+    the ones gone, upsert the ones new or changed. ``{household: (upserted, deleted)}``,
+    and what the per-locality aggregates change by (for the caller to apply,
+    :func:`sync_server.store.aggregates.apply`, in the same transaction)."""
     counts = {hid: [0, 0] for hid in rows}
     if not rows:
-        return {}
+        return {}, {}
     ids = list(rows)
     before: Rows = {}  # the rows the per-locality aggregates count, as stored and as wanted
     after: Rows = {}
@@ -476,9 +482,8 @@ async def write_rows(conn: AsyncConnection, rows: dict[str, Rows]) -> dict[str, 
             await conn.execute(_upsert(table, changed[i:i + step]))
         for r in changed:
             counts[r["household_id"]][0] += 1
-    # Last, so the aggregate rows (shared by a locality's households) stay locked briefly.
-    await aggregates.apply(conn, await cpu.offload(aggregates.delta, before, after))
-    return {hid: (u, d) for hid, (u, d) in counts.items()}
+    change = await cpu.offload(aggregates.delta, before, after)
+    return {hid: (u, d) for hid, (u, d) in counts.items()}, change
 
 
 def _upsert(table: sa.Table, rows: Sequence[dict[str, Any]]) -> sa.Executable:

@@ -291,16 +291,19 @@ async def list_households(conn: AsyncConnection, scope: Scope, f: ListFilter) ->
     order = _order(f.sort)
     # The page's ids first, walked in order from an index that holds every column the
     # filters (but the text) and the row-level security read, then only those rows.
+    # One row more than the page: whether there is a next page is told by the rows read,
+    # not by counts that statements before this one saw (a household projected meanwhile
+    # would otherwise push the page's last row off and end the walk before it).
     if f.after is None:
         offset = (f.page - 1) * f.per_page
         page = (sa.select(h.c.household_id).where(where).order_by(*order)
-                .limit(f.per_page).offset(offset).subquery("page"))
+                .limit(f.per_page + 1).offset(offset).subquery("page"))
     else:  # keyset: the households after the position, and how many there are in all
         beyond = sa.and_(where, _after(f.sort, f.after))
         offset = total - (await conn.execute(
             sa.select(sa.func.count()).select_from(h).where(beyond))).scalar_one()
         page = (sa.select(h.c.household_id).where(beyond).order_by(*order)
-                .limit(f.per_page).subquery("page"))
+                .limit(f.per_page + 1).subquery("page"))
     rows = [dict(r) for r in (await conn.execute(
         sa.select(h.c.household_id.label("id"), h.c.locality, h.c.county, h.c.status, h.c.address,
                   h.c.members_present, h.c.members_total, h.c.vulnerabilities, h.c.services_open,
@@ -308,7 +311,8 @@ async def list_households(conn: AsyncConnection, scope: Scope, f: ListFilter) ->
                   h.c.updated_at, h.c.updated_by, h.c.case_stage)
         .join_from(h, page, page.c.household_id == h.c.household_id)
         .order_by(*order))).mappings()]
-    more = bool(rows) and offset + len(rows) < total
+    more = len(rows) > f.per_page
+    rows = rows[:f.per_page]
     return {"total": total, "page": f.page if f.after is None else None, "per_page": f.per_page,
             "showing": showing(offset + 1, len(rows), total), "items": rows,
             "next": position(f.sort, rows[-1]) if more else None}

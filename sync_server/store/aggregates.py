@@ -28,7 +28,7 @@ transaction. A projector killed half way leaves both the rows and the aggregates
 were. Two projectors never write the same household at once (advisory locks), so the
 difference is always taken against the rows that stand; concurrent projectors of one
 locality wait for each other on its aggregate row, which they update in key order
-(no deadlock) just before they commit. A row whose measures all reach zero is deleted.
+(no deadlock) as the last statement before they commit. A row whose measures all reach zero is deleted.
 
 The definitions are those of the scanning summary (:func:`summary_from_rows`, kept to
 check the aggregates against): a child is a member under 18 on the day of the
@@ -66,6 +66,8 @@ __all__ = ["AGGREGATES", "COUNTED", "COUNTY_WIDE", "Totals", "apply", "count", "
 #: The aggregate tables, in the order the projector updates them.
 AGGREGATES: tuple[sa.Table, ...] = (proj_locality_summary, proj_locality_vulnerabilities,
                                     proj_locality_services)
+#: Parameters per statement, below PostgreSQL's limit of 32,767.
+_MAX_PARAMS = 30_000
 #: The ``locality`` of a county's own row in each aggregate table: the sum of its
 #: localities' rows, kept with them, so a county or national summary reads one row per
 #: county (not per locality). Never a SIRUTA code, and never in a locality scope.
@@ -149,15 +151,20 @@ async def apply(conn: AsyncConnection, change: Totals) -> None:
         mine = sorted((key, diff) for (name, key), diff in change.items() if name == table.name)
         if not mine:
             continue
-        values = [{**dict(zip(keys, key, strict=True)), **{m: diff[m] for m in measures}}
-                  for key, diff in mine]
-        stmt = postgresql.insert(table).values(values)
-        await conn.execute(stmt.on_conflict_do_update(
-            index_elements=list(keys),
-            set_={m: table.c[m] + stmt.excluded[m] for m in measures}))
-        await conn.execute(sa.delete(table).where(
-            sa.tuple_(*(table.c[k] for k in keys)).in_([key for key, _ in mine]),
-            *(table.c[m] == 0 for m in measures)))
+        # In chunks (PostgreSQL takes at most 32,767 parameters per statement), in order:
+        # the key order holds across them.
+        step = _MAX_PARAMS // (len(keys) + len(measures))
+        for i in range(0, len(mine), step):
+            chunk = mine[i:i + step]
+            values = [{**dict(zip(keys, key, strict=True)), **{m: diff[m] for m in measures}}
+                      for key, diff in chunk]
+            stmt = postgresql.insert(table).values(values)
+            await conn.execute(stmt.on_conflict_do_update(
+                index_elements=list(keys),
+                set_={m: table.c[m] + stmt.excluded[m] for m in measures}))
+            await conn.execute(sa.delete(table).where(
+                sa.tuple_(*(table.c[k] for k in keys)).in_([key for key, _ in chunk]),
+                *(table.c[m] == 0 for m in measures)))
 
 
 async def forget(conn: AsyncConnection, household_id: str) -> None:
