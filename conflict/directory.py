@@ -62,6 +62,8 @@ _TEXT_MAX = 500
 _ENTITY_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[1-8][0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 _EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{2,63}")
 _PHONE = re.compile(r"\+?[0-9][0-9 ./-]{5,24}")
+#: A text with a control character (NUL included, which PostgreSQL cannot store).
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _FIELDS = ("id", "name", "kind", "address", "lat", "lon", "phone", "email", "accessibility",
            "hours")
 #: The namespace of the ids derived from county and name.
@@ -99,7 +101,19 @@ def _text(value: object, *, required: bool = True) -> str | None:
         return "empty"
     if len(value) > _TEXT_MAX:
         return "too-long"
+    if _CONTROL.search(value):
+        return "control-character"
     return None
+
+
+def _coordinate(value: object, limit: float) -> float | None:
+    """``value`` as a coordinate within ±``limit``, or None if it is not one."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, int) and abs(value) > limit:  # (a huge int has no float)
+        return None
+    v = float(value)
+    return v if math.isfinite(v) and abs(v) <= limit else None
 
 
 def validate_directory(county: str, providers: object) -> tuple[list[dict[str, Any]], list[Problem]]:
@@ -138,17 +152,19 @@ def validate_directory(county: str, providers: object) -> tuple[list[dict[str, A
         lat, lon = raw.get("lat"), raw.get("lon")
         if (lat is None) != (lon is None):
             problems.append(Problem(f"{at}.lat", "both-or-neither"))
+        place = {}
         for key, value, limit in (("lat", lat, 90.0), ("lon", lon, 180.0)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
-                                      or not math.isfinite(value) or abs(value) > limit):
+            place[key] = _coordinate(value, limit)
+            if value is not None and place[key] is None:
                 problems.append(Problem(f"{at}.{key}", "range"))
         access = raw.get("accessibility", [])
         if not isinstance(access, list):
             problems.append(Problem(f"{at}.accessibility", "type"))
             access = []
         for j, code in enumerate(access):
-            if code not in ACCESSIBILITY:
+            if not isinstance(code, str) or code not in ACCESSIBILITY:
                 problems.append(Problem(f"{at}.accessibility[{j}]", "unknown-code"))
+        access = [c for c in access if isinstance(c, str) and c in ACCESSIBILITY]
         pid = raw.get("id")
         if pid is None and isinstance(raw.get("name"), str):
             pid = provider_id(county, raw["name"])
@@ -160,10 +176,9 @@ def validate_directory(county: str, providers: object) -> tuple[list[dict[str, A
             ids[pid] = i
         out.append({"id": pid, "county": county, "name": raw.get("name"), "kind": raw.get("kind"),
                     "address": raw.get("address"),
-                    "lat": None if lat is None else float(lat),
-                    "lon": None if lon is None else float(lon),
+                    "lat": place["lat"], "lon": place["lon"],
                     "phone": phone or None, "email": email or None,
-                    "accessibility": sorted(set(access)) if isinstance(access, list) else [],
+                    "accessibility": sorted(set(access)),
                     "hours": raw.get("hours")})
     return (out if not problems else []), problems
 

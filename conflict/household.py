@@ -928,15 +928,16 @@ class Household:
                             outcome: str | None = None,
                             at: datetime | str | None = None) -> None:
         """Record where a referral stands (``accepted``, ``refused``, ``completed``,
-        ``cancelled``) and, optionally, what came of it; who and when are recorded with
-        it. One change. Two teammates setting different statuses offline leave a
-        recorded conflict, as any field does."""
+        ``cancelled``) and what came of it (none: ``""``); who and when are recorded with
+        it (the server refuses a status change without them, ``referral-record``). One
+        change. Two teammates setting different statuses offline leave a recorded
+        conflict, as any field does."""
         obj = self._entity("referrals", "referral", referral_id)
         base: Path = ("referrals", referral_id)
+        # The outcome is always written ("" for none): a later status never keeps an
+        # earlier outcome, and two teammates' concurrent outcomes are a recorded conflict.
         fields: dict[str, Any] = {"status": status, "status_by": self._by(),
-                                  "status_at": utc_instant(at)}
-        if outcome is not None:
-            fields["outcome"] = outcome
+                                  "status_at": utc_instant(at), "outcome": outcome or ""}
         writes = [(key, *_scalar(s.REFERRAL.fields[key], (*base, key), value))
                   for key, value in fields.items()]
         with self.doc.transaction() as tx:

@@ -109,6 +109,7 @@ class PolicyRule(enum.StrEnum):
     FORGED_ATTRIBUTION = "forged-attribution"
     FUTURE_INSTANT = "future-instant"
     CONFLICT_RECORD = "conflict-record"
+    REFERRAL_RECORD = "referral-record"
 
 
 _DESCRIBE = {
@@ -121,6 +122,9 @@ _DESCRIBE = {
     PolicyRule.FUTURE_INSTANT: "a recorded time is not later than now (plus the allowed clock skew)",
     PolicyRule.CONFLICT_RECORD: "a conflict is recorded by the server; a device writes only "
                                 "its resolution (resolved_by, resolution)",
+    PolicyRule.REFERRAL_RECORD: "a referral keeps who was referred where, by whom and when; "
+                                "its status and outcome change with status_by and status_at, "
+                                "and it is never deleted",
 }
 
 
@@ -622,6 +626,8 @@ def attribution_violations(before: Document, after: Document, user: str, now: da
     out: list[Violation] = []
     if sections is None or "conflicts" in sections:
         out += _conflict_record_violations(before, after, _section_keys(touched, "conflicts"))
+    if sections is None or "referrals" in sections:
+        out += _referral_violations(before, after, _section_keys(touched, "referrals"), user)
     for section, (who, when) in ATTRIBUTIONS.items():
         if sections is not None and section not in sections:
             continue
@@ -637,6 +643,45 @@ def attribution_violations(before: Document, after: Document, user: str, now: da
                     out.append(_violation(path, PolicyRule.FORGED_ATTRIBUTION))
                 elif field in when and isinstance(written, str) and _after(written, latest):
                     out.append(_violation(path, PolicyRule.FUTURE_INSTANT))
+    return out
+
+
+#: What a referral says for good once made: who was referred, to whom (the provider as it
+#: was), by whom and when. Its reason (a Text) stays editable.
+REFERRAL_FIXED = ("person_id", "provider_id", "provider_name", "provider_kind",
+                  "provider_contact", "referred_on", "by", "recorded_at")
+#: What a referral's course changes, each time with ``status_by`` and ``status_at``.
+REFERRAL_COURSE = ("status", "outcome")
+
+
+def _referral_violations(before: Document, after: Document, keys: Collection[str | int] | None,
+                         user: str) -> list[Violation]:
+    """A referral deleted, its fixed fields changed, or its status or outcome changed
+    without the writer naming themselves in ``status_by`` and writing ``status_at``."""
+    out = []
+    was_section = before.get(ROOT, "referrals")
+    now_section = after.get(ROOT, "referrals")
+    if was_section is not None and was_section[0] == ObjType.Map:
+        old = _keys(before, was_section[1]) if keys is None else \
+            {k for k in keys if isinstance(k, str)} & _keys(before, was_section[1])
+        for key in sorted(old):
+            if now_section is None or now_section[0] != ObjType.Map or \
+                    _map_obj(after, now_section[1], key) is None:
+                out.append(_violation(("referrals", key), PolicyRule.REFERRAL_RECORD))
+    for key, obj, was in _entry_pairs(before, after, "referrals", keys):
+        if was is None:
+            continue
+        for field in REFERRAL_FIXED:
+            if _plain(after, obj, field) != _plain(before, was, field):
+                out.append(_violation(("referrals", key, field), PolicyRule.REFERRAL_RECORD))
+        if any(_plain(after, obj, f) != _plain(before, was, f) for f in REFERRAL_COURSE):
+            if _plain(after, obj, "status_at") == _plain(before, was, "status_at"):
+                out.append(_violation(("referrals", key, "status_at"),
+                                      PolicyRule.REFERRAL_RECORD))
+            by = _plain(after, obj, "status_by")  # (ScalarType, value) of a scalar
+            if not isinstance(by, tuple) or by[1] != user:
+                out.append(_violation(("referrals", key, "status_by"),
+                                      PolicyRule.FORGED_ATTRIBUTION))
     return out
 
 

@@ -86,3 +86,32 @@ def test_a_referral_keeps_the_provider_as_it_was_and_its_course() -> None:
         h.refer(providers[0], reason="x", person_id="0b8e7c36-55a0-4d55-8a5e-3c8a3b0e0d11")
     with pytest.raises(InvalidValueError, match="provider_kind"):
         h.refer({**providers[0], "kind": "spa"}, reason="x")
+
+
+@pytest.mark.parametrize("bad, rule", [
+    ({"lat": "north"}, "providers[0].lat: range"),
+    ({"lat": [46.7]}, "providers[0].lat: range"),
+    ({"lat": 10**400}, "providers[0].lat: range"),
+    ({"lat": float("nan")}, "providers[0].lat: range"),
+    ({"accessibility": [["wheelchair"]]}, "providers[0].accessibility[0]: unknown-code"),
+    ({"accessibility": ["wheelchair", 1]}, "providers[0].accessibility[1]: unknown-code"),
+    ({"name": "DGASPC\x00Cluj"}, "providers[0].name: control-character"),
+    ({"hours": "8-16\x1b"}, "providers[0].hours: control-character"),
+])
+def test_values_that_used_to_crash_the_import_are_named_problems(bad, rule) -> None:
+    """A review found that these raised (ValueError, TypeError, OverflowError) instead
+    of being reported, so `vatra directory import` printed a traceback; and a NUL in a
+    name passed validation and then failed in PostgreSQL. Each is now a named problem."""
+    providers, problems = validate_directory("CJ", [{**GOOD[0], **bad}])
+    assert providers == [] and rule in {str(p) for p in problems}
+
+
+def test_a_later_status_does_not_keep_an_earlier_outcome() -> None:
+    """A review found that a status set without an outcome kept the previous status's
+    outcome ("cancelled" reading "service given"); the outcome is now always written."""
+    providers, _ = validate_directory("CJ", GOOD)
+    h = Household.create(locality="54975", county="CJ", address="Str. Mare 1", author="ana")
+    rid = h.refer(providers[0], reason="x")
+    h.set_referral_status(rid, "completed", outcome="service given")
+    h.set_referral_status(rid, "cancelled")
+    assert h.referrals()[rid]["outcome"] == "" and h.referrals()[rid]["status"] == "cancelled"

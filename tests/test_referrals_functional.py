@@ -139,3 +139,97 @@ async def test_who_reads_which_directory(server, provision, database_url, tmp_pa
     admin = await provision.tablet("adm", "adm", role="admin", county=None, localities=())
     with pytest.raises(ServerRejected, match="forbidden"):
         await fetch_directory(admin, server.http_url)
+
+
+async def refused(tablet, server, hid, write) -> str:
+    """Write into the household's document directly (as a modified client would), sync,
+    and return the code the server refused the batch with ("" if accepted)."""
+    with tablet.edit(hid) as h, h.doc.transaction() as tx:
+        write(h, tx)
+    summary = await SyncClient(tablet, server.url).sync()
+    return ",".join(sorted({str(r.code) for r in summary.rejected}))
+
+
+async def test_a_referral_keeps_who_referred_whom_where_and_who_changed_it(server, provision
+                                                                           ) -> None:
+    """A review found that a teammate could set a referral's status under another user's
+    name (status_by unchanged, or written as someone else), rewrite the provider the
+    family was sent to, or delete the referral, and the server accepted each. Each is
+    now refused and quarantined (`referral-record`, `forged-attribution`), and the
+    server's copy keeps the referral as it was."""
+    from automerge.core import ScalarType
+
+    hid, pid, [ana, bob] = await active_household(server, provision, ("bob", {}))
+    provider = {"id": "0b8e7c36-55a0-4d55-8a5e-3c8a3b0e0d11", "name": "DGASPC Cluj",
+                "kind": "child_protection", "phone": "0264 420 000"}
+    with ana.edit(hid) as h:
+        rid = h.refer(provider, reason="suspected neglect", person_id=pid)
+        h.set_referral_status(rid, "accepted")
+    await SyncClient(ana, server.url).sync()
+    await SyncClient(bob, server.url).sync()
+
+    def as_ana(h, tx):  # bob cancels it and leaves status_by naming ana
+        tx.put(h._entity("referrals", "referral", rid), "status", ScalarType.Str, "cancelled")
+
+    def renamed(h, tx):
+        tx.put(h._entity("referrals", "referral", rid), "provider_name", ScalarType.Str,
+               "Somebody else")
+
+    def deleted(h, tx):
+        tx.delete(h._root_obj("referrals"), rid)
+
+    for write in (as_ana, renamed, deleted):
+        await SyncClient(bob, server.url).sync()  # start from the server's copy
+        code = await refused(bob, server, hid, write)
+        assert code in ("forged-attribution", "referral-record"), write.__name__
+    await SyncClient(ana, server.url).sync()
+    kept = ana.household(hid).referrals()[rid]
+    assert (kept["status"], kept["status_by"], kept["provider_name"]) == \
+        ("accepted", "ana", "DGASPC Cluj")
+    with bob.edit(hid) as h:  # the way that names its writer is accepted
+        h.set_referral_status(rid, "completed", outcome="assessed")
+    await SyncClient(bob, server.url).sync()
+    await SyncClient(ana, server.url).sync()
+    assert ana.household(hid).referrals()[rid]["status_by"] == "bob"
+
+
+async def test_a_worker_reads_the_directory_of_a_caseload_household_elsewhere(
+        server, provision, database_url, tmp_path) -> None:
+    """A review found that a worker moved to another county's localities, still on the
+    team of a household in the first, got only the new county's directory: the
+    household's nearest providers were then empty on her tablet."""
+    from sync_server.app import IDENTITY
+
+    path = tmp_path / "cj.json"
+    path.write_text(json.dumps(DIRECTORY))
+    await asyncio.to_thread(vatra, database_url, "directory", "import", str(path),
+                            "--county", "CJ")
+    _, _, [ana] = await active_household(server, provision)  # on a CJ household's team
+    await server.app[IDENTITY].update_user("ana", add=[("40198", "BV")],
+                                           remove=[("54975", "CJ")])
+    assert await fetch_directory(ana, server.http_url) is True
+    assert {p["name"] for p in ana.directory("CJ")} == {d["name"] for d in DIRECTORY}
+
+
+async def test_two_counties_claiming_one_provider_at_once(store, engine) -> None:
+    """A review found that two imports of different counties running at once could both
+    pass the "another county holds this id" check, and the second failed on the primary
+    key with an unhandled error. Imports now take one lock: the second sees the first's
+    provider and is refused by name."""
+    import sqlalchemy as sa
+
+    from conflict.directory import validate_directory
+    from sync_server.store.directory import replace_directory
+    from sync_server.store.tables import providers
+
+    cj, _ = validate_directory("CJ", DIRECTORY[:1])
+    async with engine.connect() as other:
+        tx = await other.begin()  # an import of BV in progress, holding the imports' lock
+        await other.execute(sa.select(sa.func.pg_advisory_xact_lock(0x6469_7200, 0)))
+        await other.execute(sa.insert(providers), [{**cj[0], "county": "BV"}])
+        task = asyncio.create_task(replace_directory(engine, "CJ", cj))
+        await asyncio.sleep(1)
+        assert not task.done()
+        await tx.commit()
+    with pytest.raises(ValueError, match="is in the directory of BV"):
+        await task

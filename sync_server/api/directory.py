@@ -1,8 +1,9 @@
 """The county directories for tablets: ``GET /v1/directory``.
 
 A device-signed GET (:mod:`sync_server.api.auth`) answers the directories of the
-counties the device's user works in: a worker's localities' counties, a supervisor's
-county, every county for a national user (admins and ops: ``403``). The answer carries
+counties the device's user works in: a worker's localities' counties and their
+caseload's, a supervisor's county, every county for a national user (admins and ops:
+``403``). The answer carries
 an ``ETag`` made of the directories' versions; a tablet that sends it back in
 ``If-None-Match`` gets ``304`` and no body when nothing changed, so checking costs one
 short round trip. Tablets keep the directory for offline work
@@ -17,33 +18,40 @@ import hashlib
 import json
 from typing import Any
 
+import sqlalchemy as sa
 from aiohttp import web
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from sync_server.api.auth import SignedRequests
 from sync_server.api.errors import http_error
+from sync_server.auth.identity import User
 from sync_server.protocol.errors import ErrorCode
 from sync_server.store.directory import read_directories
+from sync_server.store.tables import household_team, households
 
 
-def counties_of(role: str, county: str | None,
-                localities: tuple[tuple[str, str], ...]) -> set[str] | None:
-    """The counties whose directories a user reads (None: every county)."""
-    if role == "national":
+async def counties_of(conn: AsyncConnection, user: User) -> set[str] | None:
+    """The counties whose directories a user reads (None: every county): a worker's
+    localities' and those of the households on whose team they are (a household stays on
+    a worker's caseload after the worker moves to other localities, or it moves)."""
+    if user.role == "national":
         return None
-    if role == "supervisor" and county is not None:
-        return {county}
-    if role == "worker":
-        return {c for _, c in localities}
-    raise http_error(403, ErrorCode.FORBIDDEN, f"the {role} role has no directory")
+    if user.role == "supervisor" and user.county is not None:
+        return {user.county}
+    if user.role == "worker":
+        caseload = (await conn.execute(
+            sa.select(households.c.county).distinct()
+            .select_from(household_team.join(households))
+            .where(household_team.c.user_id == user.id))).scalars()
+        return {c for _, c in user.localities} | set(caseload)
+    raise http_error(403, ErrorCode.FORBIDDEN, f"the {user.role} role has no directory")
 
 
 def routes(engine: AsyncEngine, signed: SignedRequests) -> list[web.RouteDef]:
     async def directory(request: web.Request) -> web.Response:
         device, _ = await signed.authenticate(request)
-        user = device.user
-        counties = counties_of(user.role, user.county, user.localities)
         async with engine.connect() as conn:
+            counties = await counties_of(conn, device.user)
             found = await read_directories(conn, counties)
         tag = '"' + hashlib.blake2b(";".join(f"{d['county']}:{d['version']}" for d in found)
                                     .encode(), digest_size=12).hexdigest() + '"'

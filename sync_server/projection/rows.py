@@ -237,7 +237,7 @@ def project(household_id: str, doc: Mapping[str, Any], *, locality: str, county:
             "provider_kind": _str(r.get("provider_kind")),
             "provider_contact": _str(r.get("provider_contact")),
             "reason": reason if isinstance(reason, str) else None, "status": _str(r.get("status")),
-            "outcome": _str(r.get("outcome")), "referred_on": _date(r.get("referred_on")),
+            "outcome": _str(r.get("outcome")) or None, "referred_on": _date(r.get("referred_on")),
             "by": _str(r.get("by")), "recorded_at": _instant(r.get("recorded_at")),
             "status_by": _str(r.get("status_by")), "status_at": _instant(r.get("status_at"))})
 

@@ -35,9 +35,9 @@ async def replace_directory(engine: AsyncEngine, county: str, wanted: Sequence[d
     transaction: a tablet never reads half an import. A provider id another county's
     directory holds is refused (:class:`ValueError`), nothing written."""
     async with engine.begin() as conn:
-        # one import of a county at a time (a second waits, then replaces the first's)
-        await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(
-            0x6469_7200, sa.func.hashtext(county))))
+        # One import at a time, of any county: a second waits, then sees the first's
+        # providers (two counties claiming one provider id are then told apart).
+        await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(0x6469_7200, 0)))
         ids = [p["id"] for p in wanted]
         elsewhere = (await conn.execute(sa.select(providers.c.id, providers.c.county).where(
             providers.c.id.in_(ids), providers.c.county != county))).first()
