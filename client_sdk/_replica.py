@@ -261,12 +261,7 @@ class Replica:
         last fetched (empty before the first fetch)."""
         if not self._directory_path.exists():
             return {"etag": None, "directories": []}
-        try:
-            state: dict[str, Any] = json.loads(
-                self._vault.open(self._directory_path.read_bytes(), "directory.json"))
-        except ValueError as exc:
-            raise ReplicaError("directory.json is unreadable") from exc
-        return state
+        return self._read_sealed_json(self._directory_path)
 
     def store_directory(self, etag: str | None, directories: list[dict[str, Any]]) -> None:
         _atomic_write(self._directory_path, self._vault.seal(json.dumps(
@@ -291,15 +286,17 @@ class Replica:
 
     def _read_meta(self, actor_id: bytes | None) -> dict[str, Any]:
         if self._meta_path.exists():
-            try:
-                meta: dict[str, Any] = json.loads(
-                    self._vault.open(self._meta_path.read_bytes(), "replica.json"))
-            except ValueError as exc:
-                raise ReplicaError("replica.json is unreadable") from exc
-            return meta
+            return self._read_sealed_json(self._meta_path)
         meta = {"version": 1, "actor_id": (actor_id or os.urandom(16)).hex(), "caseload": {}}
         _atomic_write(self._meta_path, self._vault.seal(json.dumps(meta).encode()))
         return meta
+
+    def _read_sealed_json(self, path: Path) -> dict[str, Any]:
+        try:
+            data: dict[str, Any] = json.loads(self._vault.open(path.read_bytes(), path.name))
+        except ValueError as exc:
+            raise ReplicaError(f"{path.name} is unreadable") from exc
+        return data
 
     def _write_meta(self) -> None:
         _atomic_write(self._meta_path, self._vault.seal(json.dumps(self._meta).encode()))

@@ -194,6 +194,20 @@ def _scalar(spec: s.Spec, path: Path, value: Any) -> tuple[ScalarType, Any]:
     return stype, value
 
 
+def _check_text(path: Path, value: object) -> None:
+    """A new Text field's initial value: a ``str`` within :data:`schema.MAX_TEXT_CHARS`."""
+    if not isinstance(value, str):
+        raise InvalidValueError(path, "type")
+    if len(value) > s.MAX_TEXT_CHARS:
+        raise ValueTooLarge(path, len(value))
+
+
+def _put_text(tx: Any, obj: bytes, key: str, value: str) -> None:
+    """Make ``obj[key]`` a Text holding ``value`` (checked by :func:`_check_text`)."""
+    text = tx.put_object(obj, key, ObjType.Text)
+    tx.splice_text(text, 0, 0, value)
+
+
 def _record_values(spec: s.Record, path: Path, values: Mapping[str, Any]
                    ) -> list[tuple[str, ScalarType, Any]]:
     """Check a whole new record; return ``(key, ScalarType, value)`` to write.
@@ -808,10 +822,7 @@ class Household:
         assert isinstance(item_spec, s.ListOf) and isinstance(item_spec.items, s.Scalar)
         people = [_scalar(item_spec.items, (*base, "participants", i), p)
                   for i, p in enumerate(participants)]
-        if not isinstance(synthesis, str):
-            raise InvalidValueError((*base, "synthesis"), "type")
-        if len(synthesis) > s.MAX_TEXT_CHARS:
-            raise ValueTooLarge((*base, "synthesis"), len(synthesis))
+        _check_text((*base, "synthesis"), synthesis)
         with self.doc.transaction() as tx:
             obj = tx.put_object(visits, visit_id, ObjType.Map)
             for key, stype, value in values:
@@ -819,8 +830,7 @@ class Household:
             plist = tx.put_object(obj, "participants", ObjType.List)
             for i, (stype, value) in enumerate(people):
                 tx.insert(plist, i, stype, value)
-            text = tx.put_object(obj, "synthesis", ObjType.Text)
-            tx.splice_text(text, 0, 0, synthesis)  # type: ignore[attr-defined]
+            _put_text(tx, obj, "synthesis", synthesis)
         return visit_id
 
     def record_parent_abroad(self, child_id: str, *, parent: str, country: str,
@@ -912,16 +922,12 @@ class Household:
         if person_id is not None:
             fields["person_id"] = person_id
         values = _record_values(s.REFERRAL, base, fields)
-        if not isinstance(reason, str):
-            raise InvalidValueError((*base, "reason"), "type")
-        if len(reason) > s.MAX_TEXT_CHARS:
-            raise ValueTooLarge((*base, "reason"), len(reason))
+        _check_text((*base, "reason"), reason)
         with self.doc.transaction() as tx:
             obj = tx.put_object(section, referral_id, ObjType.Map)
             for key, stype, value in values:
                 tx.put(obj, key, stype, value)
-            text = tx.put_object(obj, "reason", ObjType.Text)
-            tx.splice_text(text, 0, 0, reason)  # type: ignore[attr-defined]
+            _put_text(tx, obj, "reason", reason)
         return referral_id
 
     def set_referral_status(self, referral_id: str, status: str, *,
