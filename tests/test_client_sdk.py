@@ -15,7 +15,8 @@ def test_public_names_are_exactly_the_intended_ones() -> None:
         "Credentials", "HouseholdNotFound", "LiveSync", "NotEnrolled", "Progress", "Recovery",
         "Replica", "ReplicaError",
         "RepoTransport", "ServerRejected", "ServerUnavailable", "SupervisorClient", "SyncClient",
-        "SyncFailed", "SyncStalled", "SyncSummary", "VatraClientError", "WrongPin", "enroll"]
+        "SyncFailed", "SyncStalled", "SyncSummary", "VatraClientError", "WrongPin", "enroll",
+        "fetch_directory"]
     for name in client_sdk.__all__:
         assert getattr(client_sdk, name).__module__.startswith("client_sdk.")
 
