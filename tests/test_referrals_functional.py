@@ -12,12 +12,14 @@ import os
 import subprocess
 import sys
 
+import aiohttp
 import pytest
 from _scenes import active_household, web_get
 from conftest import TEST_MASTER_KEY
 
 from client_sdk import ServerRejected, SyncClient, fetch_directory
 from sync_server.app import PROJECTOR
+from sync_server.protocol.http_auth import sign
 
 pytestmark = pytest.mark.functional
 
@@ -136,6 +138,19 @@ async def test_who_reads_which_directory(server, provision, database_url, tmp_pa
         assert await fetch_directory(tablet, server.http_url) is True
         got = {d["county"] for d in tablet.directory_state()["directories"]}
         assert got == counties, name
+    # The ETag a proxy marked weak (W/) while compressing still matches: 304, no body.
+    nat = await provision.tablet("nat2", "nat2", role="national", county=None, localities=())
+    creds = nat.credentials
+    async with aiohttp.ClientSession() as session:
+        async with session.get(server.http_url + "/v1/directory", headers={
+                "Authorization": sign(creds.device_id, creds.signing_key, "GET",
+                                      "/v1/directory")}) as resp:
+            tag = resp.headers["ETag"]
+        async with session.get(server.http_url + "/v1/directory", headers={
+                "Authorization": sign(creds.device_id, creds.signing_key, "GET",
+                                      "/v1/directory"),
+                "If-None-Match": "W/" + tag}) as resp:
+            assert resp.status == 304 and await resp.read() == b""
     admin = await provision.tablet("adm", "adm", role="admin", county=None, localities=())
     with pytest.raises(ServerRejected, match="forbidden"):
         await fetch_directory(admin, server.http_url)

@@ -26,7 +26,7 @@ from sync_server.api.auth import SignedRequests
 from sync_server.api.errors import http_error
 from sync_server.auth.identity import User
 from sync_server.protocol.errors import ErrorCode
-from sync_server.store.directory import read_directories
+from sync_server.store.directory import directory_versions, read_directories
 from sync_server.store.tables import household_team, households
 
 
@@ -47,17 +47,26 @@ async def counties_of(conn: AsyncConnection, user: User) -> set[str] | None:
     raise http_error(403, ErrorCode.FORBIDDEN, f"the {user.role} role has no directory")
 
 
+def _etag(versions: list[tuple[str, str]]) -> str:
+    """One tag for the directories a user reads (a proxy may mark it weak: ``W/``)."""
+    joined = ";".join(f"{county}:{version}" for county, version in versions)
+    return '"' + hashlib.blake2b(joined.encode(), digest_size=12).hexdigest() + '"'
+
+
 def routes(engine: AsyncEngine, signed: SignedRequests) -> list[web.RouteDef]:
     async def directory(request: web.Request) -> web.Response:
         device, _ = await signed.authenticate(request)
-        async with engine.connect() as conn:
+        async with engine.connect() as conn, conn.begin():
+            # (one snapshot: the ETag and the providers of the same imports)
+            await conn.execute(sa.text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
             counties = await counties_of(conn, device.user)
+            tag = _etag(await directory_versions(conn, counties))
+            headers = {"ETag": tag, "Cache-Control": "no-cache"}
+            asked = {t.strip().removeprefix("W/")
+                     for t in request.headers.get("If-None-Match", "").split(",")}
+            if tag in asked:  # the providers are not even read
+                return web.Response(status=304, headers=headers)
             found = await read_directories(conn, counties)
-        tag = '"' + hashlib.blake2b(";".join(f"{d['county']}:{d['version']}" for d in found)
-                                    .encode(), digest_size=12).hexdigest() + '"'
-        headers = {"ETag": tag, "Cache-Control": "no-cache"}
-        if tag in {t.strip() for t in request.headers.get("If-None-Match", "").split(",")}:
-            return web.Response(status=304, headers=headers)
         body = {"directories": [{**d, "imported_at": d["imported_at"].isoformat()} for d in found]}
         return web.json_response(body, headers=headers,
                                  dumps=lambda v: json.dumps(v, ensure_ascii=False))

@@ -69,6 +69,16 @@ async def _providers(conn: AsyncConnection, counties: Collection[str]) -> list[d
     return [{**r, "accessibility": list(r["accessibility"])} for r in rows.mappings()]
 
 
+async def directory_versions(conn: AsyncConnection, counties: Collection[str] | None
+                             ) -> list[tuple[str, str]]:
+    """``[(county, version)]`` of ``counties``' directories (every one when None): what a
+    tablet's check compares, without reading the providers."""
+    q = sa.select(directories.c.county, directories.c.version).order_by(directories.c.county)
+    if counties is not None:
+        q = q.where(directories.c.county.in_(sorted(counties)))
+    return [(r.county, r.version) for r in await conn.execute(q)]
+
+
 async def read_directories(conn: AsyncConnection, counties: Collection[str] | None
                            ) -> list[dict[str, Any]]:
     """``[{county, version, imported_at, providers}]`` of ``counties`` (every county with
