@@ -922,6 +922,9 @@ class Household:
         if person_id is not None:
             fields["person_id"] = person_id
         values = _record_values(s.REFERRAL, base, fields)
+        # (a day of slack: the tablet's date in Romania is a day ahead of UTC's at night)
+        if date.fromisoformat(fields["referred_on"]) > datetime.now(UTC).date() + timedelta(days=1):
+            raise InvalidValueError((*base, "referred_on"), "future-date")
         _check_text((*base, "reason"), reason)
         with self.doc.transaction() as tx:
             obj = tx.put_object(section, referral_id, ObjType.Map)

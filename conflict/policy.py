@@ -657,7 +657,9 @@ REFERRAL_COURSE = ("status", "outcome")
 def _referral_violations(before: Document, after: Document, keys: Collection[str | int] | None,
                          user: str) -> list[Violation]:
     """A referral deleted, its fixed fields changed, or its status or outcome changed
-    without the writer naming themselves in ``status_by`` and writing ``status_at``."""
+    without the writer naming themselves in ``status_by``, or with a ``status_at``
+    missing or earlier than the one before (instants in UTC, ``…Z``: they compare as
+    text)."""
     out = []
     was_section = before.get(ROOT, "referrals")
     now_section = after.get(ROOT, "referrals")
@@ -675,7 +677,9 @@ def _referral_violations(before: Document, after: Document, keys: Collection[str
             if _plain(after, obj, field) != _plain(before, was, field):
                 out.append(_violation(("referrals", key, field), PolicyRule.REFERRAL_RECORD))
         if any(_plain(after, obj, f) != _plain(before, was, f) for f in REFERRAL_COURSE):
-            if _plain(after, obj, "status_at") == _plain(before, was, "status_at"):
+            # (the same second as the status before is possible: two quick changes)
+            at, was_at = _plain(after, obj, "status_at"), _plain(before, was, "status_at")
+            if not isinstance(at, tuple) or (isinstance(was_at, tuple) and at[1] < was_at[1]):
                 out.append(_violation(("referrals", key, "status_at"),
                                       PolicyRule.REFERRAL_RECORD))
             by = _plain(after, obj, "status_by")  # (ScalarType, value) of a scalar

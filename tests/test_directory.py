@@ -86,6 +86,8 @@ def test_a_referral_keeps_the_provider_as_it_was_and_its_course() -> None:
         h.refer(providers[0], reason="x", person_id="0b8e7c36-55a0-4d55-8a5e-3c8a3b0e0d11")
     with pytest.raises(InvalidValueError, match="provider_kind"):
         h.refer({**providers[0], "kind": "spa"}, reason="x")
+    with pytest.raises(InvalidValueError, match="future-date"):
+        h.refer(providers[0], reason="x", referred_on="2999-01-01")
 
 
 @pytest.mark.parametrize("bad, rule", [
@@ -115,3 +117,30 @@ def test_a_later_status_does_not_keep_an_earlier_outcome() -> None:
     h.set_referral_status(rid, "completed", outcome="service given")
     h.set_referral_status(rid, "cancelled")
     assert h.referrals()[rid]["outcome"] == "" and h.referrals()[rid]["status"] == "cancelled"
+
+
+def test_a_status_change_names_its_writer_and_does_not_go_back_in_time() -> None:
+    """A review found that a teammate's status change under another user's name was
+    accepted. The rule then first asked for a new status_at, which refused an honest
+    change made in the same second as the one before (found by the functional test in
+    CI): a status_at equal to the previous one is accepted, an earlier one is not."""
+    from datetime import UTC, datetime
+
+    from conflict.policy import attribution_violations
+
+    providers, _ = validate_directory("CJ", GOOD)
+    h = Household.create(locality="54975", county="CJ", address="Str. Mare 1", author="ana",
+                         at="2026-01-05T09:00:00Z")
+    rid = h.refer(providers[0], reason="x", at="2026-01-06T09:00:00Z")
+    h.set_referral_status(rid, "accepted", at="2026-01-06T10:00:00Z")
+    now = datetime(2026, 1, 7, tzinfo=UTC)
+
+    def judged(author: str, at: str) -> set[str]:
+        after = Household(h.doc.fork(), h.household_id, author=author)
+        after.set_referral_status(rid, "completed", at=at)
+        return {v.rule for v in attribution_violations(h.doc, after.doc, "bob", now)}
+
+    assert judged("bob", "2026-01-06T10:00:00Z") == set()      # the same second
+    assert judged("bob", "2026-01-06T11:00:00Z") == set()
+    assert judged("bob", "2026-01-06T09:59:59Z") == {"referral-record"}  # back in time
+    assert judged("ana", "2026-01-06T11:00:00Z") == {"forged-attribution"}

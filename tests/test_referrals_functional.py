@@ -203,7 +203,8 @@ async def test_a_referral_keeps_who_referred_whom_where_and_who_changed_it(serve
         ("accepted", "ana", "DGASPC Cluj")
     with bob.edit(hid) as h:  # the way that names its writer is accepted
         h.set_referral_status(rid, "completed", outcome="assessed")
-    await SyncClient(bob, server.url).sync()
+    done = await SyncClient(bob, server.url).sync()
+    assert done.rejected == [] and done.recovered == {}, (done.rejected, done.recovered)
     await SyncClient(ana, server.url).sync()
     assert ana.household(hid).referrals()[rid]["status_by"] == "bob"
 
