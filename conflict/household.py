@@ -1052,11 +1052,17 @@ class Household:
                         or "closed" in (current, value) or not rules.may_move(current, value):
                     raise InvalidValueError(("case", "stage"), rules_mod.STAGE_TRANSITION)
                 move = current
+        # A referral's status or outcome is part of its course: who chose it and when are
+        # written with it (the server refuses it otherwise, referral-record).
+        course = len(path) == 3 and path[0] == "referrals" and path[2] in policy.REFERRAL_COURSE
         with self.doc.transaction() as tx:
             if path != ["case", "stage"] or move is not None:
                 tx.put(parent, key, *_any_scalar(value))
             if move is not None:
                 self._append_stage(tx, str(value), None, move)
+            if course:
+                tx.put(parent, "status_by", ScalarType.Str, by)
+                tx.put(parent, "status_at", ScalarType.Str, utc_instant())
             tx.put(obj, "resolved_by", ScalarType.Str, by)  # the author, checked above
             tx.put(obj, "resolution", ScalarType.Str, str(value))
 

@@ -123,8 +123,8 @@ _DESCRIBE = {
     PolicyRule.CONFLICT_RECORD: "a conflict is recorded by the server; a device writes only "
                                 "its resolution (resolved_by, resolution)",
     PolicyRule.REFERRAL_RECORD: "a referral keeps who was referred where, by whom and when; "
-                                "its status and outcome change with status_by and status_at, "
-                                "and it is never deleted",
+                                "its status and outcome change with status_by (the writer) "
+                                "and status_at, and it is never deleted",
 }
 
 
@@ -627,7 +627,8 @@ def attribution_violations(before: Document, after: Document, user: str, now: da
     if sections is None or "conflicts" in sections:
         out += _conflict_record_violations(before, after, _section_keys(touched, "conflicts"))
     if sections is None or "referrals" in sections:
-        out += _referral_violations(before, after, _section_keys(touched, "referrals"), user)
+        out += _referral_violations(before, after, _section_keys(touched, "referrals"), user,
+                                    latest)
     for section, (who, when) in ATTRIBUTIONS.items():
         if sections is not None and section not in sections:
             continue
@@ -650,16 +651,18 @@ def attribution_violations(before: Document, after: Document, user: str, now: da
 #: was), by whom and when. Its reason (a Text) stays editable.
 REFERRAL_FIXED = ("person_id", "provider_id", "provider_name", "provider_kind",
                   "provider_contact", "referred_on", "by", "recorded_at")
-#: What a referral's course changes, each time with ``status_by`` and ``status_at``.
-REFERRAL_COURSE = ("status", "outcome")
+#: A referral's course: its status and outcome, and who set them and when. A change to
+#: any of them names its writer in ``status_by`` and has a ``status_at``.
+REFERRAL_COURSE = ("status", "outcome", "status_by", "status_at")
 
 
 def _referral_violations(before: Document, after: Document, keys: Collection[str | int] | None,
-                         user: str) -> list[Violation]:
-    """A referral deleted, its fixed fields changed, or its status or outcome changed
-    without the writer naming themselves in ``status_by``, or with a ``status_at``
-    missing or earlier than the one before (instants in UTC, ``…Z``: they compare as
-    text)."""
+                         user: str, latest: datetime) -> list[Violation]:
+    """A referral deleted, its fixed fields changed, dated (``referred_on``) after the
+    server's day, or its course changed (any of :data:`REFERRAL_COURSE`, deletions
+    included) without ``status_by`` naming the writer and a ``status_at``. When a
+    status was set is the tablet's word, as every recorded time is: only a time in the
+    future is refused (``future-instant``, by the attribution rule)."""
     out = []
     was_section = before.get(ROOT, "referrals")
     now_section = after.get(ROOT, "referrals")
@@ -672,20 +675,23 @@ def _referral_violations(before: Document, after: Document, keys: Collection[str
                 out.append(_violation(("referrals", key), PolicyRule.REFERRAL_RECORD))
     for key, obj, was in _entry_pairs(before, after, "referrals", keys):
         if was is None:
+            day = _plain(after, obj, "referred_on")
+            if isinstance(day, tuple) and isinstance(day[1], str) \
+                    and day[1] > latest.date().isoformat():
+                out.append(_violation(("referrals", key, "referred_on"),
+                                      PolicyRule.FUTURE_INSTANT))
             continue
         for field in REFERRAL_FIXED:
             if _plain(after, obj, field) != _plain(before, was, field):
                 out.append(_violation(("referrals", key, field), PolicyRule.REFERRAL_RECORD))
         if any(_plain(after, obj, f) != _plain(before, was, f) for f in REFERRAL_COURSE):
-            # (the same second as the status before is possible: two quick changes)
-            at, was_at = _plain(after, obj, "status_at"), _plain(before, was, "status_at")
-            if not isinstance(at, tuple) or (isinstance(was_at, tuple) and at[1] < was_at[1]):
-                out.append(_violation(("referrals", key, "status_at"),
-                                      PolicyRule.REFERRAL_RECORD))
             by = _plain(after, obj, "status_by")  # (ScalarType, value) of a scalar
             if not isinstance(by, tuple) or by[1] != user:
                 out.append(_violation(("referrals", key, "status_by"),
                                       PolicyRule.FORGED_ATTRIBUTION))
+            if not isinstance(_plain(after, obj, "status_at"), tuple):
+                out.append(_violation(("referrals", key, "status_at"),
+                                      PolicyRule.REFERRAL_RECORD))
     return out
 
 

@@ -99,7 +99,8 @@ One household is one Automerge document. Its root map::
         recorded_at       Str   instant
     referrals        Map      referral_id -> a referral to a provider of the
                               county's directory (conflict/directory.py)  optional
-        person_id         Str   entity id of a member   optional (absent: the household)
+        person_id         Str   entity id of the member referred (kept if they leave)
+                                optional (absent: the household)
         provider_id       Str   the provider's id (a UUID)
         provider_name     Str   non-empty  } the provider as it was when
         provider_kind     Str   a kind     } the family was referred
@@ -526,7 +527,9 @@ REFERRAL_STATUSES = ("sent", "accepted", "refused", "completed", "cancelled")
 
 REFERRAL = Record(
     {
-        "person_id": _s("entity_id", required=False, ref="members"),  # absent: the household
+        # absent: the household. Not a live reference: the record stays when the member
+        # leaves the household (Household.refer checks the member when it is made).
+        "person_id": _s("entity_id", required=False),
         "provider_id": _s("provider_id"),
         "provider_name": _s("nonempty"),
         "provider_kind": _enum(PROVIDER_KINDS),

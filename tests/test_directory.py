@@ -119,12 +119,16 @@ def test_a_later_status_does_not_keep_an_earlier_outcome() -> None:
     assert h.referrals()[rid]["outcome"] == "" and h.referrals()[rid]["status"] == "cancelled"
 
 
-def test_a_status_change_names_its_writer_and_does_not_go_back_in_time() -> None:
-    """A review found that a teammate's status change under another user's name was
-    accepted. The rule then first asked for a new status_at, which refused an honest
-    change made in the same second as the one before (found by the functional test in
-    CI): a status_at equal to the previous one is accepted, an earlier one is not."""
+def test_a_referrals_course_always_names_its_writer() -> None:
+    """Reviews found that a teammate could set a referral's status under another user's
+    name; then that the rule's first form let `status_at` or `status_by` be rewritten or
+    deleted while the status stayed, and refused honest changes whose time was earlier
+    than the one before (a teammate's tablet clock ahead, concurrent offline changes).
+    Any change to the course (status, outcome, status_by, status_at) now names its
+    writer; the time is the tablet's word, as every recorded time is."""
     from datetime import UTC, datetime
+
+    from automerge.core import ScalarType
 
     from conflict.policy import attribution_violations
 
@@ -135,12 +139,83 @@ def test_a_status_change_names_its_writer_and_does_not_go_back_in_time() -> None
     h.set_referral_status(rid, "accepted", at="2026-01-06T10:00:00Z")
     now = datetime(2026, 1, 7, tzinfo=UTC)
 
-    def judged(author: str, at: str) -> set[str]:
+    def judged(author: str, write) -> set[str]:
         after = Household(h.doc.fork(), h.household_id, author=author)
-        after.set_referral_status(rid, "completed", at=at)
+        write(after)
         return {v.rule for v in attribution_violations(h.doc, after.doc, "bob", now)}
 
-    assert judged("bob", "2026-01-06T10:00:00Z") == set()      # the same second
-    assert judged("bob", "2026-01-06T11:00:00Z") == set()
-    assert judged("bob", "2026-01-06T09:59:59Z") == {"referral-record"}  # back in time
-    assert judged("ana", "2026-01-06T11:00:00Z") == {"forged-attribution"}
+    def raw(*puts):
+        def write(after):
+            obj = after._entity("referrals", "referral", rid)
+            with after.doc.transaction() as tx:
+                for key, value in puts:
+                    if value is None:
+                        tx.delete(obj, key)
+                    else:
+                        tx.put(obj, key, ScalarType.Str, value)
+        return write
+
+    def status(at):
+        return lambda after: after.set_referral_status(rid, "completed", at=at)
+
+    assert judged("bob", status("2026-01-06T10:00:00Z")) == set()  # the same second
+    assert judged("bob", status("2026-01-06T09:00:00Z")) == set()  # an earlier clock
+    assert judged("ana", status("2026-01-06T11:00:00Z")) == {"forged-attribution"}
+    assert judged("bob", raw(("status_at", "2000-01-01T00:00:00Z"))) == {"forged-attribution"}
+    assert judged("bob", raw(("status_by", None), ("status_at", None))) == \
+        {"forged-attribution", "referral-record"}
+    assert judged("bob", raw(("status", "refused"), ("status_by", "bob"))) == set()
+
+
+def test_a_referral_dated_in_the_future_is_refused_by_the_server_too() -> None:
+    """A review found the future `referred_on` was refused by the SDK only."""
+    from datetime import UTC, datetime
+
+    from automerge.core import ScalarType
+
+    from conflict.policy import attribution_violations
+
+    providers, _ = validate_directory("CJ", GOOD)
+    h = Household.create(locality="54975", county="CJ", address="Str. Mare 1", author="bob",
+                         at="2026-01-05T09:00:00Z")
+    before = h.doc.fork()
+    rid = h.refer(providers[0], reason="x", at="2026-01-06T09:00:00Z")
+    obj = h._entity("referrals", "referral", rid)
+    with h.doc.transaction() as tx:
+        tx.put(obj, "referred_on", ScalarType.Str, "2099-01-01")
+    found = attribution_violations(before, h.doc, "bob", datetime(2026, 1, 7, tzinfo=UTC))
+    assert {(v.path[-1], v.rule) for v in found} == {("referred_on", "future-instant")}
+
+
+def test_a_status_conflict_is_resolved_with_its_writer(tmp_path) -> None:
+    """A review found that resolving a recorded conflict on a referral's status wrote the
+    status alone, so the server refused it (the course names its writer) and the
+    conflict stayed open."""
+    from datetime import UTC, datetime
+
+    from conflict.policy import attribution_violations
+
+    providers, _ = validate_directory("CJ", GOOD)
+    h = Household.create(locality="54975", county="CJ", address="Str. Mare 1", author="ana",
+                         at="2026-01-05T09:00:00Z")
+    rid = h.refer(providers[0], reason="x", at="2026-01-06T09:00:00Z")
+    h.set_referral_status(rid, "accepted", at="2026-01-06T10:00:00Z")
+    cid = h.record_conflict(("referrals", rid, "status"), ["accepted", "refused"],
+                            at="2026-01-06T11:00:00Z")
+    bob = Household(h.doc.fork(), h.household_id, author="bob")
+    bob.resolve_conflict(cid, "refused")
+    assert attribution_violations(h.doc, bob.doc, "bob", datetime.now(UTC)) == []
+    assert (bob.referrals()[rid]["status"], bob.referrals()[rid]["status_by"]) == \
+        ("refused", "bob")
+
+
+def test_a_referred_member_may_leave_the_household() -> None:
+    """A review found that a member once referred could never be removed: the referral's
+    person_id was a live reference, so the approved removal failed the schema."""
+    providers, _ = validate_directory("CJ", GOOD)
+    h = Household.create(locality="54975", county="CJ", address="Str. Mare 1", author="ana")
+    pid = h.add_member("Ion", "Pop", "2014-02-03", "M", "child")
+    h.refer(providers[0], reason="x", person_id=pid)
+    with h.doc.transaction() as tx:
+        tx.delete(h._root_obj("members"), pid)
+    assert validate(h.doc) == []
