@@ -151,6 +151,11 @@ async def test_who_reads_which_directory(server, provision, database_url, tmp_pa
                                       "/v1/directory"),
                 "If-None-Match": "W/" + tag}) as resp:
             assert resp.status == 304 and await resp.read() == b""
+        async with session.get(server.http_url + "/v1/directory", headers={
+                "Authorization": sign(creds.device_id, creds.signing_key, "GET",
+                                      "/v1/directory"),
+                "If-None-Match": "*"}) as resp:  # "any version you have": 304 as well
+            assert resp.status == 304
     admin = await provision.tablet("adm", "adm", role="admin", county=None, localities=())
     with pytest.raises(ServerRejected, match="forbidden"):
         await fetch_directory(admin, server.http_url)

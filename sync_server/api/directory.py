@@ -64,7 +64,7 @@ def routes(engine: AsyncEngine, signed: SignedRequests) -> list[web.RouteDef]:
             headers = {"ETag": tag, "Cache-Control": "no-cache"}
             asked = {t.strip().removeprefix("W/")
                      for t in request.headers.get("If-None-Match", "").split(",")}
-            if tag in asked:  # the providers are not even read
+            if tag in asked or "*" in asked:  # the providers are not even read
                 return web.Response(status=304, headers=headers)
             found = await read_directories(conn, counties)
         body = {"directories": [{**d, "imported_at": d["imported_at"].isoformat()} for d in found]}
