@@ -341,6 +341,19 @@ class Household:
             return None
         return got[1]
 
+    def _new_entry(self, section: str, entry_id: str | None) -> tuple[bytes, str, Path]:
+        """(the section's map, made at registration; the new entry's id, given or new;
+        its path) for an entity about to be recorded. Refuses an id that is not an
+        entity id (``format``) or is already there."""
+        entry_id = entry_id if entry_id is not None else new_entity_id()
+        base: Path = (section, entry_id)
+        if not s.FORMATS["entity_id"](entry_id):
+            raise InvalidValueError(base, "format")
+        obj = self._root_obj(section)
+        if self._obj(obj, entry_id) is not None:
+            raise ValueError(f"{format_path(base)}: already exists")
+        return obj, entry_id, base
+
     def _root_obj(self, key: str) -> bytes:
         obj = self._obj(ROOT, key)
         if obj is None:
@@ -803,13 +816,7 @@ class Household:
         """Record a visit report (one change); returns its id. ``participants``: member
         ids or roles ("teacher"); ``synthesis`` is a Text others may edit;
         ``next_visit`` (a date) feeds the case's next-visit deadline."""
-        visit_id = visit_id if visit_id is not None else new_entity_id()
-        base: Path = ("visits", visit_id)
-        if not s.FORMATS["entity_id"](visit_id):
-            raise InvalidValueError(base, "format")
-        visits = self._root_obj("visits")  # made at registration
-        if self._obj(visits, visit_id) is not None:
-            raise ValueError(f"{format_path(base)}: already exists")
+        visits, visit_id, base = self._new_entry("visits", visit_id)
         fields: dict[str, Any] = {"visited_on": _date_str(visited_on), "place": place,
                                   "purpose": purpose, "by": self._by(),
                                   "recorded_at": utc_instant(at)}
@@ -847,13 +854,7 @@ class Household:
         member, or was 18 or older when the parent left; a departure or a notice dated in
         the future (the law asks for the notice at least 40 days before leaving; a late one
         is recorded as it was given, and the annex shows both dates)."""
-        record_id = record_id if record_id is not None else new_entity_id()
-        base: Path = ("parents_abroad", record_id)
-        section = self._root_obj("parents_abroad")  # made at registration
-        if not s.FORMATS["entity_id"](record_id):
-            raise InvalidValueError(base, "format")
-        if self._obj(section, record_id) is not None:
-            raise ValueError(f"{format_path(base)}: already exists")
+        section, record_id, base = self._new_entry("parents_abroad", record_id)
         member = self.members().get(child_id)
         if member is None:
             raise UnknownEntityError("member", child_id)
@@ -901,13 +902,7 @@ class Household:
         it: its id, and its name, kind and contact as they are today (the referral keeps
         them). ``reason`` is a Text others may edit. One change, status ``sent``;
         returns the referral's id."""
-        referral_id = referral_id if referral_id is not None else new_entity_id()
-        base: Path = ("referrals", referral_id)
-        if not s.FORMATS["entity_id"](referral_id):
-            raise InvalidValueError(base, "format")
-        section = self._root_obj("referrals")  # made at registration
-        if self._obj(section, referral_id) is not None:
-            raise ValueError(f"{format_path(base)}: already exists")
+        section, referral_id, base = self._new_entry("referrals", referral_id)
         if person_id is not None and person_id not in self.members():
             raise UnknownEntityError("member", person_id)
         recorded = utc_instant(at)
