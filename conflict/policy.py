@@ -65,7 +65,7 @@ from typing import Any
 from automerge.core import ROOT, Document, ObjType, ScalarType
 
 from . import schema as s
-from .paths import element_id
+from .paths import element_id, exid_op
 from .validate import Path, Violation, format_path
 
 __all__ = [
@@ -110,6 +110,7 @@ class PolicyRule(enum.StrEnum):
     FUTURE_INSTANT = "future-instant"
     CONFLICT_RECORD = "conflict-record"
     REFERRAL_RECORD = "referral-record"
+    ACTIVITY_RECORD = "activity-record"
 
 
 _DESCRIBE = {
@@ -125,6 +126,8 @@ _DESCRIBE = {
     PolicyRule.REFERRAL_RECORD: "a referral keeps who was referred where, by whom and when; "
                                 "its status and outcome change with status_by (the writer) "
                                 "and status_at, and it is never deleted",
+    PolicyRule.ACTIVITY_RECORD: "an activity entry stays as it was written: it is never "
+                                "changed or removed",
 }
 
 
@@ -623,6 +626,12 @@ def attribution_violations(before: Document, after: Document, user: str, now: da
     (only those entries are looked at). Device batches only (the server's own changes
     are not checked)."""
     latest = now + MAX_CLOCK_SKEW
+    feed: list[tuple[str, Any, Any | None]] | None = None
+    if sections is None or "activity" in sections:
+        rewritten, feed = _activity_violations(before, after,
+                                               _section_keys(touched, "activity"))
+        if rewritten:  # the batch is refused: the feed is not read a second time
+            return rewritten
     out: list[Violation] = []
     if sections is None or "conflicts" in sections:
         out += _conflict_record_violations(before, after, _section_keys(touched, "conflicts"))
@@ -632,8 +641,9 @@ def attribution_violations(before: Document, after: Document, user: str, now: da
     for section, (who, when) in ATTRIBUTIONS.items():
         if sections is not None and section not in sections:
             continue
-        for key, obj, was in _entry_pairs(before, after, section,
-                                          _section_keys(touched, section)):
+        pairs = feed if section == "activity" and feed is not None else \
+            _entry_pairs(before, after, section, _section_keys(touched, section))
+        for key, obj, was in pairs:
             for field in (*who, *when):
                 value = _value(after, obj, field)
                 if value is None or (was is not None and _value(before, was, field) == value):
@@ -645,6 +655,52 @@ def attribution_violations(before: Document, after: Document, user: str, now: da
                 elif field in when and isinstance(written, str) and _after(written, latest):
                     out.append(_violation(path, PolicyRule.FUTURE_INSTANT))
     return out
+
+
+def _activity_violations(before: Document, after: Document,
+                         keys: Collection[str | int] | None
+                         ) -> tuple[list[Violation], list[tuple[str, Any, Any | None]] | None]:
+    """Activity entries of ``before`` that ``after`` wrote into or no longer holds, and
+    the entries the attribution check still has to read, as :func:`_entry_pairs` gives
+    them (None: let it find them).
+
+    The feed says who did what and when: an entry rewritten under its author's name, or
+    removed, would misattribute or lose that. With ``keys`` (the positions a batch
+    touched) only those entries are read. A deletion touches the whole feed: the
+    entries' ids then tell what was removed, and only when none was is each old entry
+    compared (one read of each); the new entries are then the ones left to check."""
+    if keys is not None:
+        pairs = _entry_pairs(before, after, "activity", keys)
+        return [_violation(("activity", ident), PolicyRule.ACTIVITY_RECORD)
+                for ident, obj, was in pairs
+                if was is not None and _written(after, obj) != _written(before, was)], pairs
+    old, now = before.get(ROOT, "activity"), after.get(ROOT, "activity")
+    if old is None or old[0] != ObjType.List or now is None or now[0] != ObjType.List:
+        return [], None  # no feed yet, or none left: the schema names it
+    was = {ident: exid for value, exid in before.values(old[1])
+           if isinstance(value, ObjType) and (ident := element_id(exid)) is not None}
+    kept: dict[str, Any] = {}
+    new: list[tuple[str, Any, Any | None]] = []
+    for value, exid in after.values(now[1]):
+        ident = element_id(exid) if isinstance(value, ObjType) else None
+        if ident in was:
+            kept[ident] = exid
+        elif ident is not None:
+            new.append((ident, exid, None))
+    removed = [ident for ident in was if ident not in kept]
+    if removed:  # refused for these already: the entries' fields are not read
+        return [_violation(("activity", ident), PolicyRule.ACTIVITY_RECORD)
+                for ident in removed], None
+    return [_violation(("activity", ident), PolicyRule.ACTIVITY_RECORD)
+            for ident, exid in was.items()
+            if _written(after, kept[ident]) != _written(before, exid)], new
+
+
+def _written(doc: Document, obj: Any) -> list[tuple[Any, Any]]:
+    """An entry's values, each with the operation that wrote it (actor and counter: the
+    same in every document, unlike the binding's ids, which number actors per document).
+    Equal lists mean nothing was written into the entry since, not even a value again."""
+    return [(value, exid_op(exid)) for value, exid in doc.values(obj)]
 
 
 #: What a referral says for good once made: who was referred, to whom (the provider as it

@@ -161,3 +161,56 @@ async def test_a_registration_names_its_signer(server, provision) -> None:
     [rejection] = (await SyncClient(ana, server.url).sync()).rejected
     assert rejection.code == "forged-attribution" and "activity/" in rejection.message
     assert await server.app[SYNCHRONIZER].registry.get(h.household_id) is None
+
+
+async def test_an_activity_entry_stays_as_its_author_wrote_it(server, provision) -> None:
+    """Before: the activity feed was append-only by convention only. A teammate's
+    tablet that rewrote the text of ana's entry (``by`` still naming ana) or removed the
+    entry was accepted, and the feed and its projection then said ana wrote what she did
+    not, or lost what she did. Reproduced by a raw client on dan's own enrolled device.
+    Now such a batch is refused (``forged-attribution``, rule ``activity-record``),
+    quarantined and not merged; through the SDK it is refused and recovered, and the
+    server keeps the entry as ana wrote it."""
+    from automerge.core import ROOT, ScalarType
+
+    hid, _, (ana, dan) = await active_household(server, provision, ("dan", {}))
+    with ana.edit(hid) as h:
+        h.append_activity("visit", "the child is well")
+    assert (await SyncClient(ana, server.url).sync()).rejected == []
+    await SyncClient(dan, server.url).sync()
+    heads = sorted(server.app[SYNCHRONIZER].registry.resident(hid).doc.get_heads())
+
+    def rewrite(doc) -> None:
+        feed = doc.get(ROOT, "activity")[1]
+        with doc.transaction() as tx:
+            tx.put(doc.get(feed, doc.length(feed) - 1)[1], "text", ScalarType.Str,
+                   "the family refused the visit")
+
+    def remove(doc) -> None:
+        feed = doc.get(ROOT, "activity")[1]
+        with doc.transaction() as tx:
+            tx.delete(feed, doc.length(feed) - 1)
+
+    for edit in (rewrite, remove):
+        forged_doc = dan.household(hid).doc.fork()
+        forged_doc.set_actor(dan.actor_id)
+        edit(forged_doc)
+        async with raw_peer(server.url, dan) as peer:
+            answer = await peer.push(forged_doc, hid, strict=False)
+        assert isinstance(answer, wire.Error) and answer.code == "forged-attribution", answer
+        assert "activity-record" in answer.message, answer.message
+        assert "the child" not in answer.message
+    kept = await server.app[SYNCHRONIZER].quarantine.list()
+    assert [(k.document_id, k.code) for k in kept] == [(hid, "forged-attribution")] * 2
+    assert sorted(server.app[SYNCHRONIZER].registry.resident(hid).doc.get_heads()) == heads
+
+    for edit in (rewrite, remove):
+        edit(dan.household(hid).doc)
+        dan.save(hid)
+        summary = await SyncClient(dan, server.url).sync()
+        assert [r.code for r in summary.rejected] == ["forged-attribution"], edit.__name__
+        assert hid in summary.recovered, edit.__name__
+        feed = Household(server.app[SYNCHRONIZER].registry.resident(hid).doc, hid).activity()
+        assert [(e["by"], e["text"]) for e in feed if e["kind"] == "visit"] == \
+            [("ana", "the child is well")], edit.__name__
+    assert (await SyncClient(dan, server.url).sync()).rejected == []  # the tablet is clean

@@ -7,13 +7,14 @@ from datetime import UTC, datetime
 
 import pytest
 from _offline import offline_replica
-from automerge.core import ROOT, Document, ScalarType
+from automerge.core import ROOT, Document, ObjType, ScalarType
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conflict import Household, InvalidValueError, UnknownEntityError, validate
 from conflict import schema as s
 from conflict.household import ProtectedPathError
+from conflict.paths import element_id
 from conflict.policy import (
     DECISION_FIELDS,
     PROTECTIONS,
@@ -707,3 +708,74 @@ def test_a_device_may_resolve_a_conflict_record_but_not_write_one() -> None:
     with pytest.raises(ProtectedPathError) as refused:
         tablet.record_conflict(("address",), ["x", "y"])
     assert refused.value.rule == "conflict-record"
+
+
+
+# --- the activity feed is append-only ----------------------------------------
+
+
+def test_an_activity_entry_is_never_rewritten_or_removed() -> None:
+    """Before: the feed was append-only by convention only. A teammate's batch that
+    rewrote the text of a nurse's entry (leaving ``by`` naming her) or removed it was
+    accepted, so the feed could say she wrote what she did not, or lose what she did
+    (reproduced by editing the entry in a fork and checking it against the server's
+    copy: no violation). Now both are refused (``activity-record``), whether the batch's
+    touched entries are known or the whole feed is compared; appending is not."""
+    from sync_server.sync.touched import touched_prefixes
+
+    h, _ = make()
+    h.as_author("n-1").append_activity("visit", "Vizita la domiciliu, copilul este bine")
+    before = h.doc.fork()
+    now = datetime.now(UTC)
+    feed = before.get(ROOT, "activity")[1]
+    entry = before.get(feed, before.length(feed) - 1)[1]
+    ident = element_id(entry)
+
+    def check(doc: Document) -> list[tuple[object, str]]:
+        full = attribution_violations(before, doc, "w-1", now)
+        known = attribution_violations(before, doc, "w-1", now,
+                                       touched=touched_prefixes(doc, before.get_heads()))
+        assert full == known, (full, known)
+        return [(v.path, v.rule) for v in full]
+
+    rewritten = before.fork()
+    with rewritten.transaction() as tx:
+        tx.put(entry, "text", ScalarType.Str, "Familia a refuzat vizita")
+    assert check(rewritten) == [(("activity", ident), "activity-record")]
+
+    removed = before.fork()
+    with removed.transaction() as tx:
+        tx.delete(feed, removed.length(feed) - 1)
+    assert check(removed) == [(("activity", ident), "activity-record")]
+
+    replaced = before.fork()
+    with replaced.transaction() as tx:  # the whole feed swapped for a new list
+        tx.put_object(ROOT, "activity", ObjType.List)
+    assert (("activity", ident), "activity-record") in check(replaced)
+
+    # A tablet whose actor id sorts first: the binding's ids number actors in sorted
+    # order, so every id of the old entries changes bytes in the merged copy (a first
+    # version compared those bytes and refused each honest append like this).
+    appended = Household(before.fork(), h.household_id, author="w-1")
+    appended.doc.set_actor(b"\x00" * 16)
+    appended.append_activity("note", "Am sunat la scoala")
+    assert check(appended.doc) == []
+
+    forged = Household(before.fork(), h.household_id, author="n-1")  # w-1 signs it
+    forged.append_activity("note", "Am sunat la scoala")
+    new = element_id(forged.doc.get(feed, forged.doc.length(feed) - 1)[1])
+    assert check(forged.doc) == [(("activity", new, "by"), "forged-attribution")]
+
+
+def test_the_feed_rule_bench_runs_each_case(capsys) -> None:
+    """``python -m vatra_devtools.bench_feed_rule`` (decision 93's figures) at a small
+    size: every case prints, the honest ones accepted and the others refused by the
+    rule (the bench stops if a case is judged otherwise)."""
+    from vatra_devtools.bench_feed_rule import main
+
+    main(["--entries", "200", "--appends", "10", "--runs", "1"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("200 entries; schema of the whole feed (baseline): ")
+    verdicts = {line.split(":")[0].strip(): line.rsplit("refused: ", 1)[1] for line in lines[1:]}
+    assert verdicts == {"appends": "-", "appends, nothing known": "-",
+                        "one rewritten": "activity-record", "one removed": "activity-record"}
