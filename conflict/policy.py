@@ -674,26 +674,15 @@ def _activity_violations(before: Document, after: Document,
         return [_violation(("activity", ident), PolicyRule.ACTIVITY_RECORD)
                 for ident, obj, was in pairs
                 if was is not None and _written(after, obj) != _written(before, was)], pairs
-    old, now = before.get(ROOT, "activity"), after.get(ROOT, "activity")
-    if old is None or old[0] != ObjType.List or now is None or now[0] != ObjType.List:
-        return [], None  # no feed yet, or none left: the schema names it
-    was = {ident: exid for value, exid in before.values(old[1])
-           if isinstance(value, ObjType) and (ident := element_id(exid)) is not None}
-    kept: dict[str, Any] = {}
-    new: list[tuple[str, Any, Any | None]] = []
-    for value, exid in after.values(now[1]):
-        ident = element_id(exid) if isinstance(value, ObjType) else None
-        if ident in was:
-            kept[ident] = exid
-        elif ident is not None:
-            new.append((ident, exid, None))
-    removed = [ident for ident in was if ident not in kept]
+    old, now = _entries(before, "activity"), _entries(after, "activity")
+    removed = [ident for ident in old if ident not in now]
     if removed:  # refused for these already: the entries' fields are not read
         return [_violation(("activity", ident), PolicyRule.ACTIVITY_RECORD)
                 for ident in removed], None
     return [_violation(("activity", ident), PolicyRule.ACTIVITY_RECORD)
-            for ident, exid in was.items()
-            if _written(after, kept[ident]) != _written(before, exid)], new
+            for ident, exid in old.items()
+            if _written(after, now[ident]) != _written(before, exid)], \
+        [(ident, exid, None) for ident, exid in now.items() if ident not in old]
 
 
 def _written(doc: Document, obj: Any) -> list[tuple[Any, Any]]:
