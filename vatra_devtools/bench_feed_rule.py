@@ -70,6 +70,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--appends", type=int, default=2_000)
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args(argv)
+    for name, least in (("entries", 2), ("appends", 1), ("runs", 1)):
+        if getattr(args, name) < least:
+            parser.error(f"--{name} must be at least {least}")
 
     h = _household(args.entries)
     before = h.doc.fork()
